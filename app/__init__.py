@@ -1,0 +1,1 @@
+"""The PySide6 front end and the command line of Anomaly Inspector."""

@@ -1,0 +1,241 @@
+"""Reading images from disk into one consistent float layout.
+
+Every readable image becomes a ``float32`` array of shape ``(H, W, C)`` with values in
+``[0, 1]`` and ``C`` either 1 (grey) or 3 (RGB, in that order). 8- and 16-bit files,
+grey, grey+alpha, RGB and RGBA inputs all end up in that layout; alpha is dropped
+(composited over black would invent dark borders on cut-outs, dropping keeps the pixels
+the camera saw). A file that cannot be read raises :class:`ImageReadError` with a reason a
+person can act on; callers that walk a folder record the reason and go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(Exception):
+    """An image file could not be turned into pixels; ``str(err)`` is the reason."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file left out of a batch, and why."""
+
+    path: Path
+    reason: str
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (by extension), sorted by path.
+
+    Raises ``FileNotFoundError``/``NotADirectoryError`` for a wrong path so that the
+    caller can say which path is wrong.
+    """
+    root = Path(folder)
+    if not root.exists():
+        raise FileNotFoundError(f"folder not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    walker = root.rglob("*") if recursive else root.iterdir()
+    files = [p for p in walker if p.is_file() and is_image_file(p) and not p.name.startswith(".")]
+    return sorted(files)
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    if arr.dtype == np.uint16:
+        return arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.int8, np.int16, np.int32, np.uint32):
+        info = np.iinfo(arr.dtype)
+        out = (arr.astype(np.float64) - info.min) / float(info.max - info.min)
+        return out.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.floating):
+        out = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        hi = float(out.max()) if out.size else 0.0
+        lo = float(out.min()) if out.size else 0.0
+        if lo < 0.0 or hi > 1.0:  # a float image in an arbitrary range: stretch it
+            out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
+        return out
+    raise ImageReadError(f"unsupported pixel type {arr.dtype}")
+
+
+def _normalise_channels(arr: np.ndarray, bgr: bool) -> np.ndarray:
+    """(H, W[, C]) in any channel count -> (H, W, 1) or (H, W, 3) RGB."""
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    if arr.ndim != 3:
+        raise ImageReadError(f"unsupported image shape {arr.shape}")
+    c = arr.shape[2]
+    if c == 1:
+        return arr
+    if c == 2:  # grey + alpha
+        return arr[:, :, :1]
+    if c >= 3:
+        rgb = arr[:, :, :3]
+        if bgr:
+            rgb = rgb[:, :, ::-1]
+        if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 1], rgb[:, :, 2]):
+            # Grey stored as RGB (common for industrial JPEGs): keep it grey.
+            return np.ascontiguousarray(rgb[:, :, :1])
+        return np.ascontiguousarray(rgb)
+    raise ImageReadError(f"unsupported channel count {c}")
+
+
+def _decode_with_pillow(path: Path) -> np.ndarray | None:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow comes with torchvision
+        return None
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            return np.asarray(im)
+    except Exception:
+        return None
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode one file into ``float32 (H, W, C)``, C in {1, 3}, values in [0, 1]."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ImageReadError("file not found") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot access file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    try:
+        raw = np.fromfile(p, dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
+    except PermissionError:
+        raise ImageReadError("permission denied") from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from None
+    arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    bgr = True
+    if arr is None or arr.size == 0:
+        arr = _decode_with_pillow(p)
+        bgr = False
+    if arr is None or arr.size == 0:
+        head = bytes(raw[:8])
+        if head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
+            raise ImageReadError("corrupt image data (truncated or damaged file)")
+        raise ImageReadError("not a decodable image (unknown or damaged format)")
+    if arr.ndim == 3 and arr.shape[0] > 0 and arr.shape[2] > 4 and bgr is False:
+        arr = arr[:, :, :4]
+    if min(arr.shape[:2]) < 1:
+        raise ImageReadError(f"image has no pixels ({arr.shape})")
+    return _to_float(_normalise_channels(arr, bgr=bgr))
+
+
+def to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    """Convert an (H, W, C) float image to 1 or 3 channels (luma for RGB -> grey)."""
+    c = img.shape[2]
+    if c == channels:
+        return img
+    if channels == 1:
+        w = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return (img[:, :, :3] @ w)[:, :, None].astype(np.float32)
+    if channels == 3:
+        return np.repeat(img[:, :, :1], 3, axis=2)
+    raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def resize(img: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """Resize (H, W, C) or (H, W) to ``size`` = (height, width), keeping the channel axis."""
+    h, w = size
+    if img.shape[0] == h and img.shape[1] == w:
+        return img
+    out = cv2.resize(img, (w, h), interpolation=interpolation)
+    if img.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+class ImageSource(Sequence[np.ndarray]):
+    """Lazy, indexable list of images backed by files (or arrays, for tests and the GUI).
+
+    ``source[i]`` decodes on demand and raises :class:`ImageReadError` for a bad file;
+    :func:`iter_batches` turns those errors into :class:`Skipped` entries.
+    """
+
+    def __init__(self, items: Sequence[str | os.PathLike | np.ndarray], names: Sequence[str] | None = None):
+        self._items = list(items)
+        if names is None:
+            names = [str(it) if not isinstance(it, np.ndarray) else f"array-{i}" for i, it in enumerate(self._items)]
+        if len(names) != len(self._items):
+            raise ValueError("names and items differ in length")
+        self._names = list(names)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, recursive: bool = False) -> ImageSource:
+        return cls(list_images(folder, recursive=recursive))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return ImageSource(self._items[i], self._names[i])
+        item = self._items[i]
+        if isinstance(item, np.ndarray):
+            arr = item.astype(np.float32, copy=False)
+            return arr[:, :, None] if arr.ndim == 2 else arr
+        return read_image(item)
+
+    def subset(self, indices: Sequence[int]) -> ImageSource:
+        return ImageSource([self._items[i] for i in indices], [self._names[i] for i in indices])
+
+    def name(self, i: int) -> str:
+        return self._names[i]
+
+    def path(self, i: int) -> Path | None:
+        item = self._items[i]
+        return None if isinstance(item, np.ndarray) else Path(item)
+
+
+def iter_batches(
+    source: Sequence[np.ndarray],
+    batch_size: int,
+    skipped: list[Skipped] | None = None,
+    cancel=None,
+) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    """Yield ``(indices, images)`` batches, skipping unreadable files.
+
+    Unreadable items are appended to ``skipped`` (if given) and left out of the batch;
+    ``cancel`` (a :class:`core.engine.cancel.CancelToken`) is checked before each image.
+    """
+    idx: list[int] = []
+    imgs: list[np.ndarray] = []
+    for i in range(len(source)):
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        try:
+            img = source[i]
+        except ImageReadError as exc:
+            if skipped is not None:
+                p = source.path(i) if isinstance(source, ImageSource) else None
+                skipped.append(Skipped(p if p is not None else Path(str(i)), str(exc)))
+            continue
+        idx.append(i)
+        imgs.append(img)
+        if len(imgs) >= batch_size:
+            yield idx, imgs
+            idx, imgs = [], []
+    if imgs:
+        yield idx, imgs

@@ -1,0 +1,213 @@
+"""The detector interface every method implements.
+
+A detector is configured by a dataclass (see :mod:`core.detectors.config`), lives on a torch
+device, and offers ``fit`` (a no-op for zero-shot methods), ``score``, ``save`` and ``load``.
+``fit`` and ``score`` take a progress callback and a cancel token and check the token once per
+batch, epoch or step. Only CPU numpy arrays leave ``score``.
+
+Subclasses implement ``_fit(images, progress, cancel)``, ``_score_batch(images)``,
+``_state()`` (tensors to save) and ``_restore(tensors, meta)``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+import torch
+
+from core.data.images import Skipped, iter_batches
+from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.threshold import Threshold
+from core.engine.cancel import CancelToken, check
+from core.engine.device import resolve_device
+from core.engine.progress import ProgressFn
+from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class ScoreResult:
+    """What a detector says about one image.
+
+    ``anomaly_map`` is ``float32 (H, W)`` at the input image's resolution (``None`` for
+    methods without localisation). ``extras`` holds named images an inspector may want beside
+    the input (a reconstruction, a restored image, partial maps); ``columns`` holds
+    detector-specific values for the results table.
+    """
+
+    score: float
+    anomaly_map: Optional[np.ndarray] = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)
+    image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input; set by Detector.score
+
+
+@dataclass
+class WeightRequirement:
+    """Pretrained weights a detector needs (filled in by the weights store)."""
+
+    name: str
+    available: bool
+    reason: str = ""
+
+
+class NotFittedError(RuntimeError):
+    pass
+
+
+class FitError(RuntimeError):
+    """Training could not proceed (too few images, degenerate data); the message says why."""
+
+
+OnResult = Callable[[int, ScoreResult], None]
+
+
+class Detector(ABC):
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str]
+    paper: ClassVar[str] = ""
+    zero_shot: ClassVar[bool] = False
+    produces_maps: ClassVar[bool] = False
+    config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    min_train_images: ClassVar[int] = 1
+    #: Config fields baked into trained weights: they cannot be changed on a loaded model.
+    fixed_after_fit: ClassVar[tuple[str, ...]] = ()
+    #: Bumped by a detector whenever its saved tensors change meaning.
+    state_version: ClassVar[int] = 1
+
+    def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto") -> None:
+        cfg = config if config is not None else self.config_class()
+        if not isinstance(cfg, self.config_class):
+            raise ConfigError(f"{self.name} needs a {self.config_class.__name__}, not {type(cfg).__name__}")
+        cfg.validate()
+        self.config = cfg
+        self.device = resolve_device(device)
+        self.threshold: Threshold | None = None
+        self.fitted = self.zero_shot
+        self.meta: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- availability
+    @classmethod
+    def requirements(cls) -> list[WeightRequirement]:
+        """Pretrained weights this detector needs; empty when it trains from scratch."""
+        return []
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        missing = [r for r in cls.requirements() if not r.available]
+        if missing:
+            return False, "; ".join(f"{r.name}: {r.reason}" for r in missing)
+        return True, ""
+
+    # ----------------------------------------------------------------- public API
+    def fit(
+        self,
+        images: Sequence[np.ndarray],
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        skipped: list[Skipped] | None = None,
+    ) -> None:
+        """Learn what normal looks like from ``images`` (all normal)."""
+        if self.zero_shot:
+            return
+        torch.manual_seed(self.config.seed)
+        self._fit(images, progress, cancel, skipped)
+        self.fitted = True
+
+    def score(
+        self,
+        images: Sequence[np.ndarray],
+        progress: ProgressFn | None = None,
+        cancel: CancelToken | None = None,
+        on_result: OnResult | None = None,
+        skipped: list[Skipped] | None = None,
+    ) -> dict[int, ScoreResult]:
+        """Score every readable image; returns ``{index in images: ScoreResult}``.
+
+        ``on_result`` fires as each image is done, so a caller can show results as they come.
+        """
+        if not self.fitted:
+            raise NotFittedError(f"{self.name} must be trained (fit) or loaded before scoring")
+        out: dict[int, ScoreResult] = {}
+        total = len(images)
+        if progress:
+            progress(0, total, "scoring")
+        done = 0
+        with torch.inference_mode():
+            for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
+                results = self._score_batch(batch)
+                check(cancel)
+                for i, img, res in zip(idx, batch, results):
+                    res.image_shape = (int(img.shape[0]), int(img.shape[1]))
+                    out[i] = res
+                    if on_result:
+                        on_result(i, res)
+                done = idx[-1] + 1
+                if progress:
+                    progress(done, total, f"scored {len(out)} of {total}")
+        if progress:
+            progress(total, total, f"scored {len(out)} of {total}")
+        return out
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        if not self.fitted:
+            raise NotFittedError(f"{self.name} has not been trained; nothing to save")
+        header = {
+            "detector": self.name,
+            "state_version": self.state_version,
+            "config": self.config.to_dict(),
+            "threshold": self.threshold.to_dict() if self.threshold else None,
+            "meta": self.meta,
+        }
+        return save_checkpoint(folder, header, self._state())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | torch.device = "auto") -> Detector:
+        """Load a saved model; the folder's detector name must match ``cls`` (use
+        :func:`core.detectors.registry.load_model` to dispatch by name)."""
+        doc, tensors = load_checkpoint(folder)
+        if doc["detector"] != cls.name:
+            raise CheckpointError(f"{folder} holds a '{doc['detector']}' model, not '{cls.name}'")
+        if int(doc.get("state_version", 1)) > cls.state_version:
+            raise CheckpointError(
+                f"{folder} was saved by a newer '{cls.name}' (state version {doc.get('state_version')}); update Anomaly Inspector"
+            )
+        cfg, _unknown = cls.config_class.from_dict(doc["config"])
+        det = cls(cfg, device=device)
+        det.meta = dict(doc.get("meta") or {})
+        try:
+            det._restore(tensors, det.meta)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' ({exc})") from None
+        det.fitted = True
+        if doc.get("threshold"):
+            det.threshold = Threshold.from_dict(doc["threshold"])
+        return det
+
+    def to(self, device: str | torch.device) -> Detector:
+        self.device = resolve_device(device)
+        self._moved()
+        return self
+
+    # ----------------------------------------------------------------- for subclasses
+    @abstractmethod
+    def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
+             skipped: list[Skipped] | None) -> None: ...
+
+    @abstractmethod
+    def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]: ...
+
+    @abstractmethod
+    def _state(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None: ...
+
+    def _moved(self) -> None:
+        """Called after ``self.device`` changed; move tensors there."""

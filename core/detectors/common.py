@@ -1,0 +1,56 @@
+"""Small pieces several detectors share: resizing to a working resolution, channel choice,
+map smoothing and returning maps at the input resolution."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.data.images import resize, to_channels
+
+
+def infer_channels(images: Sequence[np.ndarray]) -> int:
+    """3 if any image has colour, else 1."""
+    return 3 if any(img.shape[2] == 3 for img in images) else 1
+
+
+def to_tensor_batch(images: Sequence[np.ndarray], size: int, channels: int) -> torch.Tensor:
+    """(N, C, size, size) float32 tensor on the CPU, area-resized."""
+    arrs = [to_channels(resize(img, (size, size)), channels) for img in images]
+    return torch.from_numpy(np.stack(arrs).transpose(0, 3, 1, 2).copy())
+
+
+def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, H, W) maps with reflect padding; sigma <= 0 is a no-op."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma, maps.device)
+    r = k.numel() // 2
+    x = maps[:, None]
+    pad_h = min(r, x.shape[-1] - 1)
+    pad_v = min(r, x.shape[-2] - 1)
+    if pad_h < r or pad_v < r:  # tiny maps: fall back to replicate padding
+        x = F.pad(x, (r, r, r, r), mode="replicate")
+    else:
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def map_to_input(map_small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Bilinear resize of a working-resolution map back to the input image (H, W)."""
+    h, w = shape[:2]
+    return cv2.resize(map_small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,3 @@
+from core.detectors.ocsvm.detector import OCSVMConfig, OCSVMDetector
+
+__all__ = ["OCSVMConfig", "OCSVMDetector"]

@@ -1,0 +1,3 @@
+from core.detectors.pixel_gaussian.detector import PixelGaussianConfig, PixelGaussianDetector
+
+__all__ = ["PixelGaussianConfig", "PixelGaussianDetector"]

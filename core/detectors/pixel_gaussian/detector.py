@@ -1,0 +1,99 @@
+"""``pixel-gaussian``: a per-pixel Gaussian model of aligned normal images.
+
+Not from a paper: the cheap, weight-free baseline and the application's embedded default.
+Each pixel of the working-resolution image has a mean and variance estimated over the
+normal images; the anomaly map is the squared z-score (averaged over channels), smoothed
+with a Gaussian; the image score is the smoothed map's maximum. It assumes the parts are
+aligned in the frame (fixtures, a fixed camera), as on most inspection stations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from core.data.images import Skipped, iter_batches
+from core.detectors.base import Detector, FitError, ScoreResult
+from core.detectors.common import gaussian_blur, infer_channels, map_to_input, to_tensor_batch
+from core.detectors.config import DetectorConfig
+from core.engine.cancel import CancelToken, check
+from core.engine.progress import ProgressFn
+
+
+@dataclass
+class PixelGaussianConfig(DetectorConfig):
+    image_size: int = field(default=256, metadata={"help": "working resolution (pixels a side)", "min": 8, "max": 2048})
+    blur_sigma: float = field(default=4.0, metadata={"help": "Gaussian smoothing of the map (pixels at working size)", "min": 0.0, "max": 64.0})
+    var_floor: float = field(default=1e-3, metadata={"help": "added to every pixel variance (intensity units^2)", "min": 1e-8, "max": 1.0, "advanced": True})
+
+
+class PixelGaussianDetector(Detector):
+    name = "pixel-gaussian"
+    title = "Per-pixel Gaussian"
+    summary = "Per-pixel mean/variance of aligned good images; squared z-score map. Fast, no weights."
+    produces_maps = True
+    config_class = PixelGaussianConfig
+    min_train_images = 2
+    fixed_after_fit = ("image_size",)
+
+    config: PixelGaussianConfig
+
+    def __init__(self, config: PixelGaussianConfig | None = None, device="auto") -> None:
+        super().__init__(config, device)
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+
+    def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
+             skipped: list[Skipped] | None) -> None:
+        cfg = self.config
+        total = len(images)
+        s1 = s2 = None
+        n = 0
+        channels = None
+        for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
+            if channels is None:
+                channels = infer_channels(batch)
+            x = to_tensor_batch(batch, cfg.image_size, channels).to(self.device, torch.float64)
+            s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
+            s2 = (x * x).sum(0) if s2 is None else s2 + (x * x).sum(0)
+            n += x.shape[0]
+            if progress:
+                progress(idx[-1] + 1, total, f"accumulated {n} images")
+        check(cancel)
+        if n < self.min_train_images:
+            raise FitError(f"pixel-gaussian needs at least {self.min_train_images} readable good images, got {n}")
+        mean = s1 / n
+        var = (s2 / n - mean * mean).clamp_min(0.0) * n / (n - 1)  # unbiased
+        self.mean = mean.float()
+        self.var = var.float()
+        self.meta = {"channels": int(channels), "n_train": int(n)}
+
+    def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        cfg = self.config
+        x = to_tensor_batch(images, cfg.image_size, self.meta["channels"]).to(self.device)
+        z2 = ((x - self.mean) ** 2 / (self.var + cfg.var_floor)).mean(1)  # (N, H, W)
+        maps = gaussian_blur(z2, cfg.blur_sigma)
+        scores = maps.flatten(1).amax(1)
+        maps_np = maps.cpu().numpy()
+        return [
+            ScoreResult(score=float(s), anomaly_map=map_to_input(m, img.shape))
+            for s, m, img in zip(scores.tolist(), maps_np, images)
+        ]
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "var": self.var}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        mean, var = tensors["mean"], tensors["var"]
+        expect = (int(meta["channels"]), self.config.image_size, self.config.image_size)
+        if tuple(mean.shape) != expect or tuple(var.shape) != expect:
+            raise ValueError(f"mean/var shape {tuple(mean.shape)} does not match config {expect}")
+        self.mean, self.var = mean.to(self.device), var.to(self.device)
+
+    def _moved(self) -> None:
+        if self.mean is not None:
+            self.mean, self.var = self.mean.to(self.device), self.var.to(self.device)

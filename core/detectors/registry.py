@@ -1,0 +1,60 @@
+"""The explicit detector registry: one line per detector, looked up by name."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from core.detectors.base import Detector
+from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.ocsvm import OCSVMDetector
+from core.detectors.pixel_gaussian import PixelGaussianDetector
+from core.io.checkpoint import CheckpointError, read_header
+
+REGISTRY: dict[str, type[Detector]] = {
+    PixelGaussianDetector.name: PixelGaussianDetector,
+    OCSVMDetector.name: OCSVMDetector,
+}
+
+DEFAULT_DETECTOR = PixelGaussianDetector.name
+
+
+class UnknownDetectorError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def detector_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get_detector_class(name: str) -> type[Detector]:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownDetectorError(f"unknown detector '{name}' (known: {', '.join(REGISTRY)})") from None
+
+
+def make_config(name: str, overrides: dict[str, Any] | None = None) -> DetectorConfig:
+    cls = get_detector_class(name)
+    cfg = cls.config_class()
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def create_detector(name: str, overrides: dict[str, Any] | None = None, device: str | torch.device = "auto") -> Detector:
+    cls = get_detector_class(name)
+    available, reason = cls.availability()
+    if not available:
+        raise ConfigError(f"detector '{name}' is unavailable here: {reason}")
+    return cls(make_config(name, overrides), device=device)
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "auto") -> Detector:
+    """Load any saved model, dispatching on the detector name recorded in it."""
+    header = read_header(folder)
+    name = header["detector"]
+    if name not in REGISTRY:
+        raise CheckpointError(f"{folder} holds a model of detector '{name}', which this version does not know")
+    return REGISTRY[name].load(folder, device=device)

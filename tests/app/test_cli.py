@@ -1,0 +1,162 @@
+"""The command-line contract: outputs, exit codes, messages."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from app.cli import main
+from tests.conftest import ROOT, make_part, write_png
+
+SMALL = ["--set", "image_size=16", "--set", "blur_sigma=1"]
+
+
+def rows(path):
+    return list(csv.DictReader(open(path, newline="")))
+
+
+def test_detectors_lists_registry(capsys):
+    assert main(["detectors", "--json"]) == 0
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert {"pixel-gaussian", "ocsvm"} <= set(listed)
+    assert listed["pixel-gaussian"]["kind"] == "trained" and listed["pixel-gaussian"]["available"]
+    assert main(["detectors"]) == 0
+    assert "pixel-gaussian" in capsys.readouterr().out
+
+
+def test_scan_with_training_writes_outputs(tiny_parts, tmp_path):
+    out = tmp_path / "OUT"
+    code = main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--train",
+                 str(tiny_parts / "good"), "--out", str(out), *SMALL, "-q"])
+    assert code == 0
+    r = rows(out / "results.csv")
+    assert len(r) == 8 and list(r[0]) == ["path", "score", "flagged"]
+    assert len(list((out / "heatmaps").glob("*.png"))) == 8
+    flagged = (out / "flagged.txt").read_text().splitlines()
+    assert sorted(flagged) == sorted(x["path"] for x in r if x["flagged"] == "true")
+    assert rows(out / "skipped.csv") == []
+
+
+def test_train_then_scan_with_model_and_bad_files(tiny_parts, tmp_path, capsys):
+    """Acceptance 3: corrupt PNG, zero-byte JPG, text named x.png are skipped with reasons;
+    a 16-bit TIFF, an RGBA PNG and two good images are scored; exit 0."""
+    model = tmp_path / "model"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model), *SMALL, "-q"]) == 0
+    assert (model / "config.json").exists() and (model / "weights.safetensors").exists()
+
+    mixed = tmp_path / "mixed"
+    rng = np.random.default_rng(3)
+    good = write_png(mixed / "good1.png", make_part(rng))
+    write_png(mixed / "good2.png", make_part(rng))
+    data = good.read_bytes()
+    (mixed / "corrupt.png").write_bytes(data[:60])
+    (mixed / "empty.jpg").write_bytes(b"")
+    (mixed / "x.png").write_text("this is a text file")
+    write_png(mixed / "deep.tif", (make_part(rng)[..., 0] * 65535).astype(np.uint16))
+    rgba = (make_part(rng) * 255).astype(np.uint8)
+    write_png(mixed / "alpha.png", np.concatenate([rgba, np.full((32, 32, 1), 200, np.uint8)], axis=2))
+
+    out = tmp_path / "OUT"
+    code = main(["scan", str(mixed), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(out), "-q"])
+    assert code == 0
+    scored = {p.split("/")[-1] for p in (x["path"] for x in rows(out / "results.csv"))}
+    assert scored == {"good1.png", "good2.png", "deep.tif", "alpha.png"}
+    skipped = {x["path"].split("/")[-1]: x["reason"] for x in rows(out / "skipped.csv")}
+    assert set(skipped) == {"corrupt.png", "empty.jpg", "x.png"}
+    assert "corrupt" in skipped["corrupt.png"] and "empty" in skipped["empty.jpg"]
+    assert "not a decodable image" in skipped["x.png"]
+
+
+def test_threshold_and_fpr_options(tiny_parts, tmp_path):
+    model = tmp_path / "model"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model), *SMALL, "-q"]) == 0
+    out = tmp_path / "o1"
+    assert main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(model),
+                 "--out", str(out), "--threshold", "1e12", "-q"]) == 0
+    assert all(x["flagged"] == "false" for x in rows(out / "results.csv"))
+    assert (out / "flagged.txt").read_text() == ""
+    out2 = tmp_path / "o2"
+    assert main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(model),
+                 "--out", str(out2), "--fpr", "0.5", "-q"]) == 0
+    assert any(x["flagged"] == "true" for x in rows(out2 / "results.csv"))
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["scan", "/no/such/folder", "--detector", "pixel-gaussian", "--train", "."], "folder not found"),
+        (["scan", "{batch}", "--detector", "nope", "--train", "{good}"], "unknown detector 'nope'"),
+        (["scan", "{batch}", "--detector", "pixel-gaussian", "--train", "{good}", "--set", "image_size=huge"], "image_size"),
+        (["scan", "{batch}", "--detector", "pixel-gaussian", "--train", "{good}", "--set", "colour=red"], "unknown setting"),
+        (["scan", "{batch}", "--detector", "pixel-gaussian"], "--train GOOD_DIR or --model"),
+        (["scan", "{batch}", "--detector", "pixel-gaussian", "--model", "/no/model"], "model folder not found"),
+        (["scan", "{empty}", "--detector", "pixel-gaussian", "--train", "{good}"], "no image files"),
+        (["train", "{good}", "--detector", "ocsvm", "--model", "{batch}/ok0.png"], "must be a folder"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tiny_parts, tmp_path, capsys, args, needle):
+    (tmp_path / "empty").mkdir()
+    fill = {"batch": tiny_parts / "batch", "good": tiny_parts / "good", "empty": tmp_path / "empty"}
+    argv = [a.format(**fill) for a in args]
+    assert main(argv + ["-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["scan"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["scan", ".", "--detector", "ocsvm", "--fpr", "2"])
+    assert e.value.code == 2
+
+
+def test_runtime_failure_exits_1(tmp_path, capsys):
+    good = tmp_path / "good"
+    rng = np.random.default_rng(0)
+    for i in range(3):  # too few to hold out 3 for calibration
+        write_png(good / f"{i}.png", make_part(rng))
+    code = main(["scan", str(good), "--detector", "pixel-gaussian", "--train", str(good), "--out", str(tmp_path / "o"), "-q"])
+    assert code == 1
+    assert "too few" in capsys.readouterr().err
+
+
+def test_model_of_other_detector_is_refused(tiny_parts, tmp_path, capsys):
+    model = tmp_path / "m"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "ocsvm", "--model", str(model), "--set", "image_size=16", "-q"]) == 0
+    assert main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(model), "-q"]) == 2
+    assert "holds a 'ocsvm' model" in capsys.readouterr().err
+    assert main(["scan", str(tiny_parts / "batch"), "--detector", "ocsvm", "--model", str(model), "--set", "image_size=32", "-q"]) == 2
+
+
+def test_demo_headless_writes_results(tmp_path):
+    code = main(["demo", "--headless", "--dir", str(tmp_path / "sample"), "-q"])
+    assert code == 0
+    r = rows(tmp_path / "sample" / "results" / "results.csv")
+    assert len(r) == 36
+    flagged = {x["path"].split("/")[-1] for x in r if x["flagged"] == "true"}
+    defective = {x["path"].split("/")[-1] for x in r if not x["path"].endswith("_ok.png")}
+    assert len(flagged & defective) >= 10  # the generated defects are found
+
+
+def test_console_entry_point_runs():
+    proc = subprocess.run([sys.executable, "-m", "app", "detectors"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "pixel-gaussian" in proc.stdout
+
+
+def test_acceptance_scan_bottle(datasets_dir, tmp_path):
+    """Acceptance 2: 83 result rows and 83 heat maps on the bottle test set; ocsvm 83 rows."""
+    bottle = datasets_dir / "mvtec_ad" / "bottle"
+    out = tmp_path / "pg"
+    assert main(["scan", str(bottle / "test"), "--detector", "pixel-gaussian", "--train", str(bottle / "train" / "good"),
+                 "--out", str(out), "-q"]) == 0
+    assert len(rows(out / "results.csv")) == 83
+    assert len(list((out / "heatmaps").glob("*.png"))) == 83
+    out = tmp_path / "svm"
+    assert main(["scan", str(bottle / "test"), "--detector", "ocsvm", "--train", str(bottle / "train" / "good"),
+                 "--out", str(out), "-q"]) == 0
+    assert len(rows(out / "results.csv")) == 83

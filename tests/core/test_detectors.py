@@ -1,0 +1,163 @@
+"""Every registered detector, tiny on the CPU: shapes, finite values, save -> load -> same
+scores, cancel mid-fit, bad checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core.data.images import ImageSource
+from core.detectors.base import FitError, NotFittedError
+from core.detectors.registry import REGISTRY, create_detector, load_model
+from core.engine.cancel import Cancelled, CancelToken
+from core.io.checkpoint import CheckpointError
+from tests.conftest import make_part
+
+TINY = {
+    "pixel-gaussian": {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0},
+    "ocsvm": {"image_size": 16, "batch_size": 4},
+}
+
+
+def images(n, seed=0, defect=False, size=32):
+    rng = np.random.default_rng(seed)
+    return [make_part(rng, size=size, defect=defect) for _ in range(n)]
+
+
+def test_every_registered_detector_has_tiny_settings():
+    assert set(TINY) == set(REGISTRY)
+
+
+@pytest.fixture(params=sorted(TINY))
+def name(request):
+    return request.param
+
+
+def test_fit_score_shapes_and_separation(name):
+    det = create_detector(name, TINY[name], device="cpu")
+    det.fit(ImageSource(images(10)))
+    mixed = images(3, seed=5) + images(3, seed=6, defect=True) + [make_part(np.random.default_rng(1), size=40)]
+    res = det.score(ImageSource(mixed))
+    assert sorted(res) == list(range(7))
+    for i, r in res.items():
+        assert np.isfinite(r.score)
+        assert r.image_shape == mixed[i].shape[:2]
+        if det.produces_maps:
+            assert r.anomaly_map.shape == mixed[i].shape[:2]  # map at input resolution
+            assert r.anomaly_map.dtype == np.float32 and np.isfinite(r.anomaly_map).all()
+        else:
+            assert r.anomaly_map is None
+    assert min(res[i].score for i in (3, 4, 5)) > max(res[i].score for i in (0, 1, 2))
+
+
+def test_grey_and_colour_inputs_mix(name):
+    det = create_detector(name, TINY[name], device="cpu")
+    det.fit(ImageSource(images(6)))
+    grey = images(2)[0].mean(axis=2, keepdims=True)
+    res = det.score(ImageSource([grey]))
+    assert np.isfinite(res[0].score)
+
+
+def test_save_load_same_scores(name, tmp_path):
+    det = create_detector(name, TINY[name], device="cpu")
+    det.fit(ImageSource(images(8)))
+    test = ImageSource(images(3, seed=9) + images(2, seed=10, defect=True))
+    before = det.score(test)
+    det.save(tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    assert type(again) is type(det) and again.config == det.config
+    after = again.score(test)
+    for i in before:
+        assert after[i].score == before[i].score
+        if before[i].anomaly_map is not None:
+            assert np.array_equal(after[i].anomaly_map, before[i].anomaly_map)
+
+
+def test_cancel_mid_fit(name):
+    det = create_detector(name, TINY[name], device="cpu")
+    token = CancelToken()
+    calls = []
+
+    def progress(done, total, msg=""):
+        calls.append(done)
+        if len(calls) == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.fit(ImageSource(images(40)), progress=progress, cancel=token)
+    assert not det.fitted
+    with pytest.raises(NotFittedError):
+        det.score(ImageSource(images(1)))
+
+
+def test_too_few_images(name):
+    det = create_detector(name, TINY[name], device="cpu")
+    with pytest.raises(FitError):
+        det.fit(ImageSource(images(1)))
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    det = create_detector("pixel-gaussian", TINY["pixel-gaussian"], device="cpu")
+    det.fit(ImageSource(images(4)))
+    folder = det.save(tmp_path / "m")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(CheckpointError, match="not an Anomaly Inspector model"):
+        load_model(tmp_path / "foreign")
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_model(folder)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(folder)
+    other = tmp_path / "holiday_photos"
+    other.mkdir()
+    (other / "x.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="not empty"):
+        det.save(other)
+    assert (other / "x.txt").read_text() == "keep me"
+
+
+def test_newer_format_refused(tmp_path):
+    det = create_detector("ocsvm", TINY["ocsvm"], device="cpu")
+    det.fit(ImageSource(images(4)))
+    folder = det.save(tmp_path / "m")
+    doc = json.loads((folder / "config.json").read_text())
+    doc["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="newer"):
+        load_model(folder)
+
+
+def test_ocsvm_matches_scikit_learn():
+    from sklearn.svm import OneClassSVM
+
+    from core.detectors.common import to_tensor_batch
+
+    train, test = images(12), images(3, seed=3) + images(2, seed=4, defect=True)
+    det = create_detector("ocsvm", TINY["ocsvm"], device="cpu")
+    det.fit(ImageSource(train))
+    X = to_tensor_batch(train, 16, 3).flatten(1).double().numpy()
+    ref = OneClassSVM(kernel="rbf", nu=0.1, gamma="scale").fit(X)
+    Xt = to_tensor_batch(test, 16, 3).flatten(1).double().numpy()
+    ours = np.array([r.score for r in det.score(ImageSource(test)).values()])
+    assert np.allclose(ours, -ref.decision_function(Xt), atol=1e-9)
+
+
+def test_pixel_gaussian_map_is_squared_z_score():
+    det = create_detector("pixel-gaussian", {"image_size": 8, "blur_sigma": 0.0, "var_floor": 1e-8}, device="cpu")
+    rng = np.random.default_rng(0)
+    train = [rng.random((8, 8, 1)).astype(np.float32) for _ in range(20)]
+    det.fit(ImageSource(train))
+    stack = np.stack(train)[..., 0].astype(np.float64)
+    x = rng.random((8, 8, 1)).astype(np.float32)
+    expect = (x[..., 0] - stack.mean(0)) ** 2 / (stack.var(0, ddof=1) + 1e-8)
+    r = det.score(ImageSource([x]))[0]
+    assert np.allclose(r.anomaly_map, expect, rtol=1e-3)
+    assert r.score == pytest.approx(expect.max(), rel=1e-3)

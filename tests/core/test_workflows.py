@@ -1,0 +1,98 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from core.data.images import ImageSource
+from core.detectors.base import FitError
+from core.detectors.registry import create_detector
+from core.detectors.threshold import Threshold
+from core.engine.cancel import Cancelled, CancelToken
+from core.engine.jobs import FitJob, ScanJob, run_inline
+from core.engine.workflows import scan_images, select_subset, train_detector
+from core.io.export import export_scan, heatmap_names
+from tests.conftest import make_part, write_png
+
+SMALL = {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0}
+
+
+def test_train_calibrates_on_held_out_images(tiny_parts):
+    det = create_detector("pixel-gaussian", SMALL, device="cpu")
+    rep = train_detector(det, ImageSource.from_folder(tiny_parts / "good"), fpr=0.01)
+    assert rep.n_calibration == 3 and rep.n_train == 9
+    thr = det.threshold
+    assert thr.method == "calibrated" and thr.n_calibration == 3
+    assert thr.value == max(thr.calibration_scores)
+
+
+def test_explicit_threshold_uses_all_images(tiny_parts):
+    det = create_detector("pixel-gaussian", SMALL, device="cpu")
+    rep = train_detector(det, ImageSource.from_folder(tiny_parts / "good"), threshold=5.0, max_train=7)
+    assert rep.n_train == 7 and rep.n_calibration == 0 and det.threshold == Threshold.explicit(5.0)
+
+
+def test_too_few_good_images_is_a_clear_error(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_png(tmp_path / f"{i}.png", make_part(rng))
+    det = create_detector("pixel-gaussian", SMALL, device="cpu")
+    with pytest.raises(FitError, match="too few"):
+        train_detector(det, ImageSource.from_folder(tmp_path))
+    with pytest.raises(FitError, match="no good images"):
+        train_detector(det, ImageSource([]))
+
+
+def test_select_subset():
+    assert select_subset(5, None, 0) == [0, 1, 2, 3, 4]
+    sub = select_subset(100, 10, 0)
+    assert len(sub) == 10 and sub == sorted(sub) and sub == select_subset(100, 10, 0)
+
+
+def test_scan_flags_defects_and_exports(tiny_parts, tmp_path):
+    det = create_detector("pixel-gaussian", SMALL, device="cpu")
+    train_detector(det, ImageSource.from_folder(tiny_parts / "good"))
+    (tiny_parts / "batch" / "broken.png").write_text("not an image")
+    seen = []
+    res = scan_images(det, ImageSource.from_folder(tiny_parts / "batch"), on_row=lambda i, r: seen.append(i))
+    assert len(res.rows) == 8 and len(seen) == 8
+    assert [s.path.name for s in res.skipped] == ["broken.png"]
+    flagged = {r.path.name for r in res.flagged}
+    assert {"bad0.png", "bad1.png", "bad2.png", "bad3.png"} <= flagged
+    out = tmp_path / "out"
+    written = export_scan(out, res)
+    rows = list(csv.DictReader(open(written["results"])))
+    assert [r["path"] for r in rows] == [str(r.path) for r in res.rows]
+    assert {r["flagged"] for r in rows} <= {"true", "false"}
+    assert (out / "flagged.txt").read_text().splitlines() == [str(r.path) for r in res.flagged]
+    skipped = list(csv.DictReader(open(out / "skipped.csv")))
+    assert skipped[0]["path"].endswith("broken.png") and "decodable" in skipped[0]["reason"]
+    maps = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert maps == sorted(f"{r.path.stem}.png" for r in res.rows)
+    scale = json.loads((out / "heatmap_scale.json").read_text())
+    assert scale["colormap"] == "inferno" and scale["max"] > scale["min"]
+    # re-thresholding changes the flags, not the scores
+    res.apply_threshold(Threshold.explicit(1e9))
+    assert res.flagged == []
+
+
+def test_heatmap_names_disambiguate_repeated_stems(tmp_path):
+    from core.engine.workflows import ScanRow
+
+    rows = [ScanRow(tmp_path / "a" / "000.png", 1.0, True, (4, 4)), ScanRow(tmp_path / "b" / "000.png", 1.0, True, (4, 4)),
+            ScanRow(tmp_path / "b" / "001.png", 1.0, True, (4, 4))]
+    names = heatmap_names(rows)
+    assert len(set(names)) == 3 and names[2] == "001.png" and names[0].endswith("a__000.png")
+
+
+def test_jobs_inline_with_partials_and_cancel(tiny_parts):
+    out = run_inline(FitJob("pixel-gaussian", tiny_parts / "good", overrides=SMALL, device="cpu"))
+    det = out.detector
+    assert det.fitted and out.report.threshold is not None
+    partials = []
+    result = run_inline(ScanJob(det, ImageSource.from_folder(tiny_parts / "batch")), emit=partials.append)
+    assert len(partials) == len(result.rows) == 8
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        run_inline(ScanJob(det, ImageSource.from_folder(tiny_parts / "batch")), cancel=token)
