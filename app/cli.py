@@ -301,6 +301,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_gui(args: argparse.Namespace) -> int:
     folder = str(_existing_dir(args.folder, "folder")) if args.folder else None
     good = str(_existing_dir(args.good, "good-image folder")) if args.good else None
+    if args.detector:
+        from core.detectors.registry import UnknownDetectorError, get_detector_class
+
+        try:
+            get_detector_class(args.detector)
+        except UnknownDetectorError as exc:
+            raise UsageError(str(exc)) from None
     from app.gui import run_gui
 
     return run_gui(folder=folder, good=good, detector=args.detector, autorun=args.run)

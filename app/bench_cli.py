@@ -1,0 +1,141 @@
+"""``anomaly-inspector bench``: train and evaluate a detector on a labelled dataset.
+
+Prints a table of the metrics and timings on stdout (progress on stderr) and, with
+``--json OUT.json``, writes the result of :func:`core.engine.bench.run_bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from app.cli import EXIT_OK, ProgressBar, UsageError, _info, _positive_int, parse_sets
+
+LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0: {text}")
+    return v
+
+
+def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+    b = sub.add_parser(
+        "bench",
+        help="train and evaluate a detector on a labelled dataset (metrics and timings)",
+        description="Train a detector on the dataset's training split (with a calibrated threshold), score the "
+                    "test split and report image AUROC, pixel AUROC, AUPRO, F1-max, accuracy, recall, "
+                    "time and memory. A metric that does not apply is shown as n/a (null in the JSON).",
+    )
+    b.add_argument("dataset", metavar="DATASET", help="dataset folder: an MVTec AD category or root, MTD, or good/ + defect/")
+    b.add_argument("--detector", required=True, metavar="NAME", help="detector name (see 'detectors')")
+    b.add_argument("--layout", default="auto", choices=LAYOUT_CHOICES, help="dataset layout (default: detect it)")
+    b.add_argument("--category", metavar="C", help="MVTec AD category (needed for a root with several)")
+    b.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto)")
+    b.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a detector config field (repeatable)")
+    b.add_argument("--max-train", type=_positive_int, metavar="N",
+                   help="train on at most N training images, seeded (the few-shot setting)")
+    b.add_argument("--max-test", type=_positive_int, metavar="N",
+                   help="evaluate on a seeded stratified subset of at most N test images")
+    b.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed for every random choice, incl. the detector's seed unless --set seed=... (default 0)")
+    b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    b.set_defaults(handler=cmd_bench)
+    return b
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if math.isfinite(v) else str(v)
+    return str(v)
+
+
+def format_table(res: dict[str, Any]) -> str:
+    """The human-readable summary printed by ``bench``."""
+    m, t = res["metrics"], res["timing"]
+    cfg = " ".join(f"{k}={v}" for k, v in res["config"].items())
+    fit = "n/a (zero-shot)" if t["fit_seconds"] is None else f"{t['fit_seconds']:.2f} s"
+    ips = t["score_images_per_second"]
+    rows = [
+        ("detector", res["detector"]),
+        ("dataset", res["dataset"] + (f" (category {res['category']})" if res["category"] else "")),
+        ("device", res["device"]),
+        ("config", cfg),
+        ("images", f"{res['n_train']} train, {res['n_test']} test"),
+        ("", ""),
+        ("image AUROC", _fmt(m["image_auroc"])),
+        ("pixel AUROC", _fmt(m["pixel_auroc"])),
+        ("AUPRO (FPR<=0.3)", _fmt(m["aupro"])),
+        ("F1-max", _fmt(m["f1_max"])),
+        ("accuracy", _fmt(m["accuracy"])),
+        ("recall", _fmt(m["recall"])),
+        ("", ""),
+        ("fit", fit),
+        ("scoring", f"{t['score_seconds']:.2f} s ({_fmt(ips, 1)} images/s)"),
+        ("peak RSS", "n/a" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']:.0f} MB (process)"),
+        ("peak GPU", "n/a" if t["peak_gpu_mb"] is None else f"{t['peak_gpu_mb']:.0f} MB"),
+        ("version", res["version"]),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
+
+
+def _json_target(text: str | None) -> Path | None:
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--json must be a file, not a folder: {path}")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"--json: {parent} is not a folder")
+    return path
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from core.data.layouts import DatasetError
+    from core.detectors.config import ConfigError
+    from core.detectors.registry import UnknownDetectorError, get_detector_class
+    from core.engine.bench import run_bench
+    from core.engine.device import DeviceError
+
+    out = _json_target(args.json)
+    dataset = Path(args.dataset).expanduser()
+    if not dataset.exists():
+        raise UsageError(f"dataset folder not found: {dataset}")
+    if not dataset.is_dir():
+        raise UsageError(f"dataset is not a folder: {dataset}")
+    try:
+        get_detector_class(args.detector)
+    except UnknownDetectorError as exc:
+        raise UsageError(str(exc)) from None
+    sets = parse_sets(args.set)
+    skipped: list = []
+    bar = ProgressBar("bench", quiet=args.quiet)
+    try:
+        res = run_bench(args.dataset, args.detector, layout=args.layout, category=args.category,
+                        device=args.device, overrides=sets, max_train=args.max_train, max_test=args.max_test,
+                        seed=args.seed, progress=bar, skipped=skipped)
+    except (DatasetError, UnknownDetectorError, ConfigError, DeviceError) as exc:
+        raise UsageError(str(exc)) from None
+    finally:
+        bar.close()
+    for s in skipped:
+        _info(f"skipped {s.path}: {s.reason}", args.quiet)
+    print(format_table(res), flush=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        _info(f"wrote {out}", args.quiet)
+    return EXIT_OK

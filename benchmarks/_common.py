@@ -1,0 +1,48 @@
+"""Helpers shared by the micro-benchmarks (not a test module; run the bench_*.py scripts)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("AI_DATASETS", REPO.parent / "shared" / "datasets"))
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}")
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Wall seconds of ``repeat`` calls of ``fn`` (after one untimed warm-up call)."""
+    fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def summary(seconds: list[float], n_items: int) -> str:
+    """'median ms/item, items/s (min..max over repeats)'."""
+    med = statistics.median(seconds)
+    return (f"{1000 * med / n_items:8.2f} ms/img  {n_items / med:8.1f} img/s  "
+            f"(best {n_items / min(seconds):.1f}, worst {n_items / max(seconds):.1f})")

@@ -1,0 +1,298 @@
+"""The evaluation harness: train a detector on a dataset's training split, score its test split,
+and report the metrics and the time and memory it took.
+
+:func:`run_bench` returns a plain dict (the JSON that ``anomaly-inspector bench --json``
+writes)::
+
+    {"detector", "dataset", "category", "device", "config": {...}, "n_train", "n_test",
+     "metrics": {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"},
+     "timing": {"fit_seconds", "score_seconds", "score_images_per_second",
+                "peak_rss_mb", "peak_gpu_mb"},
+     "version"}
+
+A value that does not apply (pixel metrics of a detector without maps, GPU memory on the
+CPU, fit time of a zero-shot detector) is ``None``.
+
+Timing is what a user waits for: ``fit_seconds`` is the whole of :func:`train_detector`
+(decoding, fitting, calibrating the threshold); ``score_seconds`` is a whole
+:func:`scan_images` of the test split (decoding, scoring, keeping the maps), measured after
+one untimed warm-up batch. On a GPU the device is synchronised before each clock reading.
+``peak_rss_mb`` is the peak resident memory of the *process* so far (``getrusage``), so it
+includes whatever ran before in the same process; ``peak_gpu_mb`` is the peak memory torch
+allocated on the device during this run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from core.data.images import ImageSource
+from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
+from core.detectors.registry import create_detector
+from core.engine.cancel import CancelToken, check
+from core.engine.progress import ProgressFn, SubProgress
+from core.engine.workflows import ScanRow, scan_images, train_detector
+from core.metrics import compute_all
+
+#: Resolution (a side) at which the pixel metrics compare maps and masks.
+EVAL_SIZE = 256
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
+TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb", "peak_gpu_mb")
+RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "metrics",
+               "timing", "version")
+
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+# --------------------------------------------------------------------------- helpers
+def package_version() -> str:
+    """The installed package version, plus ``+g<commit>`` (and ``.dirty``) inside a git checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("anomaly-inspector")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    commit = _git_commit(Path(__file__).resolve().parents[2])
+    if commit:
+        v += ("." if "+" in v else "+") + commit
+    return v
+
+
+def _git_commit(repo: Path) -> str | None:
+    if not (repo / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    tag = "g" + head.stdout.strip()
+    return tag + (".dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size of this process in MiB (``None`` where unsupported)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return float(peak) / (1024.0 * 1024.0) if sys.platform == "darwin" else float(peak) / 1024.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _mvtec_categories(root: Path) -> list[str]:
+    """Category names under an MVTec AD root; empty when ``root`` is itself a category."""
+    if not root.is_dir() or ((root / "train").is_dir() and (root / "test").is_dir()):
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir() and (p / "test").is_dir())
+
+
+def load_bench_dataset(root: str | os.PathLike, layout: str = "auto", category: str | None = None,
+                       seed: int = 0) -> Dataset:
+    """:func:`load_dataset`, except that an MVTec AD root holding exactly one category needs
+    no ``category``."""
+    path = Path(root).expanduser()
+    resolved = detect_layout(path) if layout == "auto" else layout
+    if resolved == "mvtec" and category is None:
+        cats = _mvtec_categories(path)
+        if len(cats) == 1:
+            category = cats[0]
+    return load_dataset(path, resolved, category, seed=seed)
+
+
+def stratified_subset(samples: Sequence[Sample], max_n: int | None, seed: int) -> list[int]:
+    """Seeded choice of at most ``max_n`` test samples, in order, keeping the proportions of
+    each (label, defect type); both labels stay represented whenever ``max_n >= 2``."""
+    n = len(samples)
+    if max_n is None or max_n >= n:
+        return list(range(n))
+    if max_n < 1:
+        raise ValueError("max-test must be at least 1")
+    strata: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        strata[(s.label, s.defect_type)].append(i)
+    keys = sorted(strata)
+    quota = {k: max_n * len(strata[k]) / n for k in keys}
+    alloc = {k: int(math.floor(quota[k])) for k in keys}
+    # Largest remainder first; ties go to the larger stratum, then the sorted key order.
+    for k in sorted(keys, key=lambda k: (-(quota[k] - alloc[k]), -len(strata[k]), k))[: max_n - sum(alloc.values())]:
+        alloc[k] += 1
+    labels = {k[0] for k in keys}
+    if max_n >= 2 and len(labels) == 2:
+        for missing in (0, 1):
+            if sum(v for k, v in alloc.items() if k[0] == missing) == 0:
+                donor = max((k for k in keys if k[0] != missing), key=lambda k: alloc[k])
+                taker = max((k for k in keys if k[0] == missing), key=lambda k: len(strata[k]))
+                alloc[donor] -= 1
+                alloc[taker] += 1
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for k in keys:
+        if alloc[k]:
+            chosen += [int(i) for i in rng.choice(strata[k], size=alloc[k], replace=False)]
+    return sorted(chosen)
+
+
+def _map_for_metrics(row: ScanRow) -> np.ndarray | None:
+    if row.anomaly_map is None:
+        return None
+    m = row.anomaly_map.astype(np.float32)
+    if not np.isfinite(m).all():  # a float16 overflow of a huge score: keep the order we can
+        m = np.nan_to_num(m, nan=0.0, posinf=_FLOAT16_MAX, neginf=-_FLOAT16_MAX)
+    return m
+
+
+def _finite_or_none(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------- the harness
+def run_bench(
+    dataset_root: str | os.PathLike,
+    detector_name: str,
+    layout: str = "auto",
+    category: Optional[str] = None,
+    device: str | torch.device = "auto",
+    overrides: Optional[dict[str, Any]] = None,
+    max_train: Optional[int] = None,
+    max_test: Optional[int] = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+    skipped: Optional[list] = None,
+) -> dict[str, Any]:
+    """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
+    and return the metrics and timings (see the module docstring for the keys).
+
+    ``seed`` drives every random choice: the detector's ``seed`` setting (unless
+    ``overrides`` sets it), hence the ``max_train`` subset and the held-out calibration
+    images, the stratified ``max_test`` subset, and random dataset splits. ``max_train`` is
+    also the few-shot setting. Unreadable images are left out and appended to ``skipped``.
+
+    Raises :class:`DatasetError` for a missing or unusable dataset, and the registry's
+    ``UnknownDetectorError`` / ``ConfigError`` / ``DeviceError`` for a bad detector, setting
+    or device.
+    """
+    if max_train is not None and max_train < 1:
+        raise ValueError("max-train must be at least 1")
+    settings = dict(overrides or {})
+    settings.setdefault("seed", seed)
+    detector = create_detector(detector_name, settings, device)
+    dev = detector.device
+    dataset = load_bench_dataset(dataset_root, layout, category, seed)
+    if not dataset.test:
+        raise DatasetError(f"{dataset_root} has no test images to evaluate on")
+    if not detector.zero_shot and not dataset.train:
+        raise DatasetError(f"{dataset_root} has no training images to train {detector.name} on")
+    test_samples = [dataset.test[i] for i in stratified_subset(dataset.test, max_test, seed)]
+    skipped_out = skipped if skipped is not None else []
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    # ---- training (timed in full: decoding, fitting, calibration)
+    n_train = 0
+    fit_seconds: float | None = None
+    if not detector.zero_shot:
+        _sync(dev)
+        t0 = time.perf_counter()
+        report = train_detector(detector, ImageSource(dataset.train), max_train=max_train,
+                                progress=SubProgress(progress, 0.0, 0.45), cancel=cancel)
+        _sync(dev)
+        fit_seconds = time.perf_counter() - t0
+        n_train = report.n_train + report.n_calibration
+        skipped_out += report.skipped
+    check(cancel)
+
+    # ---- warm-up: the first batch, untimed
+    source = ImageSource([s.path for s in test_samples])
+    warm = source.subset(range(min(detector.config.batch_size, len(source))))
+    detector.score(warm, SubProgress(progress, 0.45, 0.5, "warm-up"), cancel)
+    _sync(dev)
+
+    # ---- the timed scan of the whole test split
+    rows: dict[int, ScanRow] = {}
+
+    def keep(i: int, row: ScanRow) -> None:
+        rows[i] = row
+
+    _sync(dev)
+    t0 = time.perf_counter()
+    result = scan_images(detector, source, progress=SubProgress(progress, 0.5, 0.95, "scoring"), cancel=cancel,
+                         on_row=keep)
+    _sync(dev)
+    score_seconds = time.perf_counter() - t0
+    skipped_out += result.skipped
+    peak_gpu = float(torch.cuda.max_memory_allocated(dev)) / 2**20 if dev.type == "cuda" else None
+    check(cancel)
+
+    # ---- metrics
+    if progress:
+        progress(950, 1000, "metrics")
+    order = sorted(rows)
+    if not order:
+        raise DatasetError(f"none of the {len(source)} test images of {dataset_root} could be read")
+    samples = [test_samples[i] for i in order]
+    scored = [rows[i] for i in order]
+    labels = np.array([s.label for s in samples], dtype=np.int64)
+    scores = np.array([r.score for r in scored], dtype=np.float64)
+    if detector.zero_shot:
+        groups = [r.columns.get("group") for r in scored]
+        predicted = None if any(g is None for g in groups) else np.array([g == "suspect" for g in groups])
+    else:
+        flags = [r.flagged for r in scored]
+        predicted = None if any(f is None for f in flags) else np.array(flags, dtype=bool)
+    maps: list[np.ndarray | None] | None = None
+    masks: list[np.ndarray | None] | None = None
+    if any(r.anomaly_map is not None for r in scored):
+        maps = [_map_for_metrics(r) for r in scored]
+        masks = [read_mask(s.mask, (EVAL_SIZE, EVAL_SIZE)) if s.mask is not None else None for s in samples]
+    metrics = compute_all(labels, scores, predicted, masks, maps, size=EVAL_SIZE)
+    if progress:
+        progress(1000, 1000, "done")
+
+    n_test = len(order)
+    return {
+        "detector": detector.name,
+        "dataset": str(dataset_root),
+        "category": dataset.category,
+        "device": str(dev),
+        "config": detector.config.to_dict(),
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "metrics": {k: _finite_or_none(None if metrics[k] is None else float(metrics[k])) for k in METRIC_KEYS},
+        "timing": {
+            "fit_seconds": fit_seconds,
+            "score_seconds": score_seconds,
+            "score_images_per_second": n_test / score_seconds if score_seconds > 0 else None,
+            "peak_rss_mb": peak_rss_mb(),
+            "peak_gpu_mb": peak_gpu,
+        },
+        "version": package_version(),
+    }

@@ -1,0 +1,136 @@
+"""Tests of ``anomaly-inspector bench`` (exit codes, table, JSON file)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = Path(os.environ.get("AI_DATASETS", REPO.parent / "shared" / "datasets"))
+FAST = ["--set", "image_size=32", "--set", "blur_sigma=1", "--set", "batch_size=4", "--device", "cpu"]
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(path.suffix, img)
+    assert ok
+    data.tofile(path)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MVTec AD root holding one category, ``part``."""
+    rng = np.random.default_rng(1)
+    base = tmp_path_factory.mktemp("mvtec")
+    cat = base / "part"
+
+    def good() -> np.ndarray:
+        return np.clip(100 + rng.normal(0, 3, (32, 32, 3)), 0, 255).astype(np.uint8)
+
+    for i in range(10):
+        _write(cat / "train" / "good" / f"{i:03d}.png", good())
+    for i in range(3):
+        _write(cat / "test" / "good" / f"{i:03d}.png", good())
+    for i in range(3):
+        img, mask = good(), np.zeros((32, 32), np.uint8)
+        img[8 + 4 * i:16 + 4 * i, 10:18] = (255, 0, 0)
+        mask[8 + 4 * i:16 + 4 * i, 10:18] = 255
+        _write(cat / "test" / "stain" / f"{i:03d}.png", img)
+        _write(cat / "ground_truth" / "stain" / f"{i:03d}_mask.png", mask)
+    return base
+
+
+def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sub" / "b.json"
+    rc = main(["bench", str(root / "part"), "--detector", "pixel-gaussian", "--json", str(out), *FAST])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "image AUROC" in captured.out and "pixel AUROC" in captured.out and "images/s" in captured.out
+    assert "bench:" in captured.err  # progress goes to stderr
+    res = json.loads(out.read_text(encoding="utf-8"))
+    assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "metrics",
+                        "timing", "version"}
+    assert res["category"] == "part" and res["device"] == "cpu" and res["n_test"] == 6
+    for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
+        assert math.isfinite(res["metrics"][key])
+    assert res["timing"]["peak_gpu_mb"] is None
+
+
+def test_bench_root_with_one_category_and_quiet(root: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["bench", str(root), "--detector", "pixel-gaussian", "--max-test", "4", "-q", *FAST])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "category part" in captured.out
+    assert captured.err == ""
+
+
+def test_bench_detector_without_maps_shows_na(root: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["bench", str(root), "--detector", "ocsvm", "--set", "image_size=8", "--device", "cpu", "-q"])
+    assert rc == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pixel AUROC"))
+    assert line.endswith("n/a")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["{missing}", "--detector", "pixel-gaussian"], "not found"),
+    (["{root}", "--detector", "no-such"], "unknown detector"),
+    (["{root}", "--detector", "pixel-gaussian", "--set", "bogus=1"], "unknown setting"),
+    (["{root}", "--detector", "pixel-gaussian", "--set", "image_size=abc"], "image_size"),
+    (["{root}", "--detector", "pixel-gaussian", "--set", "noequals"], "KEY=VALUE"),
+    (["{root}", "--detector", "pixel-gaussian", "--layout", "mtd"], "MTD"),
+    (["{root}", "--detector", "pixel-gaussian", "--category", "nope"], "nope"),
+    (["{root}", "--detector", "pixel-gaussian", "--json", "{root}"], "--json"),
+    (["{root}", "--detector", "pixel-gaussian", "--device", "tpu"], "device"),
+])
+def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   argv: list[str], fragment: str) -> None:
+    args = [a.format(root=root, missing=tmp_path / "missing") for a in argv]
+    rc = main(["bench", *args, "-q"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anomaly-inspector: ") and fragment in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["--max-train", "0"], ["--max-test", "x"], ["--seed", "-1"], ["--layout", "odd"]])
+def test_bench_bad_option_values_exit_2(root: Path, extra: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(root), "--detector", "pixel-gaussian", *extra])
+    assert exc.value.code == 2
+
+
+def test_bench_missing_detector_option_exits_2(root: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(root)])
+    assert exc.value.code == 2
+
+
+def test_bench_help_via_the_installed_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "app", "bench", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert proc.returncode == 0
+    for option in ("--detector", "--layout", "--category", "--device", "--set", "--max-train", "--max-test",
+                   "--seed", "--json"):
+        assert option in proc.stdout
+
+
+@pytest.mark.skipif(not (DATASETS / "mvtec_ad" / "bottle").is_dir(), reason="MVTec bottle not present")
+def test_bench_real_bottle_subset(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    rc = main(["bench", str(DATASETS / "mvtec_ad" / "bottle"), "--detector", "pixel-gaussian", "--max-train", "12",
+               "--max-test", "8", "--set", "image_size=64", "--device", "cpu", "--json", str(out), "-q"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["n_train"] == 12 and res["n_test"] == 8
+    for key in ("image_auroc", "pixel_auroc", "aupro"):
+        assert math.isfinite(res["metrics"][key])

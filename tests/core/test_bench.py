@@ -1,0 +1,231 @@
+"""Tests of core.engine.bench on a tiny synthetic MVTec AD tree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core.data.layouts import DatasetError, Sample
+from core.detectors.config import ConfigError
+from core.detectors.registry import UnknownDetectorError
+from core.engine.bench import (
+    METRIC_KEYS,
+    RESULT_KEYS,
+    TIMING_KEYS,
+    load_bench_dataset,
+    package_version,
+    run_bench,
+    stratified_subset,
+)
+from core.engine.cancel import Cancelled, CancelToken
+
+SIZE = 32
+FAST = {"image_size": "32", "blur_sigma": "1.0", "batch_size": "4"}
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, data = cv2.imencode(path.suffix, img)
+    assert ok
+    data.tofile(path)
+
+
+def make_tree(root: Path, category: str = "widget", n_train: int = 12, n_good: int = 4, n_bad: int = 4) -> Path:
+    """An MVTec-layout category: grey noise around 128; defects are a bright square with a mask."""
+    rng = np.random.default_rng(0)
+    cat = root / category
+
+    def good() -> np.ndarray:
+        return np.clip(128 + rng.normal(0, 4, (SIZE, SIZE)), 0, 255).astype(np.uint8)
+
+    for i in range(n_train):
+        _write(cat / "train" / "good" / f"{i:03d}.png", good())
+    for i in range(n_good):
+        _write(cat / "test" / "good" / f"{i:03d}.png", good())
+    for i in range(n_bad):
+        img, mask = good(), np.zeros((SIZE, SIZE), np.uint8)
+        y, x = 4 + 5 * (i % 4), 4 + 3 * i % 20
+        img[y:y + 6, x:x + 6] = 250
+        mask[y:y + 6, x:x + 6] = 255
+        _write(cat / "test" / "spot" / f"{i:03d}.png", img)
+        _write(cat / "ground_truth" / "spot" / f"{i:03d}_mask.png", mask)
+    return cat
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("mvtec"))
+
+
+@pytest.fixture(scope="module")
+def result(tree: Path) -> dict:
+    return run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST)
+
+
+def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
+    assert tuple(result) == RESULT_KEYS
+    assert tuple(result["metrics"]) == METRIC_KEYS
+    assert tuple(result["timing"]) == TIMING_KEYS
+    assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "metrics",
+                           "timing", "version"}
+    assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
+    assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb",
+                                     "peak_gpu_mb"}
+    json.dumps(result, allow_nan=False)  # plain JSON, no NaN
+
+
+def test_values(result: dict, tree: Path) -> None:
+    assert result["detector"] == "pixel-gaussian"
+    assert result["category"] == "widget"
+    assert result["device"] == "cpu"
+    assert result["config"]["image_size"] == 32 and result["config"]["seed"] == 0
+    assert result["n_train"] == 12 and result["n_test"] == 8
+    for key in METRIC_KEYS:
+        assert result["metrics"][key] is not None and math.isfinite(result["metrics"][key]), key
+    # The defects are obvious: everything ranks perfectly.
+    assert result["metrics"]["image_auroc"] == pytest.approx(1.0)
+    assert result["metrics"]["pixel_auroc"] > 0.95
+    assert 0.0 < result["metrics"]["aupro"] <= 1.0
+    t = result["timing"]
+    assert t["fit_seconds"] > 0 and t["score_seconds"] > 0
+    assert t["score_images_per_second"] == pytest.approx(8 / t["score_seconds"])
+    assert t["peak_rss_mb"] is None or t["peak_rss_mb"] > 10
+    assert t["peak_gpu_mb"] is None
+    assert result["version"] == package_version() and result["version"]
+
+
+def test_detector_without_maps_has_null_pixel_metrics(tree: Path) -> None:
+    res = run_bench(tree, "ocsvm", device="cpu", overrides={"image_size": "16"})
+    assert res["metrics"]["pixel_auroc"] is None and res["metrics"]["aupro"] is None
+    assert math.isfinite(res["metrics"]["image_auroc"])
+    assert res["metrics"]["accuracy"] is not None
+
+
+def test_root_with_a_single_category_needs_no_category(tree: Path) -> None:
+    ds = load_bench_dataset(tree.parent)
+    assert ds.category == "widget" and len(ds.test) == 8
+    ds = load_bench_dataset(tree.parent, layout="mvtec")
+    assert ds.category == "widget"
+
+
+def test_root_with_several_categories_needs_one(tmp_path: Path) -> None:
+    make_tree(tmp_path, "a", 3, 1, 1)
+    make_tree(tmp_path, "b", 3, 1, 1)
+    with pytest.raises(DatasetError, match="needs a category"):
+        load_bench_dataset(tmp_path)
+    assert load_bench_dataset(tmp_path, category="b").category == "b"
+
+
+def test_max_train_max_test_and_seed(tree: Path) -> None:
+    res = run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, max_train=6, max_test=4, seed=3)
+    assert res["n_train"] == 6 and res["n_test"] == 4
+    assert res["config"]["seed"] == 3
+    assert res["metrics"]["image_auroc"] is not None  # both classes kept
+    # An explicit --set seed wins over --seed.
+    res = run_bench(tree, "pixel-gaussian", device="cpu", overrides={**FAST, "seed": "7"}, max_test=4, seed=3)
+    assert res["config"]["seed"] == 7
+
+
+def test_errors(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnknownDetectorError):
+        run_bench(tree, "no-such-detector", device="cpu")
+    with pytest.raises(ConfigError):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides={"nonsense": "1"})
+    with pytest.raises(DatasetError):
+        run_bench(tmp_path / "missing", "pixel-gaussian", device="cpu", overrides=FAST)
+    with pytest.raises(ValueError):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, max_test=0)
+
+
+def test_cancel(tree: Path) -> None:
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, cancel=token)
+
+
+def test_progress_is_monotonic_and_ends_at_one(tree: Path) -> None:
+    seen: list[float] = []
+    run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, progress=lambda d, t, m="": seen.append(d / t))
+    assert seen and seen[-1] == 1.0
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+
+
+# --------------------------------------------------------------------------- stratified subset
+def _samples(n_good: int, bad: dict[str, int]) -> list[Sample]:
+    out = [Sample(Path(f"g{i}"), 0) for i in range(n_good)]
+    for kind, n in bad.items():
+        out += [Sample(Path(f"{kind}{i}"), 1, None, kind) for i in range(n)]
+    return out
+
+
+def test_stratified_subset_keeps_proportions() -> None:
+    samples = _samples(20, {"crack": 40, "hole": 20})
+    idx = stratified_subset(samples, 40, seed=0)
+    assert idx == sorted(idx) and len(set(idx)) == 40
+    kinds = [samples[i].defect_type for i in idx]
+    assert kinds.count("good") == 10 and kinds.count("crack") == 20 and kinds.count("hole") == 10
+    assert stratified_subset(samples, 40, seed=0) == idx  # seeded
+    assert stratified_subset(samples, 40, seed=1) != idx
+    assert stratified_subset(samples, 500, seed=0) == list(range(80))
+    assert stratified_subset(samples, None, seed=0) == list(range(80))
+
+
+def test_stratified_subset_keeps_both_labels() -> None:
+    samples = _samples(98, {"crack": 2})
+    for n in (2, 3, 5):
+        idx = stratified_subset(samples, n, seed=0)
+        assert len(idx) == n
+        assert {samples[i].label for i in idx} == {0, 1}
+    assert len(stratified_subset(samples, 1, seed=0)) == 1
+    with pytest.raises(ValueError):
+        stratified_subset(samples, 0, seed=0)
+
+
+# --------------------------------------------------------------------------- zero-shot detectors
+def _zero_shot_class(with_group: bool):
+    from core.detectors.base import Detector, ScoreResult
+
+    class Brightest(Detector):
+        name = "test-brightest"
+        title = summary = "test"
+        zero_shot = True
+
+        def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - never called
+            raise AssertionError("zero-shot detectors are not trained")
+
+        def _score_batch(self, images):
+            out = []
+            for img in images:
+                s = float(img.max())
+                out.append(ScoreResult(score=s, columns={"group": "suspect" if s > 0.9 else "normal"} if with_group else {}))
+            return out
+
+        def _state(self):
+            return {}
+
+        def _restore(self, tensors, meta) -> None:
+            pass
+
+    return Brightest
+
+
+@pytest.mark.parametrize("with_group", [True, False])
+def test_zero_shot_detector(tree: Path, monkeypatch: pytest.MonkeyPatch, with_group: bool) -> None:
+    from core.detectors import registry
+
+    cls = _zero_shot_class(with_group)
+    monkeypatch.setitem(registry.REGISTRY, cls.name, cls)
+    res = run_bench(tree, cls.name, device="cpu")
+    assert res["n_train"] == 0 and res["timing"]["fit_seconds"] is None
+    assert res["metrics"]["image_auroc"] == pytest.approx(1.0)
+    assert res["metrics"]["pixel_auroc"] is None
+    if with_group:
+        assert res["metrics"]["accuracy"] == pytest.approx(1.0) and res["metrics"]["recall"] == pytest.approx(1.0)
+    else:
+        assert res["metrics"]["accuracy"] is None and res["metrics"]["recall"] is None
