@@ -16,6 +16,8 @@ from tests.conftest import make_part
 TINY = {
     "pixel-gaussian": {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0},
     "ocsvm": {"image_size": 16, "batch_size": 4},
+    "vqvae": {"image_size": 16, "batch_size": 4, "hidden": 8, "n_embeddings": 16, "embedding_dim": 8, "epochs": 3,
+              "lr": 1e-3},
 }
 
 

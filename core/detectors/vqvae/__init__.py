@@ -1,0 +1,3 @@
+from core.detectors.vqvae.detector import VQVAEConfig, VQVAEDetector
+
+__all__ = ["VQVAEConfig", "VQVAEDetector"]
