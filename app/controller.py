@@ -1,0 +1,640 @@
+"""What the window shows and the long work behind it, without any widget.
+
+The controller owns the application state (the open folder, the current detector, the
+current scan result, the threshold) and the one :class:`~core.engine.qt_bridge.JobRunner`.
+Every piece of slow work (listing a folder, decoding thumbnails and images, training,
+scoring, saving, loading, exporting) is a job on the runner; the views only listen to the
+controller's signals and call its methods, so it can be driven in tests without a window.
+
+Only one *main* task (training, scanning, model I/O, export) runs at a time; it has the
+progress bar and the Cancel button. Helper jobs (folder listing, thumbnails, the full image,
+the heat-map scale) run beside it, and a newer request of the same kind replaces an older one,
+whose late signals are dropped by job id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from core.data.images import ImageReadError, ImageSource, list_images, read_image, resize
+from core.detectors.base import Detector
+from core.detectors.config import ConfigError
+from core.detectors.registry import REGISTRY, create_detector, load_model, make_config
+from core.detectors.threshold import DEFAULT_FPR, Threshold
+from core.engine.device import describe_device, resolve_device
+from core.engine.jobs import CallableJob, FitJob, FitOutcome, ScanJob
+from core.engine.qt_bridge import JobRunner
+from core.engine.workflows import ScanResult, ScanRow, TrainReport
+from core.io.colormap import robust_range
+from core.io.export import (
+    FLAGGED_NAME,
+    HEATMAP_DIR,
+    RESULTS_NAME,
+    SCALE_NAME,
+    SKIPPED_NAME,
+    export_scan,
+    heatmap_names,
+    write_flagged,
+    write_heatmaps,
+)
+
+_log = logging.getLogger(__name__)
+
+THUMB_SIZE = 128  # long side of a gallery thumbnail, pixels
+_THUMB_CHUNK = 16
+
+RANGE_SAMPLE = 256  # maps a heat-map scale estimate looks at while a scan runs
+RANGE_INTERVAL = 1.0  # seconds between such estimates
+
+EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
+
+
+@dataclass
+class FolderInfo:
+    folder: Path
+    paths: list[Path]
+    recursive: bool
+
+
+@dataclass
+class _Track:
+    kind: str
+    main: bool
+    on_success: Callable[[Any], None]
+    on_partial: Optional[Callable[[list], None]] = None
+    on_failure: Optional[Callable[[str, str], None]] = None
+    on_cancel: Optional[Callable[[], None]] = None
+
+
+# ------------------------------------------------------------------ worker-side functions
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """float (H, W, C) in [0, 1] -> contiguous uint8 (H, W) for grey or (H, W, 3)."""
+    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return np.ascontiguousarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
+
+
+def make_thumbnail(path: Path, size: int = THUMB_SIZE) -> np.ndarray:
+    """Decode ``path`` and shrink it to ``size`` pixels on the long side (uint8)."""
+    img = read_image(path)
+    h, w = img.shape[:2]
+    scale = size / max(h, w)
+    if scale < 1.0:
+        img = resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return to_uint8(img)
+
+
+def _thumb_or_reason(path: Path) -> tuple[Optional[np.ndarray], str]:
+    try:
+        return make_thumbnail(path), ""
+    except ImageReadError as exc:
+        return None, str(exc)
+
+
+def decode_thumbnails(paths: list[Path], progress, cancel, emit) -> int:
+    """Emit ``(index, uint8 thumbnail or None, reason)`` per path, a few decoders in parallel."""
+    n = len(paths)
+    with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) - 1))) as pool:
+        for start in range(0, n, _THUMB_CHUNK):
+            cancel.raise_if_cancelled()
+            idx = range(start, min(n, start + _THUMB_CHUNK))
+            for i, (thumb, reason) in zip(idx, pool.map(_thumb_or_reason, [paths[i] for i in idx])):
+                emit((i, thumb, reason))
+            progress(idx[-1] + 1, n, "thumbnails")
+    return n
+
+
+def list_folder(folder: Path, recursive: Optional[bool]) -> FolderInfo:
+    """Image files of ``folder``; with ``recursive=None`` subfolders are searched when the
+    folder itself holds no image (e.g. an MVTec ``test/`` folder of defect types)."""
+    if recursive is None:
+        paths = list_images(folder, recursive=False)
+        if paths:
+            return FolderInfo(folder, paths, False)
+        return FolderInfo(folder, list_images(folder, recursive=True), True)
+    return FolderInfo(folder, list_images(folder, recursive=recursive), recursive)
+
+
+# ------------------------------------------------------------------ the controller
+class Controller(QObject):
+    folder_opened = Signal(object)  # FolderInfo
+    thumbnails_arrived = Signal(list)  # [(index, uint8 array | None, reason)]
+    image_loaded = Signal(object, object)  # path, uint8 array
+    image_failed = Signal(object, str)  # path, reason
+    skipped_changed = Signal(int)  # files of the open folder that could not be read
+    detector_changed = Signal(object)  # Detector | None
+    scan_started = Signal(int)  # number of images to score
+    rows_arrived = Signal(list)  # [ScanRow] of the scan in progress
+    result_changed = Signal(object)  # the complete ScanResult shown now, or None
+    threshold_changed = Signal(object)  # Threshold | None, flags of the rows were updated
+    map_range_changed = Signal(float, float)  # one heat-map scale for the batch
+    busy_changed = Signal(str)  # title of the main task, "" when idle
+    progressed = Signal(int, int, str)  # main task: done, total, message
+    logged = Signal(str, str)  # level ("info", "warning", "error"), message
+    exported = Signal(str)  # folder written to
+    device_described = Signal(str)
+
+    def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
+        super().__init__(parent)
+        self.runner = runner or JobRunner(self)
+        self.folder: Optional[FolderInfo] = None
+        self.source: Optional[ImageSource] = None
+        self.good_folder: Optional[Path] = None
+        self.detector: Optional[Detector] = None
+        self.result: Optional[ScanResult] = None  # the complete scan shown (None while scanning)
+        self.threshold_override: Optional[Threshold] = None  # set by dragging the histogram line
+        self.map_range: tuple[float, float] = (0.0, 1.0)
+        self.skipped: dict[Path, str] = {}
+        self.last_export_dir: Optional[Path] = None
+        self._live: list[ScanRow] = []
+        self._previous: Optional[ScanResult] = None
+        self._rows_by_path: dict[str, ScanRow] = {}  # str(path) -> row
+        self._tracks: dict[int, _Track] = {}
+        self._main_id: Optional[int] = None
+        self._main_title = ""
+        self._helper_ids: dict[str, int] = {}
+        self._range_dirty = False
+        self._range_time = -1e9
+        self._range_timer = QTimer(self)
+        self._range_timer.setSingleShot(True)
+        self._range_timer.timeout.connect(self._request_map_range)
+        self._closed = False
+        r = self.runner
+        r.progressed.connect(self._on_progressed)
+        r.emitted.connect(self._on_emitted)
+        r.succeeded.connect(self._on_succeeded)
+        r.failed.connect(self._on_failed)
+        r.cancelled.connect(self._on_cancelled)
+        r.finished.connect(self._on_finished)
+
+    # ================================================================ job plumbing
+    @property
+    def busy(self) -> bool:
+        return self._main_id is not None
+
+    @property
+    def busy_title(self) -> str:
+        return self._main_title if self.busy else ""
+
+    @property
+    def busy_kind(self) -> str:
+        return self._tracks[self._main_id].kind if self._main_id in self._tracks else ""
+
+    def helper_running(self, kind: str) -> bool:
+        """Whether a helper job of ``kind`` ('list', 'thumbnails', 'image', 'range') is under way."""
+        return kind in self._helper_ids
+
+    @property
+    def scanning(self) -> bool:
+        return self.busy_kind == "scan"
+
+    def _submit(self, job, kind: str, on_success: Callable[[Any], None], *, main: bool = False,
+                on_partial=None, on_failure=None, on_cancel=None) -> int:
+        if self._closed:  # after shutdown nothing new starts (e.g. from a handler still running)
+            return 0
+        if not main:  # a newer helper of the same kind replaces the older one
+            self._drop_helper(kind)
+        jid = self.runner.submit(job)
+        self._tracks[jid] = _Track(kind, main, on_success, on_partial, on_failure, on_cancel)
+        if main:
+            self._main_id, self._main_title = jid, job.title
+            self.busy_changed.emit(job.title)
+        else:
+            self._helper_ids[kind] = jid
+        return jid
+
+    def _drop_helper(self, kind: str) -> None:
+        """Forget (and cancel) the helper job of ``kind``; its late signals are ignored."""
+        old = self._helper_ids.pop(kind, None)
+        if old is not None:
+            self._tracks.pop(old, None)
+            self.runner.cancel(old)
+
+    def _claim(self, jid: int) -> Optional[_Track]:
+        """The tracking record of a job that ended, which stops being current."""
+        track = self._tracks.pop(jid, None)
+        if track is None:
+            return None
+        if track.main and self._main_id == jid:
+            self._main_id = None
+        elif self._helper_ids.get(track.kind) == jid:
+            del self._helper_ids[track.kind]
+        return track
+
+    def _after_main(self, track: _Track) -> None:
+        if track.main and self._main_id is None:
+            self.busy_changed.emit("")
+
+    def _on_progressed(self, jid: int, done: int, total: int, msg: str) -> None:
+        if jid == self._main_id:
+            self.progressed.emit(done, total, msg)
+
+    def _on_emitted(self, jid: int, partials: list) -> None:
+        track = self._tracks.get(jid)
+        if track is not None and track.on_partial is not None:
+            track.on_partial(partials)
+
+    def _on_succeeded(self, jid: int, result: object) -> None:
+        track = self._claim(jid)
+        if track is None:
+            return
+        track.on_success(result)
+        self._after_main(track)
+
+    def _on_failed(self, jid: int, message: str, tb: str) -> None:
+        track = self._claim(jid)
+        if track is None:
+            return
+        _log.debug("%s job failed: %s\n%s", track.kind, message, tb)
+        if track.on_failure is not None:
+            track.on_failure(message, tb)
+        else:
+            self.log("error", message)
+        self._after_main(track)
+
+    def _on_cancelled(self, jid: int) -> None:
+        track = self._claim(jid)
+        if track is None:
+            return
+        if track.on_cancel is not None:
+            track.on_cancel()
+        elif track.main:
+            self.log("warning", f"{self._main_title or track.kind} cancelled")
+        self._after_main(track)
+
+    def _on_finished(self, jid: int) -> None:
+        self._tracks.pop(jid, None)  # e.g. a thread that ended without a verdict
+
+    def cancel(self) -> bool:
+        """Ask the main task to stop; returns whether one was running."""
+        if self._main_id is None:
+            return False
+        self.runner.cancel(self._main_id)
+        self.log("info", f"Cancelling: {self._main_title}…")
+        return True
+
+    def shutdown(self, timeout_ms: int = 30000) -> bool:
+        """Cancel every job and wait for their threads (the window calls this on close)."""
+        self._closed = True
+        self._tracks.clear()
+        self._helper_ids.clear()
+        self._main_id = None
+        return self.runner.shutdown(timeout_ms)
+
+    def log(self, level: str, message: str) -> None:
+        self.logged.emit(level, message)
+
+    def _refuse_if_busy(self) -> bool:
+        if self.busy:
+            self.log("warning", f"Busy: {self._main_title}. Wait for it or press Cancel.")
+            return True
+        return False
+
+    # ================================================================ device, folder, images
+    def describe_device(self) -> None:
+        self._submit(CallableJob(lambda p, c, e: describe_device(resolve_device("auto")), title="device"),
+                     "device", self.device_described.emit)
+
+    def open_folder(self, folder: str | os.PathLike, recursive: Optional[bool] = None) -> None:
+        """List the image files of ``folder`` off the UI thread, then show them."""
+        if self.scanning:
+            self.log("warning", "A scan is running: cancel it before opening another folder.")
+            return
+        path = Path(folder).expanduser()
+        self._submit(CallableJob(lambda p, c, e: list_folder(path, recursive), title=f"Listing {path}"), "list",
+                     self._folder_listed,
+                     on_failure=lambda msg, tb: self.log("error", f"Cannot open folder: {msg}"))
+
+    def _folder_listed(self, info: FolderInfo) -> None:
+        if self.scanning:  # a scan started while the listing ran: keep the folder it scans
+            self.log("warning", f"Not opening {info.folder}: a scan is running.")
+            return
+        self.folder, self.source = info, ImageSource(info.paths)
+        self.skipped = {}
+        self._set_result(None)
+        self._previous = None
+        where = " (including subfolders)" if info.recursive else ""
+        if info.paths:
+            self.log("info", f"Opened {info.folder}{where}: {len(info.paths)} images")
+        else:
+            self.log("warning", f"{info.folder} holds no image files (png, jpg, bmp, tif, webp)")
+        self.folder_opened.emit(info)
+        self.skipped_changed.emit(0)
+        if info.paths:
+            self._submit(CallableJob(lambda p, c, e, ps=list(info.paths): decode_thumbnails(ps, p, c, e),
+                                     title="thumbnails"), "thumbnails", lambda _n: None,
+                         on_partial=self._thumbs_decoded)
+
+    def _thumbs_decoded(self, partials: list) -> None:
+        bad = [(i, reason) for i, thumb, reason in partials if thumb is None]
+        for i, reason in bad:
+            self._note_skipped(self.folder.paths[i], reason)
+        if bad:
+            self.skipped_changed.emit(len(self.skipped))
+        self.thumbnails_arrived.emit(partials)
+
+    def _note_skipped(self, path: Path, reason: str) -> None:
+        if path not in self.skipped:
+            self.skipped[path] = reason
+            self.log("warning", f"Skipped {path}: {reason}")
+
+    def load_image(self, path: Path) -> None:
+        """Decode one image in full for the image view (only the latest request counts)."""
+        self._submit(CallableJob(lambda p, c, e: to_uint8(read_image(path)), title=f"Reading {path.name}"), "image",
+                     lambda arr: self.image_loaded.emit(path, arr),
+                     on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
+
+    def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
+        self.good_folder = Path(folder).expanduser() if folder else None
+
+    # ================================================================ detector
+    def detector_matches(self, name: str, overrides: dict, fpr: Optional[float] = None) -> bool:
+        """Whether the current detector is ``name`` with exactly these settings (and, given
+        ``fpr``, a threshold calibrated at that false-positive rate)."""
+        det = self.detector
+        if det is None or det.name != name:
+            return False
+        thr = det.threshold
+        if fpr is not None and thr is not None and thr.method == "calibrated" and abs((thr.fpr or 0.0) - fpr) > 1e-12:
+            return False
+        try:
+            return det.config == make_config(name, overrides)
+        except ConfigError:
+            return False
+
+    def set_detector(self, detector: Optional[Detector]) -> None:
+        self.detector = detector
+        self.threshold_override = None
+        self.detector_changed.emit(detector)
+
+    def train(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto",
+              then_scan: bool = False) -> bool:
+        """Train a fresh ``name`` detector on the good folder; a zero-shot one is only built."""
+        if self._refuse_if_busy():
+            return False
+        overrides = dict(overrides or {})
+        try:
+            make_config(name, overrides)
+            cls = REGISTRY[name]
+        except (ConfigError, KeyError) as exc:
+            self.log("error", f"Settings not valid: {exc}")
+            return False
+        ok, reason = cls.availability()
+        if not ok:
+            self.log("error", f"{name} is unavailable here: {reason}")
+            return False
+        if cls.zero_shot:
+            job = CallableJob(lambda p, c, e: FitOutcome(create_detector(name, overrides, device),
+                                                         TrainReport(0, 0, None, [], 0.0)),
+                              title=f"Preparing {name}")
+        else:
+            if self.good_folder is None:
+                self.log("error", f"{name} learns from good images: choose the folder of good (defect-free) parts "
+                                  "under 'Good images' in the Detector panel first, or open a saved model.")
+                return False
+            job = FitJob(name, self.good_folder, overrides=overrides, device=device, fpr=fpr)
+        self._submit(job, "fit", lambda out: self._fitted(out, then_scan), main=True,
+                     on_failure=lambda msg, tb: self.log("error", f"Training failed: {msg}"),
+                     on_cancel=lambda: self.log("warning", "Training cancelled; the previous model is kept."))
+        return True
+
+    def _fitted(self, outcome: FitOutcome, then_scan: bool) -> None:
+        rep = outcome.report
+        for s in rep.skipped:
+            self.log("warning", f"Skipped good image {s.path}: {s.reason}")
+        det = outcome.detector
+        if det.zero_shot:
+            self.log("info", f"{det.name} is ready (zero-shot, no training needed)")
+        else:
+            thr = rep.threshold.describe() if rep.threshold else "no threshold"
+            self.log("info", f"Trained {det.name} on {rep.n_train} good images in {rep.fit_seconds:.1f} s; {thr}")
+        self.set_detector(det)
+        if then_scan:
+            self._start_scan()
+
+    def run(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto") -> bool:
+        """Score the open folder; trains first when no model fits the chosen settings."""
+        if self._refuse_if_busy():
+            return False
+        if self.source is None or len(self.source) == 0:
+            self.log("error", "Open a folder of images to scan first (File > Open folder…).")
+            return False
+        overrides = dict(overrides or {})
+        if self.detector_matches(name, overrides, fpr):
+            self._start_scan()
+            return True
+        started = self.train(name, overrides, fpr, device, then_scan=True)
+        if started and not REGISTRY[name].zero_shot:
+            self.log("info", f"No {name} model trained with these settings yet: training on {self.good_folder} first.")
+        return started
+
+    def save_model(self, folder: str | os.PathLike) -> bool:
+        if self._refuse_if_busy():
+            return False
+        det = self.detector
+        if det is None or not det.fitted:
+            self.log("error", "No trained model to save: train one or open a saved model first.")
+            return False
+        out = Path(folder)
+        self._submit(CallableJob(lambda p, c, e: det.save(out), title=f"Saving model to {out}"), "save",
+                     lambda path: self.log("info", f"Saved {det.name} model to {path}"), main=True,
+                     on_failure=lambda msg, tb: self.log("error", f"Could not save the model: {msg}"))
+        return True
+
+    def open_model(self, folder: str | os.PathLike, device: str = "auto") -> bool:
+        if self._refuse_if_busy():
+            return False
+        src = Path(folder)
+        self._submit(CallableJob(lambda p, c, e: load_model(src, device), title=f"Loading model {src}"), "load",
+                     lambda det: self._model_loaded(det, src), main=True,
+                     on_failure=lambda msg, tb: self.log("error", f"Could not open the model: {msg}"))
+        return True
+
+    def _model_loaded(self, det: Detector, src: Path) -> None:
+        thr = det.threshold.describe() if det.threshold else "no threshold"
+        self.log("info", f"Opened {det.name} model from {src}; {thr}")
+        self.set_detector(det)
+
+    # ================================================================ scanning
+    def rows(self) -> list[ScanRow]:
+        """The rows shown now: the complete result, or the rows of the scan in progress."""
+        return self.result.rows if self.result is not None else self._live
+
+    def row_for(self, path: Path) -> Optional[ScanRow]:
+        return self._rows_by_path.get(str(path))
+
+    @property
+    def threshold(self) -> Optional[Threshold]:
+        if self.threshold_override is not None:
+            return self.threshold_override
+        if self.result is not None:
+            return self.result.threshold
+        return self.detector.threshold if self.detector is not None else None
+
+    @property
+    def detector_name(self) -> str:
+        if self.result is not None:
+            return self.result.detector
+        return self.detector.name if self.detector is not None else ""
+
+    def _set_result(self, result: Optional[ScanResult]) -> None:
+        self._range_timer.stop()
+        self._drop_helper("range")  # an estimate under way is superseded
+        self.result = result
+        self._live = []
+        self._rows_by_path = {str(r.path): r for r in result.rows} if result else {}
+        self.result_changed.emit(result)
+        self._request_map_range()
+
+    def _start_scan(self) -> None:
+        det = self.detector
+        self._previous = self.result
+        self.result, self._live, self._rows_by_path = None, [], {}
+        job = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True)
+        self._submit(job, "scan", self._scanned, main=True, on_partial=self._scan_rows,
+                     on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
+                     on_cancel=lambda: self._scan_ended("Scan cancelled", "warning"))
+        self.scan_started.emit(len(self.source))
+
+    def _scan_rows(self, partials: list) -> None:
+        rows = [row for _i, row in partials]
+        thr = self.threshold_override
+        for row in rows:
+            if thr is not None:
+                row.flagged = thr.flags(row.score)
+            self._rows_by_path[str(row.path)] = row
+        self._live.extend(rows)
+        self.rows_arrived.emit(rows)
+        self._request_map_range()
+
+    def _scanned(self, result: ScanResult) -> None:
+        if self.threshold_override is not None:
+            result.apply_threshold(self.threshold_override)
+        for s in result.skipped:
+            self._note_skipped(Path(s.path), s.reason)
+        self.skipped_changed.emit(len(self.skipped))
+        self._previous = None
+        self._set_result(result)
+        thr = result.threshold.describe() if result.threshold else "no threshold"
+        self.log("info", f"Scanned {len(result.rows)} images with {result.detector} in {result.seconds:.1f} s: "
+                         f"{len(result.flagged)} flagged; {thr}; {len(result.skipped)} skipped")
+
+    def _scan_ended(self, what: str, level: str) -> None:
+        """A scan that did not complete: its partial rows are discarded, never shown as final."""
+        n = len(self._live)
+        prev, self._previous = self._previous, None
+        self._set_result(prev)
+        tail = "showing the previous complete scan" if prev is not None else "no results are shown"
+        self.log(level, f"{what}: {n} partial scores discarded; {tail}.")
+
+    def _request_map_range(self) -> None:
+        """Recompute the batch-wide heat-map scale off the UI thread, one job at a time.
+
+        While a scan runs the scale is estimated from at most ``RANGE_SAMPLE`` maps, at most
+        once a second; the complete result gets the scale of all its maps (the one exports use).
+        """
+        if "range" in self._helper_ids:
+            self._range_dirty = True
+            return
+        maps = [r.anomaly_map for r in self.rows() if r.anomaly_map is not None]
+        if not maps:
+            return
+        if self.result is None:  # a scan in progress: a quick estimate, not too often
+            wait = RANGE_INTERVAL - (time.monotonic() - self._range_time)
+            if wait > 0:
+                self._range_dirty = True
+                self._range_timer.start(int(wait * 1000) + 1)
+                return
+            maps = maps[:: max(1, len(maps) // RANGE_SAMPLE)]
+        self._range_dirty = False
+        self._range_time = time.monotonic()
+        self._submit(CallableJob(lambda p, c, e: robust_range(maps), title="heat-map scale"), "range",
+                     self._range_computed)
+
+    def _range_computed(self, rng: tuple[float, float]) -> None:
+        self.map_range = (float(rng[0]), float(rng[1]))
+        self.map_range_changed.emit(*self.map_range)
+        if self._range_dirty and not self._range_timer.isActive():
+            self._request_map_range()
+
+    # ================================================================ threshold
+    def set_threshold(self, value: float) -> None:
+        """Set the decision threshold by hand; every shown row is re-flagged."""
+        self._apply_threshold(Threshold.explicit(float(value)))
+        rows = self.rows()
+        self.log("info", f"Threshold set by hand to {value:.6g}: {sum(bool(r.flagged) for r in rows)} of "
+                         f"{len(rows)} flagged")
+
+    def reset_threshold(self) -> None:
+        """Back to the detector's calibrated threshold."""
+        thr = self.detector.threshold if self.detector is not None else None
+        self._apply_threshold(None, thr)
+        self.log("info", f"Threshold reset: {thr.describe() if thr else 'no threshold'}")
+
+    def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
+        self.threshold_override = override
+        thr = override or fallback
+        if self.result is not None:
+            self.result.apply_threshold(thr)
+        for r in self._live:
+            r.flagged = None if thr is None else thr.flags(r.score)
+        self.threshold_changed.emit(thr)
+
+    # ================================================================ export
+    def export_targets(self, kind: str, out_dir: str | os.PathLike) -> list[Path]:
+        """Files an export of ``kind`` into ``out_dir`` would replace."""
+        out = Path(out_dir)
+        rows = self.result.rows if self.result is not None else []
+        maps = [r for r in rows if r.anomaly_map is not None]
+        heat = [out / HEATMAP_DIR / n for n in heatmap_names(maps)] + ([out / SCALE_NAME] if maps else [])
+        names = {"flagged": [out / FLAGGED_NAME, out / "flagged.csv"],
+                 "heatmaps": heat,
+                 "results": [out / RESULTS_NAME, out / FLAGGED_NAME, out / SKIPPED_NAME, *heat]}[kind]
+        return [p for p in names if p.exists()]
+
+    def export(self, kind: str, out_dir: str | os.PathLike) -> bool:
+        """Write ``kind`` ('flagged', 'heatmaps' or 'results') of the complete scan into ``out_dir``.
+
+        The caller asks before replacing files (see :meth:`export_targets`)."""
+        if kind not in EXPORT_KINDS:
+            raise ValueError(f"unknown export kind {kind!r}")
+        if self._refuse_if_busy():
+            return False
+        if self.result is None:
+            self.log("error", "Nothing to export: run a complete scan first.")
+            return False
+        out = Path(out_dir)
+        result = dataclasses.replace(self.result, rows=[dataclasses.replace(r) for r in self.result.rows],
+                                     skipped=list(self.result.skipped))
+        value_range = self.map_range
+
+        def work(progress, cancel, emit) -> str:
+            if kind == "flagged":
+                write_flagged(out, result.rows, with_scores=True)
+                return f"{len(result.flagged)} flagged paths (flagged.txt, flagged.csv)"
+            if kind == "heatmaps":
+                folder, n = write_heatmaps(out, result.rows, value_range=value_range)
+                return f"{n} heat maps ({folder.name}/)" if n else "no heat maps (this detector makes none)"
+            written = export_scan(out, result)
+            return ", ".join(p.name for p in written.values())
+
+        self._submit(CallableJob(work, title=f"Exporting {EXPORT_KINDS[kind]} to {out}"), "export",
+                     lambda what: self._exported(out, what), main=True,
+                     on_failure=lambda msg, tb: self.log("error", f"Export failed: {msg}"))
+        return True
+
+    def _exported(self, out: Path, what: str) -> None:
+        self.last_export_dir = out
+        self.log("info", f"Wrote {what} to {out}")
+        self.exported.emit(str(out))
+

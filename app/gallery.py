@@ -1,0 +1,467 @@
+"""The thumbnail grid: one list model and one painting delegate, no widget per image.
+
+Thumbnails arrive from the controller as uint8 arrays decoded off the UI thread and are
+turned into ``QImage`` here (cheap at thumbnail size). Scores and flags come from the scan
+rows; the model itself sorts (by name or score) and filters (all or flagged) with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPen
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QListView,
+    QStyle,
+    QStyledItemDelegate,
+    QStyleOptionViewItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.theme import ACCENT, MUTED, SELECTION, TILE_BG, heat_color, readable_text_on
+from core.detectors.threshold import Threshold
+from core.engine.workflows import ScanRow
+
+PathRole = Qt.UserRole + 1
+ScoreRole = Qt.UserRole + 2
+FlaggedRole = Qt.UserRole + 3
+ThumbRole = Qt.UserRole + 4
+ErrorRole = Qt.UserRole + 5
+NameRole = Qt.UserRole + 6
+
+TILE = QSize(150, 172)
+THUMB_BOX = 132
+
+
+def qimage_from_array(arr: np.ndarray) -> QImage:
+    """uint8 (H, W) grey or (H, W, 3) RGB -> a QImage that owns its pixels."""
+    arr = np.ascontiguousarray(arr)
+    h, w = arr.shape[:2]
+    fmt = QImage.Format_Grayscale8 if arr.ndim == 2 else QImage.Format_RGB888
+    return QImage(arr.data, w, h, arr.strides[0], fmt).copy()
+
+
+def _relative_names(paths: list[Path], root: Optional[Path]) -> list[str]:
+    """Names relative to ``root`` by plain string work (pathlib is slow for thousands of files)."""
+    prefix = os.path.join(str(root), "") if root is not None else None
+    out = []
+    for p in paths:
+        s = str(p)
+        out.append(s[len(prefix):].replace(os.sep, "/") if prefix and s.startswith(prefix) else os.path.basename(s))
+    return out
+
+
+@dataclass
+class _Entry:
+    path: Path
+    name: str
+    thumb: Optional[QImage] = None
+    error: str = ""
+    score: Optional[float] = None
+    flagged: Optional[bool] = None
+
+
+class GalleryModel(QAbstractListModel):
+    """One entry per image of the open folder, shown sorted (folder order or score) and
+    filtered (all or flagged). Order and filter are computed with numpy, so re-sorting
+    thousands of images as scores arrive costs milliseconds, not a Python call per comparison."""
+
+    view_reset = Signal()  # the visible set changed size: the selection must be restored
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self._entries: list[_Entry] = []
+        self._index_of: dict[str, int] = {}  # str(path) -> entry index (folder order)
+        self._scores = np.zeros(0)  # NaN where not scored
+        self._flags = np.zeros(0, bool)
+        self._view = np.zeros(0, np.int64)  # entry index of each visible row
+        self._row = np.zeros(0, np.int64)  # visible row of each entry, -1 when filtered out
+        self.by_score = False
+        self.flagged_only = False
+        self.score_range: tuple[float, float] = (0.0, 1.0)
+        self.detector_name = ""
+        self.threshold: Optional[Threshold] = None
+
+    # -- Qt model interface
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
+        return 0 if parent.isValid() else len(self._view)
+
+    def data(self, index, role=Qt.DisplayRole):
+        if not index.isValid() or index.row() >= len(self._view):
+            return None
+        e = self._entries[int(self._view[index.row()])]
+        if role in (Qt.DisplayRole, NameRole):
+            return e.name
+        if role == PathRole:
+            return e.path
+        if role == ScoreRole:
+            return e.score
+        if role == FlaggedRole:
+            return e.flagged
+        if role == ThumbRole:
+            return e.thumb
+        if role == ErrorRole:
+            return e.error
+        if role == Qt.ToolTipRole:
+            return self._tooltip(e)
+        return None
+
+    def _tooltip(self, e: _Entry) -> str:
+        lines = [str(e.path)]
+        if e.error:
+            lines.append(f"could not be read: {e.error}")
+        if e.score is not None:
+            state = "FLAGGED" if e.flagged else "not flagged" if e.flagged is not None else "no threshold"
+            lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}")
+            lines.append(self.threshold.describe() if self.threshold else "no threshold set")
+        return "\n".join(lines)
+
+    # -- filling
+    def set_paths(self, paths: list[Path], root: Optional[Path] = None) -> None:
+        """Entries for ``paths``; names are relative to ``root`` (subfolders keep files apart)."""
+        self.beginResetModel()
+        paths = [p if isinstance(p, Path) else Path(p) for p in paths]
+        self._entries = [_Entry(p, n) for p, n in zip(paths, _relative_names(paths, root))]
+        self._index_of = {str(p): i for i, p in enumerate(paths)}
+        self._scores = np.full(len(paths), np.nan)
+        self._flags = np.zeros(len(paths), bool)
+        self.score_range = (0.0, 1.0)
+        self._set_view(self._compute_view())
+        self.endResetModel()
+
+    def path_at(self, row: int) -> Path:
+        """Path of the visible ``row``."""
+        return self._entries[int(self._view[row])].path
+
+    def row_of(self, path: Path) -> Optional[int]:
+        """Visible row of ``path`` (None when unknown or filtered out)."""
+        i = self._index_of.get(str(path))
+        return None if i is None or self._row[i] < 0 else int(self._row[i])
+
+    def set_thumbnails(self, items: list) -> None:
+        """``[(entry index, uint8 array | None, reason)]`` from the thumbnail job."""
+        changed = []
+        for i, arr, reason in items:
+            if 0 <= i < len(self._entries):
+                e = self._entries[i]
+                e.thumb = qimage_from_array(arr) if arr is not None else None
+                e.error = reason
+                changed.append(i)
+        self._changed(changed, [ThumbRole, ErrorRole, Qt.ToolTipRole])
+
+    def clear_scores(self) -> None:
+        for e in self._entries:
+            e.score = e.flagged = None
+        self._scores[:] = np.nan
+        self._flags[:] = False
+        self.score_range = (0.0, 1.0)
+        self._reorder()
+        self._changed(range(len(self._entries)), [ScoreRole, FlaggedRole, Qt.ToolTipRole])
+
+    def set_rows(self, rows: list[ScanRow]) -> None:
+        """Scores and flags of (some) scan rows; other entries keep theirs."""
+        changed = []
+        for r in rows:
+            i = self._index_of.get(str(r.path))
+            if i is not None:
+                e = self._entries[i]
+                e.score, e.flagged = float(r.score), r.flagged
+                self._scores[i], self._flags[i] = e.score, bool(r.flagged)
+                changed.append(i)
+        finite = self._scores[np.isfinite(self._scores)]
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            self.score_range = (lo, hi if hi > lo else lo + 1.0)
+        self._reorder()
+        self._changed(changed, [ScoreRole, FlaggedRole, Qt.ToolTipRole])
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(images, scored, flagged, visible)."""
+        return len(self._entries), int(np.isfinite(self._scores).sum()), int(self._flags.sum()), len(self._view)
+
+    # -- order and filter
+    def set_order(self, by_score: Optional[bool] = None, flagged_only: Optional[bool] = None) -> None:
+        if by_score is not None:
+            self.by_score = bool(by_score)
+        if flagged_only is not None:
+            self.flagged_only = bool(flagged_only)
+        self._reorder()
+
+    def _compute_view(self) -> np.ndarray:
+        idx = np.flatnonzero(self._flags) if self.flagged_only else np.arange(len(self._entries))
+        if self.by_score:  # highest first, unscored last, ties in folder order
+            key = -self._scores[idx]
+            key[np.isnan(key)] = np.inf
+            idx = idx[np.argsort(key, kind="stable")]
+        return idx.astype(np.int64)
+
+    def _set_view(self, view: np.ndarray) -> None:
+        self._view = view
+        self._row = np.full(len(self._entries), -1, np.int64)
+        self._row[view] = np.arange(len(view))
+
+    def _reorder(self) -> None:
+        view = self._compute_view()
+        if np.array_equal(view, self._view):
+            return
+        if len(view) != len(self._view):
+            self.beginResetModel()
+            self._set_view(view)
+            self.endResetModel()
+            self.view_reset.emit()
+            return
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        entries = [int(self._view[ix.row()]) for ix in old]
+        self._set_view(view)
+        self.changePersistentIndexList(old, [self.index(int(self._row[e])) if self._row[e] >= 0 else QModelIndex()
+                                             for e in entries])
+        self.layoutChanged.emit()
+
+    def _changed(self, entries, roles) -> None:
+        rows = self._row[np.asarray(list(entries), dtype=np.int64)] if len(entries) else np.zeros(0, np.int64)
+        rows = rows[rows >= 0]
+        if rows.size:  # one signal for the span of visible rows
+            self.dataChanged.emit(self.index(int(rows.min())), self.index(int(rows.max())), roles)
+
+
+class TileDelegate(QStyledItemDelegate):
+    """Paints a thumbnail, its name, a score badge in the heat-map colours and the flag frame."""
+
+    def __init__(self, model: GalleryModel, parent=None) -> None:
+        super().__init__(parent)
+        self._model = model
+
+    def sizeHint(self, option, index) -> QSize:
+        return TILE
+
+    def paint(self, p: QPainter, option: QStyleOptionViewItem, index) -> None:
+        p.save()
+        p.setRenderHint(QPainter.Antialiasing, True)
+        r = option.rect.adjusted(3, 3, -3, -3)
+        selected = bool(option.state & QStyle.State_Selected)
+        flagged = bool(index.data(FlaggedRole))
+        p.setPen(Qt.NoPen)
+        p.setBrush(QColor(SELECTION).darker(170) if selected else QColor(TILE_BG))
+        p.drawRoundedRect(r, 6, 6)
+        box = QRect(r.left() + (r.width() - THUMB_BOX) // 2, r.top() + 6, THUMB_BOX, THUMB_BOX)
+        thumb: Optional[QImage] = index.data(ThumbRole)
+        if thumb is not None and not thumb.isNull():
+            size = thumb.size().scaled(box.size(), Qt.KeepAspectRatio)
+            target = QRect(0, 0, size.width(), size.height())
+            target.moveCenter(box.center())
+            p.drawImage(target, thumb)
+        else:
+            p.setPen(QColor(MUTED))
+            p.drawText(box, Qt.AlignCenter | Qt.TextWordWrap,
+                       "unreadable" if index.data(ErrorRole) else "…")
+        name_rect = QRect(r.left() + 4, box.bottom() + 4, r.width() - 8, r.bottom() - box.bottom() - 6)
+        p.setPen(QColor("#e6e6e6") if selected else QColor("#c8cbd0"))
+        fm = QFontMetrics(option.font)
+        p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter,
+                   fm.elidedText(str(index.data(NameRole)), Qt.ElideMiddle, name_rect.width()))
+        score = index.data(ScoreRole)
+        if score is not None:
+            self._badge(p, option.font, box, score)
+        if flagged:
+            p.setBrush(Qt.NoBrush)
+            p.setPen(QPen(QColor(ACCENT), 3))
+            p.drawRoundedRect(QRectF(r).adjusted(1.5, 1.5, -1.5, -1.5), 6, 6)
+        elif selected:
+            p.setBrush(Qt.NoBrush)
+            p.setPen(QPen(QColor(SELECTION), 2))
+            p.drawRoundedRect(QRectF(r).adjusted(1, 1, -1, -1), 6, 6)
+        p.restore()
+
+    def _badge(self, p: QPainter, base: QFont, box: QRect, score: float) -> None:
+        lo, hi = self._model.score_range
+        color = heat_color((score - lo) / (hi - lo) if hi > lo else 1.0)
+        font = QFont(base)
+        font.setBold(True)
+        p.setFont(font)
+        text = f"{score:.3g}"
+        fm = QFontMetrics(font)
+        badge = QRect(box.left() + 3, box.top() + 3, fm.horizontalAdvance(text) + 10, fm.height() + 4)
+        p.setPen(QPen(QColor(0, 0, 0, 160), 1))
+        p.setBrush(color)
+        p.drawRoundedRect(badge, 4, 4)
+        p.setPen(readable_text_on(color))
+        p.drawText(badge, Qt.AlignCenter, text)
+        p.setFont(base)
+
+
+class GalleryView(QListView):
+    """Icon grid; arrows, PageUp/PageDown, Home/End move through it."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setViewMode(QListView.IconMode)
+        self.setMovement(QListView.Static)
+        self.setResizeMode(QListView.Adjust)
+        self.setUniformItemSizes(True)
+        self.setLayoutMode(QListView.Batched)
+        self.setBatchSize(256)
+        self.setWrapping(True)
+        self.setSpacing(2)
+        self.setGridSize(TILE + QSize(4, 4))
+        self.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.setMouseTracking(True)
+
+    def moveCursor(self, action, modifiers):
+        """PageUp / PageDown move by one screenful of tiles, clamped to the first / last."""
+        page = {QAbstractItemView.MovePageDown: 1, QAbstractItemView.MovePageUp: -1}.get(action)
+        current, model = self.currentIndex(), self.model()
+        if page is None or not current.isValid() or model.rowCount() == 0:
+            return super().moveCursor(action, modifiers)
+        grid = self.gridSize()
+        per_page = max(1, self.viewport().width() // grid.width()) * max(1, self.viewport().height() // grid.height())
+        return model.index(min(max(current.row() + page * per_page, 0), model.rowCount() - 1), 0)
+
+
+class GalleryPanel(QWidget):
+    """The gallery with its sort / filter bar. ``current_changed(path)`` when the selection moves."""
+
+    current_changed = Signal(object)  # Path | None
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.model = GalleryModel(self)
+        self.view = GalleryView(self)
+        self.view.setModel(self.model)
+        self.view.setItemDelegate(TileDelegate(self.model, self.view))
+        self.view.selectionModel().currentChanged.connect(self._current_moved)
+        self._kept: Optional[Path] = None
+
+        self.sort_combo = QComboBox()
+        self.sort_combo.addItems(["Name", "Score (highest first)"])
+        self.sort_combo.setToolTip("Order of the thumbnails (N / S)")
+        self.sort_combo.currentIndexChanged.connect(lambda i: self.set_sort_by_score(i == 1))
+        self.flagged_check = QCheckBox("Flagged only")
+        self.flagged_check.setToolTip("Show only the images above the threshold (F)")
+        self.flagged_check.toggled.connect(lambda on: self.model.set_order(flagged_only=on))
+        self.count_label = QLabel("no folder open")
+        self.count_label.setObjectName("muted")
+
+        bar = QHBoxLayout()
+        bar.setContentsMargins(6, 4, 6, 2)
+        bar.setSpacing(6)
+        title = QLabel("Gallery")
+        title.setObjectName("panelTitle")
+        bar.addWidget(title)
+        bar.addSpacing(12)
+        bar.addWidget(self.count_label, 1)
+        bar.addSpacing(12)
+        bar.addWidget(QLabel("Sort"))
+        bar.addWidget(self.sort_combo)
+        bar.addSpacing(8)
+        bar.addWidget(self.flagged_check)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addLayout(bar)
+        lay.addWidget(self.view, 1)
+        m = self.model
+        m.modelAboutToBeReset.connect(lambda: setattr(self, "_kept", self.current_path()))
+        m.view_reset.connect(self._restore_current)
+        for sig in (m.dataChanged, m.modelReset, m.layoutChanged):
+            sig.connect(self._update_count)
+
+    # -- controller slots
+    def set_paths(self, paths: list[Path], root: Optional[Path] = None) -> None:
+        self.model.set_paths(paths, root)
+        if paths:
+            self.select_row(0)
+
+    def add_thumbnails(self, items: list) -> None:
+        self.model.set_thumbnails(items)
+
+    def clear_scores(self) -> None:
+        self.model.clear_scores()
+
+    def add_rows(self, rows: list[ScanRow]) -> None:
+        self.model.set_rows(rows)
+
+    def show_result(self, rows: list[ScanRow], detector: str, threshold: Optional[Threshold]) -> None:
+        self.set_context(detector, threshold)
+        self.model.clear_scores()
+        self.model.set_rows(rows)
+
+    def set_context(self, detector: str, threshold: Optional[Threshold]) -> None:
+        self.model.detector_name, self.model.threshold = detector, threshold
+
+    def refresh_flags(self, rows: list[ScanRow], threshold: Optional[Threshold]) -> None:
+        self.model.threshold = threshold
+        self.model.set_rows(rows)
+
+    # -- sorting, filtering, selection
+    def set_sort_by_score(self, on: bool) -> None:
+        self.sort_combo.blockSignals(True)
+        self.sort_combo.setCurrentIndex(1 if on else 0)
+        self.sort_combo.blockSignals(False)
+        self.model.set_order(by_score=on)
+        current = self.view.currentIndex()
+        if current.isValid():
+            self.view.scrollTo(current)
+
+    def set_flagged_only(self, on: bool) -> None:
+        self.flagged_check.setChecked(on)
+
+    def toggle_flagged_only(self) -> None:
+        self.flagged_check.setChecked(not self.flagged_check.isChecked())
+        self.view.setFocus()
+
+    def visible_paths(self) -> list[Path]:
+        return [self.model.path_at(i) for i in range(self.model.rowCount())]
+
+    def current_path(self) -> Optional[Path]:
+        idx = self.view.currentIndex()
+        return idx.data(PathRole) if idx.isValid() else None
+
+    def select_row(self, row: int) -> None:
+        """Select by position in the visible (sorted, filtered) order."""
+        idx = self.model.index(row, 0)
+        if idx.isValid():
+            self.view.setCurrentIndex(idx)
+            self.view.scrollTo(idx)
+
+    def select_path(self, path: Path) -> bool:
+        row = self.model.row_of(path)
+        if row is None:
+            return False
+        idx = self.model.index(row, 0)
+        self.view.setCurrentIndex(idx)
+        self.view.scrollTo(idx, QAbstractItemView.PositionAtCenter)
+        return True
+
+    def _restore_current(self) -> None:
+        """After the visible set changed: the same image if still shown, else the first."""
+        kept, self._kept = self._kept, None
+        if not (kept is not None and self.select_path(kept)) and self.model.rowCount():
+            self.select_row(0)
+
+    def _current_moved(self, current, _previous) -> None:
+        self.current_changed.emit(current.data(PathRole) if current.isValid() else None)
+
+    def _update_count(self, *_args) -> None:
+        n, scored, flagged, visible = self.model.counts()
+        if n == 0:
+            self.count_label.setText("no images")
+            return
+        text = f"{n} images"
+        if scored:
+            text += f" · {scored} scored · {flagged} flagged"
+        if self.model.flagged_only:
+            text += f" · showing {visible}"
+        self.count_label.setText(text)

@@ -1,0 +1,255 @@
+"""The selected image, its heat map and the detector's side images.
+
+The image and the heat map are two pyqtgraph ``ImageItem`` layers in one view box; the heat
+map (stored small by the scan) is stretched over the image's rectangle. Its colours come from
+the shared colormap on one batch-wide scale, which the colour bar beside the image gives in
+score units. Low values fade to transparent so that the part stays visible under the map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout, QWidget
+
+from app.theme import ACCENT, MUTED, heat_colormap
+from core.detectors.threshold import Threshold
+from core.engine.workflows import ScanRow
+from core.io.colormap import lut
+
+FADE = 0.15  # the lowest 15 % of the scale fade in from transparent
+
+
+def overlay_lut() -> np.ndarray:
+    """(256, 4) RGBA: the shared colormap, low values transparent."""
+    alpha = np.clip(np.linspace(0.0, 1.0, 256) / FADE, 0.0, 1.0)
+    return np.concatenate([lut(), (alpha * 255).astype(np.uint8)[:, None]], axis=1)
+
+
+def _display_array(a: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
+    """An extra (map or image) as something ImageItem shows, with its levels."""
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    finite = a[np.isfinite(a)]
+    if a.ndim == 3:
+        return np.clip(a, 0.0, 1.0), (0.0, 1.0)
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    return a, (lo, hi if hi > lo else lo + 1.0)
+
+
+class ImageView(QWidget):
+    """Shows one image with its heat map; ``H`` toggles the map, ``+``/``-`` zoom."""
+
+    zoomed = Signal(float)
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.path: Optional[Path] = None
+        self.row: Optional[ScanRow] = None
+        self.threshold: Optional[Threshold] = None
+        self.detector_name = ""
+        self.map_range = (0.0, 1.0)
+        self._image_shape: Optional[tuple[int, int]] = None
+        self._extra_views: dict[str, tuple[pg.ViewBox, pg.ImageItem]] = {}
+
+        self.name_label = QLabel("No image selected")
+        self.name_label.setObjectName("imageName")
+        self.score_label = QLabel("")
+        self.flag_label = QLabel("")
+        self.flag_label.setObjectName("flagChip")
+        self.flag_label.hide()
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.layout_ = self.graphics.ci
+        self.layout_.setContentsMargins(2, 2, 2, 2)
+        self.vb = pg.ViewBox(lockAspect=True, invertY=True, enableMenu=False)
+        self.image_item = pg.ImageItem(axisOrder="row-major")
+        self.heat_item = pg.ImageItem(axisOrder="row-major")
+        self.heat_item.setLookupTable(overlay_lut())
+        self.heat_item.setZValue(1)
+        self.vb.addItem(self.image_item)
+        self.vb.addItem(self.heat_item)
+        self.message = pg.TextItem("", color=MUTED, anchor=(0.5, 0.5))
+        self.vb.addItem(self.message, ignoreBounds=True)
+        self.colorbar = pg.ColorBarItem(values=self.map_range, colorMap=heat_colormap(), interactive=False,
+                                        width=16, label="anomaly (batch scale)", colorMapMenu=False)
+        self.colorbar.setToolTip("Heat-map colours in detector units, one scale for the whole batch")
+        self._layout_views([])
+
+        self.heat_check = QCheckBox("Heat map (H)")
+        self.heat_check.setChecked(True)
+        self.heat_check.toggled.connect(self._heat_toggled)
+        self.opacity = QSlider(Qt.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity.setValue(65)
+        self.opacity.setFixedWidth(140)
+        self.opacity.setToolTip("Heat-map opacity")
+        self.opacity.valueChanged.connect(lambda v: self.heat_item.setOpacity(v / 100.0))
+        self.heat_item.setOpacity(0.65)
+        buttons = []
+        for text, tip, slot in (("−", "Zoom out (-)", lambda: self.zoom(1 / 1.25)),
+                                ("+", "Zoom in (+)", lambda: self.zoom(1.25)),
+                                ("Fit", "Fit the image in the view (0)", self.fit)):
+            b = QToolButton()
+            b.setText(text)
+            b.setToolTip(tip)
+            b.clicked.connect(slot)
+            buttons.append(b)
+
+        head = QHBoxLayout()
+        head.setContentsMargins(8, 4, 8, 2)
+        head.addWidget(self.name_label)
+        head.addSpacing(12)
+        head.addWidget(self.score_label, 1)
+        head.addWidget(self.flag_label)
+        controls = QHBoxLayout()
+        controls.setContentsMargins(8, 2, 8, 4)
+        controls.addWidget(self.heat_check)
+        controls.addSpacing(8)
+        controls.addWidget(QLabel("Opacity"))
+        controls.addWidget(self.opacity)
+        controls.addStretch(1)
+        for b in buttons:
+            controls.addWidget(b)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addLayout(head)
+        lay.addWidget(self.graphics, 1)
+        lay.addLayout(controls)
+
+    # ------------------------------------------------------------------ layout
+    def _layout_views(self, extra_names: list[str]) -> None:
+        """Main view, then one linked view per detector side image, then the colour bar."""
+        self.layout_.clear()
+        self._extra_views = {}
+        titled = bool(extra_names)
+        if titled:
+            self.layout_.addLabel("input", row=0, col=0, color=MUTED)
+        self.layout_.addItem(self.vb, row=1, col=0)
+        for k, name in enumerate(extra_names, start=1):
+            vb = pg.ViewBox(lockAspect=True, invertY=True, enableMenu=False)
+            item = pg.ImageItem(axisOrder="row-major")
+            vb.addItem(item)
+            vb.setXLink(self.vb)
+            vb.setYLink(self.vb)
+            self.layout_.addLabel(name, row=0, col=k, color=MUTED)
+            self.layout_.addItem(vb, row=1, col=k)
+            self._extra_views[name] = (vb, item)
+        self.layout_.addItem(self.colorbar, row=1, col=len(extra_names) + 1)
+
+    # ------------------------------------------------------------------ what is shown
+    def show_row(self, path: Optional[Path], row: Optional[ScanRow], threshold: Optional[Threshold],
+                 detector: str = "") -> bool:
+        """Show ``row`` for ``path``; returns whether the pixels of a newly selected image are
+        needed (they follow via :meth:`set_image` once decoded off the UI thread)."""
+        new_path = path != self.path
+        self.path, self.row, self.threshold, self.detector_name = path, row, threshold, detector
+        if new_path:
+            self.image_item.hide()
+            self.heat_item.hide()
+            self.message.setText("loading…" if path is not None else "")
+        extras = sorted(row.extras) if row is not None else []
+        if extras != sorted(self._extra_views):
+            self._layout_views(extras)
+        self._update_labels()
+        self._update_heat()
+        self._update_extras()
+        return new_path and path is not None
+
+    def update_flags(self, threshold: Optional[Threshold]) -> None:
+        self.threshold = threshold
+        self._update_labels()
+
+    def set_image(self, path: Path, arr: np.ndarray) -> None:
+        """Pixels of ``path`` (uint8 grey or RGB) decoded off the UI thread."""
+        if path != self.path:
+            return  # the selection moved on
+        shape = arr.shape[:2]
+        self.image_item.setImage(arr, autoLevels=False, levels=(0, 255))
+        self.image_item.setRect(QRectF(0, 0, shape[1], shape[0]))
+        self.image_item.show()
+        self.message.setText("")
+        if shape != self._image_shape:
+            self._image_shape = shape
+            self.fit()
+        self._update_heat()
+
+    def set_failed(self, path: Path, reason: str) -> None:
+        if path == self.path:
+            self.image_item.hide()
+            self.heat_item.hide()
+            self.message.setText(f"cannot show this image: {reason}")
+
+    def set_map_range(self, lo: float, hi: float) -> None:
+        self.map_range = (lo, hi)
+        self.colorbar.setLevels((lo, hi))
+        if self.heat_item.image is not None:
+            self.heat_item.setLevels((lo, hi))
+
+    def clear(self) -> None:
+        self.show_row(None, None, None)
+        self.name_label.setText("No image selected")
+
+    # ------------------------------------------------------------------ controls
+    def toggle_heat(self) -> None:
+        self.heat_check.toggle()
+
+    def _heat_toggled(self, _on: bool) -> None:
+        self._update_heat()
+
+    def zoom(self, factor: float) -> None:
+        self.vb.scaleBy((1.0 / factor, 1.0 / factor))
+        self.zoomed.emit(factor)
+
+    def fit(self) -> None:
+        self.vb.autoRange(padding=0.01, items=[self.image_item])
+
+    # ------------------------------------------------------------------ internals
+    def _update_labels(self) -> None:
+        row, thr = self.row, self.threshold
+        self.name_label.setText(f"{self.path.parent.name}/{self.path.name}" if self.path else "No image selected")
+        self.name_label.setToolTip(str(self.path) if self.path else "")
+        if row is None:
+            self.score_label.setText("not scored" if self.path else "")
+            self.score_label.setToolTip("")
+            self.flag_label.hide()
+            return
+        text = f"score {row.score:.4g}"
+        if thr is not None:
+            text += f"   threshold {thr.value:.4g}"
+        self.score_label.setText(text)
+        self.score_label.setToolTip(f"detector {self.detector_name}\n" + (thr.describe() if thr else "no threshold"))
+        flagged = thr.flags(row.score) if thr is not None else None
+        self.flag_label.setVisible(flagged is not None)
+        self.flag_label.setText("FLAGGED" if flagged else "ok")
+        self.flag_label.setProperty("flagged", bool(flagged))
+        self.flag_label.setStyleSheet(
+            f"background:{ACCENT}; color:white;" if flagged else "background:#2f6f4e; color:white;")
+
+    def _update_heat(self) -> None:
+        row = self.row
+        m = row.anomaly_map if row is not None else None
+        if m is None or not self.heat_check.isChecked() or not self.image_item.isVisible():
+            self.heat_item.hide()
+            return
+        h, w = row.image_shape if row.image_shape[0] > 0 else m.shape
+        self.heat_item.setImage(m.astype(np.float32), autoLevels=False, levels=self.map_range)
+        self.heat_item.setRect(QRectF(0, 0, w, h))
+        self.heat_item.show()
+
+    def _update_extras(self) -> None:
+        row = self.row
+        if row is None:
+            return
+        h, w = row.image_shape
+        for name, (_vb, item) in self._extra_views.items():
+            arr, levels = _display_array(row.extras[name])
+            item.setImage(arr, autoLevels=False, levels=levels)
+            if h > 0:
+                item.setRect(QRectF(0, 0, w, h))

@@ -1,0 +1,520 @@
+"""The inspector's window: menus, docks, and the wiring from the controller to the views."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDesktopServices, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QSplitter,
+    QWidget,
+)
+
+from app.controller import EXPORT_KINDS, Controller, FolderInfo
+from app.gallery import GalleryPanel
+from app.histogram import HistogramPanel
+from app.image_view import ImageView
+from app.panels import DetectorPanel, FolderPanel, LogPanel
+from core.detectors.base import Detector
+from core.detectors.registry import REGISTRY
+from core.engine.device import resolve_device
+from core.engine.workflows import ScanResult
+
+APP_NAME = "Anomaly Inspector"
+MAX_RECENT = 8
+STATE_VERSION = 1
+ROWS_REFRESH_MS = 250  # the gallery and histogram follow a running scan at about 4 updates a second
+
+
+def default_settings() -> QSettings:
+    return QSettings("AnomalyInspector", APP_NAME)
+
+
+class MainWindow(QMainWindow):
+    """``settings`` and ``controller`` may be injected (tests use a temporary settings file)."""
+
+    def __init__(self, settings: Optional[QSettings] = None, controller: Optional[Controller] = None,
+                 cuda_available: Optional[bool] = None, parent: Optional[QWidget] = None) -> None:
+        super().__init__(parent)
+        self.settings = settings if settings is not None else default_settings()
+        self.controller = controller if controller is not None else Controller(parent=self)
+        if cuda_available is None:
+            cuda_available = resolve_device("auto").type == "cuda"
+        self.setWindowTitle(APP_NAME)
+        self.resize(1600, 1000)
+        self.setDockNestingEnabled(True)
+
+        self.gallery = GalleryPanel()
+        self.image_view = ImageView()
+        self.histogram = HistogramPanel()
+        self.folder_panel = FolderPanel()
+        self.detector_panel = DetectorPanel(cuda_available=cuda_available)
+        self.log_panel = LogPanel()
+        self._pending_rows: list = []
+        self._flush_timer = QTimer(self)
+        self._flush_timer.setSingleShot(True)
+        self._flush_timer.setInterval(ROWS_REFRESH_MS)
+        self._flush_timer.timeout.connect(self._flush_rows)
+
+        self.splitter = QSplitter(Qt.Vertical)
+        self.splitter.setObjectName("centralSplitter")
+        self.splitter.addWidget(self.gallery)
+        self.splitter.addWidget(self.image_view)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setSizes([380, 560])
+        self.setCentralWidget(self.splitter)
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.detector_panel)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        self.docks = {
+            "folder": self._dock("Folder", self.folder_panel, Qt.LeftDockWidgetArea),
+            "detector": self._dock("Detector", scroll, Qt.LeftDockWidgetArea),
+            "histogram": self._dock("Score histogram", self.histogram, Qt.RightDockWidgetArea),
+            "log": self._dock("Log", self.log_panel, Qt.BottomDockWidgetArea),
+        }
+        self.resizeDocks([self.docks["folder"], self.docks["histogram"]], [330, 420], Qt.Horizontal)
+        self.resizeDocks([self.docks["folder"], self.docks["detector"]], [150, 700], Qt.Vertical)
+        self.resizeDocks([self.docks["log"]], [150], Qt.Vertical)
+
+        self.device_label = QLabel("device: …")
+        self.device_label.setObjectName("deviceLabel")
+        self.menuBar().setCornerWidget(self.device_label, Qt.TopRightCorner)
+        self._build_menus()
+        self._wire()
+        self._default_state = self.saveState(STATE_VERSION)
+        self._restore_settings()
+        self._update_model_state()
+        self.controller.describe_device()
+        self.statusBar().showMessage("Open a folder of part images to start (File > Open folder…)")
+
+    # ================================================================== construction
+    def _dock(self, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock_{title.lower().replace(' ', '_')}")
+        dock.setWidget(widget)
+        dock.setFeatures(QDockWidget.DockWidgetMovable | QDockWidget.DockWidgetClosable
+                         | QDockWidget.DockWidgetFloatable)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _action(self, menu, text: str, slot, shortcut=None, tip: str = "") -> QAction:
+        act = QAction(text, self)
+        if shortcut:
+            act.setShortcuts(shortcut if isinstance(shortcut, list) else [QKeySequence(shortcut)])
+            act.setShortcutContext(Qt.WindowShortcut)
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        act.triggered.connect(lambda _checked=False: slot())
+        menu.addAction(act)
+        self.addAction(act)  # shortcuts work while the menu bar is hidden too
+        return act
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        self._action(m, "&Open folder…", self.open_folder, QKeySequence.Open, "Open a folder of images to inspect")
+        self.recent_menu = m.addMenu("Open &recent")
+        m.addSeparator()
+        self._action(m, "Open &model…", self.open_model, "Ctrl+Shift+O", "Load a saved detector")
+        self.save_model_action = self._action(m, "&Save model…", self.save_model, QKeySequence.Save,
+                                              "Save the trained detector to a folder")
+        m.addSeparator()
+        self._action(m, "&Quit", self.close, QKeySequence.Quit)
+
+        m = mb.addMenu("&View")
+        for dock in self.docks.values():
+            m.addAction(dock.toggleViewAction())
+        m.addSeparator()
+        self._action(m, "Toggle &heat map", self.image_view.toggle_heat, "H")
+        self._action(m, "Zoom &in", lambda: self.image_view.zoom(1.25), [QKeySequence("+"), QKeySequence("=")])
+        self._action(m, "Zoom &out", lambda: self.image_view.zoom(1 / 1.25), "-")
+        self._action(m, "&Fit image", self.image_view.fit, "0")
+        m.addSeparator()
+        self._action(m, "&Flagged only", self.gallery.toggle_flagged_only, "F", "Show only flagged images")
+        self._action(m, "Sort by &score", lambda: self.gallery.set_sort_by_score(True), "S")
+        self._action(m, "Sort by &name", lambda: self.gallery.set_sort_by_score(False), "N")
+        m.addSeparator()
+        self._action(m, "&Reset layout", lambda: self.restoreState(self._default_state, STATE_VERSION))
+
+        m = mb.addMenu("&Detector")
+        self.detector_group = QActionGroup(self)
+        for name in REGISTRY:
+            act = QAction(f"{name} — {REGISTRY[name].title}", self, checkable=True)
+            act.setData(name)
+            act.setEnabled(REGISTRY[name].availability()[0])
+            act.triggered.connect(lambda _c=False, n=name: self.detector_panel.select_detector(n))
+            self.detector_group.addAction(act)
+            m.addAction(act)
+        m.addSeparator()
+        self._action(m, "&Train", self.train, "Ctrl+T", "Train the detector on the good images")
+        self._action(m, "&Run", self.run_detector, ["Ctrl+R", "F5"], "Score the open folder")
+        self.cancel_action = self._action(m, "&Cancel", self.request_cancel, "Esc", "Stop the running task")
+        m.addSeparator()
+        self._action(m, "Reset &threshold", self.controller.reset_threshold)
+
+        m = mb.addMenu("&Export")
+        self.export_actions = {
+            "flagged": self._action(m, "&Flagged list…", lambda: self.export("flagged"),
+                                    tip="flagged.txt and flagged.csv (path, score)"),
+            "heatmaps": self._action(m, "&Heat maps…", lambda: self.export("heatmaps"),
+                                     tip="one PNG per image in the shared colormap"),
+            "results": self._action(m, "Full &results…", lambda: self.export("results"),
+                                    tip="results.csv, flagged.txt, skipped.csv and heat maps"),
+        }
+        m.addSeparator()
+        self.open_export_action = self._action(m, "&Open last export folder", self.open_export_folder)
+        self.open_export_action.setEnabled(False)
+
+        m = mb.addMenu("&Help")
+        self._action(m, "&About", self.about)
+        self._sync_actions()
+
+    def _wire(self) -> None:
+        c = self.controller
+        c.folder_opened.connect(self._folder_opened)
+        c.thumbnails_arrived.connect(self.gallery.add_thumbnails)
+        c.skipped_changed.connect(self.folder_panel.show_skipped)
+        c.detector_changed.connect(self._detector_changed)
+        c.scan_started.connect(self._scan_started)
+        c.rows_arrived.connect(self._rows_arrived)
+        c.result_changed.connect(self._result_changed)
+        c.threshold_changed.connect(self._threshold_changed)
+        c.map_range_changed.connect(self.image_view.set_map_range)
+        c.busy_changed.connect(self._busy_changed)
+        c.progressed.connect(self.detector_panel.set_progress)
+        c.logged.connect(self._logged)
+        c.exported.connect(self._exported)
+        c.image_loaded.connect(self.image_view.set_image)
+        c.image_failed.connect(self.image_view.set_failed)
+        c.device_described.connect(self._device_described)
+
+        self.gallery.current_changed.connect(self._current_changed)
+        self.histogram.threshold_moved.connect(c.set_threshold)
+        self.histogram.reset_requested.connect(c.reset_threshold)
+        self.folder_panel.open_clicked.connect(self.open_folder)
+        self.folder_panel.subfolders_check.clicked.connect(self._subfolders_clicked)
+        p = self.detector_panel
+        p.train_clicked.connect(self.train)
+        p.run_clicked.connect(self.run_detector)
+        p.cancel_clicked.connect(lambda: c.cancel())
+        p.good_folder_changed.connect(self.set_good_folder)
+        p.browse_good_clicked.connect(self._browse_good)
+        p.settings_changed.connect(self._update_model_state)
+        p.fpr_spin.valueChanged.connect(self._update_model_state)
+        p.detector_selected.connect(self._detector_selected)
+
+    # ================================================================== settings
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        state = s.value("window/state")
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            self.restoreState(state, STATE_VERSION)
+        good = s.value("good_folder", "", type=str)
+        if good and Path(good).is_dir():
+            self.set_good_folder(good)
+        self._rebuild_recent()
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState(STATE_VERSION))
+        s.setValue("good_folder", str(self.controller.good_folder or ""))
+        s.sync()
+
+    def recent_folders(self) -> list[str]:
+        value = self.settings.value("recent_folders", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _remember_folder(self, folder: Path) -> None:
+        items = [str(folder)] + [f for f in self.recent_folders() if f != str(folder)]
+        self.settings.setValue("recent_folders", items[:MAX_RECENT])
+        self._rebuild_recent()
+
+    def _rebuild_recent(self) -> None:
+        self.recent_menu.clear()
+        folders = self.recent_folders()
+        for f in folders:
+            act = self.recent_menu.addAction(f)
+            act.triggered.connect(lambda _c=False, f=f: self.open_folder(f))
+        self.recent_menu.setEnabled(bool(folders))
+
+    # ================================================================== user commands
+    def open_folder(self, folder: Optional[str] = None, recursive: Optional[bool] = None) -> None:
+        if folder is None:
+            start = self.recent_folders()[0] if self.recent_folders() else str(Path.home())
+            folder = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
+            if not folder:
+                return
+        self.controller.open_folder(folder, recursive)
+
+    def _subfolders_clicked(self, on: bool) -> None:
+        if self.controller.folder is not None:
+            self.controller.open_folder(self.controller.folder.folder, recursive=on)
+
+    def set_good_folder(self, folder: Optional[str]) -> None:
+        folder = (folder or "").strip()
+        if folder and not Path(folder).expanduser().is_dir():
+            self.controller.log("error", f"Good-image folder not found: {folder}")
+            return
+        self.controller.set_good_folder(folder or None)
+        if self.detector_panel.good_edit.text() != folder:
+            self.detector_panel.set_good_folder(folder)
+
+    def _browse_good(self) -> None:
+        start = str(self.controller.good_folder or (self.controller.folder.folder if self.controller.folder else ""))
+        folder = QFileDialog.getExistingDirectory(self, "Folder of good (defect-free) images", start)
+        if folder:
+            self.set_good_folder(folder)
+
+    def select_detector(self, name: str) -> None:
+        self.detector_panel.select_detector(name)
+
+    def train(self) -> bool:
+        p = self.detector_panel
+        return self.controller.train(p.current_name(), p.overrides(), p.fpr(), p.device())
+
+    def run_detector(self) -> bool:
+        p = self.detector_panel
+        return self.controller.run(p.current_name(), p.overrides(), p.fpr(), p.device())
+
+    def request_cancel(self, confirm: Optional[bool] = None) -> bool:
+        """Esc: cancel the running task after confirmation (``confirm`` answers it in advance)."""
+        c = self.controller
+        if not c.busy:
+            return False
+        if confirm is None:
+            answer = QMessageBox.question(self, "Cancel", f"Stop '{c.busy_title}'?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            confirm = answer == QMessageBox.Yes
+        return c.cancel() if confirm else False
+
+    def _ask_overwrite(self, what: str, folder: Path, existing: list[Path]) -> bool:
+        names = "\n".join(f"  {p.relative_to(folder) if p.is_relative_to(folder) else p}" for p in existing[:6])
+        more = f"\n  … and {len(existing) - 6} more" if len(existing) > 6 else ""
+        answer = QMessageBox.question(self, "Replace files?",
+                                      f"Writing {what} to {folder} would replace {len(existing)} file(s):\n"
+                                      f"{names}{more}\n\nReplace them?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def export(self, kind: str, out_dir: Optional[str] = None, overwrite: Optional[bool] = None) -> bool:
+        """Export ``kind`` of the complete scan; existing files are only replaced after asking
+        (``overwrite`` answers the question in advance)."""
+        c = self.controller
+        if c.result is None:
+            c.log("error", "Nothing to export: run a complete scan first.")
+            return False
+        if out_dir is None:
+            start = str(c.last_export_dir or (c.folder.folder if c.folder else Path.home()))
+            out_dir = QFileDialog.getExistingDirectory(self, f"Export {EXPORT_KINDS[kind]} to folder", start)
+            if not out_dir:
+                return False
+        out = Path(out_dir)
+        existing = c.export_targets(kind, out)
+        if existing:
+            if overwrite is None:
+                overwrite = self._ask_overwrite(EXPORT_KINDS[kind], out, existing)
+            if not overwrite:
+                c.log("info", f"Export of {EXPORT_KINDS[kind]} not written: {out} already holds them.")
+                return False
+        return c.export(kind, out)
+
+    def save_model(self, folder: Optional[str] = None, overwrite: Optional[bool] = None) -> bool:
+        c = self.controller
+        if c.detector is None:
+            c.log("error", "No trained model to save: train one or open a saved model first.")
+            return False
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Save the model into folder", str(Path.home()))
+            if not folder:
+                return False
+        existing = [p for p in (Path(folder) / "config.json", Path(folder) / "weights.safetensors") if p.exists()]
+        if existing:
+            if overwrite is None:
+                overwrite = self._ask_overwrite("the model", Path(folder), existing)
+            if not overwrite:
+                c.log("info", f"Model not saved: {folder} already holds a model.")
+                return False
+        return c.save_model(folder)
+
+    def open_model(self, folder: Optional[str] = None) -> bool:
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Open a saved model folder", str(Path.home()))
+            if not folder:
+                return False
+        return self.controller.open_model(folder, self.detector_panel.device())
+
+    def open_export_folder(self) -> None:
+        if self.controller.last_export_dir is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.controller.last_export_dir)))
+
+    def about(self) -> None:
+        QMessageBox.about(self, f"About {APP_NAME}",
+                          f"<b>{APP_NAME}</b><p>Open a folder of part images, train or choose a detector, "
+                          "and inspect anomaly heat maps, the score histogram and the flagged parts.</p>"
+                          "<p>Keys: arrows / PageUp / PageDown move through the gallery; H toggles the heat "
+                          "map; + / - zoom, 0 fits; F shows only flagged images; S / N sort by score / name; "
+                          "Esc cancels the running task.</p>")
+
+    # ================================================================== controller -> views
+    def _folder_opened(self, info: FolderInfo) -> None:
+        self.folder_panel.show_folder(info.folder, len(info.paths), info.recursive)
+        self.setWindowTitle(f"{APP_NAME} — {info.folder}")
+        self.histogram.clear()
+        self.image_view.clear()
+        self.gallery.set_paths(info.paths, info.folder)
+        self._remember_folder(info.folder)
+        self.gallery.view.setFocus()
+        self._sync_actions()
+
+    def _current_changed(self, path: Optional[Path]) -> None:
+        c = self.controller
+        if path is None:
+            self.image_view.clear()
+            return
+        if self.image_view.show_row(path, c.row_for(path), c.threshold, c.detector_name):
+            c.load_image(path)
+
+    def _refresh_current(self) -> None:
+        c, path = self.controller, self.gallery.current_path()
+        if path is not None:
+            self.image_view.show_row(path, c.row_for(path), c.threshold, c.detector_name)
+
+    def _scan_started(self, n: int) -> None:
+        self._drop_pending_rows()
+        c = self.controller
+        self.gallery.set_context(c.detector_name, c.threshold)
+        self.gallery.clear_scores()
+        self.histogram.set_scores([], c.threshold, c.detector_name)
+        self._refresh_current()
+        self.statusBar().showMessage(f"Scoring {n} images…")
+
+    def _rows_arrived(self, rows: list) -> None:
+        """Rows of the running scan, shown a few times a second (not per delivery)."""
+        self._pending_rows.extend(rows)
+        if not self._flush_timer.isActive():
+            self._flush_timer.start()
+
+    def _flush_rows(self) -> None:
+        rows, self._pending_rows = self._pending_rows, []
+        if not rows or not self.controller.scanning:
+            return
+        c = self.controller
+        self.gallery.add_rows(rows)
+        self.histogram.set_scores([r.score for r in c.rows()], c.threshold, c.detector_name)
+        current = self.gallery.current_path()
+        if current is not None and str(current) in {str(r.path) for r in rows}:
+            self._refresh_current()
+
+    def _drop_pending_rows(self) -> None:
+        self._flush_timer.stop()
+        self._pending_rows = []
+
+    def _result_changed(self, result: Optional[ScanResult]) -> None:
+        self._drop_pending_rows()
+        c = self.controller
+        rows = result.rows if result is not None else []
+        self.gallery.show_result(rows, c.detector_name, c.threshold)
+        self.histogram.set_scores([r.score for r in rows], c.threshold, c.detector_name)
+        self._refresh_current()
+        self._sync_actions()
+
+    def _threshold_changed(self, threshold) -> None:
+        c = self.controller
+        self.gallery.refresh_flags(c.rows(), threshold)
+        self.histogram.set_threshold(threshold)
+        self.image_view.update_flags(threshold)
+        self._update_model_state()
+
+    def _detector_changed(self, det: Optional[Detector]) -> None:
+        p = self.detector_panel
+        if det is not None and (det.name != p.current_name() or not self.controller.detector_matches(det.name,
+                                                                                                   p.overrides())):
+            p.select_detector(det.name, det.config)
+        if det is not None and det.threshold is not None and det.threshold.method == "calibrated":
+            p.fpr_spin.setValue(det.threshold.fpr)
+        self._update_model_state()
+        self._sync_actions()
+
+    def _detector_selected(self, name: str) -> None:
+        for act in self.detector_group.actions():
+            act.setChecked(act.data() == name)
+        self._update_model_state()
+
+    def _update_model_state(self) -> None:
+        c, p = self.controller, self.detector_panel
+        name = p.current_name()
+        det = c.detector
+        if det is not None and c.detector_matches(name, p.overrides(), p.fpr()):
+            if det.zero_shot:
+                text = f"Model: {det.name} (zero-shot), ready to run"
+            else:
+                thr = c.threshold_override or det.threshold
+                how = ("set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}") if thr else ""
+                n = det.meta.get("n_train")
+                text = (f"Model: {det.name}" + (f", trained on {n} images" if n else "")
+                        + (f"; threshold {thr.value:.4g} ({how})" if thr else "; no threshold"))
+            p.set_model_state(text)
+        elif det is not None:
+            p.set_model_state(f"Model in memory: {det.name} with other settings or target FPR. "
+                              "Run trains a new one.", stale=True)
+        elif REGISTRY[name].zero_shot:
+            p.set_model_state("Zero-shot: no training needed; press Run.")
+        else:
+            p.set_model_state("No model yet: choose the good images and press Train or Run "
+                              "(or File > Open model…).")
+        for act in self.detector_group.actions():
+            act.setChecked(act.data() == name)
+
+    def _busy_changed(self, title: str) -> None:
+        self.detector_panel.set_busy(title)
+        if title:
+            self.statusBar().showMessage(f"{title}…")
+        self._sync_actions()
+
+    def _sync_actions(self) -> None:
+        c = self.controller
+        has_result = c.result is not None and not c.busy
+        for act in self.export_actions.values():
+            act.setEnabled(has_result)
+        self.save_model_action.setEnabled(c.detector is not None and not c.busy)
+        self.cancel_action.setEnabled(c.busy)
+
+    def _logged(self, level: str, message: str) -> None:
+        self.log_panel.add(level, message)
+        self.statusBar().showMessage(("Error: " if level == "error" else "") + message, 15000)
+
+    def _device_described(self, text: str) -> None:
+        self.device_label.setText(f"device: {text}")
+        self.device_label.setMinimumWidth(self.device_label.sizeHint().width())
+        self.menuBar().setCornerWidget(self.device_label, Qt.TopRightCorner)  # re-lays out the corner
+        self.menuBar().adjustSize()
+
+    def _exported(self, folder: str) -> None:
+        self.open_export_action.setEnabled(True)
+        self._sync_actions()
+
+    # ================================================================== closing
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.controller.busy:
+            self.statusBar().showMessage("Cancelling the running task…")
+        self.save_settings()
+        self.controller.shutdown()
+        super().closeEvent(event)

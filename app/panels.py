@@ -1,0 +1,391 @@
+"""The side panels: folder, detector (with its generated settings form) and log."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFontDatabase
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.theme import ACCENT
+from core.detectors.config import DetectorConfig, field_type
+from core.detectors.registry import REGISTRY, detector_names
+from core.detectors.threshold import DEFAULT_FPR
+from core.engine.device import DEVICE_CHOICES
+
+INT_LIMIT = 2**31 - 1
+MAX_LOG_LINES = 10000
+
+
+def _label(text: str = "", name: str = "", wrap: bool = False) -> QLabel:
+    lab = QLabel(text)
+    if name:
+        lab.setObjectName(name)
+    lab.setWordWrap(wrap)
+    return lab
+
+
+# ====================================================================== settings form
+def _decimals(f: dataclasses.Field, default: float) -> int:
+    """Enough decimals to show the default and the minimum of a float field."""
+    smallest = min((abs(v) for v in (default, f.metadata.get("min", 0.0)) if v), default=1.0)
+    return int(min(10, max(3, 2 - math.floor(math.log10(smallest)))))
+
+
+class ConfigForm(QWidget):
+    """A form generated from a detector's config dataclass; tooltips come from field help."""
+
+    changed = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.config_class: Optional[type[DetectorConfig]] = None
+        self._editors: dict[str, tuple[QWidget, type]] = {}
+        self._advanced: list[str] = []
+        self.form = QFormLayout()
+        self.form.setContentsMargins(0, 0, 0, 0)
+        self.form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        self.advanced_check = QCheckBox("Show advanced settings")
+        self.advanced_check.toggled.connect(self._show_advanced)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(self.form)
+        lay.addWidget(self.advanced_check)
+
+    def set_config(self, config_class: type[DetectorConfig], values: Optional[DetectorConfig] = None) -> None:
+        while self.form.rowCount():
+            self.form.removeRow(0)
+        self.config_class = config_class
+        self._editors, self._advanced = {}, []
+        cfg = values if values is not None else config_class()
+        for f in dataclasses.fields(config_class):
+            tp = field_type(config_class, f)
+            editor = self._editor(f, tp, getattr(cfg, f.name))
+            editor.setToolTip(f.metadata.get("help", ""))
+            label = QLabel(f.name.replace("_", " "))
+            label.setToolTip(editor.toolTip())
+            self.form.addRow(label, editor)
+            self._editors[f.name] = (editor, tp)
+            if f.metadata.get("advanced"):
+                self._advanced.append(f.name)
+        self.advanced_check.setVisible(bool(self._advanced))
+        self._show_advanced(self.advanced_check.isChecked())
+
+    def _editor(self, f: dataclasses.Field, tp: Any, value: Any) -> QWidget:
+        md = f.metadata
+        if "choices" in md:
+            w = QComboBox()
+            for c in md["choices"]:
+                w.addItem(str(c), c)
+            w.setCurrentIndex(max(0, w.findData(value)))
+            w.currentIndexChanged.connect(self.changed)
+        elif tp is bool:
+            w = QCheckBox()
+            w.setChecked(bool(value))
+            w.toggled.connect(self.changed)
+        elif tp is int:
+            w = QSpinBox()
+            w.setRange(int(md.get("min", -INT_LIMIT)), int(min(md.get("max", INT_LIMIT), INT_LIMIT)))
+            w.setValue(int(value))
+            w.valueChanged.connect(self.changed)
+        elif tp is float:
+            w = QDoubleSpinBox()
+            w.setDecimals(_decimals(f, float(value)))
+            w.setRange(float(md.get("min", -1e12)), float(md.get("max", 1e12)))
+            w.setStepType(QDoubleSpinBox.AdaptiveDecimalStepType)
+            w.setValue(float(value))
+            w.valueChanged.connect(self.changed)
+        else:  # str and anything else (tuples, optionals) as text the config parser reads
+            w = QLineEdit(self._text(value))
+            w.textChanged.connect(self.changed)
+        return w
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, (tuple, list)):
+            return ",".join(map(str, value))
+        return str(value)
+
+    def values(self) -> dict[str, Any]:
+        """Every setting, as the config's ``with_overrides`` accepts them."""
+        out: dict[str, Any] = {}
+        for name, (w, _tp) in self._editors.items():
+            if isinstance(w, QComboBox):
+                out[name] = w.currentData()
+            elif isinstance(w, QCheckBox):
+                out[name] = w.isChecked()
+            elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+                out[name] = w.value()
+            else:
+                out[name] = w.text()
+        return out
+
+    def set_value(self, name: str, value: Any) -> None:
+        w, _tp = self._editors[name]
+        if isinstance(w, QComboBox):
+            w.setCurrentIndex(max(0, w.findData(value)))
+        elif isinstance(w, QCheckBox):
+            w.setChecked(bool(value))
+        elif isinstance(w, (QSpinBox, QDoubleSpinBox)):
+            w.setValue(value)
+        else:
+            w.setText(self._text(value))
+
+    def _show_advanced(self, on: bool) -> None:
+        for name in self._advanced:
+            self.form.setRowVisible(self._editors[name][0], on)
+
+
+# ====================================================================== folder
+class FolderPanel(QWidget):
+    open_clicked = Signal()
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.path_label = _label("No folder open", "pathLabel", wrap=True)
+        self.path_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.images_label = _label("–", "bigValue")
+        self.skipped_label = _label("–", "bigValue")
+        self.skipped_label.setToolTip("Files that could not be read; the log says why")
+        self.subfolders_check = QCheckBox("Include subfolders")
+        self.subfolders_check.setToolTip("Also list images in subfolders (turned on by itself when the folder "
+                                         "holds only subfolders)")
+        open_button = QPushButton("Open folder…")
+        open_button.clicked.connect(self.open_clicked)
+        grid = QGridLayout()
+        grid.addWidget(_label("images", "muted"), 0, 0)
+        grid.addWidget(self.images_label, 1, 0)
+        grid.addWidget(_label("skipped", "muted"), 0, 1)
+        grid.addWidget(self.skipped_label, 1, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 6, 8, 8)
+        lay.addWidget(self.path_label)
+        lay.addLayout(grid)
+        row = QHBoxLayout()
+        row.addWidget(open_button)
+        row.addWidget(self.subfolders_check, 1)
+        lay.addLayout(row)
+        self.setMinimumHeight(self.sizeHint().height())
+
+    def show_folder(self, folder: Path, n_images: int, recursive: bool) -> None:
+        self.path_label.setText(str(folder))
+        self.path_label.setToolTip(str(folder))
+        self.images_label.setText(str(n_images))
+        self.subfolders_check.setChecked(recursive)
+        self.show_skipped(0)
+
+    def show_skipped(self, n: int) -> None:
+        self.skipped_label.setText(str(n))
+        self.skipped_label.setStyleSheet(f"color: {ACCENT};" if n else "")
+
+
+# ====================================================================== detector
+class DetectorPanel(QWidget):
+    """Detector choice, its settings, the good folder, and Train / Run / Cancel with progress."""
+
+    detector_selected = Signal(str)
+    settings_changed = Signal()
+    good_folder_changed = Signal(str)
+    browse_good_clicked = Signal()
+    train_clicked = Signal()
+    run_clicked = Signal()
+    cancel_clicked = Signal()
+
+    def __init__(self, cuda_available: bool = False, parent=None) -> None:
+        super().__init__(parent)
+        self.combo = QComboBox()
+        for name in detector_names():
+            cls = REGISTRY[name]
+            ok, reason = cls.availability()
+            self.combo.addItem(name, name)
+            i = self.combo.count() - 1
+            self.combo.setItemData(i, f"{cls.title}: {cls.summary}" if ok else f"unavailable: {reason}",
+                                   Qt.ToolTipRole)
+            if not ok:
+                self.combo.model().item(i).setEnabled(False)
+        self.summary = _label("", "muted", wrap=True)
+        self.form = ConfigForm()
+        self.form.changed.connect(self.settings_changed)
+
+        self.good_edit = QLineEdit()
+        self.good_edit.setPlaceholderText("folder of good (defect-free) parts")
+        self.good_edit.setToolTip("Trained detectors learn what normal looks like from these images; 10 % "
+                                  "(at least 3) are held out to calibrate the threshold.")
+        self.good_edit.editingFinished.connect(lambda: self.good_folder_changed.emit(self.good_edit.text().strip()))
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Choose the folder of good images")
+        browse.clicked.connect(self.browse_good_clicked)
+        self.good_row = QWidget()
+        g = QHBoxLayout(self.good_row)
+        g.setContentsMargins(0, 0, 0, 0)
+        g.addWidget(self.good_edit, 1)
+        g.addWidget(browse)
+        self.fpr_spin = QDoubleSpinBox()
+        self.fpr_spin.setDecimals(4)
+        self.fpr_spin.setRange(0.0, 0.5)
+        self.fpr_spin.setSingleStep(0.005)
+        self.fpr_spin.setValue(DEFAULT_FPR)
+        self.fpr_spin.setToolTip("Target false-positive rate on held-out good images; sets the threshold")
+        self.device_combo = QComboBox()
+        for d in DEVICE_CHOICES:
+            self.device_combo.addItem(d, d)
+        if not cuda_available:
+            self.device_combo.model().item(DEVICE_CHOICES.index("cuda")).setEnabled(False)
+        self.device_combo.setToolTip("auto takes the GPU when there is one")
+
+        common = QFormLayout()
+        common.setContentsMargins(0, 0, 0, 0)
+        common.addRow("good images", self.good_row)
+        common.addRow("target FPR", self.fpr_spin)
+        common.addRow("device", self.device_combo)
+        self.good_label = common.labelForField(self.good_row)
+
+        self.model_label = _label("No model trained", "modelState", wrap=True)
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("Train on the good images (Ctrl+T)")
+        self.run_button = QPushButton("Run")
+        self.run_button.setObjectName("primary")
+        self.run_button.setToolTip("Score the open folder; trains first when needed (Ctrl+R)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the running task (Esc)")
+        self.cancel_button.setEnabled(False)
+        self.train_button.clicked.connect(self.train_clicked)
+        self.run_button.clicked.connect(self.run_clicked)
+        self.cancel_button.clicked.connect(self.cancel_clicked)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        self.progress_label = _label("idle", "muted")
+
+        buttons = QHBoxLayout()
+        for b in (self.train_button, self.run_button, self.cancel_button):
+            buttons.addWidget(b)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 6, 8, 8)
+        lay.addWidget(self.combo)
+        lay.addWidget(self.summary)
+        lay.addWidget(_label("Settings", "sectionTitle"))
+        lay.addWidget(self.form)
+        lay.addWidget(_label("Training and threshold", "sectionTitle"))
+        lay.addLayout(common)
+        lay.addWidget(self.model_label)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.progress_label)
+        lay.addStretch(1)
+        self.combo.currentIndexChanged.connect(self._combo_changed)
+        self._combo_changed()
+
+    # -- reading
+    def current_name(self) -> str:
+        return self.combo.currentData()
+
+    def overrides(self) -> dict[str, Any]:
+        return self.form.values()
+
+    def fpr(self) -> float:
+        return float(self.fpr_spin.value())
+
+    def device(self) -> str:
+        return self.device_combo.currentData()
+
+    # -- writing
+    def select_detector(self, name: str, config: Optional[DetectorConfig] = None) -> None:
+        i = self.combo.findData(name)
+        if i >= 0:
+            self.combo.blockSignals(True)
+            self.combo.setCurrentIndex(i)
+            self.combo.blockSignals(False)
+            self._show_detector(name, config)
+
+    def set_good_folder(self, folder: str) -> None:
+        self.good_edit.setText(folder)
+
+    def _combo_changed(self) -> None:
+        self._show_detector(self.current_name())
+        self.detector_selected.emit(self.current_name())
+
+    def _show_detector(self, name: str, config: Optional[DetectorConfig] = None) -> None:
+        cls = REGISTRY[name]
+        self.summary.setText(cls.summary)
+        self.form.set_config(cls.config_class, config)
+        trained = not cls.zero_shot
+        for w in (self.good_row, self.good_label, self.fpr_spin, self.train_button):
+            if w is not None:
+                w.setVisible(trained)
+        self.settings_changed.emit()
+
+    def set_model_state(self, text: str, stale: bool = False) -> None:
+        self.model_label.setText(text)
+        self.model_label.setProperty("stale", stale)
+        self.model_label.setStyleSheet(f"color: {ACCENT};" if stale else "")
+
+    def set_busy(self, title: str) -> None:
+        busy = bool(title)
+        self.cancel_button.setEnabled(busy)
+        self.train_button.setEnabled(not busy)
+        self.run_button.setEnabled(not busy)
+        self.combo.setEnabled(not busy)
+        self.progress.setRange(0, 0 if busy else 1)  # indeterminate until the first report
+        self.progress.setValue(0)
+        self.progress_label.setText(title or "idle")
+
+    def set_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
+        if message:
+            self.progress_label.setText(message)
+
+
+# ====================================================================== log
+class LogPanel(QWidget):
+    """Messages with time and level; warnings and errors stand out."""
+
+    COLORS = {"info": "#c8cbd0", "warning": "#f0b429", "error": ACCENT}
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.text = QPlainTextEdit()
+        self.text.setReadOnly(True)
+        self.text.setMaximumBlockCount(MAX_LOG_LINES)
+        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.text.setLineWrapMode(QPlainTextEdit.NoWrap)
+        self.lines: list[tuple[str, str]] = []
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.text)
+
+    def add(self, level: str, message: str) -> None:
+        self.lines.append((level, message))
+        del self.lines[:-MAX_LOG_LINES]
+        color = self.COLORS.get(level, self.COLORS["info"])
+        tag = "" if level == "info" else f"{level.upper()}: "
+        self.text.appendHtml(f'<span style="color:#7d828a">{time.strftime("%H:%M:%S")}</span> '
+                             f'<span style="color:{color}">{html.escape(tag + message)}</span>')
