@@ -11,12 +11,14 @@ from core.detectors.base import Detector
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ocsvm import OCSVMDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
+from core.detectors.score_resilience import ScoreResilienceDetector
 from core.detectors.vqvae import VQVAEDetector
 from core.io.checkpoint import CheckpointError, read_header
 
 REGISTRY: dict[str, type[Detector]] = {
     PixelGaussianDetector.name: PixelGaussianDetector,
     OCSVMDetector.name: OCSVMDetector,
+    ScoreResilienceDetector.name: ScoreResilienceDetector,
     VQVAEDetector.name: VQVAEDetector,
 }
 

@@ -16,6 +16,8 @@ from tests.conftest import make_part
 TINY = {
     "pixel-gaussian": {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0},
     "ocsvm": {"image_size": 16, "batch_size": 4},
+    "score-resilience": {"image_size": 16, "batch_size": 16, "block_out_channels": (8, 16), "norm_num_groups": 4,
+                         "layers_per_block": 1, "epochs": 30, "lr": 1e-2, "smooth_size": 3},
     "vqvae": {"image_size": 16, "batch_size": 4, "hidden": 8, "n_embeddings": 16, "embedding_dim": 8, "epochs": 3,
               "lr": 1e-3},
 }
