@@ -395,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_bench_parser = None
     if add_bench_parser is not None:
         add_bench_parser(sub)
+    try:
+        from app.weights_cli import add_weights_parser
+    except ImportError:
+        add_weights_parser = None
+    if add_weights_parser is not None:
+        add_weights_parser(sub)
     return p
 
 

@@ -9,6 +9,7 @@ import torch
 
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.differnet import DifferNetDetector
 from core.detectors.ocsvm import OCSVMDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.score_resilience import ScoreResilienceDetector
@@ -20,6 +21,7 @@ REGISTRY: dict[str, type[Detector]] = {
     OCSVMDetector.name: OCSVMDetector,
     ScoreResilienceDetector.name: ScoreResilienceDetector,
     VQVAEDetector.name: VQVAEDetector,
+    DifferNetDetector.name: DifferNetDetector,
 }
 
 DEFAULT_DETECTOR = PixelGaussianDetector.name

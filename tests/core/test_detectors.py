@@ -20,6 +20,10 @@ TINY = {
                          "layers_per_block": 1, "epochs": 30, "lr": 1e-2, "smooth_size": 3},
     "vqvae": {"image_size": 16, "batch_size": 4, "hidden": 8, "n_embeddings": 16, "embedding_dim": 8, "epochs": 3,
               "lr": 1e-3},
+    # tiny-random: a seeded random CNN for tests only, so no weight file is needed.
+    "differnet": {"backbone": "tiny-random", "image_size": 32, "n_scales": 2, "batch_size": 4, "train_batch_size": 4,
+                  "epochs": 8, "lr": 1e-3, "subnet_width": 32, "n_coupling_blocks": 2, "n_transforms_test": 2,
+                  "map_sigma": 1.0},
 }
 
 

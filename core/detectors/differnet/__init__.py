@@ -1,0 +1,3 @@
+from core.detectors.differnet.detector import DifferNetConfig, DifferNetDetector
+
+__all__ = ["DifferNetConfig", "DifferNetDetector"]
