@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.data.images import ImageReadError, ImageSource, list_images, read_image, resize
+from core.data.images import ImageReadError, ImageSource, list_images, read_image, read_thumbnail
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, create_detector, load_model, make_config
@@ -86,12 +86,7 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 def make_thumbnail(path: Path, size: int = THUMB_SIZE) -> np.ndarray:
     """Decode ``path`` and shrink it to ``size`` pixels on the long side (uint8)."""
-    img = read_image(path)
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    if scale < 1.0:
-        img = resize(img, (max(1, round(h * scale)), max(1, round(w * scale))))
-    return to_uint8(img)
+    return read_thumbnail(path, size)
 
 
 def _thumb_or_reason(path: Path) -> tuple[Optional[np.ndarray], str]:

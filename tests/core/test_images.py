@@ -94,3 +94,21 @@ def test_to_channels():
     g = to_channels(rgb, 1)
     assert g.shape == (4, 4, 1)
     assert np.allclose(to_channels(g, 3)[..., 2], g[..., 0])
+
+
+def test_read_thumbnail_fast_path_and_fallbacks(tmp_path):
+    from core.data.images import read_thumbnail
+
+    rng = np.random.default_rng(0)
+    big = rng.random((400, 600, 3)).astype(np.float32)
+    big[:, :, 0] = 1.0  # strongly red
+    write_png(tmp_path / "big.png", big)
+    t = read_thumbnail(tmp_path / "big.png", 64)
+    assert t.dtype == np.uint8 and t.shape == (43, 64, 3)
+    assert t[..., 0].mean() > 250  # RGB order kept on the reduced-decode path
+    write_png(tmp_path / "deep.tif", np.full((300, 300), 30000, np.uint16))  # 16-bit: full decode
+    d = read_thumbnail(tmp_path / "deep.tif", 50)
+    assert d.shape == (50, 50) and abs(int(d[0, 0]) - round(30000 / 65535 * 255)) <= 1
+    (tmp_path / "bad.png").write_text("nope")
+    with pytest.raises(ImageReadError, match="not a decodable image"):
+        read_thumbnail(tmp_path / "bad.png", 32)
