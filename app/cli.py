@@ -261,6 +261,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
     folder = _existing_dir(args.folder, "folder")
     if args.train and args.model:
         raise UsageError("give either --train GOOD_DIR or --model MODEL_DIR, not both")
+    if getattr(args, "group", None):
+        from core.detectors.registry import UnknownDetectorError, get_detector_class
+
+        try:
+            zero_shot = get_detector_class(args.detector).zero_shot
+        except UnknownDetectorError as exc:
+            raise UsageError(str(exc)) from None
+        if not zero_shot:
+            raise UsageError(f"--group applies to zero-shot detectors only; {args.detector} flags by its threshold")
+        args.set = [*(args.set or []), f"group={args.group}"]
     source = ImageSource.from_folder(folder, recursive=args.recursive)
     if len(source) == 0:
         raise UsageError(f"no image files (png, jpg, bmp, tif, webp) in {folder}"
@@ -290,6 +300,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         _info(f"skipped {s.path}: {s.reason}", args.quiet)
     n, nf = len(result.rows), len(result.flagged)
     thr = result.threshold.describe() if result.threshold else "no threshold"
+    if result.grouping is not None:
+        thr = f"groups by {result.grouping.describe()} (flagged = suspect group)"
+    elif result.grouping_note:
+        thr = f"not grouped: {result.grouping_note}"
     _info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
     _info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
     if n == 0:
@@ -382,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", metavar="MODEL_DIR", help="use a saved model")
     s.add_argument("--out", metavar="OUT_DIR", help="where to write (default ./anomaly-results/<folder>-<time>)")
     s.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
+                   help="zero-shot detectors: how the batch is split into normal / suspect groups "
+                        "(default: the detector's 'group' setting, ncut)")
     common(s)
 
     m = sub.add_parser("demo", help="generate a sample batch and inspect it (GUI, or headless without a display)")

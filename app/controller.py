@@ -35,7 +35,8 @@ from core.detectors.threshold import DEFAULT_FPR, Threshold
 from core.engine.device import describe_device, resolve_device
 from core.engine.jobs import CallableJob, FitJob, FitOutcome, ScanJob
 from core.engine.qt_bridge import JobRunner
-from core.engine.workflows import ScanResult, ScanRow, TrainReport
+from core.engine.workflows import ScanResult, ScanRow, TrainReport, move_to_group, regroup
+from core.grouping import GroupingError
 from core.io.colormap import robust_range
 from core.io.export import (
     FLAGGED_NAME,
@@ -137,6 +138,7 @@ class Controller(QObject):
     progressed = Signal(int, int, str)  # main task: done, total, message
     logged = Signal(str, str)  # level ("info", "warning", "error"), message
     exported = Signal(str)  # folder written to
+    grouping_changed = Signal(object)  # the ScanResult whose groups (and flags) changed
     device_described = Signal(str)
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
@@ -521,6 +523,10 @@ class Controller(QObject):
         self._previous = None
         self._set_result(result)
         thr = result.threshold.describe() if result.threshold else "no threshold"
+        if result.grouping is not None:
+            thr = f"groups by {result.grouping.describe()}"
+        elif result.grouping_note:
+            thr = f"not grouped: {result.grouping_note}"
         self.log("info", f"Scanned {len(result.rows)} images with {result.detector} in {result.seconds:.1f} s: "
                          f"{len(result.flagged)} flagged; {thr}; {len(result.skipped)} skipped")
 
@@ -584,6 +590,37 @@ class Controller(QObject):
         for r in self._live:
             r.flagged = None if thr is None else thr.flags(r.score)
         self.threshold_changed.emit(thr)
+
+    # ================================================================ grouping (zero-shot scans)
+    def regroup(self, method: str) -> bool:
+        """Split the shown zero-shot scan again with ``method`` (hand moves are dropped)."""
+        res = self.result
+        if res is None or res.grouping is None or self.busy:
+            return False
+        seed = self.detector.config.seed if self.detector is not None else 0
+        try:
+            g = regroup(res, method, seed=seed)  # milliseconds for thousands of scores
+        except GroupingError as exc:
+            self.log("error", f"Cannot group: {exc}")
+            return False
+        self.log("info", f"Regrouped: {g.describe()}")
+        self.grouping_changed.emit(res)
+        return True
+
+    def move_to_group(self, path: Path, group: Optional[str] = None) -> bool:
+        """Move the image at ``path`` to ``group`` ('normal' / 'suspect'; default: the other one)."""
+        res = self.result
+        if res is None or res.grouping is None or self.busy:
+            return False
+        index = next((i for i, r in enumerate(res.rows) if str(r.path) == str(path)), None)
+        if index is None:
+            return False
+        if group is None:
+            group = "normal" if res.rows[index].columns.get("group") == "suspect" else "suspect"
+        move_to_group(res, index, group)
+        self.log("info", f"Moved {Path(path).name} to the {group} group ({res.grouping.describe()})")
+        self.grouping_changed.emit(res)
+        return True
 
     # ================================================================ export
     def export_targets(self, kind: str, out_dir: str | os.PathLike) -> list[Path]:

@@ -2,7 +2,8 @@
 
 Thumbnails arrive from the controller as uint8 arrays decoded off the UI thread and are
 turned into ``QImage`` here (cheap at thumbnail size). Scores and flags come from the scan
-rows; the model itself sorts (by name or score) and filters (all or flagged) with numpy.
+rows; the model itself sorts (by name or score) and filters (all or flagged, and for a
+grouped zero-shot scan the normal or the suspect group) with numpy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QListView,
+    QMenu,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -70,6 +72,7 @@ class _Entry:
     error: str = ""
     score: Optional[float] = None
     flagged: Optional[bool] = None
+    group: Optional[str] = None
 
 
 class GalleryModel(QAbstractListModel):
@@ -85,10 +88,12 @@ class GalleryModel(QAbstractListModel):
         self._index_of: dict[str, int] = {}  # str(path) -> entry index (folder order)
         self._scores = np.zeros(0)  # NaN where not scored
         self._flags = np.zeros(0, bool)
+        self._groups = np.zeros(0, np.int8)  # 0 normal, 1 suspect, -1 not grouped
         self._view = np.zeros(0, np.int64)  # entry index of each visible row
         self._row = np.zeros(0, np.int64)  # visible row of each entry, -1 when filtered out
         self.by_score = False
         self.flagged_only = False
+        self.group_filter: Optional[int] = None  # None: every group; 0 normal; 1 suspect
         self.score_range: tuple[float, float] = (0.0, 1.0)
         self.detector_name = ""
         self.threshold: Optional[Threshold] = None
@@ -124,7 +129,10 @@ class GalleryModel(QAbstractListModel):
         if e.score is not None:
             state = "FLAGGED" if e.flagged else "not flagged" if e.flagged is not None else "no threshold"
             lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}")
-            lines.append(self.threshold.describe() if self.threshold else "no threshold set")
+            if e.group:
+                lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
+            else:
+                lines.append(self.threshold.describe() if self.threshold else "no threshold set")
         return "\n".join(lines)
 
     # -- filling
@@ -136,6 +144,7 @@ class GalleryModel(QAbstractListModel):
         self._index_of = {str(p): i for i, p in enumerate(paths)}
         self._scores = np.full(len(paths), np.nan)
         self._flags = np.zeros(len(paths), bool)
+        self._groups = np.full(len(paths), -1, np.int8)
         self.score_range = (0.0, 1.0)
         self._set_view(self._compute_view())
         self.endResetModel()
@@ -162,9 +171,10 @@ class GalleryModel(QAbstractListModel):
 
     def clear_scores(self) -> None:
         for e in self._entries:
-            e.score = e.flagged = None
+            e.score = e.flagged = e.group = None
         self._scores[:] = np.nan
         self._flags[:] = False
+        self._groups[:] = -1
         self.score_range = (0.0, 1.0)
         self._reorder()
         self._changed(range(len(self._entries)), [ScoreRole, FlaggedRole, Qt.ToolTipRole])
@@ -177,7 +187,9 @@ class GalleryModel(QAbstractListModel):
             if i is not None:
                 e = self._entries[i]
                 e.score, e.flagged = float(r.score), r.flagged
+                e.group = r.columns.get("group")
                 self._scores[i], self._flags[i] = e.score, bool(r.flagged)
+                self._groups[i] = {"normal": 0, "suspect": 1}.get(e.group, -1)
                 changed.append(i)
         finite = self._scores[np.isfinite(self._scores)]
         if finite.size:
@@ -198,8 +210,19 @@ class GalleryModel(QAbstractListModel):
             self.flagged_only = bool(flagged_only)
         self._reorder()
 
+    def set_group_filter(self, group: Optional[int]) -> None:
+        """Show only the normal (0) or the suspect (1) group of a grouped scan; None: all."""
+        self.group_filter = group
+        self._reorder()
+
+    def has_groups(self) -> bool:
+        return bool((self._groups >= 0).any())
+
     def _compute_view(self) -> np.ndarray:
-        idx = np.flatnonzero(self._flags) if self.flagged_only else np.arange(len(self._entries))
+        keep = self._flags.copy() if self.flagged_only else np.ones(len(self._entries), bool)
+        if self.group_filter is not None:
+            keep &= self._groups == self.group_filter
+        idx = np.flatnonzero(keep)
         if self.by_score:  # highest first, unscored last, ties in folder order
             key = -self._scores[idx]
             key[np.isnan(key)] = np.inf
@@ -334,6 +357,7 @@ class GalleryPanel(QWidget):
     """The gallery with its sort / filter bar. ``current_changed(path)`` when the selection moves."""
 
     current_changed = Signal(object)  # Path | None
+    move_requested = Signal(object, str)  # Path, group to move it to ('normal' / 'suspect')
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -351,6 +375,13 @@ class GalleryPanel(QWidget):
         self.flagged_check = QCheckBox("Flagged only")
         self.flagged_check.setToolTip("Show only the images above the threshold (F)")
         self.flagged_check.toggled.connect(lambda on: self.model.set_order(flagged_only=on))
+        self.group_combo = QComboBox()
+        self.group_combo.addItems(["All groups", "Normal group", "Suspect group"])
+        self.group_combo.setToolTip("Zero-shot scans: show one group of the normal / suspect split")
+        self.group_combo.currentIndexChanged.connect(lambda i: self.model.set_group_filter(None if i == 0 else i - 1))
+        self.group_combo.hide()
+        self.view.setContextMenuPolicy(Qt.CustomContextMenu)
+        self.view.customContextMenuRequested.connect(self._context_menu)
         self.count_label = QLabel("no folder open")
         self.count_label.setObjectName("muted")
 
@@ -367,6 +398,7 @@ class GalleryPanel(QWidget):
         bar.addWidget(self.sort_combo)
         bar.addSpacing(8)
         bar.addWidget(self.flagged_check)
+        bar.addWidget(self.group_combo)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
@@ -392,11 +424,13 @@ class GalleryPanel(QWidget):
 
     def add_rows(self, rows: list[ScanRow]) -> None:
         self.model.set_rows(rows)
+        self._sync_group_filter()
 
     def show_result(self, rows: list[ScanRow], detector: str, threshold: Optional[Threshold]) -> None:
         self.set_context(detector, threshold)
         self.model.clear_scores()
         self.model.set_rows(rows)
+        self._sync_group_filter()
 
     def set_context(self, detector: str, threshold: Optional[Threshold]) -> None:
         self.model.detector_name, self.model.threshold = detector, threshold
@@ -404,6 +438,31 @@ class GalleryPanel(QWidget):
     def refresh_flags(self, rows: list[ScanRow], threshold: Optional[Threshold]) -> None:
         self.model.threshold = threshold
         self.model.set_rows(rows)
+        self._sync_group_filter()
+
+    def _sync_group_filter(self) -> None:
+        """The group filter is offered only while a grouped (zero-shot) scan is shown."""
+        grouped = self.model.has_groups()
+        self.group_combo.setVisible(grouped)
+        if not grouped and self.group_combo.currentIndex() != 0:
+            self.group_combo.setCurrentIndex(0)
+
+    def set_group_filter(self, group: Optional[str]) -> None:
+        """'normal', 'suspect' or None (all)."""
+        self.group_combo.setCurrentIndex({None: 0, "normal": 1, "suspect": 2}[group])
+
+    def _context_menu(self, pos) -> None:
+        idx = self.view.indexAt(pos)
+        if not idx.isValid():
+            return
+        entry = self.model._entries[int(self.model._view[idx.row()])]
+        if entry.group not in ("normal", "suspect"):
+            return
+        other = "normal" if entry.group == "suspect" else "suspect"
+        menu = QMenu(self)
+        act = menu.addAction(f"Move to the {other} group")
+        act.triggered.connect(lambda: self.move_requested.emit(entry.path, other))
+        menu.exec(self.view.viewport().mapToGlobal(pos))
 
     # -- sorting, filtering, selection
     def set_sort_by_score(self, on: bool) -> None:
@@ -462,6 +521,6 @@ class GalleryPanel(QWidget):
         text = f"{n} images"
         if scored:
             text += f" · {scored} scored · {flagged} flagged"
-        if self.model.flagged_only:
+        if self.model.flagged_only or self.model.group_filter is not None:
             text += f" · showing {visible}"
         self.count_label.setText(text)

@@ -35,6 +35,7 @@ class HistogramPanel(QWidget):
         self.detector_name = ""
         self._log = False
         self._log_forced: Optional[bool] = None
+        self._groups: Optional[np.ndarray] = None  # suspect flags of a grouped (zero-shot) scan
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -84,10 +85,14 @@ class HistogramPanel(QWidget):
         lay.addLayout(bottom)
 
     # ------------------------------------------------------------------ data in
-    def set_scores(self, scores, threshold: Optional[Threshold], detector: str = "") -> None:
-        """All scores shown now (called as rows arrive and when a result is complete)."""
+    def set_scores(self, scores, threshold: Optional[Threshold], detector: str = "", suspect=None) -> None:
+        """All scores shown now (called as rows arrive and when a result is complete).
+
+        ``suspect`` (one bool per score) colours a zero-shot scan by its groups instead of a threshold."""
         s = np.asarray(list(scores), dtype=np.float64)
-        self.scores = s[np.isfinite(s)]
+        finite = np.isfinite(s)
+        self._groups = None if suspect is None else np.asarray(list(suspect), dtype=bool)[finite]
+        self.scores = s[finite]
         self._sorted = np.sort(self.scores)
         self.detector_name = detector or self.detector_name
         if self._log_forced is None:
@@ -144,7 +149,10 @@ class HistogramPanel(QWidget):
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         edges = np.linspace(lo, hi, n_bins + 1)
-        flagged = s > thr.value if thr is not None else np.zeros(s.size, bool)
+        if self._groups is not None and self._groups.size == s.size:
+            flagged = self._groups
+        else:
+            flagged = s > thr.value if thr is not None else np.zeros(s.size, bool)
         h_norm, _ = np.histogram(x[~flagged], edges)
         h_flag, _ = np.histogram(x[flagged], edges)
         gap = (edges[1] - edges[0]) * 0.08
@@ -181,7 +189,11 @@ class HistogramPanel(QWidget):
             return
         self.count_label.setText(f"flagged: {flagged} / {n}" + ("  (release to apply)" if preview else ""))
         thr = self.threshold
-        if thr is not None:
+        if self._groups is not None and thr is None:
+            self.count_label.setText(f"suspect group: {flagged} / {n}")
+            self.info_label.setText("zero-shot: flagged = suspect group (no threshold)")
+            tip = f"detector {self.detector_name}\nbars coloured by the normal / suspect grouping"
+        elif thr is not None:
             value = self._from_axis(self.line.value()) if preview else thr.value
             self.line.label.setFormat(f"{value:.4g}")
             how = "set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}"

@@ -226,8 +226,13 @@ class ImageView(QWidget):
         self.score_label.setText(text)
         self.score_label.setToolTip(f"detector {self.detector_name}\n" + (thr.describe() if thr else "no threshold"))
         flagged = thr.flags(row.score) if thr is not None else None
+        group = row.columns.get("group")
+        if group is not None:  # a zero-shot scan: flagged means "in the suspect group"
+            flagged = group == "suspect"
+            self.score_label.setToolTip(f"detector {self.detector_name}\n{group} group of the zero-shot grouping")
         self.flag_label.setVisible(flagged is not None)
-        self.flag_label.setText("FLAGGED" if flagged else "ok")
+        self.flag_label.setText(("SUSPECT" if flagged else "normal") if group is not None else
+                                ("FLAGGED" if flagged else "ok"))
         self.flag_label.setProperty("flagged", bool(flagged))
         self.flag_label.setStyleSheet(
             f"background:{ACCENT}; color:white;" if flagged else "background:#2f6f4e; color:white;")

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 
 from app.controller import EXPORT_KINDS, Controller, FolderInfo
 from app.gallery import GalleryPanel
+from app.grouping import GroupingPanel
 from app.histogram import HistogramPanel
 from app.image_view import ImageView
 from app.panels import DetectorPanel, FolderPanel, LogPanel
@@ -55,6 +56,7 @@ class MainWindow(QMainWindow):
         self.gallery = GalleryPanel()
         self.image_view = ImageView()
         self.histogram = HistogramPanel()
+        self.grouping = GroupingPanel()
         self.folder_panel = FolderPanel()
         self.detector_panel = DetectorPanel(cuda_available=cuda_available)
         self.log_panel = LogPanel()
@@ -81,11 +83,13 @@ class MainWindow(QMainWindow):
             "folder": self._dock("Folder", self.folder_panel, Qt.LeftDockWidgetArea),
             "detector": self._dock("Detector", scroll, Qt.LeftDockWidgetArea),
             "histogram": self._dock("Score histogram", self.histogram, Qt.RightDockWidgetArea),
+            "grouping": self._dock("Grouping (zero-shot)", self.grouping, Qt.RightDockWidgetArea),
             "log": self._dock("Log", self.log_panel, Qt.BottomDockWidgetArea),
         }
         self.resizeDocks([self.docks["folder"], self.docks["histogram"]], [330, 420], Qt.Horizontal)
         self.resizeDocks([self.docks["folder"], self.docks["detector"]], [150, 700], Qt.Vertical)
         self.resizeDocks([self.docks["log"]], [150], Qt.Vertical)
+        self.resizeDocks([self.docks["histogram"], self.docks["grouping"]], [420, 420], Qt.Vertical)
 
         self.device_label = QLabel("device: …")
         self.device_label.setObjectName("deviceLabel")
@@ -199,8 +203,14 @@ class MainWindow(QMainWindow):
         c.image_loaded.connect(self.image_view.set_image)
         c.image_failed.connect(self.image_view.set_failed)
         c.device_described.connect(self._device_described)
+        c.grouping_changed.connect(self._grouping_changed)
 
         self.gallery.current_changed.connect(self._current_changed)
+        self.gallery.current_changed.connect(self.grouping.set_current)
+        self.gallery.move_requested.connect(lambda path, group: c.move_to_group(path, group))
+        self.grouping.move_requested.connect(lambda path: c.move_to_group(path))
+        self.grouping.method_changed.connect(c.regroup)
+        self.grouping.image_clicked.connect(self.gallery.select_path)
         self.histogram.threshold_moved.connect(c.set_threshold)
         self.histogram.reset_requested.connect(c.reset_threshold)
         self.folder_panel.open_clicked.connect(self.open_folder)
@@ -432,9 +442,25 @@ class MainWindow(QMainWindow):
         c = self.controller
         rows = result.rows if result is not None else []
         self.gallery.show_result(rows, c.detector_name, c.threshold)
-        self.histogram.set_scores([r.score for r in rows], c.threshold, c.detector_name)
+        grouped = result is not None and result.grouping is not None
+        self.histogram.set_scores([r.score for r in rows], c.threshold, c.detector_name,
+                                  suspect=[bool(r.flagged) for r in rows] if grouped else None)
+        self.grouping.set_result(result)
+        self.grouping.set_current(self.gallery.current_path())
+        if result is not None and result.grouping is not None:
+            self.docks["grouping"].show()
+            self.docks["grouping"].raise_()
         self._refresh_current()
         self._sync_actions()
+
+    def _grouping_changed(self, result: ScanResult) -> None:
+        """Groups edited (moved image, other method): flags, gallery, plot and view follow."""
+        c = self.controller
+        self.gallery.refresh_flags(result.rows, c.threshold)
+        self.histogram.set_scores([r.score for r in result.rows], c.threshold, c.detector_name,
+                                  suspect=[bool(r.flagged) for r in result.rows])
+        self.grouping.set_result(result)
+        self._refresh_current()
 
     def _threshold_changed(self, threshold) -> None:
         c = self.controller

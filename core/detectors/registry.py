@@ -10,8 +10,10 @@ import torch
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.differnet import DifferNetDetector
+from core.detectors.ldm_zero_shot import LDMZeroShotDetector
 from core.detectors.ocsvm import OCSVMDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
+from core.detectors.sanf import SANFDetector
 from core.detectors.score_resilience import ScoreResilienceDetector
 from core.detectors.vqvae import VQVAEDetector
 from core.io.checkpoint import CheckpointError, read_header
@@ -22,6 +24,8 @@ REGISTRY: dict[str, type[Detector]] = {
     ScoreResilienceDetector.name: ScoreResilienceDetector,
     VQVAEDetector.name: VQVAEDetector,
     DifferNetDetector.name: DifferNetDetector,
+    LDMZeroShotDetector.name: LDMZeroShotDetector,
+    SANFDetector.name: SANFDetector,
 }
 
 DEFAULT_DETECTOR = PixelGaussianDetector.name

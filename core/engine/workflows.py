@@ -1,5 +1,12 @@
 """What the CLI and the GUI both do: train a detector with a calibrated threshold, and scan
-a folder. Plain Python; progress callbacks and cancel tokens pass straight through."""
+a folder. Plain Python; progress callbacks and cancel tokens pass straight through.
+
+A zero-shot detector has no threshold: after its scan the batch is split by its scores into a
+normal and a suspect group (:mod:`core.grouping`; method from the detector's ``group``
+setting, normalized cut by default). Each row gets a ``group`` column and ``flagged`` means
+"in the suspect group"; :func:`regroup` and :func:`move_to_group` change the groups later
+(the GUI's edits), and exports follow them.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from core.detectors.base import Detector, FitError, ScoreResult
 from core.detectors.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
 from core.engine.cancel import CancelToken, check
 from core.engine.progress import ProgressFn, SubProgress
+from core.grouping import GROUP_NAMES, SUSPECT, Grouping, GroupingError, group_scores
 
 #: Anomaly maps kept in a scan result are stored at most this many pixels on the long side
 #: (float16), so that a scan of thousands of images stays within memory; exports upsample
@@ -108,13 +116,21 @@ class ScanResult:
     skipped: list[Skipped]
     threshold: Optional[Threshold]
     seconds: float = 0.0
+    #: The split of a zero-shot scan into normal / suspect (``labels`` follow ``rows``).
+    grouping: Optional[Grouping] = None
+    #: Why a zero-shot scan could not be grouped (e.g. a batch of one image), else "".
+    grouping_note: str = ""
 
     @property
     def flagged(self) -> list[ScanRow]:
         return [r for r in self.rows if r.flagged]
 
     def apply_threshold(self, threshold: Optional[Threshold]) -> None:
+        """Flag by ``threshold``; a grouped (zero-shot) result keeps flagging its suspect group."""
         self.threshold = threshold
+        if self.grouping is not None:
+            apply_grouping(self, self.grouping)
+            return
         for r in self.rows:
             r.flagged = None if threshold is None else threshold.flags(r.score)
 
@@ -171,4 +187,54 @@ def scan_images(
 
     detector.score(source, progress, cancel, on_result=collect, skipped=skipped)
     ordered = [rows[i] for i in sorted(rows)]
-    return ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0)
+    result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0)
+    if detector.zero_shot:
+        method = getattr(detector.config, "group", "ncut")
+        try:
+            regroup(result, method, seed=detector.config.seed)
+        except GroupingError as exc:
+            result.grouping_note = str(exc)
+        result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ----------------------------------------------------------------------------- grouping
+def apply_grouping(result: ScanResult, grouping: Grouping) -> None:
+    """Write ``grouping`` into the rows: ``group`` column, ``flagged`` = in the suspect group."""
+    if len(grouping.labels) != len(result.rows):
+        raise ValueError(f"grouping of {len(grouping.labels)} images does not fit a scan of {len(result.rows)}")
+    result.grouping = grouping
+    for row, label in zip(result.rows, grouping.labels):
+        row.columns["group"] = GROUP_NAMES[int(label)]
+        row.flagged = bool(label == SUSPECT)
+
+
+def regroup(result: ScanResult, method: str = "ncut", seed: int = 0) -> Grouping:
+    """Split the scan's rows into normal / suspect by their scores with ``method``
+    (``ncut``, ``kmeans`` or ``gmm``); replaces any earlier grouping, hand moves included."""
+    grouping = group_scores([r.score for r in result.rows], method, seed=seed)
+    result.grouping_note = ""
+    apply_grouping(result, grouping)
+    return grouping
+
+
+def move_to_group(result: ScanResult, index: int, group: str) -> Grouping:
+    """Move row ``index`` to ``group`` ('normal' or 'suspect') by hand; the cut value stays
+    that of the algorithm's split, the move is recorded in ``grouping.moved``."""
+    if result.grouping is None:
+        raise GroupingError("this scan has no groups to edit (only zero-shot scans are grouped)")
+    if group not in GROUP_NAMES:
+        raise ValueError(f"group must be one of {', '.join(GROUP_NAMES)}, not {group!r}")
+    if not 0 <= index < len(result.rows):
+        raise IndexError(f"no row {index} in a scan of {len(result.rows)} images")
+    g = result.grouping
+    label = GROUP_NAMES.index(group)
+    if int(g.labels[index]) != label:
+        g.labels = g.labels.copy()
+        g.labels[index] = label
+        if index in g.moved:
+            g.moved.remove(index)  # moved back where the algorithm put it
+        else:
+            g.moved.append(index)
+    apply_grouping(result, g)
+    return g

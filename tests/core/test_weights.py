@@ -150,7 +150,8 @@ def test_status_lists_every_known_set(tiny_set):
 
 def test_known_sets_have_checksums():
     for ws in store.KNOWN.values():
-        assert ws.sha256 or ws.sha256_prefix, ws.name
+        # a set without a checksum must say why (sanf's timm ViTs: no hub here to hash them)
+        assert ws.sha256 or ws.sha256_prefix or ws.unverified, ws.name
         assert ws.sha256_prefix in ws.filename or not ws.sha256_prefix
     assert store.KNOWN["efficientnet-lite0-imagenet"].sha256.startswith("57934424")
 

@@ -1,0 +1,285 @@
+"""``ldm-zero-shot``: zero-shot anomaly detection from a (latent) diffusion model's noise
+estimation error, then a normalized cut of the batch into a normal and a suspect group.
+
+Paper: zero-shot-latent-diffusion-normalized-cut (Zavala-Jimenez et al.). No labels and no
+good-image folder: the whole batch is scored (section 4.2, first stage, here and in
+:mod:`.noise_error`) and then split into two groups by its scores (4.2 second stage and 4.5,
+:mod:`core.grouping`; done by :func:`core.engine.workflows.scan_images`, since it needs the
+whole batch's scores).
+
+Two variants, chosen by the ``model`` setting, reported separately:
+
+- a pretrained diffusers pipeline (a local folder or a hub id; the paper: Stable Diffusion),
+  loaded with the real ``from_pretrained`` code (:mod:`.pipeline`): images are resized to the
+  model's native resolution (4.2, "standardizing the image sizes"), encoded by the VAE, and the
+  U-Net is conditioned on the null (empty-prompt) text embedding;
+- ``batch`` (the default, since no Stable Diffusion weights exist on these machines; not in the
+  paper): a small pixel-space DDPM is first trained on the unlabelled batch itself, inside
+  :meth:`score`, with progress and cancel (:mod:`.torch_model`); then the same scoring.
+
+Departures and choices where the paper is silent:
+- T (``timesteps``) default 50, the low end of the 50-100 where the paper's accuracy settles
+  (4.6); the timesteps are the scheduler's spacing for T steps (see :mod:`.noise_error`).
+- Same seeded noise draws for every image; the T noisy versions of the images of a batch run
+  through the U-Net together, in chunks of ``unet_batch``.
+- ``z = E(x)`` is the VAE's *mean* latent (deterministic), scaled by the VAE's factor.
+- Heat map: the per-latent-pixel squared error averaged over channels and timesteps,
+  upsampled bilinearly to the image. The paper scores images only.
+- The per-timestep errors are kept as the ``timestep_errors`` column (``;``-separated, in the
+  order of the timesteps, which are recorded in ``detector.meta["timesteps"]``).
+- A grey image is repeated to three channels for an RGB VAE.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from core.data.images import Skipped, iter_batches
+from core.detectors.base import Detector, FitError, OnResult, ScoreResult
+from core.detectors.common import infer_channels, map_to_input, to_tensor_batch
+from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
+from core.detectors.ldm_zero_shot.pipeline import DiffusionModel, load_diffusion_model, model_kind, quiet_hub_logging
+from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, ddpm_loss, make_scheduler
+from core.engine.cancel import CancelToken, check
+from core.engine.progress import ProgressFn, SubProgress
+from core.grouping import METHODS
+
+BATCH = "batch"
+BATCH_DEFAULT_SIZE = 64
+#: Share of the progress bar the batch fallback's training takes.
+TRAIN_SHARE = 0.8
+
+
+@dataclass
+class LDMZeroShotConfig(DetectorConfig):
+    model: str = field(default=BATCH, metadata={"help": "'batch': train a small diffusion model on the batch itself "
+                                                        "(label-free fallback); or a diffusers pipeline folder or hub "
+                                                        "id (paper: Stable Diffusion)"})
+    timesteps: int = field(default=50, metadata={"help": "diffusion timesteps T averaged per image (paper: 50-100)",
+                                                 "min": 1, "max": 1000})
+    group: str = field(default="ncut", metadata={"help": "how the batch is split: normalized cut (paper), k-means "
+                                                         "or a 2-component GMM", "choices": METHODS})
+    image_size: int = field(default=0, metadata={"help": "working resolution in pixels (0 = the model's native size; "
+                                                         f"batch: {BATCH_DEFAULT_SIZE})", "min": 0, "max": 2048})
+    unet_batch: int = field(default=32, metadata={"help": "noisy latents per U-Net call (GPU memory)", "min": 1,
+                                                  "max": 4096, "advanced": True})
+    epochs: int = field(default=30, metadata={"help": "batch fallback: training epochs over the batch", "min": 1,
+                                              "max": 100000})
+    max_minutes: float = field(default=10.0, metadata={"help": "batch fallback: training time limit in minutes "
+                                                              "(0 = none)", "min": 0.0, "max": 100000.0})
+    lr: float = field(default=1e-3, metadata={"help": "batch fallback: AdamW learning rate", "min": 1e-8, "max": 1.0,
+                                              "advanced": True})
+    train_batch_size: int = field(default=16, metadata={"help": "batch fallback: images per training step", "min": 1,
+                                                        "max": 4096, "advanced": True})
+    train_timesteps: int = field(default=1000, metadata={"help": "batch fallback: DDPM noise-schedule length",
+                                                         "min": 2, "max": 10000, "advanced": True})
+    block_out_channels: tuple[int, ...] = field(default=(32, 64, 64), metadata={
+        "help": "batch fallback: U-Net widths per level", "advanced": True})
+    layers_per_block: int = field(default=1, metadata={"help": "batch fallback: residual blocks per U-Net level",
+                                                       "min": 1, "max": 8, "advanced": True})
+    norm_num_groups: int = field(default=8, metadata={"help": "batch fallback: GroupNorm groups (divide every width)",
+                                                      "min": 1, "max": 256, "advanced": True})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.model.strip() == "":
+            raise ConfigError("model is empty: give 'batch', a pipeline folder or a hub id")
+        if self.model != BATCH:
+            try:
+                model_kind(self.model)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        else:
+            try:
+                self.batch_shape(3).check()
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def batch_size_px(self) -> int:
+        return self.image_size or BATCH_DEFAULT_SIZE
+
+    def batch_shape(self, channels: int) -> BatchNetShape:
+        return BatchNetShape(channels, self.batch_size_px(), tuple(self.block_out_channels), self.layers_per_block,
+                             self.norm_num_groups)
+
+
+class LDMZeroShotDetector(Detector):
+    name = "ldm-zero-shot"
+    title = "Zero-shot latent diffusion + normalized cut"
+    summary = ("No training data: a diffusion model's noise-prediction error scores each image and a normalized cut "
+               "splits the batch into normal and suspect groups. model=batch trains a small model on the batch.")
+    paper = "zero-shot-latent-diffusion-normalized-cut"
+    zero_shot = True
+    produces_maps = True
+    config_class = LDMZeroShotConfig
+
+    config: LDMZeroShotConfig
+
+    def __init__(self, config: LDMZeroShotConfig | None = None, device="auto") -> None:
+        super().__init__(config, device)
+        self.pretrained: Optional[DiffusionModel] = None
+        self._pretrained_source = ""
+        self.batch_net: Optional[BatchNet] = None
+        self._batch_scheduler = None
+        self._channels = 3
+        self._cancel: Optional[CancelToken] = None
+        self._noise: Optional[tuple[tuple, torch.Tensor]] = None
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None,
+              cancel: CancelToken | None = None, on_result: OnResult | None = None,
+              skipped: list[Skipped] | None = None) -> dict[int, ScoreResult]:
+        """Score the batch; with ``model=batch`` first train the fallback model on it."""
+        self._cancel = cancel
+        try:
+            if self.config.model == BATCH:
+                self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"),
+                                     cancel)
+                progress = SubProgress(progress, TRAIN_SHARE, 1.0)
+            else:
+                self._ensure_pretrained()
+            return super().score(images, progress, cancel, on_result, skipped)
+        finally:
+            self._cancel = None
+
+    def _check(self) -> None:
+        check(self._cancel)
+
+    def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
+        cfg = self.config
+        if cfg.model == BATCH:
+            size, channels = cfg.batch_size_px(), self._channels
+            x = to_tensor_batch(images, size, channels).to(self.device).clamp_(0, 1)
+            z = x * 2.0 - 1.0
+            denoise, sched = self.batch_net, self._batch_scheduler
+            alphas, ptype = sched.alphas_cumprod, str(sched.config.prediction_type)
+        else:
+            pm = self.pretrained
+            size = cfg.image_size or pm.sample_size
+            x = to_tensor_batch(images, size, pm.in_channels).to(self.device).clamp_(0, 1)
+            z = pm.encode(x)
+            denoise, sched = pm.denoise, pm.scheduler
+            alphas, ptype = pm.alphas_cumprod, pm.prediction_type
+        ts = pick_timesteps(sched, cfg.timesteps)
+        eps = self._eps(tuple(z.shape[1:]), ts.numel())
+        per_t, maps = noise_errors(denoise, z, ts, eps, alphas, ptype, cfg.unet_batch, self._check)
+        self.meta["timesteps"] = [int(t) for t in ts]
+        per_t_np = per_t.cpu().numpy().astype(np.float64)
+        maps_np = maps.cpu().numpy().astype(np.float32)
+        return [
+            ScoreResult(
+                score=float(per_t_np[i].mean()),  # 4.2: the mean noise estimation error over the timesteps
+                anomaly_map=map_to_input(maps_np[i], img.shape),
+                columns={"timestep_errors": ";".join(f"{v:.6g}" for v in per_t_np[i])},
+            )
+            for i, img in enumerate(images)
+        ]
+
+    def _eps(self, shape: tuple, n: int) -> torch.Tensor:
+        """The same seeded draws for every image (cached per latent shape and T)."""
+        key = (shape, n, self.config.seed)
+        if self._noise is None or self._noise[0] != key:
+            self._noise = (key, draw_noise(shape, n, self.config.seed))
+        return self._noise[1]
+
+    # ------------------------------------------------------------------ the pretrained model
+    def _ensure_pretrained(self) -> None:
+        if self.pretrained is not None and self._pretrained_source == self.config.model:
+            return
+        quiet_hub_logging()
+        pm = load_diffusion_model(self.config.model)
+        size = self.config.image_size or pm.sample_size
+        if size % pm.vae_factor:
+            raise ConfigError(f"image_size={size} must be a multiple of the VAE's factor {pm.vae_factor}")
+        self.pretrained = pm.to(self.device)
+        self._pretrained_source = self.config.model
+        self.meta["variant"] = "pretrained"
+        self.meta["model"] = self.config.model
+
+    # ------------------------------------------------------------------ the batch fallback
+    def _train_on_batch(self, images: Sequence[np.ndarray], progress: ProgressFn | None,
+                        cancel: CancelToken | None) -> None:
+        """Train the fallback DDPM on the readable images of the batch (no labels used).
+
+        Unreadable files are left out here and reported by the scoring pass."""
+        cfg = self.config
+        size = cfg.batch_size_px()
+        read = SubProgress(progress, 0.0, 0.05, "reading")
+        total = len(images)
+        batches, channels = [], None
+        for idx, batch in iter_batches(images, cfg.batch_size, None, cancel):
+            if channels is None:
+                channels = infer_channels(batch)
+            batches.append((batch, idx))
+            read(idx[-1] + 1, total)
+        if not batches:
+            self.batch_net = None
+            return
+        data = torch.cat([to_tensor_batch(b, size, channels) for b, _ in batches]).clamp_(0, 1) * 2.0 - 1.0
+        del batches
+        n = data.shape[0]
+        torch.manual_seed(cfg.seed)
+        model = BatchNet(cfg.batch_shape(channels)).to(self.device)
+        sched = make_scheduler(cfg.train_timesteps)
+        alphas = sched.alphas_cumprod.to(self.device)
+        data = data.to(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        shuffle = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.Generator().manual_seed(cfg.seed + 1)
+        bs = min(cfg.train_batch_size, n)
+        total_steps = cfg.epochs * math.ceil(n / bs)
+        train = SubProgress(progress, 0.05, 1.0)
+        max_s = cfg.max_minutes * 60.0
+        t0 = time.perf_counter()
+        step, last, loss_v = 0, -1e9, float("nan")
+        model.train()
+        for epoch in range(1, cfg.epochs + 1):
+            for bidx in torch.randperm(n, generator=shuffle).split(bs):
+                check(cancel)
+                x = data[bidx]
+                t = torch.randint(0, cfg.train_timesteps, (x.shape[0],), generator=noise).to(self.device)
+                eps = torch.randn(x.shape, generator=noise).to(self.device)
+                loss = ddpm_loss(model, x, t, eps, alphas)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                now = time.perf_counter()
+                if now - last >= 0.2 or step == total_steps:
+                    last, loss_v = now, float(loss.detach())
+                    train(step, total_steps, f"epoch {epoch}/{cfg.epochs}, loss {loss_v:.4f}")
+            if max_s > 0 and time.perf_counter() - t0 >= max_s:
+                break
+        if not math.isfinite(float(loss.detach())):
+            raise FitError("the batch model's training diverged (loss is not finite): lower lr")
+        check(cancel)
+        self.batch_net = model.eval().requires_grad_(False)
+        self._batch_scheduler = sched
+        self._channels = channels
+        self.meta.update({"variant": "batch", "n_batch": int(n), "batch_epochs": int(epoch),
+                          "batch_seconds": round(time.perf_counter() - t0, 3), "batch_loss": loss_v})
+
+    # ------------------------------------------------------------------ zero-shot: nothing to fit or save
+    def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - zero-shot: fit is a no-op
+        return None
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        """Nothing: the pretrained model is named by ``model``; a batch model belongs to its batch."""
+        return {}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        return None
+
+    def _moved(self) -> None:
+        if self.pretrained is not None:
+            self.pretrained.to(self.device)
+        if self.batch_net is not None:
+            self.batch_net.to(self.device)

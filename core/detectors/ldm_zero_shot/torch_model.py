@@ -1,0 +1,84 @@
+"""The batch-trained fallback (``model=batch``): a small pixel-space DDPM trained on the
+unlabelled batch itself.
+
+Not in the paper, which uses Stable Diffusion. No Stable Diffusion weights can be fetched on
+an air-gapped plant, so that the detector is still usable this fallback trains a small
+diffusers ``UNet2DModel`` with the DDPM objective (Ho et al. 2020: predict ``eps`` from
+``sqrt(alpha_t) x + sqrt(1 - alpha_t) eps`` at a uniform random ``t``) on the images to be
+inspected, without labels; the same noise-error scoring then runs with it (no VAE, no text:
+pixel space, unconditional). The assumption is the paper's: defects are a minority of the
+batch, so the model fits normal parts better and predicts their noise better. Results of this
+variant are reported separately from the pretrained one.
+
+Images are in [0, 1] and fed as ``2 x - 1`` (DDPM's data range). The U-Net is diffusers' with
+plain residual blocks (no attention), small widths by default; the noise schedule is DDPM's
+linear one over ``train_timesteps`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BatchNetShape:
+    in_channels: int
+    sample_size: int
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+
+    def check(self) -> None:
+        levels = len(self.block_out_channels)
+        if levels < 1:
+            raise ValueError("block_out_channels needs at least one level")
+        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
+        if bad:
+            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every block width; it does not "
+                             f"divide {bad}")
+        stride = 2 ** (levels - 1)
+        if self.sample_size % stride:
+            raise ValueError(f"image size {self.sample_size} must be a multiple of 2^(levels - 1) = {stride} "
+                             f"for {levels} U-Net levels")
+
+
+class BatchNet(nn.Module):
+    """``eps^(x~, t)`` for images in [-1, 1]: a diffusers ``UNet2DModel``."""
+
+    def __init__(self, shape: BatchNetShape) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel  # heavy import: only when a model is built
+
+        shape.check()
+        self.shape = shape
+        n = len(shape.block_out_channels)
+        self.unet = UNet2DModel(
+            sample_size=shape.sample_size,
+            in_channels=shape.in_channels,
+            out_channels=shape.in_channels,
+            down_block_types=("DownBlock2D",) * n,
+            up_block_types=("UpBlock2D",) * n,
+            block_out_channels=tuple(shape.block_out_channels),
+            layers_per_block=shape.layers_per_block,
+            norm_num_groups=shape.norm_num_groups,
+            add_attention=False,
+        )
+
+    def forward(self, x_noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x_noisy, t).sample
+
+
+def make_scheduler(train_timesteps: int):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=train_timesteps, beta_schedule="linear")
+
+
+def ddpm_loss(model: BatchNet, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+              alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """DDPM's simple objective: mean of ``(eps^(sqrt(a) x + sqrt(1 - a) eps, t) - eps)^2``."""
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return (model(a.sqrt() * x + (1 - a).sqrt() * eps, t).float() - eps).pow(2).mean()

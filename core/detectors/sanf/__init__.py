@@ -1,0 +1,3 @@
+from core.detectors.sanf.detector import SANFConfig, SANFDetector
+
+__all__ = ["SANFConfig", "SANFDetector"]
