@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.images import Skipped, iter_batches
+from core.data.images import Skipped
 from core.detectors.base import Detector, FitError, ScoreResult
-from core.detectors.common import infer_channels, to_tensor_batch
+from core.detectors.common import decode_training_cache, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
@@ -128,23 +128,13 @@ class ScoreResilienceDetector(Detector):
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
         cfg = self.config
-        total = len(images)
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution (no augmentation, 5.3).
-        read = SubProgress(progress, 0.0, 0.05, "reading")
-        cache, channels = [], None
-        for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-            if channels is None:
-                channels = infer_channels(batch)
-            cache.append(to_tensor_batch(batch, cfg.image_size, channels))
-            read(idx[-1] + 1, total)
-            check(cancel)
-        n = sum(c.shape[0] for c in cache)
-        if n < self.min_train_images:
-            raise FitError(f"{self.name} needs at least {self.min_train_images} readable good images, got {n}")
-        data = torch.cat(cache).clamp_(0.0, 1.0)
-        del cache
+        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
+                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
+                                               cancel, skipped)
+        n = data.shape[0]
         if self.device.type == "cuda":
             data = data.to(self.device)  # small enough (bottle at 192 px: 70 MB)
 

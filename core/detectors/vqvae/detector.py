@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.images import Skipped, iter_batches
+from core.data.images import Skipped
 from core.detectors.base import Detector, FitError, ScoreResult
-from core.detectors.common import infer_channels, map_to_input, to_tensor_batch
+from core.detectors.common import decode_training_cache, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
@@ -119,23 +119,13 @@ class VQVAEDetector(Detector):
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
         cfg = self.config
-        total = len(images)
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution.
-        read = SubProgress(progress, 0.0, 0.05, "reading")
-        cache, channels = [], None
-        for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-            if channels is None:
-                channels = infer_channels(batch)
-            cache.append(to_tensor_batch(batch, cfg.image_size, channels))
-            read(idx[-1] + 1, total)
-            check(cancel)
-        n = sum(c.shape[0] for c in cache)
-        if n < self.min_train_images:
-            raise FitError(f"vqvae needs at least {self.min_train_images} readable good images, got {n}")
-        data = torch.cat(cache).clamp_(0.0, 1.0)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
-        del cache
+        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
+                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
+                                               cancel, skipped)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
+        n = data.shape[0]
 
         model = VQVAE(self._shape(channels)).to(self.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
