@@ -50,7 +50,7 @@ from core.io import weights as store
 
 BACKBONE_CHOICES = ("auto", "vit-l16", "vit-b16", "efficientnet-lite0", "dinov2-vits14-imgfocus", "tiny-random",
                     "tiny-vit-random")
-#: The offline default (measured: see README, "SANF backbones").
+#: The offline default (measured against DINOv2 on bottle and MTD: docs/benchmarks.md, "SANF").
 OFFLINE_DEFAULT = "efficientnet-lite0"
 FEATURE_CHOICES = ("head", "blocks")
 MAP_NOTE = "CAFF attention over patches (where the flow looked; not a defect localisation)"
