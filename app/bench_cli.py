@@ -12,19 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from app.cli import EXIT_OK, ProgressBar, UsageError, _info, _positive_int, parse_sets
+from app.cli import EXIT_OK, ProgressBar, UsageError, _info, _positive_int, int_at_least, parse_sets
 
 LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
 
 
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0: {text}")
-    return v
+_seed = int_at_least(0)
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:

@@ -82,3 +82,17 @@ def decode_training_cache(name: str, images: Sequence[np.ndarray], size: int, ba
     if n < min_images:
         raise FitError(f"{name} needs at least {min_images} readable good images, got {n}")
     return torch.cat(cache).clamp_(0.0, 1.0), int(channels)
+
+
+def check_unet_shape(block_out_channels: Sequence[int], norm_num_groups: int, sample_size: int) -> None:
+    """Refuse a diffusers U-Net shape that would fail deep inside its forward pass."""
+    levels = len(block_out_channels)
+    if levels < 1:
+        raise ValueError("block_out_channels needs at least one level")
+    bad = [c for c in block_out_channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"norm_num_groups={norm_num_groups} must divide every block width; it does not divide {bad}")
+    stride = 2 ** (levels - 1)
+    if sample_size % stride:
+        raise ValueError(f"image size {sample_size} must be a multiple of 2^(levels - 1) = {stride} "
+                         f"for {levels} U-Net levels")

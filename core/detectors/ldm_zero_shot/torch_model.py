@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.detectors.common import check_unet_shape
+
 
 @dataclass(frozen=True)
 class BatchNetShape:
@@ -32,17 +34,7 @@ class BatchNetShape:
     norm_num_groups: int = 8
 
     def check(self) -> None:
-        levels = len(self.block_out_channels)
-        if levels < 1:
-            raise ValueError("block_out_channels needs at least one level")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every block width; it does not "
-                             f"divide {bad}")
-        stride = 2 ** (levels - 1)
-        if self.sample_size % stride:
-            raise ValueError(f"image size {self.sample_size} must be a multiple of 2^(levels - 1) = {stride} "
-                             f"for {levels} U-Net levels")
+        check_unet_shape(self.block_out_channels, self.norm_num_groups, self.sample_size)
 
 
 class BatchNet(nn.Module):

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.detectors.common import check_unet_shape
+
 #: The continuous noise level k in (0, 1] is fed to the U-Net as timestep ``k * TIMESTEP_SCALE``.
 TIMESTEP_SCALE = 1000.0
 
@@ -54,17 +56,7 @@ class ScoreNetShape:
     attention: bool = False
 
     def check(self) -> None:
-        levels = len(self.block_out_channels)
-        if levels < 1:
-            raise ValueError("block_out_channels needs at least one level")
-        bad = [c for c in self.block_out_channels if c % self.norm_num_groups]
-        if bad:
-            raise ValueError(f"norm_num_groups={self.norm_num_groups} must divide every block width; "
-                             f"it does not divide {bad}")
-        stride = 2 ** (levels - 1)
-        if self.sample_size % stride:
-            raise ValueError(f"image size {self.sample_size} must be a multiple of 2^(levels - 1) = {stride} "
-                             f"for {levels} U-Net levels")
+        check_unet_shape(self.block_out_channels, self.norm_num_groups, self.sample_size)
 
 
 class ScoreNet(nn.Module):
