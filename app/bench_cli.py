@@ -40,6 +40,13 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
                    help="evaluate on a seeded stratified subset of at most N test images")
     b.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed for every random choice, incl. the detector's seed unless --set seed=... (default 0)")
+    m = b.add_mutually_exclusive_group()
+    m.add_argument("--save-model", metavar="MODEL_DIR",
+                   help="save the trained model (before scoring), to evaluate it again later with --model")
+    m.add_argument("--model", metavar="MODEL_DIR",
+                   help="evaluate a model saved by --save-model instead of training one; --set may change "
+                        "settings not baked into the weights (the threshold is re-calibrated when they "
+                        "change the scores)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(handler=cmd_bench)
@@ -102,6 +109,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from core.detectors.registry import UnknownDetectorError, get_detector_class
     from core.engine.bench import run_bench
     from core.engine.device import DeviceError
+    from core.io.checkpoint import CheckpointError
 
     out = _json_target(args.json)
     dataset = Path(args.dataset).expanduser()
@@ -119,13 +127,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         res = run_bench(args.dataset, args.detector, layout=args.layout, category=args.category,
                         device=args.device, overrides=sets, max_train=args.max_train, max_test=args.max_test,
-                        seed=args.seed, progress=bar, skipped=skipped)
-    except (DatasetError, UnknownDetectorError, ConfigError, DeviceError) as exc:
+                        seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
+                        save_model=args.save_model)
+    except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()
     for s in skipped:
         _info(f"skipped {s.path}: {s.reason}", args.quiet)
+    if args.model:
+        _info(f"evaluated the saved model {args.model} (fit time as saved with it)", args.quiet)
+        if res["metrics"]["accuracy"] is None and res["metrics"]["image_auroc"] is not None:
+            _info("no decisions: the model's threshold was set for other settings and its calibration images "
+                  "are not known for this dataset, so accuracy and recall are n/a", args.quiet)
+    if args.save_model:
+        _info(f"saved the trained model to {args.save_model}", args.quiet)
     print(format_table(res), flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,12 @@ def _load_for_scan(args: argparse.Namespace):
         detector.config = detector.config.with_overrides(sets)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    changed = detector.threshold_mismatch()
+    if changed and args.threshold is None:
+        raise UsageError(
+            f"the threshold of {model_dir} was set for other settings ({'; '.join(changed)}), so it says nothing "
+            "about these scores: give --threshold T, or retrain with --train"
+        )
     if args.fpr is not None and args.threshold is None:
         thr = detector.threshold
         if thr is None or not thr.calibration_scores:

@@ -78,6 +78,10 @@ class Detector(ABC):
     min_train_images: ClassVar[int] = 1
     #: Config fields baked into trained weights: they cannot be changed on a loaded model.
     fixed_after_fit: ClassVar[tuple[str, ...]] = ()
+    #: Config fields that do not change an image's score (training-only or map-only
+    #: settings): a calibrated threshold still applies after they change. Every other field
+    #: counts as changing the score scale (see :meth:`threshold_mismatch`).
+    score_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
     #: Bumped by a detector whenever its saved tensors change meaning.
     state_version: ClassVar[int] = 1
 
@@ -189,6 +193,22 @@ class Detector(ABC):
         if doc.get("threshold"):
             det.threshold = Threshold.from_dict(doc["threshold"])
         return det
+
+    def threshold_mismatch(self) -> list[str]:
+        """Settings that differ from those the threshold was set under, as ``"key: old -> new"``.
+
+        A threshold is a value on the score scale of the settings it was calibrated (or
+        chosen) with; after a change of, say, the map or the score reduction of a trained
+        model it no longer means anything. Empty when nothing relevant changed, when the
+        model has no threshold, or when the threshold predates the record (older models).
+        """
+        thr = self.threshold
+        if thr is None or thr.settings is None:
+            return []
+        now = self.config.to_dict()
+        neutral = set(Detector.score_neutral) | set(self.score_neutral)
+        return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
+                if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
 
     def to(self, device: str | torch.device) -> Detector:
         self.device = resolve_device(device)

@@ -27,6 +27,8 @@ class Threshold:
     fpr: float | None = None
     n_calibration: int = 0
     calibration_scores: list[float] = field(default_factory=list)
+    #: The detector settings the scores were computed with (None: not recorded, older model).
+    settings: dict[str, Any] | None = None
 
     def flags(self, score: float) -> bool:
         return bool(score > self.value)
@@ -46,6 +48,7 @@ class Threshold:
             "fpr": self.fpr,
             "n_calibration": self.n_calibration,
             "calibration_scores": [float(s) for s in self.calibration_scores],
+            "settings": dict(self.settings) if self.settings is not None else None,
         }
 
     @classmethod
@@ -56,6 +59,7 @@ class Threshold:
             fpr=data.get("fpr"),
             n_calibration=int(data.get("n_calibration", 0)),
             calibration_scores=[float(s) for s in data.get("calibration_scores", [])],
+            settings=dict(data["settings"]) if data.get("settings") is not None else None,
         )
 
     @classmethod

@@ -39,10 +39,13 @@ import torch
 
 from core.data.images import ImageSource
 from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
-from core.detectors.registry import create_detector
+from core.detectors.base import Detector
+from core.detectors.config import ConfigError
+from core.detectors.registry import create_detector, load_model
 from core.engine.cancel import CancelToken, check
 from core.engine.progress import ProgressFn, SubProgress
-from core.engine.workflows import ScanRow, scan_images, train_detector
+from core.engine.workflows import ScanRow, recalibrate, scan_images, train_detector
+from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
 
 #: Resolution (a side) at which the pixel metrics compare maps and masks.
@@ -157,6 +160,18 @@ def stratified_subset(samples: Sequence[Sample], max_n: int | None, seed: int) -
     return sorted(chosen)
 
 
+def _load_bench_model(model_dir: str | os.PathLike, detector_name: str, overrides: dict[str, Any],
+                      device: str | torch.device) -> Detector:
+    detector = load_model(model_dir, device=device)
+    if detector.name != detector_name:
+        raise CheckpointError(f"{model_dir} holds a '{detector.name}' model, not '{detector_name}'")
+    frozen = sorted(k for k in overrides if k in detector.fixed_after_fit)
+    if frozen:
+        raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model (train a new one)")
+    detector.config = detector.config.with_overrides(overrides)
+    return detector
+
+
 def _map_for_metrics(row: ScanRow) -> np.ndarray | None:
     if row.anomaly_map is None:
         return None
@@ -186,6 +201,8 @@ def run_bench(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     skipped: Optional[list] = None,
+    model_dir: str | os.PathLike | None = None,
+    save_model: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -195,21 +212,39 @@ def run_bench(
     images, the stratified ``max_test`` subset, and random dataset splits. ``max_train`` is
     also the few-shot setting. Unreadable images are left out and appended to ``skipped``.
 
+    ``save_model`` saves the trained model (before scoring, with what is needed to re-derive
+    its calibration images); ``model_dir`` evaluates such a saved model instead of training
+    one, so that one long training can be scored under several settings (``overrides`` may
+    change any setting that is not baked into the weights). When those settings change the
+    score scale, the threshold is re-calibrated on the model's own held-out images if the
+    model was saved by ``bench`` on this dataset; otherwise accuracy and recall are ``None``.
+    ``fit_seconds`` of a loaded model is the training time it was saved with (``None`` if
+    unknown).
+
     Raises :class:`DatasetError` for a missing or unusable dataset, and the registry's
     ``UnknownDetectorError`` / ``ConfigError`` / ``DeviceError`` for a bad detector, setting
-    or device.
+    or device, ``CheckpointError`` for an unusable ``model_dir``.
     """
     if max_train is not None and max_train < 1:
         raise ValueError("max-train must be at least 1")
-    settings = dict(overrides or {})
-    settings.setdefault("seed", seed)
-    detector = create_detector(detector_name, settings, device)
+    if model_dir is not None and save_model is not None:
+        raise ValueError("give either a model to evaluate or a folder to save the trained model in, not both")
+    if save_model is not None:
+        check_save_target(save_model)
+    if model_dir is not None:
+        detector = _load_bench_model(model_dir, detector_name, overrides or {}, device)
+    else:
+        settings = dict(overrides or {})
+        settings.setdefault("seed", seed)
+        detector = create_detector(detector_name, settings, device)
     dev = detector.device
     dataset = load_bench_dataset(dataset_root, layout, category, seed)
     if not dataset.test:
         raise DatasetError(f"{dataset_root} has no test images to evaluate on")
-    if not detector.zero_shot and not dataset.train:
+    if not detector.zero_shot and not dataset.train and model_dir is None:
         raise DatasetError(f"{dataset_root} has no training images to train {detector.name} on")
+    origin = {"dataset": str(Path(dataset_root).expanduser().resolve()), "category": dataset.category,
+              "max_train": max_train, "n_train_split": len(dataset.train)}
     test_samples = [dataset.test[i] for i in stratified_subset(dataset.test, max_test, seed)]
     skipped_out = skipped if skipped is not None else []
 
@@ -219,7 +254,17 @@ def run_bench(
     # ---- training (timed in full: decoding, fitting, calibration)
     n_train = 0
     fit_seconds: float | None = None
-    if not detector.zero_shot:
+    if model_dir is not None:
+        saved = dict(detector.meta.get("bench") or {})
+        fit_seconds = saved.get("fit_seconds")
+        n_train = int(detector.meta.get("n_train", 0)) + (detector.threshold.n_calibration if detector.threshold else 0)
+        if detector.threshold_mismatch():
+            if {k: saved.get(k) for k in origin} == origin and dataset.train:
+                recalibrate(detector, ImageSource(dataset.train), max_train=saved.get("max_train"),
+                            progress=SubProgress(progress, 0.0, 0.45, "re-calibrating"), cancel=cancel)
+            else:
+                detector.threshold = None  # its scale is not these scores': no decisions
+    elif not detector.zero_shot:
         _sync(dev)
         t0 = time.perf_counter()
         report = train_detector(detector, ImageSource(dataset.train), max_train=max_train,
@@ -228,6 +273,9 @@ def run_bench(
         fit_seconds = time.perf_counter() - t0
         n_train = report.n_train + report.n_calibration
         skipped_out += report.skipped
+        if save_model is not None:
+            detector.meta["bench"] = {**origin, "fit_seconds": fit_seconds}
+            detector.save(save_model)
     check(cancel)
 
     # ---- warm-up: the first batch, untimed

@@ -49,6 +49,44 @@ def select_subset(n: int, max_n: int | None, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(n, size=max_n, replace=False))
 
 
+def calibration_images(good: ImageSource, max_train: int | None, seed: int) -> tuple[ImageSource, ImageSource]:
+    """The (fit, held-out calibration) images :func:`train_detector` uses for ``seed``."""
+    chosen = good.subset(select_subset(len(good), max_train, seed))
+    try:
+        train_idx, cal_idx = split_calibration(len(chosen), seed=seed)
+    except ValueError as exc:
+        raise FitError(str(exc)) from None
+    return chosen.subset(train_idx), chosen.subset(cal_idx)
+
+
+def recalibrate(
+    detector: Detector,
+    good: ImageSource,
+    *,
+    max_train: int | None = None,
+    fpr: float | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelToken | None = None,
+) -> Threshold:
+    """Re-calibrate a trained detector's threshold under its current settings, on the same
+    held-out images :func:`train_detector` chose (same ``good``, ``max_train`` and seed).
+
+    For a trained model whose score settings changed (see
+    :meth:`~core.detectors.base.Detector.threshold_mismatch`). ``fpr`` defaults to the one
+    the threshold was calibrated at.
+    """
+    old = detector.threshold
+    rate = fpr if fpr is not None else (old.fpr if old is not None and old.fpr is not None else DEFAULT_FPR)
+    _, cal = calibration_images(good, max_train, detector.config.seed)
+    results = detector.score(cal, progress, cancel)
+    if len(results) < 3:
+        raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
+    thr = calibrate([r.score for r in results.values()], rate)
+    thr.settings = detector.config.to_dict()
+    detector.threshold = thr
+    return thr
+
+
 def train_detector(
     detector: Detector,
     good: ImageSource,
@@ -69,30 +107,28 @@ def train_detector(
     if len(good) == 0:
         raise FitError("no good images to train on (the folder holds no image files)")
     seed = detector.config.seed
-    chosen = good.subset(select_subset(len(good), max_train, seed))
     skipped: list[Skipped] = []
     t0 = time.perf_counter()
     if detector.zero_shot:
         return TrainReport(0, 0, None, [], 0.0)
     if threshold is not None:
+        chosen = good.subset(select_subset(len(good), max_train, seed))
         thr = Threshold.explicit(threshold)
         detector.fit(chosen, SubProgress(progress, 0.0, 1.0, "training"), cancel, skipped)
         n_train, n_cal = len(chosen) - len(skipped), 0
     else:
-        try:
-            train_idx, cal_idx = split_calibration(len(chosen), seed=seed)
-        except ValueError as exc:
-            raise FitError(str(exc)) from None
-        detector.fit(chosen.subset(train_idx), SubProgress(progress, 0.0, 0.9, "training"), cancel, skipped)
+        fit_images, cal_images = calibration_images(good, max_train, seed)
+        detector.fit(fit_images, SubProgress(progress, 0.0, 0.9, "training"), cancel, skipped)
         check(cancel)
         cal_skipped: list[Skipped] = []
-        results = detector.score(chosen.subset(cal_idx), SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
+        results = detector.score(cal_images, SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
                                  skipped=cal_skipped)
         if len(results) < 3:
             raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
         thr = calibrate([r.score for r in results.values()], fpr)
-        n_train, n_cal = len(train_idx) - len(skipped), len(results)
+        n_train, n_cal = len(fit_images) - len(skipped), len(results)
         skipped += cal_skipped
+    thr.settings = detector.config.to_dict()
     detector.threshold = thr
     detector.meta["n_train"] = int(n_train)
     return TrainReport(n_train, n_cal, thr, skipped, time.perf_counter() - t0)

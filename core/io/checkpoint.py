@@ -49,8 +49,9 @@ def _atomic_write(target: Path, write) -> None:
         raise
 
 
-def save_checkpoint(folder: str | os.PathLike, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``header`` (JSON-serialisable) and ``tensors`` into ``folder``."""
+def check_save_target(folder: str | os.PathLike) -> Path:
+    """Raise :class:`CheckpointError` unless a model may be saved in ``folder`` (missing, empty,
+    or holding a model to replace); call it before a long training, not only after."""
     root = Path(folder)
     if root.exists() and not root.is_dir():
         raise CheckpointError(f"cannot save model: {root} is a file, not a folder")
@@ -63,6 +64,12 @@ def save_checkpoint(folder: str | os.PathLike, header: dict[str, Any], tensors: 
                 raise ValueError
         except (ValueError, OSError):
             raise CheckpointError(f"cannot save model: {root} holds a config.json that is not an Anomaly Inspector model") from None
+    return root
+
+
+def save_checkpoint(folder: str | os.PathLike, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write ``header`` (JSON-serialisable) and ``tensors`` into ``folder``."""
+    root = check_save_target(folder)
     root.mkdir(parents=True, exist_ok=True)
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     weights = root / WEIGHTS_NAME

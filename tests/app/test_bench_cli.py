@@ -134,3 +134,29 @@ def test_bench_real_bottle_subset(tmp_path: Path) -> None:
     assert res["n_train"] == 12 and res["n_test"] == 8
     for key in ("image_auroc", "pixel_auroc", "aupro"):
         assert math.isfinite(res["metrics"][key])
+
+
+def test_bench_save_model_then_evaluate_it_with_other_settings(root: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    model, first, second = tmp_path / "model", tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["bench", str(root), "--detector", "pixel-gaussian", "--save-model", str(model), "--json",
+                 str(first), *FAST]) == 0
+    assert "saved the trained model" in capsys.readouterr().err
+    assert main(["bench", str(root), "--detector", "pixel-gaussian", "--model", str(model), "--set", "blur_sigma=2",
+                 "--device", "cpu", "--json", str(second)]) == 0
+    assert "evaluated the saved model" in capsys.readouterr().err
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert b["config"]["blur_sigma"] == 2.0 and b["config"]["image_size"] == 32
+    assert b["timing"]["fit_seconds"] == pytest.approx(a["timing"]["fit_seconds"]) and b["n_train"] == a["n_train"]
+    assert b["metrics"]["accuracy"] is not None  # re-calibrated on the model's own held-out images
+    # refused: both at once, a setting baked into the weights, a folder that is not a model
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(root), "--detector", "pixel-gaussian", "--model", str(model), "--save-model",
+              str(tmp_path / "x")])
+    assert exc.value.code == 2
+    capsys.readouterr()
+    assert main(["bench", str(root), "--detector", "pixel-gaussian", "--model", str(model), "--set",
+                 "image_size=16"]) == 2
+    assert "cannot change image_size" in capsys.readouterr().err
+    assert main(["bench", str(root), "--detector", "pixel-gaussian", "--model", str(tmp_path)]) == 2
+    assert "anomaly-inspector:" in capsys.readouterr().err

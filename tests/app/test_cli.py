@@ -160,3 +160,23 @@ def test_acceptance_scan_bottle(datasets_dir, tmp_path):
     assert main(["scan", str(bottle / "test"), "--detector", "ocsvm", "--train", str(bottle / "train" / "good"),
                  "--out", str(out), "-q"]) == 0
     assert len(rows(out / "results.csv")) == 83
+
+
+def test_scan_refuses_a_threshold_set_for_other_score_settings(tiny_parts, tmp_path, capsys):
+    model = tmp_path / "m"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model), *SMALL, "-q"]) == 0
+    batch = str(tiny_parts / "batch")
+    # batch size does not change a score: the calibrated threshold still applies
+    assert main(["scan", batch, "--detector", "pixel-gaussian", "--model", str(model), "--set", "batch_size=2",
+                 "--out", str(tmp_path / "a"), "-q"]) == 0
+    capsys.readouterr()
+    # a different blur changes every score: the old threshold would flag at random
+    for extra in ([], ["--fpr", "0.05"]):
+        assert main(["scan", batch, "--detector", "pixel-gaussian", "--model", str(model), "--set", "blur_sigma=3",
+                     "--out", str(tmp_path / "b"), "-q", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "blur_sigma: 1.0 -> 3.0" in err and "--threshold" in err
+    assert not (tmp_path / "b").exists()
+    assert main(["scan", batch, "--detector", "pixel-gaussian", "--model", str(model), "--set", "blur_sigma=3",
+                 "--threshold", "5", "--out", str(tmp_path / "c"), "-q"]) == 0
+    assert len(rows(tmp_path / "c" / "results.csv")) == 8

@@ -228,3 +228,57 @@ def test_zero_shot_detector(tree: Path, monkeypatch: pytest.MonkeyPatch, with_gr
     # A zero-shot scan is always split into groups (core.grouping, normalized cut by default), so
     # accuracy and recall are measured with or without a detector-made group column.
     assert res["metrics"]["accuracy"] == pytest.approx(1.0) and res["metrics"]["recall"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------ saved models
+def test_save_model_then_evaluate_it_gives_the_same_result(tree: Path, result: dict, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    saved = run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=model)
+    assert (model / "config.json").exists()
+    again = run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model)
+    assert again["metrics"] == saved["metrics"] == result["metrics"]
+    assert again["n_train"] == saved["n_train"]
+    assert again["timing"]["fit_seconds"] == pytest.approx(saved["timing"]["fit_seconds"])
+
+
+def test_saved_model_with_changed_scores_is_recalibrated_on_its_own_held_out_images(tree: Path,
+                                                                                  tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=model)
+    changed = run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"blur_sigma": "3.0"})
+    fresh = run_bench(tree, "pixel-gaussian", device="cpu", overrides={**FAST, "blur_sigma": "3.0"})
+    # Same weights (pixel statistics do not depend on the blur), same held-out images: same decisions.
+    assert changed["config"]["blur_sigma"] == 3.0
+    assert changed["metrics"] == fresh["metrics"]
+    assert changed["metrics"]["accuracy"] is not None
+
+
+def test_saved_model_on_another_dataset_has_no_decisions_after_a_score_change(tree: Path, tmp_path: Path) -> None:
+    other = make_tree(tmp_path / "other", n_train=10)
+    model = tmp_path / "model"
+    run_bench(other, "pixel-gaussian", device="cpu", overrides=FAST, save_model=model)
+    same = run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model)
+    assert same["metrics"]["accuracy"] is not None  # unchanged settings: its threshold still applies
+    changed = run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"blur_sigma": "3.0"})
+    assert changed["metrics"]["accuracy"] is None and changed["metrics"]["recall"] is None
+    assert changed["metrics"]["image_auroc"] is not None
+
+
+def test_saved_model_errors(tree: Path, tmp_path: Path) -> None:
+    from core.io.checkpoint import CheckpointError
+
+    model = tmp_path / "model"
+    run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=model)
+    with pytest.raises(CheckpointError, match="holds a 'pixel-gaussian' model"):
+        run_bench(tree, "ocsvm", device="cpu", model_dir=model)
+    with pytest.raises(ConfigError, match="image_size"):
+        run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"image_size": "16"})
+    with pytest.raises(CheckpointError, match="not found"):
+        run_bench(tree, "pixel-gaussian", device="cpu", model_dir=tmp_path / "none")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="not empty"):  # refused before training, not after
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=full)
+    with pytest.raises(ValueError):
+        run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, save_model=tmp_path / "x")

@@ -29,7 +29,9 @@ def test_train_calibrates_on_held_out_images(tiny_parts):
 def test_explicit_threshold_uses_all_images(tiny_parts):
     det = create_detector("pixel-gaussian", SMALL, device="cpu")
     rep = train_detector(det, ImageSource.from_folder(tiny_parts / "good"), threshold=5.0, max_train=7)
-    assert rep.n_train == 7 and rep.n_calibration == 0 and det.threshold == Threshold.explicit(5.0)
+    assert rep.n_train == 7 and rep.n_calibration == 0
+    assert det.threshold.value == 5.0 and det.threshold.method == "explicit"
+    assert det.threshold.settings == det.config.to_dict()
 
 
 def test_too_few_good_images_is_a_clear_error(tmp_path):
@@ -96,3 +98,42 @@ def test_jobs_inline_with_partials_and_cancel(tiny_parts):
     token.cancel()
     with pytest.raises(Cancelled):
         run_inline(ScanJob(det, ImageSource.from_folder(tiny_parts / "batch")), cancel=token)
+
+
+# ------------------------------------------------------------------ thresholds and changed settings
+def test_threshold_records_settings_and_detects_score_changes(tmp_path) -> None:
+    from core.detectors.registry import create_detector, load_model
+    from core.engine.workflows import recalibrate
+
+    rng = np.random.default_rng(3)
+    good = ImageSource([np.clip(0.5 + rng.normal(0, 0.03, (16, 16)), 0, 1).astype(np.float32) for _ in range(30)])
+    det = create_detector("pixel-gaussian", {"image_size": "16", "batch_size": "4"}, "cpu")
+    train_detector(det, good)
+    assert det.threshold.settings == det.config.to_dict()
+    assert det.threshold_mismatch() == []
+    det.save(tmp_path / "m")
+    loaded = load_model(tmp_path / "m", "cpu")
+    assert loaded.threshold.settings == det.threshold.settings
+    loaded.config = loaded.config.with_overrides({"batch_size": "2"})  # does not change a score
+    assert loaded.threshold_mismatch() == []
+    loaded.config = loaded.config.with_overrides({"blur_sigma": "2.5"})
+    assert loaded.threshold_mismatch() == ["blur_sigma: 4.0 -> 2.5"]
+    old = loaded.threshold
+    thr = recalibrate(loaded, good)
+    assert loaded.threshold is thr and thr.settings["blur_sigma"] == 2.5 and thr.fpr == old.fpr
+    assert loaded.threshold_mismatch() == []
+    assert thr.n_calibration == old.n_calibration and thr.value != old.value
+    # The same held-out images train_detector chose: a model trained at 2.5 calibrates alike.
+    fresh = create_detector("pixel-gaussian", {"image_size": "16", "batch_size": "4", "blur_sigma": "2.5"}, "cpu")
+    train_detector(fresh, good)
+    assert thr.value == pytest.approx(fresh.threshold.value)
+
+
+def test_threshold_without_recorded_settings_is_trusted() -> None:
+    from core.detectors.registry import create_detector
+    from core.detectors.threshold import Threshold
+
+    det = create_detector("pixel-gaussian", {"image_size": "16"}, "cpu")
+    det.threshold = Threshold.from_dict({"value": 1.0, "method": "explicit"})  # a model saved before the record
+    det.config = det.config.with_overrides({"blur_sigma": "2.5"})
+    assert det.threshold.settings is None and det.threshold_mismatch() == []

@@ -118,6 +118,7 @@ class DifferNetDetector(Detector):
     min_train_images = 2
     fixed_after_fit = ("backbone", "weights_path", "image_size", "n_scales", "n_coupling_blocks", "clamp_alpha",
                        "subnet_width", "subnet_layers", "efficientnet_features")
+    score_neutral = ("train_batch_size", "epochs", "lr", "weight_decay", "train_copies", "maps", "map_sigma")
 
     config: DifferNetConfig
 

@@ -144,6 +144,7 @@ class SANFDetector(Detector):
     min_train_images = 2
     fixed_after_fit = ("backbone", "weights_path", "image_size", "n_flow_layers", "hidden_width", "clamp_alpha",
                        "caff", "standardize", "efficientnet_features")
+    score_neutral = ("train_batch_size", "epochs", "lr", "beta1", "beta2", "weight_decay")
 
     config: SANFConfig
 

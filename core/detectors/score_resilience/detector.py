@@ -111,6 +111,7 @@ class ScoreResilienceDetector(Detector):
     config_class = ScoreResilienceConfig
     min_train_images = 2
     fixed_after_fit = ("image_size", "block_out_channels", "layers_per_block", "norm_num_groups", "attention")
+    score_neutral = ("epochs", "max_minutes", "lr", "lr_schedule", "weight_decay", "ema_decay", "ema_warmup")
 
     config: ScoreResilienceConfig
 

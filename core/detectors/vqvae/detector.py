@@ -97,6 +97,7 @@ class VQVAEDetector(Detector):
     config_class = VQVAEConfig
     min_train_images = 2
     fixed_after_fit = ("image_size", "hidden", "n_embeddings", "embedding_dim", "n_residual", "downsamplings")
+    score_neutral = ("epochs", "lr", "beta", "reinit_dead_codes")
 
     config: VQVAEConfig
 
