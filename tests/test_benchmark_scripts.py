@@ -1,0 +1,80 @@
+"""The scripts of benchmarks/ that prepare and run the full-length GPU benchmarks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.pack_datasets import pack_mtd, pack_mvtec_category
+from core.data.layouts import load_dataset
+
+
+def _png(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imencode(path.suffix, img)[1].tofile(path)
+
+
+def test_mvtec_category_is_shrunk_to_jpeg_with_masks(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "part"
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _png(src / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (90, 60, 3), dtype=np.uint8))
+    _png(src / "test" / "good" / "000.png", rng.integers(0, 255, (90, 60, 3), dtype=np.uint8))
+    _png(src / "test" / "crack" / "000.png", rng.integers(0, 255, (90, 60, 3), dtype=np.uint8))
+    mask = np.zeros((90, 60), np.uint8)
+    mask[10:30, 20:40] = 255
+    _png(src / "ground_truth" / "crack" / "000_mask.png", mask)
+
+    dst = tmp_path / "out" / "part"
+    assert pack_mvtec_category(src, dst, side=45, quality=90) == 6
+    before, after = load_dataset(src, "mvtec"), load_dataset(dst, "mvtec")
+    assert len(after.train) == len(before.train) == 4
+    assert [(s.label, s.defect_type) for s in after.test] == [(s.label, s.defect_type) for s in before.test]
+    assert all(p.suffix == ".jpg" for p in after.train)
+    img = cv2.imread(str(after.train[0]))
+    assert img.shape == (45, 30, 3)
+    packed_mask = cv2.imread(str(next(s.mask for s in after.test if s.mask is not None)), cv2.IMREAD_GRAYSCALE)
+    assert packed_mask.shape == (45, 30) and set(np.unique(packed_mask)) == {0, 255}
+
+
+def test_mtd_keeps_the_split_and_only_defective_masks(tmp_path: Path) -> None:
+    src = tmp_path / "mtd"
+    rng = np.random.default_rng(1)
+    rows = []
+    for i, (cat, split, label) in enumerate([("MT_Free", "train", 0), ("MT_Free", "train", 0), ("MT_Free", "test", 0),
+                                             ("MT_Crack", "test", 1)]):
+        img = f"{cat}/Imgs/t{i}.jpg"
+        size = (50, 40) if i else (120, 80)  # the first is shrunk, the others copied byte for byte
+        _png(src / img, rng.integers(0, 255, size, dtype=np.uint8))
+        m = np.zeros(size, np.uint8)
+        if label:
+            m[5:15, 5:15] = 255
+        _png(src / img.replace(".jpg", ".png"), m)
+        rows.append({"image": img, "split": split, "label": label, "category": cat, "mask": img.replace(".jpg", ".png")})
+    with (src / "split.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    dst = tmp_path / "out"
+    assert pack_mtd(src, dst, side=100, quality=90) == 4
+    before, after = load_dataset(src, "mtd"), load_dataset(dst, "mtd")
+    assert [p.name for p in after.train] == [p.name for p in before.train]
+    assert sorted((s.label, s.defect_type, s.mask is not None) for s in after.test) == [(0, "good", False),
+                                                                                 (1, "crack", True)]
+    assert cv2.imread(str(dst / rows[0]["image"]), cv2.IMREAD_GRAYSCALE).shape == (100, 67)
+    assert (dst / rows[1]["image"]).read_bytes() == (src / rows[1]["image"]).read_bytes()
+    assert sorted(p.name for p in dst.rglob("*.png")) == ["t3.png"]
+
+
+def test_full_length_script_parses_and_refuses_an_unknown_group(tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "full_length.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(script), "no-such-group", str(tmp_path), str(tmp_path / "out")],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": "true"})
+    assert proc.returncode == 2 and "unknown group: no-such-group" in proc.stderr
