@@ -244,12 +244,8 @@ def _load_for_scan(args: argparse.Namespace):
         raise UsageError(str(exc)) from None
     if detector.name != args.detector:
         raise UsageError(f"{model_dir} holds a '{detector.name}' model, not '{args.detector}'")
-    sets = parse_sets(args.set)
-    frozen = [k for k in sets if k in detector.fixed_after_fit]
-    if frozen:
-        raise UsageError(f"cannot change {', '.join(frozen)} of a trained model (retrain with --train)")
     try:
-        detector.config = detector.config.with_overrides(sets)
+        detector.change_settings(parse_sets(args.set), hint="retrain with --train")
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     changed = detector.threshold_mismatch()

@@ -194,6 +194,15 @@ class Detector(ABC):
             det.threshold = Threshold.from_dict(doc["threshold"])
         return det
 
+    def change_settings(self, overrides: dict[str, Any], hint: str = "train a new one") -> None:
+        """Apply ``overrides`` (``--set`` values) to a trained model's config; raises
+        :class:`ConfigError` for a field baked into the weights (``fixed_after_fit``), an
+        unknown field or a bad value. ``hint`` ends the message about baked-in fields."""
+        frozen = sorted(k for k in overrides if k in self.fixed_after_fit)
+        if frozen:
+            raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model ({hint})")
+        self.config = self.config.with_overrides(overrides)
+
     def threshold_mismatch(self) -> list[str]:
         """Settings that differ from those the threshold was set under, as ``"key: old -> new"``.
 

@@ -40,7 +40,6 @@ import torch
 from core.data.images import ImageSource
 from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
 from core.detectors.base import Detector
-from core.detectors.config import ConfigError
 from core.detectors.registry import create_detector, load_model
 from core.engine.cancel import CancelToken, check
 from core.engine.progress import ProgressFn, SubProgress
@@ -165,10 +164,7 @@ def _load_bench_model(model_dir: str | os.PathLike, detector_name: str, override
     detector = load_model(model_dir, device=device)
     if detector.name != detector_name:
         raise CheckpointError(f"{model_dir} holds a '{detector.name}' model, not '{detector_name}'")
-    frozen = sorted(k for k in overrides if k in detector.fixed_after_fit)
-    if frozen:
-        raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model (train a new one)")
-    detector.config = detector.config.with_overrides(overrides)
+    detector.change_settings(overrides)
     return detector
 
 

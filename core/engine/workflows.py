@@ -59,6 +59,15 @@ def calibration_images(good: ImageSource, max_train: int | None, seed: int) -> t
     return chosen.subset(train_idx), chosen.subset(cal_idx)
 
 
+def _calibrate_on(detector: Detector, images: ImageSource, fpr: float, progress: ProgressFn | None,
+                  cancel: CancelToken | None, skipped: list[Skipped] | None = None) -> tuple[Threshold, int]:
+    """Score held-out good ``images`` and calibrate at ``fpr``; returns (threshold, images scored)."""
+    results = detector.score(images, progress, cancel, skipped=skipped)
+    if len(results) < 3:
+        raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
+    return calibrate([r.score for r in results.values()], fpr), len(results)
+
+
 def recalibrate(
     detector: Detector,
     good: ImageSource,
@@ -78,10 +87,7 @@ def recalibrate(
     old = detector.threshold
     rate = fpr if fpr is not None else (old.fpr if old is not None and old.fpr is not None else DEFAULT_FPR)
     _, cal = calibration_images(good, max_train, detector.config.seed)
-    results = detector.score(cal, progress, cancel)
-    if len(results) < 3:
-        raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
-    thr = calibrate([r.score for r in results.values()], rate)
+    thr, _ = _calibrate_on(detector, cal, rate, progress, cancel)
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
     return thr
@@ -121,12 +127,9 @@ def train_detector(
         detector.fit(fit_images, SubProgress(progress, 0.0, 0.9, "training"), cancel, skipped)
         check(cancel)
         cal_skipped: list[Skipped] = []
-        results = detector.score(cal_images, SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
-                                 skipped=cal_skipped)
-        if len(results) < 3:
-            raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
-        thr = calibrate([r.score for r in results.values()], fpr)
-        n_train, n_cal = len(fit_images) - len(skipped), len(results)
+        thr, n_cal = _calibrate_on(detector, cal_images, fpr, SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
+                                   cal_skipped)
+        n_train = len(fit_images) - len(skipped)
         skipped += cal_skipped
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
