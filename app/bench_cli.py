@@ -108,8 +108,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from core.detectors.config import ConfigError
     from core.detectors.registry import UnknownDetectorError, get_detector_class
     from core.engine.bench import run_bench
-    from core.engine.device import DeviceError
     from core.io.checkpoint import CheckpointError
+    from core.runtime.device import DeviceError
 
     out = _json_target(args.json)
     dataset = Path(args.dataset).expanduser()

@@ -176,7 +176,7 @@ def cmd_detectors(args: argparse.Namespace) -> int:
 def _make_detector(name: str, sets: dict[str, str], device: str):
     from core.detectors.config import ConfigError
     from core.detectors.registry import UnknownDetectorError, create_detector
-    from core.engine.device import DeviceError
+    from core.runtime.device import DeviceError
 
     try:
         return create_detector(name, sets, device)
@@ -227,9 +227,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _load_for_scan(args: argparse.Namespace):
     from core.detectors.config import ConfigError
     from core.detectors.registry import UnknownDetectorError, get_detector_class, load_model
-    from core.detectors.threshold import calibrate
-    from core.engine.device import DeviceError
     from core.io.checkpoint import CheckpointError
+    from core.results.threshold import calibrate
+    from core.runtime.device import DeviceError
 
     try:
         get_detector_class(args.detector)
@@ -264,9 +264,9 @@ def _load_for_scan(args: argparse.Namespace):
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from core.data.images import ImageSource
-    from core.detectors.threshold import Threshold
     from core.engine.workflows import scan_images
     from core.io.export import export_scan
+    from core.results.threshold import Threshold
 
     folder = _existing_dir(args.folder, "folder")
     if args.train and args.model:

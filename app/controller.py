@@ -31,11 +31,9 @@ from core.data.images import ImageReadError, ImageSource, list_images, read_imag
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, create_detector, load_model, make_config
-from core.detectors.threshold import DEFAULT_FPR, Threshold
-from core.engine.device import describe_device, resolve_device
 from core.engine.jobs import CallableJob, FitJob, FitOutcome, ScanJob
 from core.engine.qt_bridge import JobRunner
-from core.engine.workflows import ScanResult, ScanRow, TrainReport, move_to_group, regroup
+from core.engine.workflows import TrainReport
 from core.grouping import GroupingError
 from core.io.colormap import robust_range
 from core.io.export import (
@@ -49,6 +47,9 @@ from core.io.export import (
     write_flagged,
     write_heatmaps,
 )
+from core.results import ScanResult, ScanRow, move_to_group, regroup
+from core.results.threshold import DEFAULT_FPR, Threshold
+from core.runtime.device import describe_device, resolve_device
 
 _log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (
 )
 
 from app.theme import ACCENT, MUTED, SELECTION, TILE_BG, heat_color, readable_text_on
-from core.detectors.threshold import Threshold
-from core.engine.workflows import ScanRow
+from core.results import ScanRow
+from core.results.threshold import Threshold
 
 PathRole = Qt.UserRole + 1
 ScoreRole = Qt.UserRole + 2

@@ -15,7 +15,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from app.theme import ACCENT, NORMAL, SELECTION
-from core.engine.workflows import ScanResult
+from core.results import ScanResult
 
 METHOD_TITLES = {"ncut": "normalized cut", "kmeans": "k-means", "gmm": "Gaussian mixture"}
 

@@ -18,7 +18,7 @@ from PySide6.QtCore import Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from app.theme import ACCENT, NORMAL
-from core.detectors.threshold import Threshold
+from core.results.threshold import Threshold
 
 LOG_SPAN = 100.0  # max/min score ratio above which the axis goes logarithmic by default
 

@@ -17,9 +17,9 @@ from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout, QWidget
 
 from app.theme import ACCENT, MUTED, heat_colormap
-from core.detectors.threshold import Threshold
-from core.engine.workflows import ScanRow
 from core.io.colormap import lut
+from core.results import ScanRow
+from core.results.threshold import Threshold
 
 FADE = 0.15  # the lowest 15 % of the scale fade in from transparent
 

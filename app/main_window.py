@@ -26,8 +26,8 @@ from app.image_view import ImageView
 from app.panels import DetectorPanel, FolderPanel, LogPanel
 from core.detectors.base import Detector
 from core.detectors.registry import REGISTRY
-from core.engine.device import resolve_device
-from core.engine.workflows import ScanResult
+from core.results import ScanResult
+from core.runtime.device import resolve_device
 
 APP_NAME = "Anomaly Inspector"
 MAX_RECENT = 8

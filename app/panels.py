@@ -32,8 +32,8 @@ from PySide6.QtWidgets import (
 from app.theme import ACCENT
 from core.detectors.config import DetectorConfig, field_type
 from core.detectors.registry import REGISTRY, detector_names
-from core.detectors.threshold import DEFAULT_FPR
-from core.engine.device import DEVICE_CHOICES
+from core.results.threshold import DEFAULT_FPR
+from core.runtime.device import DEVICE_CHOICES
 
 INT_LIMIT = 2**31 - 1
 MAX_LOG_LINES = 10000

@@ -35,3 +35,19 @@ def test_qt_bridge_uses_qtcore_only():
     qt = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("PySide6")}
     qt |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("PySide6")}
     assert qt == {"PySide6.QtCore"}
+
+
+def test_layers_contract_breaks_on_an_inverted_import(tmp_path):
+    """The layers contract is not vacuous: a copy of the tree where the bottom layer imports the
+    top one (runtime -> engine) must fail it, naming the contract."""
+    for pkg in ("core", "app"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    cancel = tmp_path / "core" / "runtime" / "cancel.py"
+    cancel.write_text(cancel.read_text() + "\nimport core.engine.jobs  # noqa: E402,F401  (deliberately inverted)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([_tool("lint-imports"), "--no-cache"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode != 0, proc.stdout
+    assert "core is layered" in proc.stdout and "BROKEN" in proc.stdout
+    assert "core.runtime.cancel -> core.engine.jobs" in proc.stdout

@@ -259,7 +259,7 @@ def iter_batches(
     """Yield ``(indices, images)`` batches, skipping unreadable files.
 
     Unreadable items are appended to ``skipped`` (if given) and left out of the batch;
-    ``cancel`` (a :class:`core.engine.cancel.CancelToken`) is checked before each image.
+    ``cancel`` (a :class:`core.runtime.cancel.CancelToken`) is checked before each image.
     """
     idx: list[int] = []
     imgs: list[np.ndarray] = []

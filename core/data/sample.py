@@ -86,6 +86,6 @@ def generate_sample(folder: str | os.PathLike, n_good: int = 40, n_batch_good: i
 
 def default_sample_dir() -> Path:
     """Where the sample lives unless told otherwise: the user's data folder."""
-    from core.io.paths import data_dir
+    from core.runtime.paths import data_dir
 
     return data_dir() / "sample"

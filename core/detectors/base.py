@@ -14,37 +14,21 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.threshold import Threshold
-from core.engine.cancel import CancelToken, check
-from core.engine.device import resolve_device
-from core.engine.progress import ProgressFn
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-
-
-@dataclass
-class ScoreResult:
-    """What a detector says about one image.
-
-    ``anomaly_map`` is ``float32 (H, W)`` at the input image's resolution (``None`` for
-    methods without localisation). ``extras`` holds named images an inspector may want beside
-    the input (a reconstruction, a restored image, partial maps); ``columns`` holds
-    detector-specific values for the results table.
-    """
-
-    score: float
-    anomaly_map: Optional[np.ndarray] = None
-    extras: dict[str, np.ndarray] = field(default_factory=dict)
-    columns: dict[str, Any] = field(default_factory=dict)
-    image_shape: tuple[int, int] = (0, 0)  # (H, W) of the input; set by Detector.score
+from core.results import ScoreResult
+from core.results.threshold import Threshold
+from core.runtime.cancel import CancelToken, check
+from core.runtime.device import resolve_device
+from core.runtime.progress import ProgressFn
 
 
 @dataclass

@@ -67,7 +67,7 @@ def decode_training_cache(name: str, images: Sequence[np.ndarray], size: int, ba
     """
     from core.data.images import iter_batches
     from core.detectors.base import FitError
-    from core.engine.cancel import check
+    from core.runtime.cancel import check
 
     total = len(images)
     cache, channels = [], None

@@ -41,11 +41,12 @@ from core.data.images import ImageSource
 from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
 from core.detectors.base import Detector
 from core.detectors.registry import create_detector, load_model
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
-from core.engine.workflows import ScanRow, recalibrate, scan_images, train_detector
+from core.engine.workflows import recalibrate, scan_images, train_detector
 from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
+from core.results import ScanRow
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 #: Resolution (a side) at which the pixel metrics compare maps and masks.
 EVAL_SIZE = 256

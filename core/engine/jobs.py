@@ -17,10 +17,11 @@ from typing import Any, Optional
 from core.data.images import ImageSource
 from core.detectors.base import Detector
 from core.detectors.registry import create_detector
-from core.detectors.threshold import DEFAULT_FPR, Threshold
-from core.engine.cancel import CancelToken
-from core.engine.progress import ProgressFn, null_progress
-from core.engine.workflows import ScanResult, TrainReport, scan_images, train_detector
+from core.engine.workflows import TrainReport, scan_images, train_detector
+from core.results import ScanResult
+from core.results.threshold import DEFAULT_FPR, Threshold
+from core.runtime.cancel import CancelToken
+from core.runtime.progress import ProgressFn, null_progress
 
 Emit = Callable[[Any], None]
 

@@ -19,8 +19,8 @@ from typing import Any, Optional
 
 from PySide6.QtCore import QObject, QThread, Signal
 
-from core.engine.cancel import Cancelled, CancelToken
 from core.engine.jobs import Job
+from core.runtime.cancel import Cancelled, CancelToken
 
 FLUSH_INTERVAL = 0.1  # seconds between progress / partial deliveries
 

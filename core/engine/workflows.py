@@ -12,23 +12,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from core.data.images import ImageSource, Skipped
-from core.detectors.base import Detector, FitError, ScoreResult
-from core.detectors.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
-from core.grouping import GROUP_NAMES, SUSPECT, Grouping, GroupingError, group_scores
-
-#: Anomaly maps kept in a scan result are stored at most this many pixels on the long side
-#: (float16), so that a scan of thousands of images stays within memory; exports upsample
-#: them back to the image size.
-MAP_STORE_SIZE = 384
+from core.detectors.base import Detector, FitError
+from core.grouping import GroupingError
+from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
+from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 
 @dataclass
@@ -137,67 +133,6 @@ def train_detector(
     return TrainReport(n_train, n_cal, thr, skipped, time.perf_counter() - t0)
 
 
-@dataclass
-class ScanRow:
-    path: Path
-    score: float
-    flagged: Optional[bool]
-    image_shape: tuple[int, int]
-    anomaly_map: Optional[np.ndarray] = None  # float16, at most MAP_STORE_SIZE a side
-    columns: dict = field(default_factory=dict)
-    extras: dict = field(default_factory=dict)
-
-
-@dataclass
-class ScanResult:
-    detector: str
-    rows: list[ScanRow]
-    skipped: list[Skipped]
-    threshold: Optional[Threshold]
-    seconds: float = 0.0
-    #: The split of a zero-shot scan into normal / suspect (``labels`` follow ``rows``).
-    grouping: Optional[Grouping] = None
-    #: Why a zero-shot scan could not be grouped (e.g. a batch of one image), else "".
-    grouping_note: str = ""
-
-    @property
-    def flagged(self) -> list[ScanRow]:
-        return [r for r in self.rows if r.flagged]
-
-    def apply_threshold(self, threshold: Optional[Threshold]) -> None:
-        """Flag by ``threshold``; a grouped (zero-shot) result keeps flagging its suspect group."""
-        self.threshold = threshold
-        if self.grouping is not None:
-            apply_grouping(self, self.grouping)
-            return
-        for r in self.rows:
-            r.flagged = None if threshold is None else threshold.flags(r.score)
-
-
-def compact_map(m: np.ndarray, limit: int = MAP_STORE_SIZE) -> np.ndarray:
-    import cv2
-
-    h, w = m.shape
-    scale = min(1.0, limit / max(h, w))
-    if scale < 1.0:
-        m = cv2.resize(m.astype(np.float32), (max(1, round(w * scale)), max(1, round(h * scale))),
-                       interpolation=cv2.INTER_AREA)
-    return m.astype(np.float16)
-
-
-def make_row(path: Path, result: ScoreResult, image_shape: tuple[int, int], threshold: Optional[Threshold],
-             keep_extras: bool = False) -> ScanRow:
-    return ScanRow(
-        path=path,
-        score=float(result.score),
-        flagged=None if threshold is None else threshold.flags(result.score),
-        image_shape=image_shape,
-        anomaly_map=None if result.anomaly_map is None else compact_map(result.anomaly_map),
-        columns=dict(result.columns),
-        extras={k: compact_map(v) if v.ndim == 2 else v for k, v in result.extras.items()} if keep_extras else {},
-    )
-
-
 def scan_images(
     detector: Detector,
     source: ImageSource,
@@ -235,45 +170,3 @@ def scan_images(
             result.grouping_note = str(exc)
         result.seconds = time.perf_counter() - t0
     return result
-
-
-# ----------------------------------------------------------------------------- grouping
-def apply_grouping(result: ScanResult, grouping: Grouping) -> None:
-    """Write ``grouping`` into the rows: ``group`` column, ``flagged`` = in the suspect group."""
-    if len(grouping.labels) != len(result.rows):
-        raise ValueError(f"grouping of {len(grouping.labels)} images does not fit a scan of {len(result.rows)}")
-    result.grouping = grouping
-    for row, label in zip(result.rows, grouping.labels):
-        row.columns["group"] = GROUP_NAMES[int(label)]
-        row.flagged = bool(label == SUSPECT)
-
-
-def regroup(result: ScanResult, method: str = "ncut", seed: int = 0) -> Grouping:
-    """Split the scan's rows into normal / suspect by their scores with ``method``
-    (``ncut``, ``kmeans`` or ``gmm``); replaces any earlier grouping, hand moves included."""
-    grouping = group_scores([r.score for r in result.rows], method, seed=seed)
-    result.grouping_note = ""
-    apply_grouping(result, grouping)
-    return grouping
-
-
-def move_to_group(result: ScanResult, index: int, group: str) -> Grouping:
-    """Move row ``index`` to ``group`` ('normal' or 'suspect') by hand; the cut value stays
-    that of the algorithm's split, the move is recorded in ``grouping.moved``."""
-    if result.grouping is None:
-        raise GroupingError("this scan has no groups to edit (only zero-shot scans are grouped)")
-    if group not in GROUP_NAMES:
-        raise ValueError(f"group must be one of {', '.join(GROUP_NAMES)}, not {group!r}")
-    if not 0 <= index < len(result.rows):
-        raise IndexError(f"no row {index} in a scan of {len(result.rows)} images")
-    g = result.grouping
-    label = GROUP_NAMES.index(group)
-    if int(g.labels[index]) != label:
-        g.labels = g.labels.copy()
-        g.labels[index] = label
-        if index in g.moved:
-            g.moved.remove(index)  # moved back where the algorithm put it
-        else:
-            g.moved.append(index)
-    apply_grouping(result, g)
-    return g

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from core.data.images import Skipped
-from core.engine.workflows import ScanResult, ScanRow
 from core.io.colormap import COLORMAP_NAME, colorize, robust_range
+from core.results import ScanResult, ScanRow
 
 RESULTS_NAME = "results.csv"
 FLAGGED_NAME = "flagged.txt"

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from core.io.paths import data_dir
+from core.runtime.paths import data_dir
 
 WEIGHTS_ENV = "ANOMALY_INSPECTOR_WEIGHTS"
 DOWNLOAD_ENV = "ANOMALY_INSPECTOR_ALLOW_DOWNLOAD"

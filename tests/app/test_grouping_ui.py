@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 
 from app.grouping import GroupingPanel
-from core.engine.workflows import ScanResult, ScanRow
+from core.results import ScanResult, ScanRow
 from tests.app.conftest import open_folder, wait_idle
 
 #: ldm-zero-shot's batch fallback, tiny.

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import QMessageBox
 from app.gallery import ScoreRole
 from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.registry import REGISTRY
-from core.engine.cancel import check
+from core.runtime.cancel import check
 from tests.app.conftest import SlowGaussian, make_window, open_folder, scan, set_form, trained, wait_idle
 
 

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QDoubleSpinBox, QLineEdit, QSpinBox
 
 from app.gallery import FlaggedRole, ScoreRole, ThumbRole
 from core.detectors.pixel_gaussian import PixelGaussianConfig
-from core.engine.workflows import ScanRow
+from core.results import ScanRow
 from tests.app.conftest import make_window, open_folder, scan, set_form, wait_idle
 
 

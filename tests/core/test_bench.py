@@ -22,7 +22,7 @@ from core.engine.bench import (
     run_bench,
     stratified_subset,
 )
-from core.engine.cancel import Cancelled, CancelToken
+from core.runtime.cancel import Cancelled, CancelToken
 
 SIZE = 32
 FAST = {"image_size": "32", "blur_sigma": "1.0", "batch_size": "4"}
@@ -189,7 +189,8 @@ def test_stratified_subset_keeps_both_labels() -> None:
 
 # --------------------------------------------------------------------------- zero-shot detectors
 def _zero_shot_class(with_group: bool):
-    from core.detectors.base import Detector, ScoreResult
+    from core.detectors.base import Detector
+    from core.results import ScoreResult
 
     class Brightest(Detector):
         name = "test-brightest"

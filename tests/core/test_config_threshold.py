@@ -4,7 +4,7 @@ import pytest
 from core.detectors.config import ConfigError
 from core.detectors.ocsvm import OCSVMConfig
 from core.detectors.pixel_gaussian import PixelGaussianConfig
-from core.detectors.threshold import Threshold, calibrate, split_calibration
+from core.results.threshold import Threshold, calibrate, split_calibration
 
 
 def test_overrides_coerce_strings_and_reject_bad_values():

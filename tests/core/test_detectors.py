@@ -9,8 +9,8 @@ import pytest
 from core.data.images import ImageSource
 from core.detectors.base import FitError, NotFittedError
 from core.detectors.registry import REGISTRY, create_detector, load_model
-from core.engine.cancel import Cancelled, CancelToken
 from core.io.checkpoint import CheckpointError
+from core.runtime.cancel import Cancelled, CancelToken
 from tests.conftest import make_part
 
 TINY = {

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.engine.workflows import ScanResult, ScanRow, apply_grouping, move_to_group, regroup
 from core.grouping import METHODS, Grouping, GroupingError, group_scores
 from core.grouping.ncut import ncut_value, normalized_cut, similarity
 from core.io.export import results_csv
+from core.results import ScanResult, ScanRow, apply_grouping, move_to_group, regroup
 
 
 def test_ncut_hand_checked_two_pairs():

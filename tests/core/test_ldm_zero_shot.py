@@ -16,9 +16,9 @@ from core.detectors.ldm_zero_shot import LDMZeroShotConfig, LDMZeroShotDetector
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
 from core.detectors.ldm_zero_shot.pipeline import PipelineError, load_diffusion_model
 from core.detectors.registry import create_detector
-from core.engine.cancel import Cancelled, CancelToken
 from core.engine.workflows import scan_images
 from core.io.export import results_csv
+from core.runtime.cancel import Cancelled, CancelToken
 from tests.conftest import make_part
 
 #: The batch fallback, tiny.

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from core.engine.cancel import check
 from core.engine.jobs import CallableJob
 from core.engine.qt_bridge import JobRunner
+from core.runtime.cancel import check
 
 
 def slow_job(n=50, delay=0.01, fail_at=None):

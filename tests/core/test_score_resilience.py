@@ -13,7 +13,7 @@ from core.detectors.config import ConfigError
 from core.detectors.registry import create_detector, load_model
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos, mean_filter
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, sigma_k
-from core.engine.cancel import Cancelled, CancelToken
+from core.runtime.cancel import Cancelled, CancelToken
 from tests.conftest import make_part
 
 NAME = "score-resilience"

@@ -11,7 +11,7 @@ from core.detectors.config import ConfigError
 from core.detectors.vqvae import VQVAEConfig, VQVAEDetector
 from core.detectors.vqvae.anomaly_map import alignment_map, anomaly_maps, grey_dilate, ssim_map, ssim_window
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, cb_nll, vqvae_loss
-from core.engine.cancel import Cancelled, CancelToken
+from core.runtime.cancel import Cancelled, CancelToken
 from tests.conftest import make_part
 
 TINY = dict(image_size=16, hidden=8, n_embeddings=16, embedding_dim=8, epochs=2, batch_size=4, lr=1e-3)

@@ -7,11 +7,11 @@ import pytest
 from core.data.images import ImageSource
 from core.detectors.base import FitError
 from core.detectors.registry import create_detector
-from core.detectors.threshold import Threshold
-from core.engine.cancel import Cancelled, CancelToken
 from core.engine.jobs import FitJob, ScanJob, run_inline
 from core.engine.workflows import scan_images, select_subset, train_detector
 from core.io.export import export_scan, heatmap_names
+from core.results.threshold import Threshold
+from core.runtime.cancel import Cancelled, CancelToken
 from tests.conftest import make_part, write_png
 
 SMALL = {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0}
@@ -79,7 +79,7 @@ def test_scan_flags_defects_and_exports(tiny_parts, tmp_path):
 
 
 def test_heatmap_names_disambiguate_repeated_stems(tmp_path):
-    from core.engine.workflows import ScanRow
+    from core.results import ScanRow
 
     rows = [ScanRow(tmp_path / "a" / "000.png", 1.0, True, (4, 4)), ScanRow(tmp_path / "b" / "000.png", 1.0, True, (4, 4)),
             ScanRow(tmp_path / "b" / "001.png", 1.0, True, (4, 4))]
@@ -131,7 +131,7 @@ def test_threshold_records_settings_and_detects_score_changes(tmp_path) -> None:
 
 def test_threshold_without_recorded_settings_is_trusted() -> None:
     from core.detectors.registry import create_detector
-    from core.detectors.threshold import Threshold
+    from core.results.threshold import Threshold
 
     det = create_detector("pixel-gaussian", {"image_size": "16"}, "cpu")
     det.threshold = Threshold.from_dict({"value": 1.0, "method": "explicit"})  # a model saved before the record

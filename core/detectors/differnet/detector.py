@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
-from core.detectors.base import Detector, FitError, ScoreResult, WeightRequirement
+from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.differnet.anomaly_map import differnet_map
@@ -54,9 +54,10 @@ from core.detectors.differnet.torch_model import (
     latent_nll,
     rotate,
 )
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
 from core.io import weights as store
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 BACKBONE_CHOICES = ("auto", "efficientnet-lite0", "alexnet", "tiny-random")
 JITTER_CHOICES = ("auto", "on", "off")

@@ -42,15 +42,16 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
-from core.detectors.base import Detector, FitError, OnResult, ScoreResult
+from core.detectors.base import Detector, FitError, OnResult
 from core.detectors.common import infer_channels, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
 from core.detectors.ldm_zero_shot.pipeline import DiffusionModel, load_diffusion_model, model_kind, quiet_hub_logging
 from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, ddpm_loss, make_scheduler
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
 from core.grouping import METHODS
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 BATCH = "batch"
 BATCH_DEFAULT_SIZE = 64

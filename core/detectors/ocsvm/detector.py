@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
-from core.detectors.base import Detector, FitError, ScoreResult
+from core.detectors.base import Detector, FitError
 from core.detectors.common import infer_channels, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 
 @dataclass

@@ -39,14 +39,15 @@ import torch
 from torch import nn
 
 from core.data.images import Skipped, iter_batches
-from core.detectors.base import Detector, FitError, ScoreResult, WeightRequirement
+from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, TokenExtractor
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
 from core.io import weights as store
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 BACKBONE_CHOICES = ("auto", "vit-l16", "vit-b16", "efficientnet-lite0", "dinov2-vits14-imgfocus", "tiny-random",
                     "tiny-vit-random")

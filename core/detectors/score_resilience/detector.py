@@ -47,13 +47,14 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError, ScoreResult
+from core.detectors.base import Detector, FitError
 from core.detectors.common import decode_training_cache, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 LR_SCHEDULES = ("step", "constant")
 

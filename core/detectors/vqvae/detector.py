@@ -32,13 +32,14 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError, ScoreResult
+from core.detectors.base import Detector, FitError
 from core.detectors.common import decode_training_cache, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
-from core.engine.cancel import CancelToken, check
-from core.engine.progress import ProgressFn, SubProgress
+from core.results import ScoreResult
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn, SubProgress
 
 MAP_CHOICES = ("ssim_am", "ssim")
 REDUCE_CHOICES = ("mean", "max")
