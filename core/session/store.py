@@ -1,0 +1,637 @@
+"""The session store: one SQLite file holding an inspection's runs and the inspector's decisions.
+
+See the package docstring (:mod:`core.session`) for the API as a whole and
+:mod:`core.session.schema` for the tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from core.data.images import Skipped
+from core.grouping import GROUP_NAMES, Grouping
+from core.results import ScanResult, ScanRow, apply_grouping
+from core.results.threshold import Threshold
+from core.runtime.paths import data_dir
+from core.session.identity import app_version, file_sha256, now, os_user, relative_to
+from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
+from core.session.maps import decode_map, encode_map
+from core.session.schema import SchemaError, current_version, migrate, read_version
+
+VERDICTS = ("ok", "ng", "unsure")
+SESSIONS_DIR = "sessions"
+
+
+class SessionError(Exception):
+    """A session that cannot be opened or used as asked; the message says why."""
+
+
+class SessionReadOnlyError(SessionError):
+    """A write to a session opened read-only."""
+
+
+# --------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: Path  # absolute
+    size: int
+    mtime: float
+    sha256: str
+    #: "new" (first seen), "changed" (content differs from the last sync), "same".
+    state: str
+
+
+@dataclass(frozen=True)
+class StoredScore:
+    """A score already in the session for some image content under one run key."""
+
+    run_id: int  # the run that scored it (its map lives there)
+    sha256: str
+    score: float
+    columns: dict
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    detector: str
+    fingerprint: str
+    settings: dict
+    run_key: str
+    threshold: Optional[Threshold]  # as the run set it (with its calibration)
+    app_version: str
+    user: str
+    started_at: str
+    finished_at: str
+    seconds: float
+    n_new: int
+    n_reused: int
+    n_images: int
+    skipped: list[Skipped]
+    grouping_method: Optional[str]
+    grouping_note: str
+
+    def describe(self) -> str:
+        return (f"run {self.id}: {self.detector} on {self.n_images} images ({self.n_new} new, {self.n_reused} reused) "
+                f"by {self.user} at {self.finished_at}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The current value of one of an image's decisions, with who made it and when."""
+
+    value: Any
+    user: str
+    at: str
+
+
+@dataclass(frozen=True)
+class ReviewBand:
+    """Two thresholds: a score at or below ``low`` passes, above ``high`` fails, between is to review."""
+
+    low: float
+    high: float
+
+    def zone(self, score: float) -> str:
+        if score <= self.low:
+            return "pass"
+        if score > self.high:
+            return "fail"
+        return "review"
+
+
+@dataclass(frozen=True)
+class ReviewStatus:
+    n_images: int
+    n_flagged: int
+    reviewed: int  # images with a verdict
+    to_review: int  # unreviewed images in the band or flagged
+    disagree: int  # a verdict that contradicts the flag (ok but flagged, ng but not)
+    verdicts: dict[str, int]
+
+    def describe(self) -> str:
+        return f"reviewed {self.reviewed} / {self.reviewed + self.to_review}, {self.disagree} disagree"
+
+
+def disagrees(verdict: Optional[str], flagged: Optional[bool]) -> bool:
+    """Whether an inspector's verdict contradicts the detector's flag (``unsure`` never does)."""
+    if flagged is None or verdict not in ("ok", "ng"):
+        return False
+    return (verdict == "ng") != bool(flagged)
+
+
+def default_session_path(folder: str | os.PathLike) -> Path:
+    """Where the session of an inspected ``folder`` lives: the app's data folder, keyed by the
+    folder's resolved path (never inside the folder itself, which may be read-only)."""
+    resolved = Path(folder).expanduser().resolve()
+    slug = re.sub(r"[^\w.\-]+", "_", resolved.name)[:40] or "root"
+    key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
+    return data_dir() / SESSIONS_DIR / f"{slug}-{key}.db"
+
+
+# --------------------------------------------------------------------------- the session
+class Session:
+    """An open session file. Use :func:`open_session`; close it (or use ``with``) when done.
+
+    Opened for writing it holds the session's writer lock; opened read-only (``mode="ro"``, or
+    ``"auto"`` when another process writes) every write raises :class:`SessionReadOnlyError`.
+    Every write is its own committed transaction.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, lock: Optional[WriterLock], folder: Optional[Path],
+                 read_only_reason: str = "") -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = lock
+        self.read_only = lock is None
+        #: Why this session is read-only ("" when writable), e.g. who holds the writer lock.
+        self.read_only_reason = read_only_reason
+        self.user = os_user()
+        stored = self.meta().get("folder")
+        self.folder: Optional[Path] = folder if folder is not None else (Path(stored) if stored else None)
+        if folder is not None and not stored and not self.read_only:
+            self._set_meta("folder", str(folder))
+
+    # ------------------------------------------------------------------ plumbing
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                if not self.read_only:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+            self._conn = None  # type: ignore[assignment]
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SessionError(f"session {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
+        if self.read_only:
+            raise SessionReadOnlyError(f"session {self.path} is open read-only ({self.read_only_reason})")
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def _set_meta(self, key: str, value: str) -> None:
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _rel(self, path: str | os.PathLike) -> str:
+        return relative_to(Path(path), self.folder.resolve() if self.folder is not None else None)
+
+    def _abs(self, rel: str) -> Path:
+        p = Path(rel)
+        if p.is_absolute() or self.folder is None:
+            return p
+        return self.folder / p
+
+    def _image_id(self, path: str | os.PathLike) -> int:
+        row = self.conn.execute("SELECT id FROM images WHERE path = ?", (self._rel(path),)).fetchone()
+        if row is None:
+            raise SessionError(f"{path} is not an image of this session")
+        return int(row[0])
+
+    # ------------------------------------------------------------------ images
+    def sync_images(self, paths: Sequence[str | os.PathLike]) -> list[ImageRecord]:
+        """Record ``paths`` (size, mtime, content hash) and return them in the same order.
+
+        A file whose size and modification time are unchanged since the last sync keeps its
+        recorded hash (as git's index does); any other file is hashed again.
+        """
+        out: list[ImageRecord] = []
+        with self._write() as c:
+            for p in paths:
+                path = Path(p)
+                st = path.stat()
+                rel = self._rel(path)
+                row = c.execute("SELECT id, size, mtime, sha256 FROM images WHERE path = ?", (rel,)).fetchone()
+                if row is not None and row[1] == st.st_size and row[2] == st.st_mtime:
+                    out.append(ImageRecord(int(row[0]), path, st.st_size, st.st_mtime, row[3], "same"))
+                    continue
+                sha = file_sha256(path)
+                if row is None:
+                    cur = c.execute("INSERT INTO images (path, size, mtime, sha256, first_seen) VALUES (?, ?, ?, ?, ?)",
+                                    (rel, st.st_size, st.st_mtime, sha, now()))
+                    out.append(ImageRecord(int(cur.lastrowid), path, st.st_size, st.st_mtime, sha, "new"))
+                else:
+                    c.execute("UPDATE images SET size = ?, mtime = ?, sha256 = ? WHERE id = ?",
+                              (st.st_size, st.st_mtime, sha, row[0]))
+                    out.append(ImageRecord(int(row[0]), path, st.st_size, st.st_mtime, sha,
+                                           "same" if sha == row[3] else "changed"))
+        return out
+
+    def images(self) -> list[tuple[Path, str]]:
+        """Every image the session knows: (absolute path, content hash)."""
+        return [(self._abs(r[0]), r[1]) for r in self.conn.execute("SELECT path, sha256 FROM images ORDER BY path")]
+
+    # ------------------------------------------------------------------ runs
+    def reusable(self, run_key: str, hashes: Iterable[str]) -> dict[str, StoredScore]:
+        """Scores already stored under ``run_key`` for these image contents: ``{sha256: StoredScore}``
+        (the most recent run's where several have one)."""
+        wanted = set(hashes)
+        out: dict[str, StoredScore] = {}
+        rows = self.conn.execute(
+            "SELECT r.scored_in, r.image_sha256, r.score, r.columns, r.height, r.width FROM results r "
+            "JOIN runs u ON u.id = r.run_id WHERE u.run_key = ? ORDER BY r.run_id", (run_key,))
+        for scored_in, sha, score, columns, h, w in rows:
+            if sha in wanted:
+                out[sha] = StoredScore(int(scored_in), sha, float(score), json.loads(columns), int(h), int(w))
+        return out
+
+    def record_run(
+        self,
+        result: ScanResult,
+        images: Sequence[ImageRecord],
+        *,
+        fingerprint: str,
+        settings: dict,
+        run_key: str,
+        started_at: str,
+        scored_in: Sequence[Optional[int]] | None = None,
+        store_maps: bool = True,
+    ) -> int:
+        """Store a finished scan as a new run and return its id.
+
+        ``images[i]`` is the image record of ``result.rows[i]``; ``scored_in[i]`` is the earlier
+        run a reused row comes from (``None``: scored now, its map is stored with this run).
+        """
+        if len(images) != len(result.rows):
+            raise ValueError(f"{len(images)} image records for {len(result.rows)} rows")
+        origin = list(scored_in) if scored_in is not None else [None] * len(images)
+        n_reused = sum(1 for s in origin if s is not None)
+        grouping = None
+        if result.grouping is not None:
+            grouping = json.dumps({"method": result.grouping.method, "cut_value": result.grouping.cut_value,
+                                   "moved": [int(i) for i in result.grouping.moved]})
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO runs (detector, fingerprint, settings, run_key, threshold, app_version, user, started_at, "
+                "finished_at, seconds, n_new, n_reused, skipped, grouping, grouping_note) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.detector, fingerprint, json.dumps(settings, sort_keys=True, default=str), run_key,
+                 json.dumps(result.threshold.to_dict()) if result.threshold is not None else None,
+                 app_version(), self.user, started_at, now(), float(result.seconds), len(images) - n_reused, n_reused,
+                 json.dumps([[self._rel(s.path) if Path(s.path).is_absolute() else str(s.path), s.reason]
+                             for s in result.skipped]),
+                 grouping, result.grouping_note))
+            run_id = int(cur.lastrowid)
+            for pos, (row, img, src) in enumerate(zip(result.rows, images, origin)):
+                c.execute(
+                    "INSERT INTO results (run_id, image_id, position, score, flagged, group_name, columns, height, "
+                    "width, image_sha256, scored_in) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, img.id, pos, float(row.score), None if row.flagged is None else int(bool(row.flagged)),
+                     row.columns.get("group"), json.dumps(row.columns, default=_json_default), int(row.image_shape[0]),
+                     int(row.image_shape[1]), img.sha256, run_id if src is None else int(src)))
+                if src is None and store_maps and row.anomaly_map is not None:
+                    codec, h, w, blob = encode_map(row.anomaly_map)
+                    c.execute("INSERT OR REPLACE INTO maps (run_id, image_sha256, codec, height, width, data) "
+                              "VALUES (?, ?, ?, ?, ?, ?)", (run_id, img.sha256, codec, h, w, blob))
+        return run_id
+
+    def runs(self) -> list[RunInfo]:
+        rows = self.conn.execute(
+            "SELECT u.*, (SELECT count(*) FROM results r WHERE r.run_id = u.id) FROM runs u ORDER BY u.id").fetchall()
+        return [self._run_info(r) for r in rows]
+
+    def run(self, run_id: Optional[int] = None) -> RunInfo:
+        """Run ``run_id``, or the latest run; raises :class:`SessionError` when there is none."""
+        sql = "SELECT u.*, (SELECT count(*) FROM results r WHERE r.run_id = u.id) FROM runs u "
+        row = (self.conn.execute(sql + "WHERE u.id = ?", (run_id,)).fetchone() if run_id is not None
+               else self.conn.execute(sql + "ORDER BY u.id DESC LIMIT 1").fetchone())
+        if row is None:
+            raise SessionError(f"session {self.path} has no run {run_id}" if run_id is not None
+                               else f"session {self.path} holds no runs yet")
+        return self._run_info(row)
+
+    def _run_info(self, r: sqlite3.Row) -> RunInfo:
+        (rid, detector, fingerprint, settings, key, threshold, version, user, started, finished, seconds, n_new,
+         n_reused, skipped, grouping, note, n) = tuple(r)
+        return RunInfo(
+            int(rid), detector, fingerprint, json.loads(settings), key,
+            Threshold.from_dict(json.loads(threshold)) if threshold else None, version, user, started, finished,
+            float(seconds), int(n_new), int(n_reused), int(n),
+            [Skipped(self._abs(p), reason) for p, reason in json.loads(skipped)],
+            json.loads(grouping)["method"] if grouping else None, note)
+
+    def load_run(self, run_id: Optional[int] = None, *, maps: bool = False, decisions: bool = True) -> ScanResult:
+        """A stored run as a :class:`~core.results.ScanResult` (rows in scan order).
+
+        With ``decisions`` (the default) the inspector's current threshold and group moves are
+        applied on top: that is the state to show on reopening. Without, the rows are exactly
+        as the run wrote them. ``maps`` decodes every anomaly map (else use :meth:`load_map`
+        per image, which a gallery needs only for the image on screen).
+        """
+        info = self.run(run_id)
+        rows: list[ScanRow] = []
+        for rel, score, flagged, columns, h, w, sha, src in self.conn.execute(
+                "SELECT i.path, r.score, r.flagged, r.columns, r.height, r.width, r.image_sha256, r.scored_in "
+                "FROM results r JOIN images i ON i.id = r.image_id WHERE r.run_id = ? ORDER BY r.position", (info.id,)):
+            m = self.stored_map(int(src), sha) if maps else None
+            rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
+                                (int(h), int(w)), m, json.loads(columns)))
+        result = ScanResult(info.detector, rows, list(info.skipped), info.threshold, info.seconds)
+        result.grouping_note = info.grouping_note
+        if info.grouping_method is not None:
+            g = json.loads(self.conn.execute("SELECT grouping FROM runs WHERE id = ?", (info.id,)).fetchone()[0])
+            labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows], dtype=np.int64)
+            result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
+        if decisions:
+            self.apply_decisions(result, info.id)
+        return result
+
+    def apply_decisions(self, result: ScanResult, run_id: int) -> None:
+        """Apply the session's current threshold for ``run_id`` and its group moves to ``result``
+        (the moves sit on top of whatever grouping ``result`` has, so they survive a regroup)."""
+        value = self.threshold_value(run_id)
+        if value is not None and result.grouping is None:
+            base = self.run(run_id).threshold
+            if base is None or base.value != value:
+                result.apply_threshold(Threshold.explicit(value))
+        moves = self.group_moves()
+        if result.grouping is not None and moves:
+            g = result.grouping
+            labels = g.labels.copy()
+            moved = list(g.moved)
+            for i, row in enumerate(result.rows):
+                d = moves.get(row.path)
+                if d is None:
+                    continue
+                label = GROUP_NAMES.index(d.value)
+                if int(labels[i]) != label:
+                    labels[i] = label
+                    if i not in moved:
+                        moved.append(i)
+            g.labels, g.moved = labels, sorted(moved)
+            apply_grouping(result, g)
+
+    def load_map(self, path: str | os.PathLike, run_id: Optional[int] = None) -> Optional[np.ndarray]:
+        """The stored anomaly map (float16) of ``path`` in ``run_id`` (default: the latest run)."""
+        info = self.run(run_id)
+        row = self.conn.execute("SELECT scored_in, image_sha256 FROM results WHERE run_id = ? AND image_id = ?",
+                                (info.id, self._image_id(path))).fetchone()
+        return None if row is None else self.stored_map(int(row[0]), row[1])
+
+    def stored_map(self, run_id: int, sha: str) -> Optional[np.ndarray]:
+        row = self.conn.execute("SELECT codec, height, width, data FROM maps WHERE run_id = ? AND image_sha256 = ?",
+                                (run_id, sha)).fetchone()
+        return None if row is None else decode_map(row[0], int(row[1]), int(row[2]), bytes(row[3]))
+
+    # ------------------------------------------------------------------ decisions
+    def _latest(self, table: str, column: str) -> dict[Path, Decision]:
+        sql = (f"SELECT i.path, t.{column}, t.user, t.at FROM {table} t JOIN images i ON i.id = t.image_id "
+               f"WHERE t.id IN (SELECT max(id) FROM {table} GROUP BY image_id)")
+        return {self._abs(p): Decision(v, u, at) for p, v, u, at in self.conn.execute(sql) if v is not None}
+
+    def set_verdict(self, path: str | os.PathLike, verdict: Optional[str]) -> None:
+        """Record the inspector's verdict on ``path`` ('ok', 'ng', 'unsure'; ``None`` clears it)."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} (or None), not {verdict!r}")
+        image_id = self._image_id(path)
+        with self._write() as c:
+            c.execute("INSERT INTO verdicts (image_id, verdict, user, at) VALUES (?, ?, ?, ?)",
+                      (image_id, verdict, self.user, now()))
+
+    def verdicts(self) -> dict[Path, Decision]:
+        """Current verdict per image (images without one, or cleared, are absent)."""
+        return self._latest("verdicts", "verdict")
+
+    def set_note(self, path: str | os.PathLike, text: str) -> None:
+        image_id = self._image_id(path)
+        with self._write() as c:
+            c.execute("INSERT INTO notes (image_id, text, user, at) VALUES (?, ?, ?, ?)",
+                      (image_id, text, self.user, now()))
+
+    def notes(self) -> dict[Path, Decision]:
+        return {p: d for p, d in self._latest("notes", "text").items() if d.value}
+
+    def move_to_group(self, path: str | os.PathLike, group: Optional[str]) -> None:
+        """A hand move of ``path`` to 'normal' or 'suspect' (``None``: back to the algorithm's group).
+        It stays on top of every later grouping of the session's runs."""
+        if group is not None and group not in GROUP_NAMES:
+            raise ValueError(f"group must be one of {', '.join(GROUP_NAMES)} (or None), not {group!r}")
+        image_id = self._image_id(path)
+        with self._write() as c:
+            c.execute("INSERT INTO group_moves (image_id, group_name, user, at) VALUES (?, ?, ?, ?)",
+                      (image_id, group, self.user, now()))
+
+    def group_moves(self) -> dict[Path, Decision]:
+        return self._latest("group_moves", "group_name")
+
+    def set_threshold(self, run_id: int, value: float, reason: str = "set by hand") -> None:
+        """A new decision threshold for ``run_id`` (the review band, if any, is kept)."""
+        low, high = self._band_values(run_id)
+        self._threshold_change(run_id, float(value), low, high, reason)
+
+    def set_review_band(self, run_id: int, low: Optional[float], high: Optional[float]) -> None:
+        """Two thresholds for ``run_id``: at or below ``low`` passes, above ``high`` fails, between is
+        to review; ``None, None`` removes the band."""
+        if (low is None) != (high is None):
+            raise ValueError("a review band needs both thresholds (or neither)")
+        if low is not None and not float(low) <= float(high):
+            raise ValueError(f"the review band's low threshold {low} is above its high one {high}")
+        self._threshold_change(run_id, self.threshold_value(run_id), low, high, "review band")
+
+    def _threshold_change(self, run_id: int, value: Optional[float], low: Optional[float], high: Optional[float],
+                          reason: str) -> None:
+        self.run(run_id)
+        with self._write() as c:
+            c.execute("INSERT INTO threshold_changes (run_id, value, band_low, band_high, reason, user, at) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?)", (run_id, value, low, high, reason, self.user, now()))
+
+    def _last_threshold_change(self, run_id: int):
+        return self.conn.execute("SELECT value, band_low, band_high, user, at FROM threshold_changes "
+                                 "WHERE run_id = ? ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+
+    def threshold_value(self, run_id: int) -> Optional[float]:
+        """The current threshold of ``run_id``: the last one set by hand, else the run's own."""
+        row = self._last_threshold_change(run_id)
+        if row is not None and row[0] is not None:
+            return float(row[0])
+        thr = self.run(run_id).threshold
+        return None if thr is None else thr.value
+
+    def _band_values(self, run_id: int) -> tuple[Optional[float], Optional[float]]:
+        row = self._last_threshold_change(run_id)
+        return (None, None) if row is None else (row[1], row[2])
+
+    def review_band(self, run_id: int) -> Optional[ReviewBand]:
+        low, high = self._band_values(run_id)
+        return None if low is None else ReviewBand(float(low), float(high))
+
+    def threshold_history(self, run_id: int) -> list[dict]:
+        return [dict(zip(("value", "band_low", "band_high", "reason", "user", "at"), r)) for r in self.conn.execute(
+            "SELECT value, band_low, band_high, reason, user, at FROM threshold_changes WHERE run_id = ? ORDER BY id",
+            (run_id,))]
+
+    def mark_normal(self, path: str | os.PathLike, normal: bool = True) -> None:
+        """"This one is normal": add ``path`` to the session's good set (``normal=False`` takes it out)."""
+        image_id = self._image_id(path)
+        with self._write() as c:
+            c.execute("INSERT INTO good_set (image_id, added, user, at) VALUES (?, ?, ?, ?)",
+                      (image_id, int(bool(normal)), self.user, now()))
+
+    def good_set(self) -> list[Path]:
+        return sorted(p for p, d in self._latest("good_set", "added").items() if d.value)
+
+    def set_ui_state(self, key: str, value: Any) -> None:
+        """Front-end state to restore on reopening (JSON-serialisable: sort, filter, selection, ...)."""
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO ui_state (key, value, user, at) VALUES (?, ?, ?, ?)",
+                      (key, json.dumps(value), self.user, now()))
+
+    def ui_state(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM ui_state")}
+
+    # ------------------------------------------------------------------ review
+    def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewStatus:
+        """Counters of the review of ``run_id`` (default latest): reviewed, left to review
+        (unreviewed images in the band or flagged), verdicts that disagree with the flag."""
+        info = self.run(run_id)
+        result = result if result is not None else self.load_run(info.id)
+        band = self.review_band(info.id)
+        verdicts = self.verdicts()
+        counts = dict.fromkeys(VERDICTS, 0)
+        reviewed = to_review = disagree = 0
+        for row in result.rows:
+            d = verdicts.get(row.path)
+            if d is not None:
+                reviewed += 1
+                counts[d.value] += 1
+                disagree += disagrees(d.value, row.flagged)
+            elif row.flagged or (band is not None and band.zone(row.score) == "review"):
+                to_review += 1
+        return ReviewStatus(len(result.rows), len(result.flagged), reviewed, to_review, disagree, counts)
+
+    def review_queue(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> list[Path]:
+        """Unreviewed images in the review band or flagged, highest score first: the "to review" walk."""
+        info = self.run(run_id)
+        result = result if result is not None else self.load_run(info.id)
+        band = self.review_band(info.id)
+        verdicts = self.verdicts()
+        todo = [r for r in result.rows if r.path not in verdicts
+                and (r.flagged or (band is not None and band.zone(r.score) == "review"))]
+        return [r.path for r in sorted(todo, key=lambda r: -r.score)]
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"cannot store {type(v).__name__} in a results column")
+
+
+# --------------------------------------------------------------------------- opening
+def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
+    if read_only:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0, check_same_thread=False)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA busy_timeout = 10000")
+    return conn
+
+
+def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = None, mode: str = "rw",
+                 create: bool = True) -> Session:
+    """Open (or create) the session file at ``path``.
+
+    ``mode``: ``"rw"`` takes the writer lock and raises :class:`SessionLockedError` (naming the
+    holder) when another process has it; ``"ro"`` opens read-only; ``"auto"`` falls back to
+    read-only when locked (``session.read_only_reason`` says why). ``folder`` is the inspected
+    folder (image paths are stored relative to it, so a session moved to another machine opens
+    against the folder given there); a new session records it.
+    """
+    if mode not in ("rw", "ro", "auto"):
+        raise ValueError(f"mode is 'rw', 'ro' or 'auto', not {mode!r}")
+    db = Path(path).expanduser()
+    root = Path(folder).expanduser() if folder is not None else None
+    if db.exists() and db.is_dir():
+        raise SessionError(f"session must be a file, not a folder: {db}")
+    if not db.exists():
+        if mode == "ro" or not create:
+            raise SessionError(f"session not found: {db}")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    lock: Optional[WriterLock] = None
+    reason = ""
+    if mode in ("rw", "auto"):
+        lock = WriterLock(db)
+        try:
+            lock.acquire(os_user(), now())
+        except SessionLockedError:
+            if mode == "rw" or not db.exists():
+                raise
+            lock = None
+            reason = f"open for writing by {describe_holder(read_holder(db))}"
+        except OSError as exc:  # a read-only folder or share: read, do not write
+            if mode == "rw":
+                raise SessionError(f"cannot open session {db} for writing ({exc}); open it read-only") from None
+            lock, reason = None, f"cannot write beside it ({exc.strerror or exc})"
+    else:
+        reason = "opened read-only"
+    try:
+        conn = _connect(db, read_only=lock is None)
+        if lock is not None:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")  # a decision survives power loss, not only a crash
+            fresh = read_version(conn) == 0
+            migrate(conn, str(db))
+            if fresh:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?), ('created_by', ?), ('app_version', ?)",
+                             (now(), os_user(), app_version()))
+        else:
+            version = read_version(conn)
+            if version != current_version():
+                conn.close()
+                if version > current_version():
+                    raise SchemaError(f"session {db} has schema version {version}, newer than this program reads "
+                                      f"({current_version()}); update Anomaly Inspector")
+                raise SessionError(f"session {db} is at schema version {version} and must be upgraded: open it for "
+                                   "writing once")
+    except sqlite3.DatabaseError as exc:
+        if lock is not None:
+            lock.release()
+        raise SessionError(f"cannot open session {db}: {exc}") from None
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Session(db, conn, lock, root, reason)
