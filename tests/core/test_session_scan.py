@@ -1,0 +1,100 @@
+"""Scanning into a session: incremental re-runs score only new and changed images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.data.images import ImageSource
+from core.detectors.registry import create_detector
+from core.engine.session_scan import model_fingerprint, scan_into_session
+from core.engine.workflows import scan_images, train_detector
+from core.session import open_session
+from tests.conftest import make_part, write_png
+
+SMALL = {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0}
+
+
+def _trained(tiny_parts, **extra):
+    det = create_detector("pixel-gaussian", {**SMALL, **extra}, device="cpu")
+    train_detector(det, ImageSource.from_folder(tiny_parts / "good"))
+    return det
+
+
+def _counting(det):
+    """Wrap ``det.score`` to record how many images each call scored."""
+    calls: list[int] = []
+    original = det.score
+
+    def score(images, *a, **k):
+        calls.append(len(images))
+        return original(images, *a, **k)
+
+    det.score = score
+    return calls
+
+
+def test_incremental_rerun_scores_only_new_and_changed_images(tiny_parts, tmp_path):
+    det = _trained(tiny_parts)
+    calls = _counting(det)
+    batch = tiny_parts / "batch"
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        first = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert (first.n_new, first.n_reused) == (8, 0) and calls == [8]
+        rng = np.random.default_rng(5)
+        write_png(batch / "ok0.png", make_part(rng, defect=True))  # changed
+        write_png(batch / "new1.png", make_part(rng))  # new
+        write_png(batch / "new2.png", make_part(rng, defect=True))  # new
+        second = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert (second.n_new, second.n_reused) == (3, 7) and calls == [8, 3]
+        assert second.describe() == "3 new, 7 reused"
+        # the run still covers every image, and a reused score is the score a full scan gives
+        full = scan_images(det, ImageSource.from_folder(batch))
+        assert [r.path for r in second.result.rows] == [r.path for r in full.rows]
+        for a, b in zip(second.result.rows, full.rows):
+            assert a.score == b.score and a.flagged == b.flagged
+            assert a.anomaly_map.tobytes() == b.anomaly_map.tobytes()
+        third = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert (third.n_new, third.n_reused) == (0, 10) and calls == [8, 3, 8 + 2]  # full scan above counted too
+        stored = s.load_run(third.run_id, maps=True, decisions=False)
+        assert [r.score for r in stored.rows] == [r.score for r in full.rows]
+        assert all(r.anomaly_map is not None for r in stored.rows)
+        runs = s.runs()
+        assert [(r.n_new, r.n_reused) for r in runs] == [(8, 0), (3, 7), (0, 10)]
+        assert len({r.run_key for r in runs}) == 1
+        # reuse copies no maps: one blob per scored image content
+        assert s.conn.execute("SELECT count(*) FROM maps").fetchone()[0] == 11
+
+
+def test_other_settings_or_model_make_a_new_run_that_scores_everything(tiny_parts, tmp_path):
+    batch = tiny_parts / "batch"
+    det = _trained(tiny_parts)
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        scan_into_session(s, det, ImageSource.from_folder(batch))
+        det.config = det.config.with_overrides({"batch_size": 2})  # score-neutral: still reusable
+        assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_reused == 8
+        det.config = det.config.with_overrides({"blur_sigma": 2.0})
+        assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_new == 8
+        other = create_detector("pixel-gaussian", {**SMALL, "blur_sigma": 2.0}, device="cpu")
+        train_detector(other, ImageSource.from_folder(tiny_parts / "good"), max_train=8)  # other weights
+        assert model_fingerprint(other) != model_fingerprint(det)
+        assert scan_into_session(s, other, ImageSource.from_folder(batch)).n_new == 8
+        assert len(s.runs()) == 4
+
+
+def test_fingerprint_is_the_same_for_a_saved_and_loaded_model(tiny_parts, tmp_path):
+    from core.detectors.registry import load_model
+
+    det = _trained(tiny_parts)
+    det.save(tmp_path / "model")
+    loaded = load_model(tmp_path / "model", device="cpu")
+    assert model_fingerprint(loaded) == model_fingerprint(det)
+
+
+def test_unreadable_files_are_skipped_and_recorded(tiny_parts, tmp_path):
+    batch = tiny_parts / "batch"
+    (batch / "broken.png").write_text("not an image")
+    det = _trained(tiny_parts)
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        out = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert len(out.result.rows) == 8 and [sk.path.name for sk in out.result.skipped] == ["broken.png"]
+        assert [sk.path for sk in s.run().skipped] == [batch / "broken.png"]
