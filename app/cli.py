@@ -285,6 +285,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if len(source) == 0:
         raise UsageError(f"no image files (png, jpg, bmp, tif, webp) in {folder}"
                          + ("" if args.recursive else " (sub-folders were not searched: --no-recursive)"))
+    if getattr(args, "session", None):
+        from app.session_cli import check_scan_session
+
+        check_scan_session(args, folder)
     if args.model:
         detector, _ = _load_for_scan(args)
     else:
@@ -300,7 +304,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
     bar = ProgressBar("scan", quiet=args.quiet)
     try:
-        result = scan_images(detector, source, threshold=threshold, progress=bar)
+        if getattr(args, "session", None):
+            from app.session_cli import scan_with_session
+
+            result = scan_with_session(args, folder, detector, source, threshold, bar)
+        else:
+            result = scan_images(detector, source, threshold=threshold, progress=bar)
     finally:
         bar.close()
     if (out_dir / "results.csv").exists():
@@ -430,6 +439,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_weights_parser = None
     if add_weights_parser is not None:
         add_weights_parser(sub)
+    from app.session_cli import add_session_option, add_session_parsers
+
+    add_session_option(s)
+    add_session_parsers(sub)
     return p
 
 

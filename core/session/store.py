@@ -26,7 +26,7 @@ from core.results.threshold import Threshold
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
 from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
-from core.session.maps import decode_map, encode_map
+from core.session.maps import CODEC, CODECS, decode_map, encode_map
 from core.session.schema import SchemaError, current_version, migrate, read_version
 
 VERDICTS = ("ok", "ng", "unsure")
@@ -161,7 +161,10 @@ class Session:
         #: Why this session is read-only ("" when writable), e.g. who holds the writer lock.
         self.read_only_reason = read_only_reason
         self.user = os_user()
-        stored = self.meta().get("folder")
+        meta = self.meta()
+        stored = meta.get("folder")
+        #: How anomaly maps are stored (:mod:`core.session.maps`), chosen when the session was created.
+        self.map_codec = meta.get("map_codec", CODEC)
         self.folder: Optional[Path] = folder if folder is not None else (Path(stored) if stored else None)
         if folder is not None and not stored and not self.read_only:
             self._set_meta("folder", str(folder))
@@ -320,7 +323,7 @@ class Session:
                      row.columns.get("group"), json.dumps(row.columns, default=_json_default), int(row.image_shape[0]),
                      int(row.image_shape[1]), img.sha256, run_id if src is None else int(src)))
                 if src is None and store_maps and row.anomaly_map is not None:
-                    codec, h, w, blob = encode_map(row.anomaly_map)
+                    codec, h, w, blob = encode_map(row.anomaly_map, self.map_codec)
                     c.execute("INSERT OR REPLACE INTO maps (run_id, image_sha256, codec, height, width, data) "
                               "VALUES (?, ?, ?, ?, ?, ?)", (run_id, img.sha256, codec, h, w, blob))
         return run_id
@@ -571,17 +574,20 @@ def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
 
 
 def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = None, mode: str = "rw",
-                 create: bool = True) -> Session:
+                 create: bool = True, map_codec: str = CODEC) -> Session:
     """Open (or create) the session file at ``path``.
 
     ``mode``: ``"rw"`` takes the writer lock and raises :class:`SessionLockedError` (naming the
     holder) when another process has it; ``"ro"`` opens read-only; ``"auto"`` falls back to
     read-only when locked (``session.read_only_reason`` says why). ``folder`` is the inspected
     folder (image paths are stored relative to it, so a session moved to another machine opens
-    against the folder given there); a new session records it.
+    against the folder given there); a new session records it, and ``map_codec`` (lossless
+    float16 by default, see :mod:`core.session.maps`).
     """
     if mode not in ("rw", "ro", "auto"):
         raise ValueError(f"mode is 'rw', 'ro' or 'auto', not {mode!r}")
+    if map_codec not in CODECS:
+        raise ValueError(f"map_codec is one of {', '.join(CODECS)}, not {map_codec!r}")
     db = Path(path).expanduser()
     root = Path(folder).expanduser() if folder is not None else None
     if db.exists() and db.is_dir():
@@ -615,8 +621,8 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             fresh = read_version(conn) == 0
             migrate(conn, str(db))
             if fresh:
-                conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?), ('created_by', ?), ('app_version', ?)",
-                             (now(), os_user(), app_version()))
+                conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?), ('created_by', ?), ('app_version', ?), "
+                             "('map_codec', ?)", (now(), os_user(), app_version(), map_codec))
         else:
             version = read_version(conn)
             if version != current_version():

@@ -155,6 +155,23 @@ def test_map_codec_is_lossless_and_smaller_on_smooth_maps():
         decode_map("png", h, w, blob)
 
 
+def test_png_codec_is_compact_and_within_half_a_step_of_the_range(tmp_path):
+    yy, xx = np.mgrid[0:64, 0:80]
+    m = (np.exp(-((yy - 30) ** 2 + (xx - 40) ** 2) / 200.0) * 5 + 0.3).astype(np.float16)
+    codec, h, w, blob = encode_map(m, "u8-png")
+    back = decode_map(codec, h, w, blob)
+    step = (float(m.max()) - float(m.min())) / 255.0
+    assert np.abs(back.astype(np.float32) - m.astype(np.float32)).max() <= step / 2 + 0.01
+    assert len(blob) < len(encode_map(m)[3])
+    paths = _files(tmp_path / "imgs", 2)
+    with open_session(tmp_path / "s.db", folder=tmp_path / "imgs", map_codec="u8-png") as s:
+        _store(s, _result(paths))
+    with open_session(tmp_path / "s.db") as s:
+        assert s.map_codec == "u8-png" and s.load_map(paths[0]).shape == (12, 9)
+    with pytest.raises(ValueError, match="map_codec"):
+        open_session(tmp_path / "t.db", map_codec="jpeg")
+
+
 def test_a_run_reads_back_bit_identically(tmp_path):
     paths = _files(tmp_path / "imgs", 6)
     res = _result(paths)

@@ -1,0 +1,112 @@
+"""Exporting a session's run: ``results.csv`` with the verdicts and provenance, ``flagged.txt``,
+``skipped.csv``, ``heatmaps/`` and ``provenance.json``.
+
+``results.csv`` has one row per image: path, score, flagged, the inspector's ``verdict``,
+``disagrees``, the note, who gave the verdict and when, the detector's columns, and then the
+provenance of the run repeated on every row (``run``, ``detector``, ``model_fingerprint``,
+``threshold``, ``threshold_calibration``, ``session``, ``run_finished``, ``app_version``), so a
+row copied elsewhere still says where it came from. Flags follow the session's current
+threshold and group moves.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from core.io.export import write_flagged, write_heatmaps, write_skipped
+from core.session.identity import app_version, now
+from core.session.store import Session, disagrees
+
+RESULTS_NAME = "results.csv"
+PROVENANCE_NAME = "provenance.json"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.8g}"
+    return str(v)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", newline="")
+    os.replace(tmp, path)
+
+
+def provenance(session: Session, run_id: Optional[int] = None) -> dict:
+    info = session.run(run_id)
+    t = info.threshold
+    value = session.threshold_value(info.id)
+    band = session.review_band(info.id)
+    return {
+        "session": str(session.path),
+        "folder": str(session.folder) if session.folder else None,
+        "run": info.id,
+        "detector": info.detector,
+        "model_fingerprint": info.fingerprint,
+        "settings": info.settings,
+        "threshold": value,
+        "threshold_calibration": t.describe() if t is not None else None,
+        "threshold_at_run": t.to_dict() if t is not None else None,
+        "threshold_changes": session.threshold_history(info.id),
+        "review_band": None if band is None else {"low": band.low, "high": band.high},
+        "run_by": info.user,
+        "run_started": info.started_at,
+        "run_finished": info.finished_at,
+        "images_new": info.n_new,
+        "images_reused": info.n_reused,
+        "app_version_run": info.app_version,
+        "app_version": app_version(),
+        "exported": now(),
+        "exported_by": session.user,
+    }
+
+
+def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optional[int] = None,
+                   heatmaps: bool = True) -> dict[str, Path]:
+    """Write the run's files into ``out_dir``; returns ``{kind: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = session.run(run_id)
+    result = session.load_run(info.id, maps=heatmaps)
+    verdicts, notes = session.verdicts(), session.notes()
+    prov = provenance(session, info.id)
+    extra: list[str] = []
+    for r in result.rows:
+        for k in r.columns:
+            if k not in extra:
+                extra.append(k)
+    prov_cols = ["run", "detector", "model_fingerprint", "threshold", "threshold_calibration", "session",
+                 "run_finished", "app_version"]
+    header = ["path", "score", "flagged", "verdict", "disagrees", "note", "verdict_by", "verdict_at", *extra,
+              *prov_cols]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in result.rows:
+        d = verdicts.get(r.path)
+        n = notes.get(r.path)
+        w.writerow([str(r.path), _fmt(r.score), _fmt(r.flagged), d.value if d else "",
+                    _fmt(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
+                    d.at if d else "", *(_fmt(r.columns.get(k)) for k in extra),
+                    *(_fmt(prov[k]) for k in prov_cols)])
+    written = {"results": out / RESULTS_NAME}
+    _atomic_text(written["results"], buf.getvalue())
+    written["flagged"] = write_flagged(out, result.rows)
+    written["skipped"] = write_skipped(out, result.skipped)
+    _atomic_text(out / PROVENANCE_NAME, json.dumps(prov, indent=2))
+    written["provenance"] = out / PROVENANCE_NAME
+    if heatmaps:
+        folder, n = write_heatmaps(out, result.rows)
+        if n:
+            written["heatmaps"] = folder
+    return written
