@@ -54,8 +54,10 @@ Groups of a zero-shot run: ``s.move_to_group(path, "suspect")`` (``None`` undoes
 regroup, a rerun and a restart.
 
 "This one is normal": ``s.mark_normal(path)`` adds the image to the session's good set
-(``s.good_set()``); a front end re-calibrates the active model's threshold on it with
-:func:`core.engine.workflows.recalibrate` and records the new value with ``set_threshold``.
+(``s.good_set()``); ``s.recalibrate_with_good_set(run_id)`` re-calibrates the run's threshold
+on its held-out normal scores plus the good set's scores (no re-scoring) and records it as a
+threshold change. Refitting a cheap detector on the good set is the engine's
+(:func:`core.engine.workflows.train_detector` on those files).
 
 Restore on reopen: ``s.set_ui_state("sort", ...)`` / ``s.ui_state()`` for sort, filter,
 selection, detector; with ``load_run``, ``verdicts``, ``notes`` and ``review_band`` that is the

@@ -22,7 +22,7 @@ import numpy as np
 from core.data.images import Skipped
 from core.grouping import GROUP_NAMES, Grouping
 from core.results import ScanResult, ScanRow, apply_grouping
-from core.results.threshold import Threshold
+from core.results.threshold import Threshold, calibrate
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
 from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
@@ -512,6 +512,26 @@ class Session:
 
     def good_set(self) -> list[Path]:
         return sorted(p for p, d in self._latest("good_set", "added").items() if d.value)
+
+    def recalibrate_with_good_set(self, run_id: int, fpr: Optional[float] = None) -> Threshold:
+        """Re-calibrate ``run_id``'s threshold with the session's good set added to the held-out
+        normal scores it was calibrated on, and record it as a threshold change.
+
+        The good-set images' scores come from the run itself (no re-scoring). ``fpr`` defaults
+        to the rate of the run's calibration. Needs a run with a calibrated threshold.
+        """
+        info = self.run(run_id)
+        base = info.threshold
+        if base is None or base.method != "calibrated" or not base.calibration_scores:
+            raise SessionError(f"run {info.id} has no calibrated threshold to re-calibrate (set one by hand)")
+        good = set(self.good_set())
+        extra = [r.score for r in self.load_run(info.id, decisions=False).rows if r.path in good]
+        rate = fpr if fpr is not None else (base.fpr if base.fpr is not None else 0.01)
+        thr = calibrate([*base.calibration_scores, *extra], rate)
+        thr.settings = base.settings
+        self.set_threshold(info.id, thr.value, f"re-calibrated at FPR {rate:g} on {len(base.calibration_scores)} "
+                                               f"held-out + {len(extra)} images marked normal")
+        return thr
 
     def set_ui_state(self, key: str, value: Any) -> None:
         """Front-end state to restore on reopening (JSON-serialisable: sort, filter, selection, ...)."""

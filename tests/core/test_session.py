@@ -266,6 +266,29 @@ def test_decisions_carry_user_and_time_and_keep_history(tmp_path):
         assert back.threshold.value == 5.0
 
 
+def test_this_one_is_normal_recalibrates_the_threshold(tmp_path):
+    paths = _files(tmp_path / "imgs", 5)
+    res = _result(paths)
+    res.threshold = calibrate([1.0, 2.0, 3.0, 4.0], 0.0)  # threshold 4.0
+    for r, sc in zip(res.rows, [1.0, 3.5, 4.5, 6.0, 9.0]):
+        r.score = sc
+    res.apply_threshold(res.threshold)
+    with open_session(tmp_path / "s.db", folder=tmp_path / "imgs") as s:
+        run_id = _store(s, res)
+        assert [r.flagged for r in s.load_run().rows] == [False, False, True, True, True]
+        s.mark_normal(paths[2])  # 4.5 was a false alarm
+        thr = s.recalibrate_with_good_set(run_id)
+        assert thr.value == 4.5 and thr.n_calibration == 5
+        assert s.threshold_value(run_id) == 4.5
+        assert "1 images marked normal" in s.threshold_history(run_id)[-1]["reason"]
+        assert [r.flagged for r in s.load_run().rows] == [False, False, False, True, True]
+        other = _result(paths)
+        other.threshold = None
+        other_id = _store(s, other)
+        with pytest.raises(SessionError, match="no calibrated threshold"):
+            s.recalibrate_with_good_set(other_id)
+
+
 def test_review_band_counters_queue_and_disagreement(tmp_path):
     paths = _files(tmp_path / "imgs", 6)
     res = _result(paths)
