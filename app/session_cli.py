@@ -14,10 +14,16 @@ Both read the session read-only, so they work while the GUI has it open for revi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from app.cli import EXIT_OK, UsageError, _info, int_at_least
+from app.cli import EXIT_OK, UsageError, int_at_least
+
+
+def _info(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        sys.stderr.write(msg + "\n")
 
 
 def add_session_parsers(sub: Any) -> None:

@@ -5,8 +5,10 @@ session already holds for the same detector, model fingerprint and score setting
 key, :func:`core.session.identity.run_key`), scores only the new or changed images, and
 stores the whole batch as a new run. The returned :class:`~core.results.ScanResult` covers
 every image (reused rows carry their stored score, columns and map), so exports made from it
-are complete. A zero-shot batch is grouped over all its images, old and new, and the
-session's hand moves are laid over the new grouping.
+are complete. Zero-shot detectors are never incremental: their scores may depend on the
+batch (``ldm-zero-shot``'s fallback model is trained on the batch itself) and their pretrained
+weights are named by a setting rather than fingerprinted, so every run scores every image;
+the batch is grouped and the session's hand moves are laid over the new grouping.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ def scan_into_session(
     settings = score_settings(detector)
     key = run_key(detector.name, fingerprint, settings)
     records = session.sync_images(paths)
-    stored = session.reusable(key, (r.sha256 for r in records))
+    # A zero-shot detector's score may depend on the batch (ldm-zero-shot's fallback trains on
+    # the batch itself) and its pretrained weights are named, not fingerprinted: never reuse.
+    stored = {} if detector.zero_shot else session.reusable(key, (r.sha256 for r in records))
     todo = [i for i, r in enumerate(records) if r.sha256 not in stored]
 
     rows: dict[int, ScanRow] = {}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from core.data.images import ImageSource
+from core.detectors.base import Detector
 from core.detectors.registry import create_detector
 from core.engine.session_scan import model_fingerprint, scan_into_session
 from core.engine.workflows import scan_images, train_detector
+from core.results import ScoreResult
 from core.session import open_session
 from tests.conftest import make_part, write_png
 
@@ -98,3 +100,44 @@ def test_unreadable_files_are_skipped_and_recorded(tiny_parts, tmp_path):
         out = scan_into_session(s, det, ImageSource.from_folder(batch))
         assert len(out.result.rows) == 8 and [sk.path.name for sk in out.result.skipped] == ["broken.png"]
         assert [sk.path for sk in s.run().skipped] == [batch / "broken.png"]
+
+
+class _BatchMean(Detector):
+    """A zero-shot test detector whose scores depend on the batch (like a model trained on it)."""
+
+    name = "batch-mean-test"
+    title = summary = "test"
+    zero_shot = True
+
+    def score(self, images, progress=None, cancel=None, on_result=None, skipped=None):
+        self._mean = float(np.mean([np.mean(images[i]) for i in range(len(images))]))
+        return super().score(images, progress, cancel, on_result, skipped)
+
+    def _score_batch(self, images):
+        return [ScoreResult(abs(float(np.mean(im)) - self._mean)) for im in images]
+
+    def _fit(self, images, progress, cancel, skipped):  # pragma: no cover - zero-shot
+        pass
+
+    def _state(self):
+        return {}
+
+    def _restore(self, tensors, meta):  # pragma: no cover
+        pass
+
+
+def test_zero_shot_runs_score_every_image_and_keep_hand_moves(tiny_parts, tmp_path):
+    batch = tiny_parts / "batch"
+    det = _BatchMean(device="cpu")
+    calls = _counting(det)
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        first = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert first.result.grouping is not None and calls == [8]
+        normal = next(r.path for r in first.result.rows if r.columns["group"] == "normal")
+        s.move_to_group(normal, "suspect")
+        write_png(batch / "late.png", make_part(np.random.default_rng(3)))
+        second = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert (second.n_new, second.n_reused) == (9, 0) and calls == [8, 9]
+        moved = next(r for r in second.result.rows if r.path == normal)
+        assert moved.columns["group"] == "suspect" and moved.flagged
+        assert s.load_run(second.run_id).rows[[r.path for r in second.result.rows].index(normal)].flagged
