@@ -143,6 +143,12 @@ def default_session_path(folder: str | os.PathLike) -> Path:
     return data_dir() / SESSIONS_DIR / f"{slug}-{key}.db"
 
 
+#: The columns :meth:`Session._run_info` reads, named (a later schema may add columns to ``runs``).
+_RUN_COLUMNS = ("u.id, u.detector, u.fingerprint, u.settings, u.run_key, u.threshold, u.app_version, u.user, "
+                "u.started_at, u.finished_at, u.seconds, u.n_new, u.n_reused, u.skipped, u.grouping, u.grouping_note, "
+                "(SELECT count(*) FROM results r WHERE r.run_id = u.id)")
+
+
 # --------------------------------------------------------------------------- the session
 class Session:
     """An open session file. Use :func:`open_session`; close it (or use ``with``) when done.
@@ -329,13 +335,12 @@ class Session:
         return run_id
 
     def runs(self) -> list[RunInfo]:
-        rows = self.conn.execute(
-            "SELECT u.*, (SELECT count(*) FROM results r WHERE r.run_id = u.id) FROM runs u ORDER BY u.id").fetchall()
+        rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs u ORDER BY u.id").fetchall()
         return [self._run_info(r) for r in rows]
 
     def run(self, run_id: Optional[int] = None) -> RunInfo:
         """Run ``run_id``, or the latest run; raises :class:`SessionError` when there is none."""
-        sql = "SELECT u.*, (SELECT count(*) FROM results r WHERE r.run_id = u.id) FROM runs u "
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs u "
         row = (self.conn.execute(sql + "WHERE u.id = ?", (run_id,)).fetchone() if run_id is not None
                else self.conn.execute(sql + "ORDER BY u.id DESC LIMIT 1").fetchone())
         if row is None:
@@ -343,7 +348,7 @@ class Session:
                                else f"session {self.path} holds no runs yet")
         return self._run_info(row)
 
-    def _run_info(self, r: sqlite3.Row) -> RunInfo:
+    def _run_info(self, r: tuple) -> RunInfo:
         (rid, detector, fingerprint, settings, key, threshold, version, user, started, finished, seconds, n_new,
          n_reused, skipped, grouping, note, n) = tuple(r)
         return RunInfo(
