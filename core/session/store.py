@@ -11,6 +11,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,6 +144,11 @@ def default_session_path(folder: str | os.PathLike) -> Path:
     return data_dir() / SESSIONS_DIR / f"{slug}-{key}.db"
 
 
+#: Rows of a run are written in transactions of this many images (see :meth:`Session.record_run`).
+RECORD_CHUNK = 256
+#: A run whose rows are all written (``finished_at`` is set last); others are not shown or reused.
+_DONE = "u.finished_at != ''"
+
 #: The columns :meth:`Session._run_info` reads, named (a later schema may add columns to ``runs``).
 _RUN_COLUMNS = ("u.id, u.detector, u.fingerprint, u.settings, u.run_key, u.threshold, u.app_version, u.user, "
                 "u.started_at, u.finished_at, u.seconds, u.n_new, u.n_reused, u.skipped, u.grouping, u.grouping_note, "
@@ -163,6 +169,7 @@ class Session:
         self.path = path
         self._conn = conn
         self._lock = lock
+        self._mutex = threading.RLock()  # one transaction at a time across threads
         self.read_only = lock is None
         #: Why this session is read-only ("" when writable), e.g. who holds the writer lock.
         self.read_only_reason = read_only_reason
@@ -206,14 +213,15 @@ class Session:
         """One committed transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``)."""
         if self.read_only:
             raise SessionReadOnlyError(f"session {self.path} is open read-only ({self.read_only_reason})")
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._mutex:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def meta(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -278,7 +286,7 @@ class Session:
         out: dict[str, StoredScore] = {}
         rows = self.conn.execute(
             "SELECT r.scored_in, r.image_sha256, r.score, r.columns, r.height, r.width FROM results r "
-            "JOIN runs u ON u.id = r.run_id WHERE u.run_key = ? ORDER BY r.run_id", (run_key,))
+            f"JOIN runs u ON u.id = r.run_id WHERE u.run_key = ? AND {_DONE} ORDER BY r.run_id", (run_key,))
         for scored_in, sha, score, columns, h, w in rows:
             if sha in wanted:
                 out[sha] = StoredScore(int(scored_in), sha, float(score), json.loads(columns), int(h), int(w))
@@ -309,40 +317,60 @@ class Session:
         if result.grouping is not None:
             grouping = json.dumps({"method": result.grouping.method, "cut_value": result.grouping.cut_value,
                                    "moved": [int(i) for i in result.grouping.moved]})
-        with self._write() as c:
+        with self._write() as c:  # finished_at = '' marks the run as being written: not shown, not reused
             cur = c.execute(
                 "INSERT INTO runs (detector, fingerprint, settings, run_key, threshold, app_version, user, started_at, "
                 "finished_at, seconds, n_new, n_reused, skipped, grouping, grouping_note) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '', ?, ?, ?, ?, ?, ?)",
                 (result.detector, fingerprint, json.dumps(settings, sort_keys=True, default=str), run_key,
                  json.dumps(result.threshold.to_dict()) if result.threshold is not None else None,
-                 app_version(), self.user, started_at, now(), float(result.seconds), len(images) - n_reused, n_reused,
+                 app_version(), self.user, started_at, float(result.seconds), len(images) - n_reused, n_reused,
                  json.dumps([[self._rel(s.path) if Path(s.path).is_absolute() else str(s.path), s.reason]
                              for s in result.skipped]),
                  grouping, result.grouping_note))
             run_id = int(cur.lastrowid)
-            for pos, (row, img, src) in enumerate(zip(result.rows, images, origin)):
-                c.execute(
-                    "INSERT INTO results (run_id, image_id, position, score, flagged, group_name, columns, height, "
-                    "width, image_sha256, scored_in) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, img.id, pos, float(row.score), None if row.flagged is None else int(bool(row.flagged)),
-                     row.columns.get("group"), json.dumps(row.columns, default=_json_default), int(row.image_shape[0]),
-                     int(row.image_shape[1]), img.sha256, run_id if src is None else int(src)))
-                if src is None and store_maps and row.anomaly_map is not None:
-                    codec, h, w, blob = encode_map(row.anomaly_map, self.map_codec)
-                    c.execute("INSERT OR REPLACE INTO maps (run_id, image_sha256, codec, height, width, data) "
-                              "VALUES (?, ?, ?, ?, ?, ?)", (run_id, img.sha256, codec, h, w, blob))
+        # In chunks: maps are encoded outside any transaction, and each chunk's transaction is
+        # short, so decisions made meanwhile (another thread of the same front end) commit at once.
+        try:
+            self._record_rows(run_id, result, images, origin, store_maps)
+        except BaseException:
+            with self._write() as c:  # leave no half-written run behind (reopening would remove it too)
+                c.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            raise
+        with self._write() as c:
+            c.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (now(), run_id))
         return run_id
 
+    def _record_rows(self, run_id: int, result: ScanResult, images: Sequence[ImageRecord],
+                     origin: list[Optional[int]], store_maps: bool) -> None:
+        items = list(enumerate(zip(result.rows, images, origin)))
+        for start in range(0, len(items), RECORD_CHUNK):
+            chunk = items[start:start + RECORD_CHUNK]
+            blobs = {pos: encode_map(row.anomaly_map, self.map_codec) for pos, (row, _, src) in chunk
+                     if src is None and store_maps and row.anomaly_map is not None}
+            with self._write() as c:
+                for pos, (row, img, src) in chunk:
+                    c.execute(
+                        "INSERT INTO results (run_id, image_id, position, score, flagged, group_name, columns, height, "
+                        "width, image_sha256, scored_in) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, img.id, pos, float(row.score), None if row.flagged is None else int(bool(row.flagged)),
+                         row.columns.get("group"), json.dumps(row.columns, default=_json_default),
+                         int(row.image_shape[0]), int(row.image_shape[1]), img.sha256,
+                         run_id if src is None else int(src)))
+                    if pos in blobs:
+                        codec, h, w, blob = blobs[pos]
+                        c.execute("INSERT OR REPLACE INTO maps (run_id, image_sha256, codec, height, width, data) "
+                                  "VALUES (?, ?, ?, ?, ?, ?)", (run_id, img.sha256, codec, h, w, blob))
+
     def runs(self) -> list[RunInfo]:
-        rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs u ORDER BY u.id").fetchall()
+        rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs u WHERE {_DONE} ORDER BY u.id").fetchall()
         return [self._run_info(r) for r in rows]
 
     def run(self, run_id: Optional[int] = None) -> RunInfo:
         """Run ``run_id``, or the latest run; raises :class:`SessionError` when there is none."""
         sql = f"SELECT {_RUN_COLUMNS} FROM runs u "
-        row = (self.conn.execute(sql + "WHERE u.id = ?", (run_id,)).fetchone() if run_id is not None
-               else self.conn.execute(sql + "ORDER BY u.id DESC LIMIT 1").fetchone())
+        row = (self.conn.execute(sql + f"WHERE u.id = ? AND {_DONE}", (run_id,)).fetchone() if run_id is not None
+               else self.conn.execute(sql + f"WHERE {_DONE} ORDER BY u.id DESC LIMIT 1").fetchone())
         if row is None:
             raise SessionError(f"session {self.path} has no run {run_id}" if run_id is not None
                                else f"session {self.path} holds no runs yet")
@@ -645,6 +673,8 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             conn.execute("PRAGMA synchronous = FULL")  # a decision survives power loss, not only a crash
             fresh = read_version(conn) == 0
             migrate(conn, str(db))
+            # a run a killed process was writing: its rows go (cascade), its images stay
+            conn.execute("DELETE FROM runs WHERE finished_at = ''")
             if fresh:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('created', ?), ('created_by', ?), ('app_version', ?), "
                              "('map_codec', ?)", (now(), os_user(), app_version(), map_codec))

@@ -225,6 +225,72 @@ def test_reusable_finds_scores_by_content_under_the_same_key(tmp_path):
         assert s.reusable("B", [r.sha256 for r in recs]) == {}
 
 
+def test_an_interrupted_run_is_neither_shown_nor_reused_nor_kept(tmp_path, monkeypatch):
+    from core.session import store
+
+    paths = _files(tmp_path / "imgs", 7)
+    s = open_session(tmp_path / "s.db", folder=tmp_path / "imgs")
+    first = _store(s, _result(paths), key="A")
+    monkeypatch.setattr(store, "RECORD_CHUNK", 2)
+    calls = []
+
+    def failing(m, codec):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # stopped in the middle of writing the run
+        return encode_map(m, codec)
+
+    monkeypatch.setattr(store, "encode_map", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _store(s, _result(paths, seed=1), key="B")
+    assert [r.id for r in s.runs()] == [first] and s.run().id == first
+    assert s.conn.execute("SELECT count(*) FROM results WHERE run_id != ?", (first,)).fetchone()[0] == 0
+    # a process killed while writing leaves an unfinished run: hidden, and removed on the next open
+    s.conn.execute("INSERT INTO runs (detector, fingerprint, settings, run_key, app_version, user, started_at, "
+                   "finished_at, seconds, n_new, n_reused, skipped) VALUES ('x', 'f', '{}', 'A', '0', 'u', 't', '', 0, "
+                   "0, 0, '[]')")
+    ghost = s.conn.execute("SELECT max(id) FROM runs").fetchone()[0]
+    s.conn.execute("INSERT INTO results SELECT ?, image_id, position, 99.0, flagged, group_name, columns, height, width, "
+                   "image_sha256, ? FROM results WHERE run_id = ?", (ghost, ghost, first))
+    assert s.run().id == first and all(v.score != 99.0 for v in s.reusable("A", [r[1] for r in s.images()]).values())
+    s.close()
+    with open_session(tmp_path / "s.db", mode="ro") as ro:
+        assert [r.id for r in ro.runs()] == [first]
+    with open_session(tmp_path / "s.db") as again:
+        assert again.conn.execute("SELECT count(*) FROM runs WHERE id = ?", (ghost,)).fetchone()[0] == 0
+        assert again.conn.execute("SELECT count(*) FROM results WHERE run_id = ?", (ghost,)).fetchone()[0] == 0
+
+
+def test_a_decision_from_another_thread_commits_while_a_run_is_written(tmp_path, monkeypatch):
+    import threading
+
+    from core.session import store
+
+    paths = _files(tmp_path / "imgs", 6)
+    s = open_session(tmp_path / "s.db", folder=tmp_path / "imgs")
+    _store(s, _result(paths))
+    monkeypatch.setattr(store, "RECORD_CHUNK", 2)
+    encoding, go_on = threading.Event(), threading.Event()
+
+    def slow(m, codec):
+        encoding.set()
+        assert go_on.wait(30)
+        return encode_map(m, codec)
+
+    monkeypatch.setattr(store, "encode_map", slow)
+    worker = threading.Thread(target=_store, args=(s, _result(paths, seed=2), "B"))
+    worker.start()
+    assert encoding.wait(30)  # the worker is in the middle of recording the run
+    s.set_verdict(paths[0], "ng")  # the UI thread decides meanwhile: committed at once
+    other = open_session(tmp_path / "s.db", mode="ro")
+    assert other.verdicts()[paths[0]].value == "ng" and len(other.runs()) == 1
+    go_on.set()
+    worker.join(30)
+    assert len(other.runs()) == 2
+    other.close()
+    s.close()
+
+
 # ----------------------------------------------------------------------------- decisions
 def test_decisions_carry_user_and_time_and_keep_history(tmp_path):
     paths = _files(tmp_path / "imgs", 4)
