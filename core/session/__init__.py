@@ -17,7 +17,9 @@ The file (``sqlite3``, WAL mode, schema version and migrations in :mod:`.schema`
   session's good set ("this one is normal"), and front-end state to restore.
 
 Every decision is its own committed transaction: a process killed in the middle of a review
-loses nothing already decided. One process writes at a time (an OS lock beside the file,
+loses nothing already decided. A run is written in short transactions and counts only once
+complete, so a front end may record a run from its worker thread while the inspector goes on
+deciding (one ``Session`` may be shared by threads: its transactions take turns). One process writes at a time (an OS lock beside the file,
 :mod:`.lock`); a second one gets :class:`SessionLockedError` naming the holder, or opens the
 session read-only.
 

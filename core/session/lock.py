@@ -31,6 +31,7 @@ def _try_lock(fh: IO[bytes]) -> bool:
         import msvcrt
 
         try:
+            fh.seek(0)
             msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
             return True
         except OSError:

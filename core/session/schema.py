@@ -14,7 +14,8 @@ Tables (version 1):
 ``runs``            one row per scan: detector, model fingerprint (weights checksum), settings,
                     run key (what makes scores reusable), threshold with its calibration, app
                     version, user, start/finish time, counts of new and reused images, skipped
-                    files, grouping method.
+                    files, grouping method. ``finished_at`` is set last: '' marks a run still
+                    being written (or left by a killed process), never shown nor reused.
 ``results``         per run and image: score, flagged, group, detector columns, image size,
                     the image's hash when scored, and the run it was first scored in.
 ``maps``            the anomaly map of an image content (hash) in the run that scored it, as a

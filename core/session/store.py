@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,10 +345,16 @@ class Session:
     def _record_rows(self, run_id: int, result: ScanResult, images: Sequence[ImageRecord],
                      origin: list[Optional[int]], store_maps: bool) -> None:
         items = list(enumerate(zip(result.rows, images, origin)))
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:  # zlib, PNG: no GIL
+            self._record_chunks(run_id, items, store_maps, pool)
+
+    def _record_chunks(self, run_id: int, items: list, store_maps: bool, pool: ThreadPoolExecutor) -> None:
         for start in range(0, len(items), RECORD_CHUNK):
             chunk = items[start:start + RECORD_CHUNK]
-            blobs = {pos: encode_map(row.anomaly_map, self.map_codec) for pos, (row, _, src) in chunk
-                     if src is None and store_maps and row.anomaly_map is not None}
+            todo = [(pos, row.anomaly_map) for pos, (row, _, src) in chunk
+                    if src is None and store_maps and row.anomaly_map is not None]
+            blobs = dict(zip((pos for pos, _ in todo), pool.map(lambda m: encode_map(m, self.map_codec),
+                                                                (m for _, m in todo))))
             with self._write() as c:
                 for pos, (row, img, src) in chunk:
                     c.execute(
