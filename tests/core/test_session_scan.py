@@ -141,3 +141,8 @@ def test_zero_shot_runs_score_every_image_and_keep_hand_moves(tiny_parts, tmp_pa
         moved = next(r for r in second.result.rows if r.path == normal)
         assert moved.columns["group"] == "suspect" and moved.flagged
         assert s.load_run(second.run_id).rows[[r.path for r in second.result.rows].index(normal)].flagged
+        from core.session.report import build_report
+
+        html = build_report(s)  # a grouped run: no threshold line, the grouping in the provenance
+        assert "threshold (run)</th><td class='mono'>none (zero-shot: grouped)" in html
+        assert "grouping</th><td class='mono'>ncut: " in html and html.count("<svg") == 1
