@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.images import Skipped, iter_batches
+from core.data.images import Skipped
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
@@ -53,6 +53,13 @@ from core.detectors.differnet.torch_model import (
     flow_nll,
     latent_nll,
     rotate,
+)
+from core.detectors.training import (
+    TrainingLoop,
+    check_pinned_weights,
+    decode_training_cache,
+    pinned_weights,
+    shuffled_batches,
 )
 from core.io import weights as store
 from core.results import ScoreResult
@@ -202,22 +209,14 @@ class DifferNetDetector(Detector):
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
         cfg = self.config
-        total = len(images)
         t0 = time.perf_counter()
         backbone = resolve_backbone(cfg)
 
         # Decode and resize once to the largest scale; float16 on the CPU halves the cache.
-        read = SubProgress(progress, 0.0, 0.05, "reading")
-        cache, grey = [], True
-        for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-            grey = grey and all(img.shape[2] == 1 for img in batch)
-            cache.append(to_tensor_batch(batch, cfg.image_size, 3).clamp_(0.0, 1.0).half())
-            read(idx[-1] + 1, total)
-            check(cancel)
-        n = sum(c.shape[0] for c in cache)
-        if n < self.min_train_images:
-            raise FitError(f"differnet needs at least {self.min_train_images} readable good images, got {n}")
-        data = torch.cat(cache)
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel, skipped,
+                                      channels=3, dtype=torch.float16)
+        data, grey, n = cache.data, cache.grey, cache.n
         del cache
         jitter = self._jitter_on(grey)
 
@@ -246,43 +245,30 @@ class DifferNetDetector(Detector):
             k = cfg.train_copies
             bank = torch.empty(n, k, model.feature_dim)
             jobs = [(i, j) for j in range(k) for i in range(0, n, bs)]
-            for step, (i, j) in enumerate(jobs, 1):
+            for done, (i, j) in enumerate(jobs, 1):
                 check(cancel)
                 xb = data[i:i + bs]
                 bank[i:i + xb.shape[0], j] = extract(xb, *self._random_transforms(xb.shape[0], jitter, gen)).cpu()
-                feat(step, len(jobs), f"copy {j + 1}/{k}")
+                feat(done, len(jobs), f"copy {j + 1}/{k}")
 
         # 3.1.2 / 4.2: maximise the likelihood (minimise eq. 4) of transformed training images.
         params = [p for p in model.flow.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        train = SubProgress(progress, 0.35 if bank is not None else 0.05, 0.99, "training")
-        steps_per_epoch = math.ceil(n / bs)
-        total_steps = cfg.epochs * steps_per_epoch
-        step = 0
-        history: list[float] = []
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            progress=SubProgress(progress, 0.35 if bank is not None else 0.05, 0.99, "training"),
+                            cancel=cancel)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            if bank is not None:
+                pick = torch.randint(0, bank.shape[1], (bidx.numel(),), generator=gen)
+                f = bank[bidx, pick].to(dev)
+            else:
+                f = extract(data[bidx], *self._random_transforms(bidx.numel(), jitter, gen))
+            z, log_jac = model.flow(f)
+            return flow_nll(z, log_jac).mean(), bidx.numel()
+
         model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, seen = 0.0, 0
-            for bidx in torch.randperm(n, generator=gen).split(bs):
-                check(cancel)
-                if bank is not None:
-                    pick = torch.randint(0, bank.shape[1], (bidx.numel(),), generator=gen)
-                    f = bank[bidx, pick].to(dev)
-                else:
-                    f = extract(data[bidx], *self._random_transforms(bidx.numel(), jitter, gen))
-                z, log_jac = model.flow(f)
-                loss = flow_nll(z, log_jac).mean()
-                if not torch.isfinite(loss):
-                    raise FitError(f"differnet training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * bidx.numel()
-                seen += bidx.numel()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            history.append(loss_sum / seen)
-        check(cancel)
+        history = loop.run(shuffled_batches(n, bs, gen), step).history
         model.eval()
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
@@ -298,9 +284,7 @@ class DifferNetDetector(Detector):
             "fit_seconds": time.perf_counter() - t0,
         }
         if self._weights is not None:
-            name, loc = self._weights
-            self.meta["weights"] = {"name": name, "sha256": store.verify(loc.path, store.get_weight_set(name)),
-                                    "source": loc.source}
+            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: loss {history[-1]:.4f} ({backbone}, {model.feature_dim} features)")
 
@@ -344,12 +328,7 @@ class DifferNetDetector(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = None
         model = self._build(str(meta["backbone"]), int(meta["feature_dim"]))
-        saved = (meta.get("weights") or {}).get("sha256")
-        if saved and self._weights is not None:
-            name, loc = self._weights
-            if store.verify(loc.path, store.get_weight_set(name)) != saved:
-                raise store.ChecksumError(f"the '{name}' weights found at {loc.path} differ from those this model "
-                                          f"was trained with (SHA-256 {saved[:16]}...); retrain or restore them")
+        check_pinned_weights(self._weights, meta.get("weights"))
         model.load_flow_state(tensors)
         self.model = model.to(self.device).eval()
 

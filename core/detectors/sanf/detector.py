@@ -44,6 +44,7 @@ from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, TokenExtractor
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
+from core.detectors.training import TrainingLoop, check_pinned_weights, pinned_weights, shuffled_batches
 from core.io import weights as store
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -236,28 +237,15 @@ class SANFDetector(Detector):
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = cfg.train_batch_size
-        train = SubProgress(progress, 0.4, 0.99, "training")
-        total_steps = cfg.epochs * math.ceil(n / bs)
-        step = 0
-        history: list[float] = []
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            progress=SubProgress(progress, 0.4, 0.99, "training"), cancel=cancel)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
+            return loss.mean(), bidx.numel()
+
         model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, seen = 0.0, 0
-            for bidx in torch.randperm(n, generator=gen).split(bs):
-                check(cancel)
-                loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
-                loss = loss.mean()
-                if not torch.isfinite(loss):
-                    raise FitError(f"sanf training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * bidx.numel()
-                seen += bidx.numel()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            history.append(loss_sum / seen)
-        check(cancel)
+        history = loop.run(shuffled_batches(n, bs, gen), step).history
         model.eval()
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
@@ -273,9 +261,7 @@ class SANFDetector(Detector):
             "map": MAP_NOTE if cfg.caff else "",
         }
         if self._weights is not None:
-            name, loc = self._weights
-            self.meta["weights"] = {"name": name, "sha256": store.verify(loc.path, store.get_weight_set(name)),
-                                    "source": loc.source}
+            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: loss {history[-1]:.4f} ({backbone}, {model.extractor.dim} channels)")
 
@@ -312,12 +298,7 @@ class SANFDetector(Detector):
         if model.extractor.dim != int(meta["class_dim"]) or list(model.extractor.token_shape) != list(meta["token_shape"]):
             raise ValueError(f"backbone tokens {model.extractor.dim}, {model.extractor.token_shape} differ from the saved "
                              f"{meta['class_dim']}, {meta['token_shape']}")
-        saved = (meta.get("weights") or {}).get("sha256")
-        if saved and self._weights is not None:
-            name, loc = self._weights
-            if store.verify(loc.path, store.get_weight_set(name)) != saved:
-                raise store.ChecksumError(f"the '{name}' weights found at {loc.path} differ from those this model "
-                                          f"was trained with (SHA-256 {saved[:16]}...); retrain or restore them")
+        check_pinned_weights(self._weights, meta.get("weights"))
         model.load_trained_state(tensors)
         self.model = model.to(self.device).eval()
 

@@ -47,13 +47,14 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError
-from core.detectors.common import decode_training_cache, to_tensor_batch
+from core.detectors.base import Detector
+from core.detectors.common import to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
+from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
 
 LR_SCHEDULES = ("step", "constant")
@@ -97,11 +98,6 @@ class ScoreResilienceConfig(DetectorConfig):
                              attention=self.attention)
 
 
-def _fmt_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 class ScoreResilienceDetector(Detector):
     name = "score-resilience"
     title = "Score-based perturbation resilience"
@@ -133,10 +129,9 @@ class ScoreResilienceDetector(Detector):
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution (no augmentation, 5.3).
-        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
-                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
-                                               cancel, skipped)
-        n = data.shape[0]
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel, skipped)
+        data, channels, n = cache.data, cache.channels, cache.n
         if self.device.type == "cuda":
             data = data.to(self.device)  # small enough (bottle at 192 px: 70 MB)
 
@@ -146,67 +141,27 @@ class ScoreResilienceDetector(Detector):
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator(device=self.device).manual_seed(cfg.seed)
         bs = min(cfg.batch_size, n)
-        steps_per_epoch = math.ceil(n / bs)
-        total_steps = cfg.epochs * steps_per_epoch
-        max_s = cfg.max_minutes * 60.0
-        train = SubProgress(progress, 0.05, 0.99, "training")
-        t_train = time.perf_counter()
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            max_minutes=cfg.max_minutes, budget="step",
+                            progress=SubProgress(progress, 0.05, 0.99, "training"), cancel=cancel)
 
-        def budget_fraction(step: int) -> float:
-            frac = step / total_steps
-            if max_s > 0:
-                frac = max(frac, (time.perf_counter() - t_train) / max_s)
-            return min(1.0, frac)
+        def set_lr(frac: float) -> None:
+            lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr
+            for g in opt.param_groups:
+                g["lr"] = lr
 
-        history: list[float] = []
-        last_report = -1e9
-        step, epoch, stopped_by = 0, 0, "epochs"
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x = data[bidx].to(self.device, non_blocking=True)
+            # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
+            k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
+            eps = torch.randn(x.shape, generator=noise, device=self.device)
+            with self._autocast():
+                loss = dsm_loss(model, x, k, eps, cfg.sigma)
+            return loss, x.shape[0]
+
         model.train()
-        while epoch < cfg.epochs:
-            epoch += 1
-            loss_sum, seen = torch.zeros((), device=self.device), 0
-            for bidx in torch.randperm(n, generator=shuffle).split(bs):
-                check(cancel)
-                frac = budget_fraction(step)
-                if max_s > 0 and step > 0 and time.perf_counter() - t_train >= max_s:
-                    stopped_by = "time"
-                    break
-                lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = data[bidx].to(self.device, non_blocking=True)
-                # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
-                k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
-                eps = torch.randn(x.shape, generator=noise, device=self.device)
-                with self._autocast():
-                    loss = dsm_loss(model, x, k, eps, cfg.sigma)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                ema.update(model)
-                step += 1
-                loss_sum += loss.detach().float() * x.shape[0]  # stays on the device: no sync per step
-                seen += x.shape[0]
-                now = time.perf_counter()
-                if now - last_report >= 0.2 or seen == n:  # reading the loss syncs with the GPU
-                    last_report = now
-                    mean_loss = float(loss_sum) / seen
-                    if not math.isfinite(mean_loss):
-                        raise FitError(f"{self.name} training diverged at epoch {epoch} (loss {mean_loss}); lower lr")
-                    frac = budget_fraction(step)
-                    elapsed = now - t_train
-                    eta = elapsed * (1.0 - frac) / frac if frac > 0 else 0.0
-                    train(int(frac * 1000), 1000, f"epoch {epoch}/{cfg.epochs} loss {mean_loss:.4f} lr {lr:.1e} "
-                                                  f"elapsed {_fmt_seconds(elapsed)} ETA {_fmt_seconds(eta)}")
-            if seen:
-                history.append(float(loss_sum) / seen)
-            if stopped_by == "time":
-                if not seen:  # an epoch stopped before its first step does not count
-                    epoch -= 1
-                break
-        check(cancel)
-        if history and not math.isfinite(history[-1]):
-            raise FitError(f"{self.name} training diverged (loss {history[-1]}); lower lr")
+        run = loop.run(shuffled_batches(n, bs, shuffle), step, before_step=set_lr, after_step=lambda: ema.update(model))
+        history, epoch, step_count, stopped_by = run.history, run.epochs_done, run.steps, run.stopped_by
 
         # 5.3: the EMA weights are the ones kept (and saved).
         final = ScoreNet(cfg.shape(channels))
@@ -217,7 +172,7 @@ class ScoreResilienceDetector(Detector):
             "channels": int(channels),
             "n_train": int(n),
             "epochs_done": int(epoch),
-            "steps": int(step),
+            "steps": int(step_count),
             "stopped_by": stopped_by,
             "loss_history": [round(v, 6) for v in history],
             "final_loss": history[-1] if history else None,
@@ -226,7 +181,7 @@ class ScoreResilienceDetector(Detector):
             "parameters": int(sum(p.numel() for p in final.parameters())),
         }
         if progress:
-            progress(1000, 1000, f"fitted: {epoch} epochs, {step} steps, loss {history[-1]:.4f}"
+            progress(1000, 1000, f"fitted: {epoch} epochs, {step_count} steps, loss {history[-1]:.4f}"
                                  f" ({stopped_by} budget reached)")
 
     # ------------------------------------------------------------------ score

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError
-from core.detectors.common import decode_training_cache, map_to_input, to_tensor_batch
+from core.detectors.base import Detector
+from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.training import TrainingLoop, decode_training_cache
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
 from core.results import ScoreResult
@@ -124,55 +125,50 @@ class VQVAEDetector(Detector):
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution.
-        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
-                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
-                                               cancel, skipped)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
-        n = data.shape[0]
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel,
+                                      skipped)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
+        data, channels, n = cache.data, cache.channels, cache.n
 
         model = VQVAE(self._shape(channels)).to(self.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = max(2, cfg.batch_size)  # batch norm needs two samples where the latent grid is 1x1
-        train = SubProgress(progress, 0.05, 0.97, "training")
-        steps_per_epoch = len(_batches(n, bs, torch.Generator().manual_seed(0)))
-        total_steps = cfg.epochs * steps_per_epoch
-        step = 0
-        history: list[float] = []
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs,
+                            steps_per_epoch=len(_batches(n, bs, torch.Generator().manual_seed(0))),
+                            progress=SubProgress(progress, 0.05, 0.97, "training"), cancel=cancel)
+        # Per-epoch bookkeeping of the two loss terms and of codebook use (for dead-code re-seeding).
+        epoch_state: dict[str, Any] = {}
         parts_history: list[tuple[float, float]] = []  # (reconstruction NLL, alignment term) per epoch
+
+        def new_epoch(_epoch: int) -> list[torch.Tensor]:
+            epoch_state.update(rec=0.0, align=0.0, seen=0, last_z=None,
+                               counts=torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device))
+            return _batches(n, bs, gen)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x = data[bidx].to(self.device, non_blocking=True)
+            with self._autocast():
+                out = model(x)
+            loss, parts = vqvae_loss(out, x, cfg.beta)
+            epoch_state["rec"] += parts["rec"] * x.shape[0]
+            epoch_state["align"] += parts["align"] * x.shape[0]
+            epoch_state["seen"] += x.shape[0]
+            epoch_state["counts"] += torch.bincount(out.codes.flatten(), minlength=cfg.n_embeddings)
+            epoch_state["last_z"] = out.z_e.detach()
+            return loss, x.shape[0]
+
+        def end_epoch(_epoch: int, _loss: float) -> str:
+            seen = epoch_state["seen"]
+            parts_history.append((epoch_state["rec"] / seen, epoch_state["align"] / seen))
+            used, perplexity = codebook_usage(epoch_state["counts"])
+            if cfg.reinit_dead_codes and used < cfg.n_embeddings and epoch_state["last_z"] is not None:
+                self._reinit_dead(model, epoch_state["counts"], epoch_state["last_z"], gen)
+            return (f"reconstruction {parts_history[-1][0]:.4f}, alignment {parts_history[-1][1]:.4f}, "
+                    f"codes used {used}/{cfg.n_embeddings} (perplexity {perplexity:.1f})")
+
         model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, rec_sum, align_sum, seen = 0.0, 0.0, 0.0, 0
-            counts = torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device)
-            last_z = None
-            for bidx in _batches(n, bs, gen):
-                check(cancel)
-                x = data[bidx].to(self.device, non_blocking=True)
-                with self._autocast():
-                    out = model(x)
-                loss, parts = vqvae_loss(out, x, cfg.beta)
-                if not torch.isfinite(loss):
-                    raise FitError(f"vqvae training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * x.shape[0]
-                rec_sum += parts["rec"] * x.shape[0]
-                align_sum += parts["align"] * x.shape[0]
-                seen += x.shape[0]
-                counts += torch.bincount(out.codes.flatten(), minlength=cfg.n_embeddings)
-                last_z = out.z_e.detach()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            epoch_loss = loss_sum / seen
-            history.append(epoch_loss)
-            parts_history.append((rec_sum / seen, align_sum / seen))
-            used, perplexity = codebook_usage(counts)
-            if cfg.reinit_dead_codes and used < cfg.n_embeddings and last_z is not None:
-                self._reinit_dead(model, counts, last_z, gen)
-            train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {epoch_loss:.4f} (reconstruction "
-                                     f"{parts_history[-1][0]:.4f}, alignment {parts_history[-1][1]:.4f}), "
-                                     f"codes used {used}/{cfg.n_embeddings} (perplexity {perplexity:.1f})")
-        check(cancel)
+        history = loop.run(new_epoch, step, on_epoch_end=end_epoch).history
 
         # Codebook usage of the trained model on the training set (eval mode).
         model.eval()
