@@ -9,7 +9,7 @@ import torch
 from core.data.images import ImageSource
 from core.detectors.base import FitError
 from core.detectors.training import TrainingLoop, decode_training_cache, fmt_seconds, shuffled_batches
-from core.runtime.cancel import CancelToken, Cancelled
+from core.runtime.cancel import Cancelled, CancelToken
 
 
 def _problem(seed=0):
