@@ -51,6 +51,18 @@ class FitError(RuntimeError):
 OnResult = Callable[[int, ScoreResult], None]
 
 
+@dataclass
+class _ScoringStep:
+    """What :meth:`Detector._step` needs while a batch is being scored."""
+
+    cancel: CancelToken | None
+    progress: ProgressFn | None
+    start: int  # images done before this batch
+    size: int  # images in this batch
+    total: int
+    scored: int
+
+
 class Detector(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
@@ -79,6 +91,7 @@ class Detector(ABC):
         self.threshold: Threshold | None = None
         self.fitted = self.zero_shot
         self.meta: dict[str, Any] = {}
+        self._scoring: _ScoringStep | None = None
 
     # ----------------------------------------------------------------- availability
     @classmethod
@@ -127,21 +140,39 @@ class Detector(ABC):
         if progress:
             progress(0, total, "scoring")
         done = 0
-        with torch.inference_mode():
-            for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
-                results = self._score_batch(batch)
-                check(cancel)
-                for i, img, res in zip(idx, batch, results):
-                    res.image_shape = (int(img.shape[0]), int(img.shape[1]))
-                    out[i] = res
-                    if on_result:
-                        on_result(i, res)
-                done = idx[-1] + 1
-                if progress:
-                    progress(done, total, f"scored {len(out)} of {total}")
+        try:
+            with torch.inference_mode():
+                for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
+                    self._scoring = _ScoringStep(cancel, progress, done, len(batch), total, len(out))
+                    results = self._score_batch(batch)
+                    check(cancel)
+                    for i, img, res in zip(idx, batch, results):
+                        res.image_shape = (int(img.shape[0]), int(img.shape[1]))
+                        out[i] = res
+                        if on_result:
+                            on_result(i, res)
+                    done = idx[-1] + 1
+                    if progress:
+                        progress(done, total, f"scored {len(out)} of {total}")
+        finally:
+            self._scoring = None
         if progress:
             progress(total, total, f"scored {len(out)} of {total}")
         return out
+
+    def _step(self, done: int | None = None, of: int | None = None, what: str = "") -> None:
+        """The per-step hook of scoring: a detector calls it inside its own loops over a batch
+        (per rotated copy, per timestep chunk, per image), as diffusers' pipelines check
+        ``interrupt`` at every step. It raises :class:`~core.runtime.cancel.Cancelled` when the
+        job was cancelled and, given ``done`` of ``of`` steps of the current batch, moves the
+        progress on within the batch. Outside :meth:`score` it does nothing."""
+        step = self._scoring
+        if step is None:
+            return
+        check(step.cancel)
+        if step.progress is not None and done is not None and of:
+            pos = step.start + int(step.size * min(1.0, done / of))
+            step.progress(pos, step.total, f"scored {step.scored} of {step.total}" + (f" ({what})" if what else ""))
 
     def save(self, folder: str | os.PathLike) -> Path:
         if not self.fitted:

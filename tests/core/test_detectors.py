@@ -108,6 +108,51 @@ def test_cancel_mid_fit(name):
         det.score(ImageSource(images(1)))
 
 
+def test_cancel_mid_score(name):
+    """Cancel between batches: the scan stops, nothing after the cancel is reported."""
+    det = create_detector(name, {**TINY[name], "batch_size": 2}, device="cpu")
+    det.fit(ImageSource(images(10)))
+    token = CancelToken()
+    reported = []
+
+    def progress(done, total, msg=""):
+        if msg.startswith("scored 2 of"):  # after the first batch of two
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.score(ImageSource(images(8, seed=3)), progress=progress, cancel=token,
+                  on_result=lambda i, r: reported.append(i))
+    assert reported and len(reported) < 8
+
+
+#: Detectors whose scoring loops over steps inside one batch (rotated copies, draws per image,
+#: timestep chunks) and calls the step hook there, with settings that make several steps.
+INNER_STEPS = {
+    "differnet": {"n_transforms_test": 16},  # two chunks of 8 copies per image
+    "score-resilience": {},  # one step per image of the batch
+    "ldm-zero-shot": {"unet_batch": 4},  # 4 images x 3 timesteps in chunks of 4
+}
+
+
+@pytest.mark.parametrize("inner", sorted(INNER_STEPS))
+def test_cancel_reaches_inside_a_batch(inner):
+    det = create_detector(inner, {**TINY[inner], **INNER_STEPS[inner]}, device="cpu")
+    det.fit(ImageSource(images(10)))
+    token = CancelToken()
+    inner_messages, reported = [], []
+
+    def progress(done, total, msg=""):
+        if msg.endswith(")") and "scored" in msg:  # the step hook's messages: "scored 0 of 4 (...)"
+            inner_messages.append(msg)
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.score(ImageSource(images(4, seed=3)), progress=progress, cancel=token,
+                  on_result=lambda i, r: reported.append(i))
+    # cancelled at the very next step of the first batch: one step ran, no image finished
+    assert len(inner_messages) == 1 and reported == []
+
+
 def test_too_few_images(name):
     det = create_detector(name, TINY[name], device="cpu")
     if det.zero_shot:

@@ -108,6 +108,10 @@ class DifferNetConfig(DetectorConfig):
             raise ConfigError("weights_path needs backbone=alexnet or backbone=efficientnet-lite0")
 
 
+#: Rotated copies scored per forward pass; Cancel waits for at most one chunk.
+COPY_CHUNK = 8
+
+
 def resolve_backbone(cfg: DifferNetConfig) -> str:
     """``auto``: AlexNet (the paper) if its weights are found, else EfficientNet-Lite0."""
     if cfg.backbone != "auto":
@@ -300,24 +304,38 @@ class DifferNetDetector(Detector):
             deg, b, c = self._test_transforms()
             t = deg.numel()
             x_all = to_tensor_batch(images, cfg.image_size, 3).clamp_(0.0, 1.0)
+            n_img = len(images)
             for i, img in enumerate(images):
-                # 3.2: the T transformed copies of one image run as one batch.
-                copies = self._apply(x_all[i:i + 1].expand(t, -1, -1, -1).to(self.device), deg, b, c)
-                copies = copies.detach().clone().requires_grad_(cfg.maps)
-                z, log_jac = model(copies)
-                lat = latent_nll(z)
-                nll = flow_nll(z, log_jac)
+                # 3.2: the T transformed copies of one image run as batches of COPY_CHUNK, with the
+                # cancel / progress hook between them (a copy's score and its gradient depend on that
+                # copy alone, so chunking changes nothing but the latency of Cancel).
+                lat_parts, nll_parts, grad_parts = [], [], []
+                for s in range(0, t, COPY_CHUNK):
+                    self._step(i * t + s, n_img * t, f"image {i + 1} of {n_img}, copy {s + 1} of {t}")
+                    sl = slice(s, s + COPY_CHUNK)
+                    n_c = deg[sl].numel()
+                    copies = self._apply(x_all[i:i + 1].expand(n_c, -1, -1, -1).to(self.device), deg[sl], b[sl], c[sl])
+                    copies = copies.detach().clone().requires_grad_(cfg.maps)
+                    z, log_jac = model(copies)
+                    lat = latent_nll(z)
+                    nll = flow_nll(z, log_jac)
+                    per_copy = lat if cfg.score_term == "latent" else nll
+                    if cfg.maps:
+                        (grads,) = torch.autograd.grad(per_copy.sum(), copies)
+                        grad_parts.append(grads.detach())
+                    lat_parts.append(lat.detach())
+                    nll_parts.append(nll.detach())
+                lat, nll = torch.cat(lat_parts), torch.cat(nll_parts)
                 per_copy = lat if cfg.score_term == "latent" else nll
                 amap = None
                 if cfg.maps:
-                    (grads,) = torch.autograd.grad(per_copy.sum(), copies)
-                    m = differnet_map(grads.detach(), deg.to(self.device), cfg.map_sigma)
+                    m = differnet_map(torch.cat(grad_parts), deg.to(self.device), cfg.map_sigma)
                     amap = map_to_input(m.cpu().numpy().astype(np.float32), img.shape)
                 results.append(ScoreResult(
-                    score=float(per_copy.detach().mean()),
+                    score=float(per_copy.mean()),
                     anomaly_map=amap,
-                    columns={"score_latent": float(lat.detach().mean()), "score_nll": float(nll.detach().mean()),
-                             "score_max_copy": float(per_copy.detach().max())},
+                    columns={"score_latent": float(lat.mean()), "score_nll": float(nll.mean()),
+                             "score_max_copy": float(per_copy.max())},
                 ))
         return results
 

@@ -50,7 +50,7 @@ from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, dd
 from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
 from core.grouping import METHODS
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
 
 BATCH = "batch"
@@ -131,7 +131,6 @@ class LDMZeroShotDetector(Detector):
         self.batch_net: Optional[BatchNet] = None
         self._batch_scheduler = None
         self._channels = 3
-        self._cancel: Optional[CancelToken] = None
         self._noise: Optional[tuple[tuple, torch.Tensor]] = None
 
     # ------------------------------------------------------------------ scoring
@@ -139,20 +138,12 @@ class LDMZeroShotDetector(Detector):
               cancel: CancelToken | None = None, on_result: OnResult | None = None,
               skipped: list[Skipped] | None = None) -> dict[int, ScoreResult]:
         """Score the batch; with ``model=batch`` first train the fallback model on it."""
-        self._cancel = cancel
-        try:
-            if self.config.model == BATCH:
-                self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"),
-                                     cancel)
-                progress = SubProgress(progress, TRAIN_SHARE, 1.0)
-            else:
-                self._ensure_pretrained()
-            return super().score(images, progress, cancel, on_result, skipped)
-        finally:
-            self._cancel = None
-
-    def _check(self) -> None:
-        check(self._cancel)
+        if self.config.model == BATCH:
+            self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"), cancel)
+            progress = SubProgress(progress, TRAIN_SHARE, 1.0)
+        else:
+            self._ensure_pretrained()
+        return super().score(images, progress, cancel, on_result, skipped)
 
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         cfg = self.config
@@ -171,7 +162,8 @@ class LDMZeroShotDetector(Detector):
             alphas, ptype = pm.alphas_cumprod, pm.prediction_type
         ts = pick_timesteps(sched, cfg.timesteps)
         eps = self._eps(tuple(z.shape[1:]), ts.numel())
-        per_t, maps = noise_errors(denoise, z, ts, eps, alphas, ptype, cfg.unet_batch, self._check)
+        per_t, maps = noise_errors(denoise, z, ts, eps, alphas, ptype, cfg.unet_batch,
+                                   lambda done, of: self._step(done, of, "timesteps"))
         self.meta["timesteps"] = [int(t) for t in ts]
         per_t_np = per_t.cpu().numpy().astype(np.float64)
         maps_np = maps.cpu().numpy().astype(np.float32)

@@ -198,15 +198,21 @@ class ScoreResilienceDetector(Detector):
         n_draws = cfg.n_draws
         x = to_tensor_batch(images, cfg.image_size, self.meta["channels"]).to(self.device).clamp_(0.0, 1.0)
         b = x.shape[0]
-        eps = self._noise((n_draws, *x.shape[1:])).repeat(b, 1, 1, 1)  # (B * N, C, H, W), draws adjacent
-        xs = x.repeat_interleave(n_draws, 0)
-        k = torch.full((b * n_draws,), cfg.k, device=self.device)
         sk = float(sigma_k(cfg.k, cfg.sigma))
-        # Algorithm 1 / 4.4: perturb, restore in one step, error per pixel.
-        x_noisy = xs + sk * eps
-        s = self.model(x_noisy, k).float()
-        restored = (x_noisy + sk * s).view(b, n_draws, *x.shape[1:]).mean(1).clamp_(0.0, 1.0)
-        raw, maps = error_maps(eps, s, n_draws, cfg.smooth_size)
+        eps = self._noise((n_draws, *x.shape[1:]))  # (N, C, H, W): the same draws for every image
+        k = torch.full((n_draws,), cfg.k, device=self.device)
+        # Algorithm 1 / 4.4: perturb, restore in one step, error per pixel. One forward pass per
+        # image (its N draws together), with the cancel / progress hook between images.
+        restored_parts, raw_parts, map_parts = [], [], []
+        for i in range(b):
+            self._step(i, b, f"image {i + 1} of {b}")
+            x_noisy = x[i:i + 1] + sk * eps
+            s = self.model(x_noisy, k).float()
+            restored_parts.append((x_noisy + sk * s).mean(0, keepdim=True).clamp_(0.0, 1.0))
+            raw_i, map_i = error_maps(eps, s, n_draws, cfg.smooth_size)
+            raw_parts.append(raw_i)
+            map_parts.append(map_i)
+        restored, raw, maps = torch.cat(restored_parts), torch.cat(raw_parts), torch.cat(map_parts)
         scores = maps.flatten(1).amax(1).tolist()
         raw_max = raw.flatten(1).amax(1).tolist()
         map_mean = maps.flatten(1).mean(1).tolist()
