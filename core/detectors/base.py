@@ -72,12 +72,6 @@ class Detector(ABC):
     produces_maps: ClassVar[bool] = False
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     min_train_images: ClassVar[int] = 1
-    #: Config fields baked into trained weights: they cannot be changed on a loaded model.
-    fixed_after_fit: ClassVar[tuple[str, ...]] = ()
-    #: Config fields that do not change an image's score (training-only or map-only
-    #: settings): a calibrated threshold still applies after they change. Every other field
-    #: counts as changing the score scale (see :meth:`threshold_mismatch`).
-    score_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
     #: Bumped by a detector whenever its saved tensors change meaning.
     state_version: ClassVar[int] = 1
 
@@ -209,11 +203,23 @@ class Detector(ABC):
             det.threshold = Threshold.from_dict(doc["threshold"])
         return det
 
+    @classmethod
+    def fixed_fields(cls) -> tuple[str, ...]:
+        """Config fields baked into trained weights (metadata ``fixed``): they cannot be changed on a loaded model."""
+        return cls.config_class.marked("fixed")
+
+    @classmethod
+    def neutral_fields(cls) -> tuple[str, ...]:
+        """Config fields that leave an image's score alone (metadata ``neutral``): a calibrated
+        threshold still applies after they change (see :meth:`threshold_mismatch`)."""
+        return cls.config_class.marked("neutral")
+
     def change_settings(self, overrides: dict[str, Any], hint: str = "train a new one") -> None:
         """Apply ``overrides`` (``--set`` values) to a trained model's config; raises
-        :class:`ConfigError` for a field baked into the weights (``fixed_after_fit``), an
+        :class:`ConfigError` for a field baked into the weights (metadata ``fixed``), an
         unknown field or a bad value. ``hint`` ends the message about baked-in fields."""
-        frozen = sorted(k for k in overrides if k in self.fixed_after_fit)
+        fixed = self.fixed_fields()
+        frozen = sorted(k for k in overrides if k in fixed)
         if frozen:
             raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model ({hint})")
         self.config = self.config.with_overrides(overrides)
@@ -230,7 +236,7 @@ class Detector(ABC):
         if thr is None or thr.settings is None:
             return []
         now = self.config.to_dict()
-        neutral = set(Detector.score_neutral) | set(self.score_neutral)
+        neutral = set(self.neutral_fields())
         return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
                 if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
 

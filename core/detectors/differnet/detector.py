@@ -74,27 +74,27 @@ FEATURE_CHOICES = ("blocks", "head")
 
 @dataclass
 class DifferNetConfig(DetectorConfig):
-    batch_size: int = field(default=8, metadata={"help": "images per scoring batch (each runs as T copies)", "min": 1, "max": 4096})
-    train_batch_size: int = field(default=96, metadata={"help": "feature vectors per training step (paper: 96)", "min": 2, "max": 4096})
-    backbone: str = field(default="auto", metadata={"help": "feature extractor: auto = AlexNet if its weights are in the store (paper), else EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
-    weights_path: str = field(default="", metadata={"help": "backbone weights file (empty: the weights store)", "advanced": True})
-    epochs: int = field(default=192, metadata={"help": "training epochs (paper: 192)", "min": 1, "max": 10000})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (paper: 2e-4)", "min": 1e-8, "max": 1.0})
-    weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay (authors' code: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
+    batch_size: int = field(default=8, metadata={"neutral": True, "help": "images per scoring batch (each runs as T copies)", "min": 1, "max": 4096})
+    train_batch_size: int = field(default=96, metadata={"neutral": True, "help": "feature vectors per training step (paper: 96)", "min": 2, "max": 4096})
+    backbone: str = field(default="auto", metadata={"fixed": True, "help": "feature extractor: auto = AlexNet if its weights are in the store (paper), else EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
+    weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
+    epochs: int = field(default=192, metadata={"neutral": True, "help": "training epochs (paper: 192)", "min": 1, "max": 10000})
+    lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (paper: 2e-4)", "min": 1e-8, "max": 1.0})
+    weight_decay: float = field(default=1e-5, metadata={"neutral": True, "help": "Adam weight decay (authors' code: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
     n_transforms_test: int = field(default=64, metadata={"help": "transformed copies T averaged per image at scoring (paper: 64)", "min": 1, "max": 1024})
-    maps: bool = field(default=True, metadata={"help": "compute gradient heat maps (3.3); off = scores only, faster"})
-    image_size: int = field(default=448, metadata={"help": "largest input scale, pixels a side (paper: 448)", "min": 16, "max": 2048})
-    n_scales: int = field(default=3, metadata={"help": "input scales S, S/2, S/4... (paper: 3)", "min": 1, "max": 5, "advanced": True})
+    maps: bool = field(default=True, metadata={"neutral": True, "help": "compute gradient heat maps (3.3); off = scores only, faster"})
+    image_size: int = field(default=448, metadata={"fixed": True, "help": "largest input scale, pixels a side (paper: 448)", "min": 16, "max": 2048})
+    n_scales: int = field(default=3, metadata={"fixed": True, "help": "input scales S, S/2, S/4... (paper: 3)", "min": 1, "max": 5, "advanced": True})
     rotation_range: float = field(default=360.0, metadata={"help": "rotations uniform over this many degrees (paper: full circle; 0 = none)", "min": 0.0, "max": 360.0})
     jitter: str = field(default="auto", metadata={"help": "brightness/contrast jitter (paper: on magnetic tiles); auto = on for grey images", "choices": JITTER_CHOICES})
     jitter_range: float = field(default=0.2, metadata={"help": "jitter factors uniform in [1 - r, 1 + r] (ours)", "min": 0.0, "max": 0.9, "advanced": True})
-    train_copies: int = field(default=0, metadata={"help": "0 = new random transforms every epoch (paper); K = K cached transformed copies per image (fast on CPU)", "min": 0, "max": 1024, "advanced": True})
-    n_coupling_blocks: int = field(default=8, metadata={"help": "coupling blocks of the flow (paper: 8)", "min": 1, "max": 64, "advanced": True})
-    clamp_alpha: float = field(default=3.0, metadata={"help": "soft clamping alpha, eq. 2 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
-    subnet_width: int = field(default=2048, metadata={"help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
-    subnet_layers: int = field(default=3, metadata={"help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
-    efficientnet_features: str = field(default="blocks", metadata={"help": "EfficientNet-Lite0 map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
-    map_sigma: float = field(default=4.0, metadata={"help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
+    train_copies: int = field(default=0, metadata={"neutral": True, "help": "0 = new random transforms every epoch (paper); K = K cached transformed copies per image (fast on CPU)", "min": 0, "max": 1024, "advanced": True})
+    n_coupling_blocks: int = field(default=8, metadata={"fixed": True, "help": "coupling blocks of the flow (paper: 8)", "min": 1, "max": 64, "advanced": True})
+    clamp_alpha: float = field(default=3.0, metadata={"fixed": True, "help": "soft clamping alpha, eq. 2 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
+    subnet_width: int = field(default=2048, metadata={"fixed": True, "help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
+    subnet_layers: int = field(default=3, metadata={"fixed": True, "help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
+    efficientnet_features: str = field(default="blocks", metadata={"fixed": True, "help": "EfficientNet-Lite0 map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
+    map_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
     score_term: str = field(default="latent", metadata={"help": "score: -log p_Z(z) (eq. 5, paper) or the full NLL with log-det", "choices": SCORE_CHOICES, "advanced": True})
 
     def validate(self) -> None:
@@ -128,9 +128,6 @@ class DifferNetDetector(Detector):
     produces_maps = True
     config_class = DifferNetConfig
     min_train_images = 2
-    fixed_after_fit = ("backbone", "weights_path", "image_size", "n_scales", "n_coupling_blocks", "clamp_alpha",
-                       "subnet_width", "subnet_layers", "efficientnet_features")
-    score_neutral = ("train_batch_size", "epochs", "lr", "weight_decay", "train_copies", "maps", "map_sigma")
 
     config: DifferNetConfig
 

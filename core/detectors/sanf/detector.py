@@ -60,22 +60,22 @@ MAP_NOTE = "CAFF attention over patches (where the flow looked; not a defect loc
 
 @dataclass
 class SANFConfig(DetectorConfig):
-    batch_size: int = field(default=16, metadata={"help": "images per scoring batch", "min": 1, "max": 4096})
-    train_batch_size: int = field(default=32, metadata={"help": "class tokens per training step (paper: 32)", "min": 2, "max": 4096})
-    backbone: str = field(default="auto", metadata={"help": "token extractor: auto = ViT-L/16 or ViT-B/16 if in the weights store (paper), else EfficientNet-Lite0 tokens; tiny-* are for tests only", "choices": BACKBONE_CHOICES})
-    weights_path: str = field(default="", metadata={"help": "backbone weights file (empty: the weights store)", "advanced": True})
-    image_size: int = field(default=224, metadata={"help": "input size, pixels a side (a multiple of the ViT's patch size)", "min": 14, "max": 1024})
-    epochs: int = field(default=40, metadata={"help": "training epochs (not given in the paper)", "min": 1, "max": 10000})
-    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5)", "min": 1e-8, "max": 1.0})
-    beta1: float = field(default=0.8, metadata={"help": "Adam beta1 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
-    beta2: float = field(default=0.8, metadata={"help": "Adam beta2 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
-    weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay (paper: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
-    n_flow_layers: int = field(default=4, metadata={"help": "flow-based learning layers (paper: 4)", "min": 1, "max": 64, "advanced": True})
-    hidden_width: int = field(default=1024, metadata={"help": "CAFF / MLP width d (paper: 1024)", "min": 2, "max": 8192, "advanced": True})
-    clamp_alpha: float = field(default=3.0, metadata={"help": "soft clamp alpha, eq. 5 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
-    caff: bool = field(default=True, metadata={"help": "class-attention fusion of the patch tokens (off = the paper's ablation: MLP of the half only)"})
-    standardize: bool = field(default=True, metadata={"help": "standardise tokens with training statistics (ours)", "advanced": True})
-    efficientnet_features: str = field(default="head", metadata={"help": "EfficientNet-Lite0 map for the tokens: head (1280 ch, the one the classifier pools) or last block (320 ch)", "choices": FEATURE_CHOICES, "advanced": True})
+    batch_size: int = field(default=16, metadata={"neutral": True, "help": "images per scoring batch", "min": 1, "max": 4096})
+    train_batch_size: int = field(default=32, metadata={"neutral": True, "help": "class tokens per training step (paper: 32)", "min": 2, "max": 4096})
+    backbone: str = field(default="auto", metadata={"fixed": True, "help": "token extractor: auto = ViT-L/16 or ViT-B/16 if in the weights store (paper), else EfficientNet-Lite0 tokens; tiny-* are for tests only", "choices": BACKBONE_CHOICES})
+    weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
+    image_size: int = field(default=224, metadata={"fixed": True, "help": "input size, pixels a side (a multiple of the ViT's patch size)", "min": 14, "max": 1024})
+    epochs: int = field(default=40, metadata={"neutral": True, "help": "training epochs (not given in the paper)", "min": 1, "max": 10000})
+    lr: float = field(default=5e-5, metadata={"neutral": True, "help": "Adam learning rate (paper: 5e-5)", "min": 1e-8, "max": 1.0})
+    beta1: float = field(default=0.8, metadata={"neutral": True, "help": "Adam beta1 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
+    beta2: float = field(default=0.8, metadata={"neutral": True, "help": "Adam beta2 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
+    weight_decay: float = field(default=1e-5, metadata={"neutral": True, "help": "Adam weight decay (paper: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
+    n_flow_layers: int = field(default=4, metadata={"fixed": True, "help": "flow-based learning layers (paper: 4)", "min": 1, "max": 64, "advanced": True})
+    hidden_width: int = field(default=1024, metadata={"fixed": True, "help": "CAFF / MLP width d (paper: 1024)", "min": 2, "max": 8192, "advanced": True})
+    clamp_alpha: float = field(default=3.0, metadata={"fixed": True, "help": "soft clamp alpha, eq. 5 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
+    caff: bool = field(default=True, metadata={"fixed": True, "help": "class-attention fusion of the patch tokens (off = the paper's ablation: MLP of the half only)"})
+    standardize: bool = field(default=True, metadata={"fixed": True, "help": "standardise tokens with training statistics (ours)", "advanced": True})
+    efficientnet_features: str = field(default="head", metadata={"fixed": True, "help": "EfficientNet-Lite0 map for the tokens: head (1280 ch, the one the classifier pools) or last block (320 ch)", "choices": FEATURE_CHOICES, "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -144,9 +144,6 @@ class SANFDetector(Detector):
     produces_maps = True
     config_class = SANFConfig
     min_train_images = 2
-    fixed_after_fit = ("backbone", "weights_path", "image_size", "n_flow_layers", "hidden_width", "clamp_alpha",
-                       "caff", "standardize", "efficientnet_features")
-    score_neutral = ("train_batch_size", "epochs", "lr", "beta1", "beta2", "weight_decay")
 
     config: SANFConfig
 

@@ -62,22 +62,22 @@ LR_SCHEDULES = ("step", "constant")
 
 @dataclass
 class ScoreResilienceConfig(DetectorConfig):
-    image_size: int = field(default=192, metadata={"help": "working resolution, pixels a side (paper: 192)", "min": 8, "max": 1024})
-    epochs: int = field(default=3000, metadata={"help": "training epochs (paper: 3000); training stops at epochs or max_minutes, whichever first", "min": 1, "max": 100000})
-    max_minutes: float = field(default=30.0, metadata={"help": "training time limit in minutes (0 = no limit)", "min": 0.0, "max": 100000.0})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-4)", "min": 1e-8, "max": 1.0})
-    lr_schedule: str = field(default="step", metadata={"help": "step: lr/10 after 1/3 and 2/3 of the budget (paper, MVTec); constant (paper, MPDD/BTAD)", "choices": LR_SCHEDULES})
-    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (paper: 1e-3)", "min": 0.0, "max": 1.0, "advanced": True})
-    ema_decay: float = field(default=0.9999, metadata={"help": "EMA rate of the saved weights (paper: 0.9999)", "min": 0.0, "max": 1.0, "advanced": True})
-    ema_warmup: bool = field(default=True, metadata={"help": "EMA rate min(decay, (1+t)/(10+t)) at step t (not in the paper)", "advanced": True})
+    image_size: int = field(default=192, metadata={"fixed": True, "help": "working resolution, pixels a side (paper: 192)", "min": 8, "max": 1024})
+    epochs: int = field(default=3000, metadata={"neutral": True, "help": "training epochs (paper: 3000); training stops at epochs or max_minutes, whichever first", "min": 1, "max": 100000})
+    max_minutes: float = field(default=30.0, metadata={"neutral": True, "help": "training time limit in minutes (0 = no limit)", "min": 0.0, "max": 100000.0})
+    lr: float = field(default=1e-4, metadata={"neutral": True, "help": "AdamW learning rate (paper: 1e-4)", "min": 1e-8, "max": 1.0})
+    lr_schedule: str = field(default="step", metadata={"neutral": True, "help": "step: lr/10 after 1/3 and 2/3 of the budget (paper, MVTec); constant (paper, MPDD/BTAD)", "choices": LR_SCHEDULES})
+    weight_decay: float = field(default=1e-3, metadata={"neutral": True, "help": "AdamW weight decay (paper: 1e-3)", "min": 0.0, "max": 1.0, "advanced": True})
+    ema_decay: float = field(default=0.9999, metadata={"neutral": True, "help": "EMA rate of the saved weights (paper: 0.9999)", "min": 0.0, "max": 1.0, "advanced": True})
+    ema_warmup: bool = field(default=True, metadata={"neutral": True, "help": "EMA rate min(decay, (1+t)/(10+t)) at step t (not in the paper)", "advanced": True})
     sigma: float = field(default=25.0, metadata={"help": "noise scale parameter sigma of sigma_k (paper: 25)", "min": 1.0001, "max": 1000.0})
     k: float = field(default=0.001, metadata={"help": "noise level k in (0, 1] used for scoring (paper: 0.001)", "min": 1e-6, "max": 1.0})
     n_draws: int = field(default=3, metadata={"help": "noise draws N averaged per image (paper: 3)", "min": 1, "max": 64})
     smooth_size: int = field(default=31, metadata={"help": "mean filter, pixels a side at working size (paper: 31; 1 = off)", "min": 1, "max": 255})
-    block_out_channels: tuple[int, ...] = field(default=(64, 128, 256, 256), metadata={"help": "U-Net widths per level (ours; the paper's are in its supplement)", "advanced": True})
-    layers_per_block: int = field(default=2, metadata={"help": "residual blocks per U-Net level", "min": 1, "max": 8, "advanced": True})
-    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)", "min": 1, "max": 256, "advanced": True})
-    attention: bool = field(default=False, metadata={"help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
+    block_out_channels: tuple[int, ...] = field(default=(64, 128, 256, 256), metadata={"fixed": True, "help": "U-Net widths per level (ours; the paper's are in its supplement)", "advanced": True})
+    layers_per_block: int = field(default=2, metadata={"fixed": True, "help": "residual blocks per U-Net level", "min": 1, "max": 8, "advanced": True})
+    norm_num_groups: int = field(default=32, metadata={"fixed": True, "help": "GroupNorm groups (must divide every width)", "min": 1, "max": 256, "advanced": True})
+    attention: bool = field(default=False, metadata={"fixed": True, "help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
     amp: bool = field(default=True, metadata={"help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
 
     def validate(self) -> None:
@@ -107,8 +107,6 @@ class ScoreResilienceDetector(Detector):
     produces_maps = True
     config_class = ScoreResilienceConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size", "block_out_channels", "layers_per_block", "norm_num_groups", "attention")
-    score_neutral = ("epochs", "max_minutes", "lr", "lr_schedule", "weight_decay", "ema_decay", "ema_warmup")
 
     config: ScoreResilienceConfig
 

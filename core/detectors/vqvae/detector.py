@@ -48,23 +48,23 @@ REDUCE_CHOICES = ("mean", "max")
 
 @dataclass
 class VQVAEConfig(DetectorConfig):
-    image_size: int = field(default=256, metadata={"help": "working resolution, pixels a side (paper: 256 on MVTec)", "min": 8, "max": 1024})
+    image_size: int = field(default=256, metadata={"fixed": True, "help": "working resolution, pixels a side (paper: 256 on MVTec)", "min": 8, "max": 1024})
     map: str = field(default="ssim_am", metadata={"help": "anomaly map: SSIM x alignment map (ssim_am) or SSIM alone (ssim)", "choices": MAP_CHOICES})
     score_reduce: str = field(default="mean", metadata={"help": "image score from the map: mean (paper, CIFAR-10) or max", "choices": REDUCE_CHOICES})
-    epochs: int = field(default=100, metadata={"help": "training epochs (the paper gives no number; ours)", "min": 1, "max": 10000})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (the paper gives none; ours)", "min": 1e-7, "max": 1.0})
-    beta: float = field(default=0.25, metadata={"help": "commitment weight beta of the loss (eq. 4)", "min": 0.0, "max": 10.0})
-    hidden: int = field(default=256, metadata={"help": "depth of every convolution (paper: 256)", "min": 1, "max": 1024, "advanced": True})
-    n_embeddings: int = field(default=512, metadata={"help": "codebook size M (paper: 512)", "min": 2, "max": 65536, "advanced": True})
-    embedding_dim: int = field(default=256, metadata={"help": "codebook vector length D (paper: 256)", "min": 1, "max": 1024, "advanced": True})
-    n_residual: int = field(default=3, metadata={"help": "residual layers in encoder and decoder (paper: 3)", "min": 0, "max": 16, "advanced": True})
-    downsamplings: int = field(default=3, metadata={"help": "stride-2 convolutions; latent = image / 2^n (paper: 3 on MVTec, 2 on small images)", "min": 1, "max": 5, "advanced": True})
+    epochs: int = field(default=100, metadata={"neutral": True, "help": "training epochs (the paper gives no number; ours)", "min": 1, "max": 10000})
+    lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (the paper gives none; ours)", "min": 1e-7, "max": 1.0})
+    beta: float = field(default=0.25, metadata={"neutral": True, "help": "commitment weight beta of the loss (eq. 4)", "min": 0.0, "max": 10.0})
+    hidden: int = field(default=256, metadata={"fixed": True, "help": "depth of every convolution (paper: 256)", "min": 1, "max": 1024, "advanced": True})
+    n_embeddings: int = field(default=512, metadata={"fixed": True, "help": "codebook size M (paper: 512)", "min": 2, "max": 65536, "advanced": True})
+    embedding_dim: int = field(default=256, metadata={"fixed": True, "help": "codebook vector length D (paper: 256)", "min": 1, "max": 1024, "advanced": True})
+    n_residual: int = field(default=3, metadata={"fixed": True, "help": "residual layers in encoder and decoder (paper: 3)", "min": 0, "max": 16, "advanced": True})
+    downsamplings: int = field(default=3, metadata={"fixed": True, "help": "stride-2 convolutions; latent = image / 2^n (paper: 3 on MVTec, 2 on small images)", "min": 1, "max": 5, "advanced": True})
     ssim_window: int = field(default=11, metadata={"help": "SSIM Gaussian window, pixels a side (sigma 1.5)", "min": 3, "max": 63, "advanced": True})
     ssim_c1: float = field(default=0.01, metadata={"help": "SSIM constant c1 (paper: 0.01)", "min": 1e-8, "max": 1.0, "advanced": True})
     ssim_c2: float = field(default=0.03, metadata={"help": "SSIM constant c2 (paper: 0.03)", "min": 1e-8, "max": 1.0, "advanced": True})
     am_dilation: int = field(default=3, metadata={"help": "grey dilation of the alignment map, latent cells a side (1 = none)", "min": 1, "max": 31, "advanced": True})
     sm_dilation: int = field(default=1, metadata={"help": "grey dilation of the SSIM map, pixels a side (1 = none; paper: UCSD only)", "min": 1, "max": 127, "advanced": True})
-    reinit_dead_codes: bool = field(default=True, metadata={"help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
+    reinit_dead_codes: bool = field(default=True, metadata={"neutral": True, "help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -98,8 +98,6 @@ class VQVAEDetector(Detector):
     produces_maps = True
     config_class = VQVAEConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size", "hidden", "n_embeddings", "embedding_dim", "n_residual", "downsamplings")
-    score_neutral = ("epochs", "lr", "beta", "reinit_dead_codes")
 
     config: VQVAEConfig
 
