@@ -52,6 +52,10 @@ class TrainResult:
     def final_loss(self) -> Optional[float]:
         return self.history[-1] if self.history else None
 
+    def record(self) -> dict[str, Any]:
+        """The loss record a fitted model keeps in its ``meta``."""
+        return {"loss_history": [round(v, 6) for v in self.history], "final_loss": self.final_loss}
+
 
 #: ``step(batch) -> (loss, n)``: the loss of one batch (a scalar tensor that requires grad) and
 #: how many samples it averaged over.
@@ -105,14 +109,24 @@ class TrainingLoop:
                f"elapsed {fmt_seconds(elapsed)} ETA {fmt_seconds(eta)}")
         self.progress(int(frac * 1000), 1000, f"{msg}, {extra}" if extra else msg)
 
-    def run(self, batches: Callable[[int], Iterable[Any]], step: StepFn, *,
+    def run(self, batches: Callable[[int], Iterable[Any]], step: StepFn, *, module: torch.nn.Module | None = None,
             before_step: Callable[[float], None] | None = None,
             after_step: Callable[[], None] | None = None,
             on_epoch_end: Callable[[int, float], str | None] | None = None) -> TrainResult:
         """Run the epochs. ``batches(epoch)`` hands out the epoch's batches (drawn when the epoch
         starts); ``before_step(fraction)`` runs before each step (a learning-rate schedule),
         ``after_step()`` after each optimizer step (an EMA), ``on_epoch_end(epoch, mean_loss)``
-        after each epoch and may return text for the progress message."""
+        after each epoch and may return text for the progress message. ``module`` is put in
+        training mode for the run and back in evaluation mode after it (also when it fails)."""
+        if module is not None:
+            module.train()
+        try:
+            return self._run(batches, step, before_step, after_step, on_epoch_end)
+        finally:
+            if module is not None:
+                module.eval()
+
+    def _run(self, batches, step, before_step, after_step, on_epoch_end) -> TrainResult:
         res = TrainResult()
         self._t0 = time.perf_counter()
         last_report = -1e9

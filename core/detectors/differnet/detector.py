@@ -268,9 +268,8 @@ class DifferNetDetector(Detector):
             z, log_jac = model.flow(f)
             return flow_nll(z, log_jac).mean(), bidx.numel()
 
-        model.train()
-        history = loop.run(shuffled_batches(n, bs, gen), step).history
-        model.eval()
+        run = loop.run(shuffled_batches(n, bs, gen), step, module=model)
+        history = run.history
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
             "backbone": backbone,
@@ -279,8 +278,7 @@ class DifferNetDetector(Detector):
             "jitter": bool(jitter),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "flow_parameters": int(sum(p.numel() for p in params)),
             "fit_seconds": time.perf_counter() - t0,
         }

@@ -231,8 +231,7 @@ class LDMZeroShotDetector(Detector):
             eps = torch.randn(x.shape, generator=noise).to(self.device)
             return ddpm_loss(model, x, t, eps, alphas), x.shape[0]
 
-        model.train()
-        run = loop.run(shuffled_batches(n, bs, shuffle), step)
+        run = loop.run(shuffled_batches(n, bs, shuffle), step, module=model)
         self.batch_net = model.eval().requires_grad_(False)
         self._batch_scheduler = sched
         self._channels = channels

@@ -241,9 +241,8 @@ class SANFDetector(Detector):
             loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
             return loss.mean(), bidx.numel()
 
-        model.train()
-        history = loop.run(shuffled_batches(n, bs, gen), step).history
-        model.eval()
+        run = loop.run(shuffled_batches(n, bs, gen), step, module=model)
+        history = run.history
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
             "backbone": backbone,
@@ -251,8 +250,7 @@ class SANFDetector(Detector):
             "token_shape": list(model.extractor.token_shape),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "flow_parameters": int(sum(p.numel() for p in params)),
             "fit_seconds": time.perf_counter() - t0,
             "map": MAP_NOTE if cfg.caff else "",

@@ -157,8 +157,8 @@ class ScoreResilienceDetector(Detector):
                 loss = dsm_loss(model, x, k, eps, cfg.sigma)
             return loss, x.shape[0]
 
-        model.train()
-        run = loop.run(shuffled_batches(n, bs, shuffle), step, before_step=set_lr, after_step=lambda: ema.update(model))
+        run = loop.run(shuffled_batches(n, bs, shuffle), step, module=model, before_step=set_lr,
+                       after_step=lambda: ema.update(model))
         history, epoch, step_count, stopped_by = run.history, run.epochs_done, run.steps, run.stopped_by
 
         # 5.3: the EMA weights are the ones kept (and saved).
@@ -172,8 +172,7 @@ class ScoreResilienceDetector(Detector):
             "epochs_done": int(epoch),
             "steps": int(step_count),
             "stopped_by": stopped_by,
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "ema_rate_final": ema.rate(),
             "fit_seconds": time.perf_counter() - t0,
             "parameters": int(sum(p.numel() for p in final.parameters())),

@@ -165,11 +165,10 @@ class VQVAEDetector(Detector):
             return (f"reconstruction {parts_history[-1][0]:.4f}, alignment {parts_history[-1][1]:.4f}, "
                     f"codes used {used}/{cfg.n_embeddings} (perplexity {perplexity:.1f})")
 
-        model.train()
-        history = loop.run(new_epoch, step, on_epoch_end=end_epoch).history
+        run = loop.run(new_epoch, step, on_epoch_end=end_epoch, module=model)
+        history = run.history
 
         # Codebook usage of the trained model on the training set (eval mode).
-        model.eval()
         counts = torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for bidx in torch.arange(n).split(cfg.batch_size):
@@ -181,8 +180,7 @@ class VQVAEDetector(Detector):
             "channels": int(channels),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "rec_nll_history": [round(r, 6) for r, _ in parts_history],
             "alignment_history": [round(a, 6) for _, a in parts_history],
             "codes_used": used,
