@@ -27,6 +27,7 @@ import torch
 from core.data.images import iter_batches
 from core.detectors.base import FitError
 from core.detectors.common import infer_channels, to_tensor_batch
+from core.detectors.config import ConfigError
 from core.io import weights as store
 from core.runtime.cancel import CancelToken, check
 from core.runtime.progress import ProgressFn
@@ -158,6 +159,7 @@ class TrainingLoop:
                     last_report = now
                     self._report(res.steps, epoch, float(loss_sum) / seen)
             if seen:
+                check(self.cancel)  # nothing more is reported once Cancel was pressed
                 mean = float(loss_sum) / seen
                 res.history.append(mean)
                 extra = on_epoch_end(epoch, mean) if on_epoch_end is not None else None
@@ -179,6 +181,30 @@ class TrainingLoop:
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Callable[[int], list[torch.Tensor]]:
     """``batches`` for :meth:`TrainingLoop.run`: a fresh seeded permutation of ``n`` indices each epoch."""
     return lambda _epoch: list(torch.randperm(n, generator=gen).split(batch_size))
+
+
+def check_crop(crop: int, size: int, stride: int) -> None:
+    """Refuse a ``train_crop`` that a model of this ``stride`` cannot take or that exceeds ``size``."""
+    if crop and (crop > size or crop % stride):
+        raise ConfigError(f"train_crop={crop} must be 0 or a multiple of {stride} no larger than image_size={size}")
+
+
+def random_crops(data: torch.Tensor, idx: torch.Tensor, crop: int, gen: torch.Generator) -> torch.Tensor:
+    """One random ``crop`` x ``crop`` window of each image ``data[idx]`` (offsets drawn from ``gen``).
+
+    Fully convolutional models (the VQ-VAE, the score U-Net) learn local appearance, so they can
+    be trained on crops of the working-resolution images and still score whole images: a step
+    then costs ``(crop / size)^2`` of a whole-image step. ``crop`` 0 or the full size returns the
+    images whole and draws nothing from ``gen``.
+    """
+    size_h, size_w = data.shape[-2:]
+    if crop <= 0 or (crop >= size_h and crop >= size_w):
+        return data[idx]
+    if crop > min(size_h, size_w):
+        raise ValueError(f"crop {crop} is larger than the images ({size_h}x{size_w})")
+    ys = torch.randint(0, size_h - crop + 1, (idx.numel(),), generator=gen).tolist()
+    xs = torch.randint(0, size_w - crop + 1, (idx.numel(),), generator=gen).tolist()
+    return torch.stack([data[i, :, y:y + crop, x:x + crop] for i, y, x in zip(idx.tolist(), ys, xs)])
 
 
 # ----------------------------------------------------------------------------- training images

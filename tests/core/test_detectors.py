@@ -248,7 +248,7 @@ def _other_values(cls, f, value):
         return [tuple(v * 2 for v in value), value + (value[-1],)]
     lo, hi = md.get("min", float("-inf")), md.get("max", float("inf"))
     if tp is int:
-        cands = [value + 1, value * 2, value - 1, lo]
+        cands = [value + 1, value * 2, value - 1, lo, 8, 16]  # 8, 16: sizes that fit a model's stride
     elif tp is float:
         cands = [value * 1.5, value * 0.5, value + 0.1, (lo + min(hi, 1e6)) / 2 if lo > float("-inf") else 1.0]
     else:  # free text

@@ -8,7 +8,15 @@ import torch
 
 from core.data.images import ImageSource
 from core.detectors.base import FitError
-from core.detectors.training import TrainingLoop, decode_training_cache, fmt_seconds, shuffled_batches
+from core.detectors.config import ConfigError
+from core.detectors.training import (
+    TrainingLoop,
+    check_crop,
+    decode_training_cache,
+    fmt_seconds,
+    random_crops,
+    shuffled_batches,
+)
 from core.runtime.cancel import Cancelled, CancelToken
 
 
@@ -109,3 +117,45 @@ def test_decode_training_cache_channels_dtype_and_minimum():
 
 def test_fmt_seconds():
     assert fmt_seconds(65) == "1:05" and fmt_seconds(3725) == "1:02:05" and fmt_seconds(-3) == "0:00"
+
+
+def test_random_crops_are_windows_of_the_images():
+    data = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    crops = random_crops(data, torch.tensor([1, 0, 1]), 4, gen)
+    assert crops.shape == (3, 1, 4, 4)
+    for c, i in zip(crops, [1, 0, 1]):
+        y, x = divmod(int(c[0, 0, 0]) - i * 64, 8)  # the window's top-left value says where it was cut
+        assert torch.equal(c, data[i, :, y:y + 4, x:x + 4])
+    whole = random_crops(data, torch.tensor([0]), 0, gen)
+    assert torch.equal(whole, data[:1])
+    with pytest.raises(ValueError, match="larger than the images"):
+        random_crops(torch.zeros(1, 1, 8, 12), torch.tensor([0]), 10, gen)
+
+
+def test_check_crop():
+    check_crop(0, 64, 8)
+    check_crop(32, 64, 8)
+    with pytest.raises(ConfigError, match="train_crop=12 must be 0 or a multiple of 8"):
+        check_crop(12, 64, 8)
+    with pytest.raises(ConfigError, match="no larger than image_size=64"):
+        check_crop(128, 64, 8)
+
+
+@pytest.mark.parametrize("name", ["vqvae", "score-resilience"])
+def test_crop_training_scores_whole_images_of_another_size(name):
+    """Trained on 16 px crops of 32 px working images, the model scores whole images of another
+    size: maps at each input's size, finite, and the crop setting really changed what was trained."""
+    from core.detectors.registry import create_detector
+    from tests.core.test_detectors import TINY, images
+
+    cfg = {**TINY[name], "image_size": 32, "epochs": 2}
+    whole = create_detector(name, cfg, device="cpu")
+    whole.fit(ImageSource(images(6)))
+    cropped = create_detector(name, {**cfg, "train_crop": 16}, device="cpu")
+    cropped.fit(ImageSource(images(6)))
+    test = ImageSource([np.full((50, 70, 3), 0.4, np.float32), *images(1, seed=9, size=40)])
+    res = cropped.score(test)
+    assert res[0].anomaly_map.shape == (50, 70) and res[1].anomaly_map.shape == (40, 40)
+    assert all(np.isfinite(r.score) and np.isfinite(r.anomaly_map).all() for r in res.values())
+    assert cropped.meta["loss_history"] != whole.meta["loss_history"]

@@ -52,7 +52,7 @@ from core.detectors.common import to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
-from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
+from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops, shuffled_batches
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
@@ -78,7 +78,8 @@ class ScoreResilienceConfig(DetectorConfig):
     layers_per_block: int = field(default=2, metadata={"fixed": True, "help": "residual blocks per U-Net level", "min": 1, "max": 8, "advanced": True})
     norm_num_groups: int = field(default=32, metadata={"fixed": True, "help": "GroupNorm groups (must divide every width)", "min": 1, "max": 256, "advanced": True})
     attention: bool = field(default=False, metadata={"fixed": True, "help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
-    amp: bool = field(default=True, metadata={"help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
+    train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
+    amp: bool = field(default=True, metadata={"neutral": True, "help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -90,6 +91,7 @@ class ScoreResilienceConfig(DetectorConfig):
             self.shape(3).check()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        check_crop(self.train_crop, self.image_size, 2 ** (len(self.block_out_channels) - 1))
 
     def shape(self, channels: int) -> ScoreNetShape:
         return ScoreNetShape(in_channels=channels, sample_size=self.image_size,
@@ -148,8 +150,10 @@ class ScoreResilienceDetector(Detector):
             for g in opt.param_groups:
                 g["lr"] = lr
 
+        crops = torch.Generator().manual_seed(cfg.seed + 2)
+
         def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
-            x = data[bidx].to(self.device, non_blocking=True)
+            x = random_crops(data, bidx, cfg.train_crop, crops).to(self.device, non_blocking=True)
             # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
             k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
             eps = torch.randn(x.shape, generator=noise, device=self.device)

@@ -35,7 +35,7 @@ from core.data.images import Skipped
 from core.detectors.base import Detector
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.training import TrainingLoop, decode_training_cache
+from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
 from core.results import ScoreResult
@@ -64,6 +64,7 @@ class VQVAEConfig(DetectorConfig):
     ssim_c2: float = field(default=0.03, metadata={"help": "SSIM constant c2 (paper: 0.03)", "min": 1e-8, "max": 1.0, "advanced": True})
     am_dilation: int = field(default=3, metadata={"help": "grey dilation of the alignment map, latent cells a side (1 = none)", "min": 1, "max": 31, "advanced": True})
     sm_dilation: int = field(default=1, metadata={"help": "grey dilation of the SSIM map, pixels a side (1 = none; paper: UCSD only)", "min": 1, "max": 127, "advanced": True})
+    train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
     reinit_dead_codes: bool = field(default=True, metadata={"neutral": True, "help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
 
     def validate(self) -> None:
@@ -71,6 +72,7 @@ class VQVAEConfig(DetectorConfig):
         stride = 2 ** self.downsamplings
         if self.image_size % stride:
             raise ConfigError(f"image_size={self.image_size} must be a multiple of 2^downsamplings = {stride}")
+        check_crop(self.train_crop, self.image_size, stride)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -144,8 +146,10 @@ class VQVAEDetector(Detector):
                                counts=torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device))
             return _batches(n, bs, gen)
 
+        crops = torch.Generator().manual_seed(cfg.seed + 2)
+
         def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
-            x = data[bidx].to(self.device, non_blocking=True)
+            x = random_crops(data, bidx, cfg.train_crop, crops).to(self.device, non_blocking=True)
             with self._autocast():
                 out = model(x)
             loss, parts = vqvae_loss(out, x, cfg.beta)
