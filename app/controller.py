@@ -1,33 +1,28 @@
 """What the window shows and the long work behind it, without any widget.
 
-The controller owns the application state (the open folder, the current detector, the
-current scan result, the threshold) and the one :class:`~core.engine.qt_bridge.JobRunner`.
-Every piece of slow work (listing a folder, decoding thumbnails and images, training,
-scoring, saving, loading, exporting) is a job on the runner; the views only listen to the
-controller's signals and call its methods, so it can be driven in tests without a window.
-
-Only one *main* task (training, scanning, model I/O, export) runs at a time; it has the
-progress bar and the Cancel button. Helper jobs (folder listing, thumbnails, the full image,
-the heat-map scale) run beside it, and a newer request of the same kind replaces an older one,
-whose late signals are dropped by job id.
+The controller holds the open folder, the current detector and the good folder; the results
+shown and the threshold in force live in a :class:`~app.view_state.ViewState`, the jobs in a
+:class:`~app.job_tracker.JobTracker`, and the work itself in the Qt-free functions of
+:mod:`app.workers`. Every piece of slow work (listing a folder, decoding thumbnails and images,
+training, scoring, saving, loading, exporting) is a job; the views only listen to the
+controller's signals and call its methods, so it is driven in tests without a window
+(``tests/app/test_controller.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.data.images import ImageReadError, ImageSource, list_images, read_image, read_thumbnail
+from app.job_tracker import JobTracker
+from app.view_state import ViewState
+from app.workers import FolderInfo, decode_thumbnails, list_folder, to_uint8
+from core.data.images import ImageSource, read_image
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, create_detector, load_model, make_config
@@ -51,75 +46,12 @@ from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold
 from core.runtime.device import describe_device, resolve_device
 
-_log = logging.getLogger(__name__)
-
-THUMB_SIZE = 128  # long side of a gallery thumbnail, pixels
-_THUMB_CHUNK = 16
+__all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
 
 RANGE_SAMPLE = 256  # maps a heat-map scale estimate looks at while a scan runs
 RANGE_INTERVAL = 1.0  # seconds between such estimates
 
 EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
-
-
-@dataclass
-class FolderInfo:
-    folder: Path
-    paths: list[Path]
-    recursive: bool
-
-
-@dataclass
-class _Track:
-    kind: str
-    main: bool
-    on_success: Callable[[Any], None]
-    on_partial: Optional[Callable[[list], None]] = None
-    on_failure: Optional[Callable[[str, str], None]] = None
-    on_cancel: Optional[Callable[[], None]] = None
-
-
-# ------------------------------------------------------------------ worker-side functions
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """float (H, W, C) in [0, 1] -> contiguous uint8 (H, W) for grey or (H, W, 3)."""
-    u8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    return np.ascontiguousarray(u8[:, :, 0] if u8.shape[2] == 1 else u8)
-
-
-def make_thumbnail(path: Path, size: int = THUMB_SIZE) -> np.ndarray:
-    """Decode ``path`` and shrink it to ``size`` pixels on the long side (uint8)."""
-    return read_thumbnail(path, size)
-
-
-def _thumb_or_reason(path: Path) -> tuple[Optional[np.ndarray], str]:
-    try:
-        return make_thumbnail(path), ""
-    except ImageReadError as exc:
-        return None, str(exc)
-
-
-def decode_thumbnails(paths: list[Path], progress, cancel, emit) -> int:
-    """Emit ``(index, uint8 thumbnail or None, reason)`` per path, a few decoders in parallel."""
-    n = len(paths)
-    with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 2) - 1))) as pool:
-        for start in range(0, n, _THUMB_CHUNK):
-            cancel.raise_if_cancelled()
-            idx = range(start, min(n, start + _THUMB_CHUNK))
-            for i, (thumb, reason) in zip(idx, pool.map(_thumb_or_reason, [paths[i] for i in idx])):
-                emit((i, thumb, reason))
-            progress(idx[-1] + 1, n, "thumbnails")
-    return n
-
-
-def list_folder(folder: Path, recursive: Optional[bool]) -> FolderInfo:
-    """Image files of ``folder``; with ``recursive=None`` subfolders are searched when the
-    folder itself holds no image (e.g. an MVTec ``test/`` folder of defect types)."""
-    if recursive is None:
-        paths = list_images(folder, recursive=False)
-        if paths:
-            return FolderInfo(folder, paths, False)
-        return FolderInfo(folder, list_images(folder, recursive=True), True)
-    return FolderInfo(folder, list_images(folder, recursive=recursive), recursive)
 
 
 # ------------------------------------------------------------------ the controller
@@ -144,157 +76,81 @@ class Controller(QObject):
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
-        self.runner = runner or JobRunner(self)
+        self.jobs = JobTracker(runner, self)
+        self.runner = self.jobs.runner
+        self.state = ViewState()
         self.folder: Optional[FolderInfo] = None
         self.source: Optional[ImageSource] = None
         self.good_folder: Optional[Path] = None
         self.detector: Optional[Detector] = None
-        self.result: Optional[ScanResult] = None  # the complete scan shown (None while scanning)
-        self.threshold_override: Optional[Threshold] = None  # set by dragging the histogram line
-        self.map_range: tuple[float, float] = (0.0, 1.0)
         self.skipped: dict[Path, str] = {}
         self.last_export_dir: Optional[Path] = None
-        self._live: list[ScanRow] = []
-        self._previous: Optional[ScanResult] = None
-        self._rows_by_path: dict[str, ScanRow] = {}  # str(path) -> row
-        self._tracks: dict[int, _Track] = {}
-        self._main_id: Optional[int] = None
-        self._main_title = ""
-        self._helper_ids: dict[str, int] = {}
         self._range_dirty = False
         self._range_time = -1e9
         self._range_timer = QTimer(self)
         self._range_timer.setSingleShot(True)
         self._range_timer.timeout.connect(self._request_map_range)
-        self._closed = False
-        r = self.runner
-        r.progressed.connect(self._on_progressed)
-        r.emitted.connect(self._on_emitted)
-        r.succeeded.connect(self._on_succeeded)
-        r.failed.connect(self._on_failed)
-        r.cancelled.connect(self._on_cancelled)
-        r.finished.connect(self._on_finished)
+        self.jobs.busy_changed.connect(self.busy_changed)
+        self.jobs.progressed.connect(self.progressed)
+        self.jobs.logged.connect(self.logged)
 
     # ================================================================ job plumbing
     @property
     def busy(self) -> bool:
-        return self._main_id is not None
+        return self.jobs.busy
 
     @property
     def busy_title(self) -> str:
-        return self._main_title if self.busy else ""
+        return self.jobs.busy_title
 
     @property
     def busy_kind(self) -> str:
-        return self._tracks[self._main_id].kind if self._main_id in self._tracks else ""
+        return self.jobs.busy_kind
 
     def helper_running(self, kind: str) -> bool:
         """Whether a helper job of ``kind`` ('list', 'thumbnails', 'image', 'range') is under way."""
-        return kind in self._helper_ids
+        return self.jobs.helper_running(kind)
 
     @property
     def scanning(self) -> bool:
         return self.busy_kind == "scan"
 
-    def _submit(self, job, kind: str, on_success: Callable[[Any], None], *, main: bool = False,
-                on_partial=None, on_failure=None, on_cancel=None) -> int:
-        if self._closed:  # after shutdown nothing new starts (e.g. from a handler still running)
-            return 0
-        if not main:  # a newer helper of the same kind replaces the older one
-            self._drop_helper(kind)
-        jid = self.runner.submit(job)
-        self._tracks[jid] = _Track(kind, main, on_success, on_partial, on_failure, on_cancel)
-        if main:
-            self._main_id, self._main_title = jid, job.title
-            self.busy_changed.emit(job.title)
-        else:
-            self._helper_ids[kind] = jid
-        return jid
-
-    def _drop_helper(self, kind: str) -> None:
-        """Forget (and cancel) the helper job of ``kind``; its late signals are ignored."""
-        old = self._helper_ids.pop(kind, None)
-        if old is not None:
-            self._tracks.pop(old, None)
-            self.runner.cancel(old)
-
-    def _claim(self, jid: int) -> Optional[_Track]:
-        """The tracking record of a job that ended, which stops being current."""
-        track = self._tracks.pop(jid, None)
-        if track is None:
-            return None
-        if track.main and self._main_id == jid:
-            self._main_id = None
-        elif self._helper_ids.get(track.kind) == jid:
-            del self._helper_ids[track.kind]
-        return track
-
-    def _after_main(self, track: _Track) -> None:
-        if track.main and self._main_id is None:
-            self.busy_changed.emit("")
-
-    def _on_progressed(self, jid: int, done: int, total: int, msg: str) -> None:
-        if jid == self._main_id:
-            self.progressed.emit(done, total, msg)
-
-    def _on_emitted(self, jid: int, partials: list) -> None:
-        track = self._tracks.get(jid)
-        if track is not None and track.on_partial is not None:
-            track.on_partial(partials)
-
-    def _on_succeeded(self, jid: int, result: object) -> None:
-        track = self._claim(jid)
-        if track is None:
-            return
-        track.on_success(result)
-        self._after_main(track)
-
-    def _on_failed(self, jid: int, message: str, tb: str) -> None:
-        track = self._claim(jid)
-        if track is None:
-            return
-        _log.debug("%s job failed: %s\n%s", track.kind, message, tb)
-        if track.on_failure is not None:
-            track.on_failure(message, tb)
-        else:
-            self.log("error", message)
-        self._after_main(track)
-
-    def _on_cancelled(self, jid: int) -> None:
-        track = self._claim(jid)
-        if track is None:
-            return
-        if track.on_cancel is not None:
-            track.on_cancel()
-        elif track.main:
-            self.log("warning", f"{self._main_title or track.kind} cancelled")
-        self._after_main(track)
-
-    def _on_finished(self, jid: int) -> None:
-        self._tracks.pop(jid, None)  # e.g. a thread that ended without a verdict
+    def _submit(self, job, kind: str, on_success, **kw) -> int:
+        return self.jobs.submit(job, kind, on_success, **kw)
 
     def cancel(self) -> bool:
         """Ask the main task to stop; returns whether one was running."""
-        if self._main_id is None:
+        title = self.jobs.busy_title
+        if not self.jobs.cancel_main():
             return False
-        self.runner.cancel(self._main_id)
-        self.log("info", f"Cancelling: {self._main_title}…")
+        self.log("info", f"Cancelling: {title}…")
         return True
 
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel every job and wait for their threads (the window calls this on close)."""
-        self._closed = True
-        self._tracks.clear()
-        self._helper_ids.clear()
-        self._main_id = None
-        return self.runner.shutdown(timeout_ms)
+        self._range_timer.stop()
+        return self.jobs.shutdown(timeout_ms)
+
+    # ================================================================ shown state (see ViewState)
+    @property
+    def result(self) -> Optional[ScanResult]:
+        """The complete scan shown (None while a scan runs or before any)."""
+        return self.state.result
+
+    @property
+    def threshold_override(self) -> Optional[Threshold]:
+        return self.state.threshold_override
+
+    @property
+    def map_range(self) -> tuple[float, float]:
+        return self.state.map_range
 
     def log(self, level: str, message: str) -> None:
         self.logged.emit(level, message)
 
     def _refuse_if_busy(self) -> bool:
         if self.busy:
-            self.log("warning", f"Busy: {self._main_title}. Wait for it or press Cancel.")
+            self.log("warning", f"Busy: {self.busy_title}. Wait for it or press Cancel.")
             return True
         return False
 
@@ -320,7 +176,7 @@ class Controller(QObject):
         self.folder, self.source = info, ImageSource(info.paths)
         self.skipped = {}
         self._set_result(None)
-        self._previous = None
+        self.state.previous = None
         where = " (including subfolders)" if info.recursive else ""
         if info.paths:
             self.log("info", f"Opened {info.folder}{where}: {len(info.paths)} images")
@@ -372,7 +228,7 @@ class Controller(QObject):
 
     def set_detector(self, detector: Optional[Detector]) -> None:
         self.detector = detector
-        self.threshold_override = None
+        self.state.threshold_override = None
         self.detector_changed.emit(detector)
 
     def train(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto",
@@ -466,18 +322,14 @@ class Controller(QObject):
     # ================================================================ scanning
     def rows(self) -> list[ScanRow]:
         """The rows shown now: the complete result, or the rows of the scan in progress."""
-        return self.result.rows if self.result is not None else self._live
+        return self.state.rows()
 
     def row_for(self, path: Path) -> Optional[ScanRow]:
-        return self._rows_by_path.get(str(path))
+        return self.state.row_for(path)
 
     @property
     def threshold(self) -> Optional[Threshold]:
-        if self.threshold_override is not None:
-            return self.threshold_override
-        if self.result is not None:
-            return self.result.threshold
-        return self.detector.threshold if self.detector is not None else None
+        return self.state.threshold(self.detector.threshold if self.detector is not None else None)
 
     @property
     def detector_name(self) -> str:
@@ -487,17 +339,14 @@ class Controller(QObject):
 
     def _set_result(self, result: Optional[ScanResult]) -> None:
         self._range_timer.stop()
-        self._drop_helper("range")  # an estimate under way is superseded
-        self.result = result
-        self._live = []
-        self._rows_by_path = {str(r.path): r for r in result.rows} if result else {}
+        self.jobs.drop_helper("range")  # an estimate under way is superseded
+        self.state.set_result(result)
         self.result_changed.emit(result)
         self._request_map_range()
 
     def _start_scan(self) -> None:
         det = self.detector
-        self._previous = self.result
-        self.result, self._live, self._rows_by_path = None, [], {}
+        self.state.begin_scan()
         job = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True)
         self._submit(job, "scan", self._scanned, main=True, on_partial=self._scan_rows,
                      on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
@@ -506,22 +355,15 @@ class Controller(QObject):
 
     def _scan_rows(self, partials: list) -> None:
         rows = [row for _i, row in partials]
-        thr = self.threshold_override
-        for row in rows:
-            if thr is not None:
-                row.flagged = thr.flags(row.score)
-            self._rows_by_path[str(row.path)] = row
-        self._live.extend(rows)
+        self.state.add_rows(rows)
         self.rows_arrived.emit(rows)
         self._request_map_range()
 
     def _scanned(self, result: ScanResult) -> None:
-        if self.threshold_override is not None:
-            result.apply_threshold(self.threshold_override)
         for s in result.skipped:
             self._note_skipped(Path(s.path), s.reason)
         self.skipped_changed.emit(len(self.skipped))
-        self._previous = None
+        self.state.finish_scan(result)
         self._set_result(result)
         thr = result.threshold.describe() if result.threshold else "no threshold"
         if result.grouping is not None:
@@ -533,8 +375,7 @@ class Controller(QObject):
 
     def _scan_ended(self, what: str, level: str) -> None:
         """A scan that did not complete: its partial rows are discarded, never shown as final."""
-        n = len(self._live)
-        prev, self._previous = self._previous, None
+        n, prev = self.state.abandon_scan()
         self._set_result(prev)
         tail = "showing the previous complete scan" if prev is not None else "no results are shown"
         self.log(level, f"{what}: {n} partial scores discarded; {tail}.")
@@ -545,7 +386,7 @@ class Controller(QObject):
         While a scan runs the scale is estimated from at most ``RANGE_SAMPLE`` maps, at most
         once a second; the complete result gets the scale of all its maps (the one exports use).
         """
-        if "range" in self._helper_ids:
+        if self.jobs.helper_running("range"):
             self._range_dirty = True
             return
         maps = [r.anomaly_map for r in self.rows() if r.anomaly_map is not None]
@@ -564,7 +405,7 @@ class Controller(QObject):
                      self._range_computed)
 
     def _range_computed(self, rng: tuple[float, float]) -> None:
-        self.map_range = (float(rng[0]), float(rng[1]))
+        self.state.map_range = (float(rng[0]), float(rng[1]))
         self.map_range_changed.emit(*self.map_range)
         if self._range_dirty and not self._range_timer.isActive():
             self._request_map_range()
@@ -584,13 +425,7 @@ class Controller(QObject):
         self.log("info", f"Threshold reset: {thr.describe() if thr else 'no threshold'}")
 
     def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
-        self.threshold_override = override
-        thr = override or fallback
-        if self.result is not None:
-            self.result.apply_threshold(thr)
-        for r in self._live:
-            r.flagged = None if thr is None else thr.flags(r.score)
-        self.threshold_changed.emit(thr)
+        self.threshold_changed.emit(self.state.apply_threshold(override, fallback))
 
     # ================================================================ grouping (zero-shot scans)
     def regroup(self, method: str) -> bool:

@@ -26,6 +26,7 @@ from app.image_view import ImageView
 from app.panels import DetectorPanel, FolderPanel, LogPanel
 from core.detectors.base import Detector
 from core.detectors.registry import REGISTRY
+from core.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from core.results import ScanResult
 from core.runtime.device import resolve_device
 
@@ -355,7 +356,7 @@ class MainWindow(QMainWindow):
             folder = QFileDialog.getExistingDirectory(self, "Save the model into folder", str(Path.home()))
             if not folder:
                 return False
-        existing = [p for p in (Path(folder) / "config.json", Path(folder) / "weights.safetensors") if p.exists()]
+        existing = [p for p in (Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME) if p.exists()]
         if existing:
             if overwrite is None:
                 overwrite = self._ask_overwrite("the model", Path(folder), existing)

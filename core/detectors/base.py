@@ -51,6 +51,18 @@ class FitError(RuntimeError):
 OnResult = Callable[[int, ScoreResult], None]
 
 
+@dataclass
+class _ScoringStep:
+    """What :meth:`Detector._step` needs while a batch is being scored."""
+
+    cancel: CancelToken | None
+    progress: ProgressFn | None
+    start: int  # images done before this batch
+    size: int  # images in this batch
+    total: int
+    scored: int
+
+
 class Detector(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
@@ -60,12 +72,6 @@ class Detector(ABC):
     produces_maps: ClassVar[bool] = False
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
     min_train_images: ClassVar[int] = 1
-    #: Config fields baked into trained weights: they cannot be changed on a loaded model.
-    fixed_after_fit: ClassVar[tuple[str, ...]] = ()
-    #: Config fields that do not change an image's score (training-only or map-only
-    #: settings): a calibrated threshold still applies after they change. Every other field
-    #: counts as changing the score scale (see :meth:`threshold_mismatch`).
-    score_neutral: ClassVar[tuple[str, ...]] = ("batch_size",)
     #: Bumped by a detector whenever its saved tensors change meaning.
     state_version: ClassVar[int] = 1
 
@@ -79,6 +85,7 @@ class Detector(ABC):
         self.threshold: Threshold | None = None
         self.fitted = self.zero_shot
         self.meta: dict[str, Any] = {}
+        self._scoring: _ScoringStep | None = None
 
     # ----------------------------------------------------------------- availability
     @classmethod
@@ -127,21 +134,39 @@ class Detector(ABC):
         if progress:
             progress(0, total, "scoring")
         done = 0
-        with torch.inference_mode():
-            for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
-                results = self._score_batch(batch)
-                check(cancel)
-                for i, img, res in zip(idx, batch, results):
-                    res.image_shape = (int(img.shape[0]), int(img.shape[1]))
-                    out[i] = res
-                    if on_result:
-                        on_result(i, res)
-                done = idx[-1] + 1
-                if progress:
-                    progress(done, total, f"scored {len(out)} of {total}")
+        try:
+            with torch.inference_mode():
+                for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
+                    self._scoring = _ScoringStep(cancel, progress, done, len(batch), total, len(out))
+                    results = self._score_batch(batch)
+                    check(cancel)
+                    for i, img, res in zip(idx, batch, results):
+                        res.image_shape = (int(img.shape[0]), int(img.shape[1]))
+                        out[i] = res
+                        if on_result:
+                            on_result(i, res)
+                    done = idx[-1] + 1
+                    if progress:
+                        progress(done, total, f"scored {len(out)} of {total}")
+        finally:
+            self._scoring = None
         if progress:
             progress(total, total, f"scored {len(out)} of {total}")
         return out
+
+    def _step(self, done: int | None = None, of: int | None = None, what: str = "") -> None:
+        """The per-step hook of scoring: a detector calls it inside its own loops over a batch
+        (per rotated copy, per timestep chunk, per image), as diffusers' pipelines check
+        ``interrupt`` at every step. It raises :class:`~core.runtime.cancel.Cancelled` when the
+        job was cancelled and, given ``done`` of ``of`` steps of the current batch, moves the
+        progress on within the batch. Outside :meth:`score` it does nothing."""
+        step = self._scoring
+        if step is None:
+            return
+        check(step.cancel)
+        if step.progress is not None and done is not None and of:
+            pos = step.start + int(step.size * min(1.0, done / of))
+            step.progress(pos, step.total, f"scored {step.scored} of {step.total}" + (f" ({what})" if what else ""))
 
     def save(self, folder: str | os.PathLike) -> Path:
         if not self.fitted:
@@ -178,11 +203,23 @@ class Detector(ABC):
             det.threshold = Threshold.from_dict(doc["threshold"])
         return det
 
+    @classmethod
+    def fixed_fields(cls) -> tuple[str, ...]:
+        """Config fields baked into trained weights (metadata ``fixed``): they cannot be changed on a loaded model."""
+        return cls.config_class.marked("fixed")
+
+    @classmethod
+    def neutral_fields(cls) -> tuple[str, ...]:
+        """Config fields that leave an image's score alone (metadata ``neutral``): a calibrated
+        threshold still applies after they change (see :meth:`threshold_mismatch`)."""
+        return cls.config_class.marked("neutral")
+
     def change_settings(self, overrides: dict[str, Any], hint: str = "train a new one") -> None:
         """Apply ``overrides`` (``--set`` values) to a trained model's config; raises
-        :class:`ConfigError` for a field baked into the weights (``fixed_after_fit``), an
+        :class:`ConfigError` for a field baked into the weights (metadata ``fixed``), an
         unknown field or a bad value. ``hint`` ends the message about baked-in fields."""
-        frozen = sorted(k for k in overrides if k in self.fixed_after_fit)
+        fixed = self.fixed_fields()
+        frozen = sorted(k for k in overrides if k in fixed)
         if frozen:
             raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model ({hint})")
         self.config = self.config.with_overrides(overrides)
@@ -199,7 +236,7 @@ class Detector(ABC):
         if thr is None or thr.settings is None:
             return []
         now = self.config.to_dict()
-        neutral = set(Detector.score_neutral) | set(self.score_neutral)
+        neutral = set(self.neutral_fields())
         return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
                 if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
 

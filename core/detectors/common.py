@@ -1,5 +1,6 @@
 """Small pieces several detectors share: resizing to a working resolution, channel choice,
-map smoothing and returning maps at the input resolution."""
+map smoothing and returning maps at the input resolution (the training loop and the training-image
+cache are in :mod:`core.detectors.training`)."""
 
 from __future__ import annotations
 
@@ -54,34 +55,6 @@ def map_to_input(map_small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Bilinear resize of a working-resolution map back to the input image (H, W)."""
     h, w = shape[:2]
     return cv2.resize(map_small.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def decode_training_cache(name: str, images: Sequence[np.ndarray], size: int, batch_size: int, min_images: int,
-                          progress=None, cancel=None, skipped=None) -> tuple[torch.Tensor, int]:
-    """Decode and resize the training images once into a CPU tensor ``(N, C, size, size)`` in [0, 1].
-
-    Multi-epoch detectors iterate their epochs over this cache instead of decoding every
-    epoch. Unreadable files go to ``skipped``; ``cancel`` is checked per batch; fewer than
-    ``min_images`` readable images raise :class:`~core.detectors.base.FitError`.
-    Returns the cache and the channel count (3 if any image has colour, else 1).
-    """
-    from core.data.images import iter_batches
-    from core.detectors.base import FitError
-    from core.runtime.cancel import check
-
-    total = len(images)
-    cache, channels = [], None
-    for idx, batch in iter_batches(images, batch_size, skipped, cancel):
-        if channels is None:
-            channels = infer_channels(batch)
-        cache.append(to_tensor_batch(batch, size, channels))
-        if progress:
-            progress(idx[-1] + 1, total)
-        check(cancel)
-    n = sum(c.shape[0] for c in cache)
-    if n < min_images:
-        raise FitError(f"{name} needs at least {min_images} readable good images, got {n}")
-    return torch.cat(cache).clamp_(0.0, 1.0), int(channels)
 
 
 def check_unet_shape(block_out_channels: Sequence[int], norm_num_groups: int, sample_size: int) -> None:

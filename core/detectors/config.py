@@ -1,7 +1,17 @@
 """Detector configuration: plain dataclasses that the CLI (`--set`) and the GUI form share.
 
 Each field may carry metadata: ``help`` (one line), ``choices`` (a tuple of allowed values),
-``min`` / ``max`` (numbers), ``advanced`` (hidden behind a toggle in the GUI form).
+``min`` / ``max`` (numbers), ``advanced`` (hidden behind a toggle in the GUI form), and the
+field's contract with a trained model, declared where the field is:
+
+- ``fixed``: baked into the trained weights (a shape, the backbone, the working resolution); it
+  cannot be changed on a loaded model (``--set`` on ``scan --model`` refuses it).
+- ``neutral``: does not change an image's score (training-only settings, batch sizes, map-only
+  settings), so a calibrated threshold still applies after it changes.
+
+Every other field may be changed on a trained model and counts as changing the score scale.
+``tests/core/test_detectors.py::test_every_field_of_a_trained_model`` changes every field of every
+detector's tiny trained model and checks that the marks are true.
 """
 
 from __future__ import annotations
@@ -20,8 +30,14 @@ class ConfigError(ValueError):
 class DetectorConfig:
     """Fields every detector has."""
 
-    batch_size: int = dataclasses.field(default=16, metadata={"help": "images per batch", "min": 1, "max": 4096})
+    batch_size: int = dataclasses.field(default=16, metadata={"neutral": True, "help": "images per batch", "min": 1,
+                                                              "max": 4096})
     seed: int = dataclasses.field(default=0, metadata={"help": "random seed (fit and any random draws)", "min": 0})
+
+    @classmethod
+    def marked(cls, mark: str) -> tuple[str, ...]:
+        """Names of the fields whose metadata sets ``mark`` (``"fixed"`` or ``"neutral"``)."""
+        return tuple(f.name for f in fields(cls) if f.metadata.get(mark))
 
     def to_dict(self) -> dict[str, Any]:
         out = {}

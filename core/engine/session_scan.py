@@ -48,8 +48,8 @@ def model_fingerprint(detector: Detector) -> str:
 
 
 def score_settings(detector: Detector) -> dict[str, Any]:
-    """The settings that change a score (``score_neutral`` fields such as ``batch_size`` left out)."""
-    neutral = set(Detector.score_neutral) | set(detector.score_neutral)
+    """The settings that change a score (fields marked ``neutral``, such as ``batch_size``, left out)."""
+    neutral = set(detector.neutral_fields())
     return {k: v for k, v in sorted(detector.config.to_dict().items()) if k not in neutral}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +26,12 @@ class SlowGaussian(PixelGaussianDetector):
 
     delay = 0.05
 
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.scoring_threads: set[str] = set()
+
     def _score_batch(self, images):
+        self.scoring_threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         return super()._score_batch(images)
 

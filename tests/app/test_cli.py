@@ -180,3 +180,40 @@ def test_scan_refuses_a_threshold_set_for_other_score_settings(tiny_parts, tmp_p
     assert main(["scan", batch, "--detector", "pixel-gaussian", "--model", str(model), "--set", "blur_sigma=3",
                  "--threshold", "5", "--out", str(tmp_path / "c"), "-q"]) == 0
     assert len(rows(tmp_path / "c" / "results.csv")) == 8
+
+
+def test_a_folder_that_is_not_a_model_is_a_usage_error(tiny_parts, tmp_path, capsys):
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    code = main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(not_a_model),
+                 "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(not_a_model) in err[0], err
+
+
+def test_training_calibrates_at_the_default_fpr(tiny_parts, tmp_path, monkeypatch):
+    import app.cli.models as models
+    from core.io.checkpoint import read_header
+
+    monkeypatch.setattr(models, "DEFAULT_FPR", 0.25)  # not the value that was once typed in
+    model = tmp_path / "m"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model),
+                 "--set", "image_size=32", "-q"]) == 0
+    assert read_header(model)["threshold"]["fpr"] == 0.25
+
+
+def test_a_broken_sub_command_module_fails_loudly():
+    """A sub-command whose module cannot be imported must not silently vanish from the CLI."""
+    code = ("import sys; sys.modules['app.cli.bench'] = None\n"
+            "from app.cli import main\nraise SystemExit(main(['--help']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode != 0 and "Error" in out.stderr and "app.cli.bench" in out.stderr
+
+
+def test_every_sub_command_is_listed():
+    from app.cli import build_parser
+
+    helptext = build_parser().format_help()
+    for name in ("gui", "detectors", "train", "scan", "demo", "bench", "weights"):
+        assert name in helptext

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -67,7 +68,13 @@ def test_cancelled_first_scan_shows_no_results(qtbot, window, parts, monkeypatch
 
 
 def test_ui_thread_keeps_servicing_events_while_scoring(qtbot, window, many_parts, parts):
-    window.controller.set_detector(trained(SlowGaussian, parts.good, delay=0.03))
+    """Scoring runs off the UI thread, which keeps firing its timer. The detector records the
+    threads it scored on (the structural check); the gap bound is generous (the job takes 3 s on
+    the UI thread's watch, a loaded 2-core machine can still delay a tick by a few hundred ms), so
+    it catches a job run on the UI thread, not scheduling noise. Timings: benchmarks, not here."""
+    det = trained(SlowGaussian, parts.good, delay=0.03)
+    det.scoring_threads.clear()
+    window.controller.set_detector(det)
     set_form(window)
     ticks: list[float] = []
     timer = QTimer()
@@ -82,7 +89,8 @@ def test_ui_thread_keeps_servicing_events_while_scoring(qtbot, window, many_part
     timer.stop()
     gaps = np.diff(ticks)
     assert len(window.controller.result.rows) == 100
-    assert len(ticks) > 20 and gaps.max() < 0.2, f"UI thread blocked for {gaps.max() * 1000:.0f} ms"
+    assert det.scoring_threads and threading.main_thread().name not in det.scoring_threads
+    assert len(ticks) > 20 and gaps.max() < 1.5, f"UI thread blocked for {gaps.max() * 1000:.0f} ms"
 
 
 def test_closing_the_window_cancels_and_waits_for_jobs(qtbot, settings, parts):

@@ -108,6 +108,51 @@ def test_cancel_mid_fit(name):
         det.score(ImageSource(images(1)))
 
 
+def test_cancel_mid_score(name):
+    """Cancel between batches: the scan stops, nothing after the cancel is reported."""
+    det = create_detector(name, {**TINY[name], "batch_size": 2}, device="cpu")
+    det.fit(ImageSource(images(10)))
+    token = CancelToken()
+    reported = []
+
+    def progress(done, total, msg=""):
+        if msg.startswith("scored 2 of"):  # after the first batch of two
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.score(ImageSource(images(8, seed=3)), progress=progress, cancel=token,
+                  on_result=lambda i, r: reported.append(i))
+    assert reported and len(reported) < 8
+
+
+#: Detectors whose scoring loops over steps inside one batch (rotated copies, draws per image,
+#: timestep chunks) and calls the step hook there, with settings that make several steps.
+INNER_STEPS = {
+    "differnet": {"n_transforms_test": 16},  # two chunks of 8 copies per image
+    "score-resilience": {},  # one step per image of the batch
+    "ldm-zero-shot": {"unet_batch": 4},  # 4 images x 3 timesteps in chunks of 4
+}
+
+
+@pytest.mark.parametrize("inner", sorted(INNER_STEPS))
+def test_cancel_reaches_inside_a_batch(inner):
+    det = create_detector(inner, {**TINY[inner], **INNER_STEPS[inner]}, device="cpu")
+    det.fit(ImageSource(images(10)))
+    token = CancelToken()
+    inner_messages, reported = [], []
+
+    def progress(done, total, msg=""):
+        if msg.endswith(")") and "scored" in msg:  # the step hook's messages: "scored 0 of 4 (...)"
+            inner_messages.append(msg)
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.score(ImageSource(images(4, seed=3)), progress=progress, cancel=token,
+                  on_result=lambda i, r: reported.append(i))
+    # cancelled at the very next step of the first batch: one step ran, no image finished
+    assert len(inner_messages) == 1 and reported == []
+
+
 def test_too_few_images(name):
     det = create_detector(name, TINY[name], device="cpu")
     if det.zero_shot:
@@ -181,3 +226,85 @@ def test_pixel_gaussian_map_is_squared_z_score():
     r = det.score(ImageSource([x]))[0]
     assert np.allclose(r.anomaly_map, expect, rtol=1e-3)
     assert r.score == pytest.approx(expect.max(), rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- the field contract
+#: Fields the generic test cannot try here, and why.
+CANNOT_TRY = {
+    ("ldm-zero-shot", "model"): "names a Stable Diffusion folder or hub id; none can be fetched here",
+}
+
+
+def _other_values(cls, f, value):
+    """Valid values other than ``value`` to try for field ``f`` (a few, nearest first)."""
+    from core.detectors.config import field_type
+
+    md, tp = f.metadata, field_type(cls, f)
+    if "choices" in md:
+        return [c for c in md["choices"] if c != value]
+    if tp is bool:
+        return [not value]
+    if isinstance(value, tuple):
+        return [tuple(v * 2 for v in value), value + (value[-1],)]
+    lo, hi = md.get("min", float("-inf")), md.get("max", float("inf"))
+    if tp is int:
+        cands = [value + 1, value * 2, value - 1, lo, 8, 16]  # 8, 16: sizes that fit a model's stride
+    elif tp is float:
+        cands = [value * 1.5, value * 0.5, value + 0.1, (lo + min(hi, 1e6)) / 2 if lo > float("-inf") else 1.0]
+    else:  # free text
+        return ["2.5"] if f.name == "gamma" else ["/nonexistent/x"]
+    return [c for c in cands if lo <= c <= hi and c != value]
+
+
+def test_every_field_of_a_trained_model(name, tmp_path):
+    """Changing any field of a loaded model is either refused (metadata ``fixed``) or leaves a model
+    that saves, loads and scores with finite values; a ``neutral`` field leaves the scores alone."""
+    from dataclasses import fields
+
+    from core.detectors.config import ConfigError
+
+    det = create_detector(name, TINY[name], device="cpu")
+    det.fit(ImageSource(images(8)))
+    det.save(tmp_path / "m")
+    test = ImageSource(images(2, seed=4) + images(1, seed=6, defect=True))
+    cls = type(det)
+
+    def fresh():
+        return create_detector(name, TINY[name], "cpu") if det.zero_shot else load_model(tmp_path / "m", device="cpu")
+
+    base = fresh().score(test)
+    base_scores = [base[i].score for i in sorted(base)]
+    refused, applied = [], []
+    for f in fields(cls.config_class):
+        if (name, f.name) in CANNOT_TRY:
+            continue
+        loaded = fresh()
+        old = getattr(loaded.config, f.name)
+        tried = []
+        for new in _other_values(cls.config_class, f, old):
+            try:
+                loaded.change_settings({f.name: new})
+            except ConfigError as exc:
+                if "cannot change" in str(exc):
+                    assert f.name in cls.fixed_fields(), f"{f.name} refused but not marked fixed"
+                    refused.append(f.name)
+                    break
+                tried.append(f"{new!r}: {exc}")
+                continue
+            assert f.name not in cls.fixed_fields(), f"{f.name} is marked fixed but was changed"
+            if not det.zero_shot:
+                loaded.save(tmp_path / f"m-{f.name}")
+                loaded = load_model(tmp_path / f"m-{f.name}", device="cpu")
+                assert getattr(loaded.config, f.name) == new
+            res = loaded.score(test)
+            assert sorted(res) == [0, 1, 2], f.name
+            assert all(np.isfinite(r.score) for r in res.values()), f"{f.name}={new!r} gives non-finite scores"
+            if f.name in cls.neutral_fields():
+                got = [res[i].score for i in sorted(res)]
+                np.testing.assert_allclose(got, base_scores, rtol=1e-4, err_msg=f"neutral field {f.name} changed scores")
+            applied.append(f.name)
+            break
+        else:
+            pytest.fail(f"no other valid value of {name}.{f.name} could be tried: {tried}")
+    assert set(refused) == set(cls.fixed_fields()) - {k for (d, k) in CANNOT_TRY if d == name}
+    assert len(refused) + len(applied) == len(fields(cls.config_class)) - sum(d == name for d, _ in CANNOT_TRY)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.data.images import Skipped, iter_batches
+from core.data.images import Skipped
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
@@ -53,6 +53,13 @@ from core.detectors.differnet.torch_model import (
     flow_nll,
     latent_nll,
     rotate,
+)
+from core.detectors.training import (
+    TrainingLoop,
+    check_pinned_weights,
+    decode_training_cache,
+    pinned_weights,
+    shuffled_batches,
 )
 from core.io import weights as store
 from core.results import ScoreResult
@@ -67,27 +74,27 @@ FEATURE_CHOICES = ("blocks", "head")
 
 @dataclass
 class DifferNetConfig(DetectorConfig):
-    batch_size: int = field(default=8, metadata={"help": "images per scoring batch (each runs as T copies)", "min": 1, "max": 4096})
-    train_batch_size: int = field(default=96, metadata={"help": "feature vectors per training step (paper: 96)", "min": 2, "max": 4096})
-    backbone: str = field(default="auto", metadata={"help": "feature extractor: auto = AlexNet if its weights are in the store (paper), else EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
-    weights_path: str = field(default="", metadata={"help": "backbone weights file (empty: the weights store)", "advanced": True})
-    epochs: int = field(default=192, metadata={"help": "training epochs (paper: 192)", "min": 1, "max": 10000})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (paper: 2e-4)", "min": 1e-8, "max": 1.0})
-    weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay (authors' code: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
+    batch_size: int = field(default=8, metadata={"neutral": True, "help": "images per scoring batch (each runs as T copies)", "min": 1, "max": 4096})
+    train_batch_size: int = field(default=96, metadata={"neutral": True, "help": "feature vectors per training step (paper: 96)", "min": 2, "max": 4096})
+    backbone: str = field(default="auto", metadata={"fixed": True, "help": "feature extractor: auto = AlexNet if its weights are in the store (paper), else EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
+    weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
+    epochs: int = field(default=192, metadata={"neutral": True, "help": "training epochs (paper: 192)", "min": 1, "max": 10000})
+    lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (paper: 2e-4)", "min": 1e-8, "max": 1.0})
+    weight_decay: float = field(default=1e-5, metadata={"neutral": True, "help": "Adam weight decay (authors' code: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
     n_transforms_test: int = field(default=64, metadata={"help": "transformed copies T averaged per image at scoring (paper: 64)", "min": 1, "max": 1024})
-    maps: bool = field(default=True, metadata={"help": "compute gradient heat maps (3.3); off = scores only, faster"})
-    image_size: int = field(default=448, metadata={"help": "largest input scale, pixels a side (paper: 448)", "min": 16, "max": 2048})
-    n_scales: int = field(default=3, metadata={"help": "input scales S, S/2, S/4... (paper: 3)", "min": 1, "max": 5, "advanced": True})
+    maps: bool = field(default=True, metadata={"neutral": True, "help": "compute gradient heat maps (3.3); off = scores only, faster"})
+    image_size: int = field(default=448, metadata={"fixed": True, "help": "largest input scale, pixels a side (paper: 448)", "min": 16, "max": 2048})
+    n_scales: int = field(default=3, metadata={"fixed": True, "help": "input scales S, S/2, S/4... (paper: 3)", "min": 1, "max": 5, "advanced": True})
     rotation_range: float = field(default=360.0, metadata={"help": "rotations uniform over this many degrees (paper: full circle; 0 = none)", "min": 0.0, "max": 360.0})
     jitter: str = field(default="auto", metadata={"help": "brightness/contrast jitter (paper: on magnetic tiles); auto = on for grey images", "choices": JITTER_CHOICES})
     jitter_range: float = field(default=0.2, metadata={"help": "jitter factors uniform in [1 - r, 1 + r] (ours)", "min": 0.0, "max": 0.9, "advanced": True})
-    train_copies: int = field(default=0, metadata={"help": "0 = new random transforms every epoch (paper); K = K cached transformed copies per image (fast on CPU)", "min": 0, "max": 1024, "advanced": True})
-    n_coupling_blocks: int = field(default=8, metadata={"help": "coupling blocks of the flow (paper: 8)", "min": 1, "max": 64, "advanced": True})
-    clamp_alpha: float = field(default=3.0, metadata={"help": "soft clamping alpha, eq. 2 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
-    subnet_width: int = field(default=2048, metadata={"help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
-    subnet_layers: int = field(default=3, metadata={"help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
-    efficientnet_features: str = field(default="blocks", metadata={"help": "EfficientNet-Lite0 map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
-    map_sigma: float = field(default=4.0, metadata={"help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
+    train_copies: int = field(default=0, metadata={"neutral": True, "help": "0 = new random transforms every epoch (paper); K = K cached transformed copies per image (fast on CPU)", "min": 0, "max": 1024, "advanced": True})
+    n_coupling_blocks: int = field(default=8, metadata={"fixed": True, "help": "coupling blocks of the flow (paper: 8)", "min": 1, "max": 64, "advanced": True})
+    clamp_alpha: float = field(default=3.0, metadata={"fixed": True, "help": "soft clamping alpha, eq. 2 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
+    subnet_width: int = field(default=2048, metadata={"fixed": True, "help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
+    subnet_layers: int = field(default=3, metadata={"fixed": True, "help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
+    efficientnet_features: str = field(default="blocks", metadata={"fixed": True, "help": "EfficientNet-Lite0 map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
+    map_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
     score_term: str = field(default="latent", metadata={"help": "score: -log p_Z(z) (eq. 5, paper) or the full NLL with log-det", "choices": SCORE_CHOICES, "advanced": True})
 
     def validate(self) -> None:
@@ -99,6 +106,10 @@ class DifferNetConfig(DetectorConfig):
             raise ConfigError(f"image_size={self.image_size} is too small for {self.n_scales} scales (smallest < 8 px)")
         if self.weights_path and self.backbone not in ("alexnet", "efficientnet-lite0"):
             raise ConfigError("weights_path needs backbone=alexnet or backbone=efficientnet-lite0")
+
+
+#: Rotated copies scored per forward pass; Cancel waits for at most one chunk.
+COPY_CHUNK = 8
 
 
 def resolve_backbone(cfg: DifferNetConfig) -> str:
@@ -117,9 +128,6 @@ class DifferNetDetector(Detector):
     produces_maps = True
     config_class = DifferNetConfig
     min_train_images = 2
-    fixed_after_fit = ("backbone", "weights_path", "image_size", "n_scales", "n_coupling_blocks", "clamp_alpha",
-                       "subnet_width", "subnet_layers", "efficientnet_features")
-    score_neutral = ("train_batch_size", "epochs", "lr", "weight_decay", "train_copies", "maps", "map_sigma")
 
     config: DifferNetConfig
 
@@ -202,22 +210,14 @@ class DifferNetDetector(Detector):
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
         cfg = self.config
-        total = len(images)
         t0 = time.perf_counter()
         backbone = resolve_backbone(cfg)
 
         # Decode and resize once to the largest scale; float16 on the CPU halves the cache.
-        read = SubProgress(progress, 0.0, 0.05, "reading")
-        cache, grey = [], True
-        for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-            grey = grey and all(img.shape[2] == 1 for img in batch)
-            cache.append(to_tensor_batch(batch, cfg.image_size, 3).clamp_(0.0, 1.0).half())
-            read(idx[-1] + 1, total)
-            check(cancel)
-        n = sum(c.shape[0] for c in cache)
-        if n < self.min_train_images:
-            raise FitError(f"differnet needs at least {self.min_train_images} readable good images, got {n}")
-        data = torch.cat(cache)
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel, skipped,
+                                      channels=3, dtype=torch.float16)
+        data, grey, n = cache.data, cache.grey, cache.n
         del cache
         jitter = self._jitter_on(grey)
 
@@ -246,44 +246,30 @@ class DifferNetDetector(Detector):
             k = cfg.train_copies
             bank = torch.empty(n, k, model.feature_dim)
             jobs = [(i, j) for j in range(k) for i in range(0, n, bs)]
-            for step, (i, j) in enumerate(jobs, 1):
+            for done, (i, j) in enumerate(jobs, 1):
                 check(cancel)
                 xb = data[i:i + bs]
                 bank[i:i + xb.shape[0], j] = extract(xb, *self._random_transforms(xb.shape[0], jitter, gen)).cpu()
-                feat(step, len(jobs), f"copy {j + 1}/{k}")
+                feat(done, len(jobs), f"copy {j + 1}/{k}")
 
         # 3.1.2 / 4.2: maximise the likelihood (minimise eq. 4) of transformed training images.
         params = [p for p in model.flow.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        train = SubProgress(progress, 0.35 if bank is not None else 0.05, 0.99, "training")
-        steps_per_epoch = math.ceil(n / bs)
-        total_steps = cfg.epochs * steps_per_epoch
-        step = 0
-        history: list[float] = []
-        model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, seen = 0.0, 0
-            for bidx in torch.randperm(n, generator=gen).split(bs):
-                check(cancel)
-                if bank is not None:
-                    pick = torch.randint(0, bank.shape[1], (bidx.numel(),), generator=gen)
-                    f = bank[bidx, pick].to(dev)
-                else:
-                    f = extract(data[bidx], *self._random_transforms(bidx.numel(), jitter, gen))
-                z, log_jac = model.flow(f)
-                loss = flow_nll(z, log_jac).mean()
-                if not torch.isfinite(loss):
-                    raise FitError(f"differnet training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * bidx.numel()
-                seen += bidx.numel()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            history.append(loss_sum / seen)
-        check(cancel)
-        model.eval()
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            progress=SubProgress(progress, 0.35 if bank is not None else 0.05, 0.99, "training"),
+                            cancel=cancel)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            if bank is not None:
+                pick = torch.randint(0, bank.shape[1], (bidx.numel(),), generator=gen)
+                f = bank[bidx, pick].to(dev)
+            else:
+                f = extract(data[bidx], *self._random_transforms(bidx.numel(), jitter, gen))
+            z, log_jac = model.flow(f)
+            return flow_nll(z, log_jac).mean(), bidx.numel()
+
+        run = loop.run(shuffled_batches(n, bs, gen), step, module=model)
+        history = run.history
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
             "backbone": backbone,
@@ -292,15 +278,12 @@ class DifferNetDetector(Detector):
             "jitter": bool(jitter),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "flow_parameters": int(sum(p.numel() for p in params)),
             "fit_seconds": time.perf_counter() - t0,
         }
         if self._weights is not None:
-            name, loc = self._weights
-            self.meta["weights"] = {"name": name, "sha256": store.verify(loc.path, store.get_weight_set(name)),
-                                    "source": loc.source}
+            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: loss {history[-1]:.4f} ({backbone}, {model.feature_dim} features)")
 
@@ -316,24 +299,38 @@ class DifferNetDetector(Detector):
             deg, b, c = self._test_transforms()
             t = deg.numel()
             x_all = to_tensor_batch(images, cfg.image_size, 3).clamp_(0.0, 1.0)
+            n_img = len(images)
             for i, img in enumerate(images):
-                # 3.2: the T transformed copies of one image run as one batch.
-                copies = self._apply(x_all[i:i + 1].expand(t, -1, -1, -1).to(self.device), deg, b, c)
-                copies = copies.detach().clone().requires_grad_(cfg.maps)
-                z, log_jac = model(copies)
-                lat = latent_nll(z)
-                nll = flow_nll(z, log_jac)
+                # 3.2: the T transformed copies of one image run as batches of COPY_CHUNK, with the
+                # cancel / progress hook between them (a copy's score and its gradient depend on that
+                # copy alone, so chunking changes nothing but the latency of Cancel).
+                lat_parts, nll_parts, grad_parts = [], [], []
+                for s in range(0, t, COPY_CHUNK):
+                    self._step(i * t + s, n_img * t, f"image {i + 1} of {n_img}, copy {s + 1} of {t}")
+                    sl = slice(s, s + COPY_CHUNK)
+                    n_c = deg[sl].numel()
+                    copies = self._apply(x_all[i:i + 1].expand(n_c, -1, -1, -1).to(self.device), deg[sl], b[sl], c[sl])
+                    copies = copies.detach().clone().requires_grad_(cfg.maps)
+                    z, log_jac = model(copies)
+                    lat = latent_nll(z)
+                    nll = flow_nll(z, log_jac)
+                    per_copy = lat if cfg.score_term == "latent" else nll
+                    if cfg.maps:
+                        (grads,) = torch.autograd.grad(per_copy.sum(), copies)
+                        grad_parts.append(grads.detach())
+                    lat_parts.append(lat.detach())
+                    nll_parts.append(nll.detach())
+                lat, nll = torch.cat(lat_parts), torch.cat(nll_parts)
                 per_copy = lat if cfg.score_term == "latent" else nll
                 amap = None
                 if cfg.maps:
-                    (grads,) = torch.autograd.grad(per_copy.sum(), copies)
-                    m = differnet_map(grads.detach(), deg.to(self.device), cfg.map_sigma)
+                    m = differnet_map(torch.cat(grad_parts), deg.to(self.device), cfg.map_sigma)
                     amap = map_to_input(m.cpu().numpy().astype(np.float32), img.shape)
                 results.append(ScoreResult(
-                    score=float(per_copy.detach().mean()),
+                    score=float(per_copy.mean()),
                     anomaly_map=amap,
-                    columns={"score_latent": float(lat.detach().mean()), "score_nll": float(nll.detach().mean()),
-                             "score_max_copy": float(per_copy.detach().max())},
+                    columns={"score_latent": float(lat.mean()), "score_nll": float(nll.mean()),
+                             "score_max_copy": float(per_copy.max())},
                 ))
         return results
 
@@ -344,12 +341,7 @@ class DifferNetDetector(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = None
         model = self._build(str(meta["backbone"]), int(meta["feature_dim"]))
-        saved = (meta.get("weights") or {}).get("sha256")
-        if saved and self._weights is not None:
-            name, loc = self._weights
-            if store.verify(loc.path, store.get_weight_set(name)) != saved:
-                raise store.ChecksumError(f"the '{name}' weights found at {loc.path} differ from those this model "
-                                          f"was trained with (SHA-256 {saved[:16]}...); retrain or restore them")
+        check_pinned_weights(self._weights, meta.get("weights"))
         model.load_flow_state(tensors)
         self.model = model.to(self.device).eval()
 

@@ -33,7 +33,6 @@ Departures and choices where the paper is silent:
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -41,16 +40,17 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from core.data.images import Skipped, iter_batches
-from core.detectors.base import Detector, FitError, OnResult
-from core.detectors.common import infer_channels, map_to_input, to_tensor_batch
+from core.data.images import Skipped
+from core.detectors.base import Detector, OnResult
+from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
 from core.detectors.ldm_zero_shot.pipeline import DiffusionModel, load_diffusion_model, model_kind, quiet_hub_logging
 from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, ddpm_loss, make_scheduler
+from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
 from core.grouping import METHODS
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
 
 BATCH = "batch"
@@ -131,7 +131,6 @@ class LDMZeroShotDetector(Detector):
         self.batch_net: Optional[BatchNet] = None
         self._batch_scheduler = None
         self._channels = 3
-        self._cancel: Optional[CancelToken] = None
         self._noise: Optional[tuple[tuple, torch.Tensor]] = None
 
     # ------------------------------------------------------------------ scoring
@@ -139,20 +138,12 @@ class LDMZeroShotDetector(Detector):
               cancel: CancelToken | None = None, on_result: OnResult | None = None,
               skipped: list[Skipped] | None = None) -> dict[int, ScoreResult]:
         """Score the batch; with ``model=batch`` first train the fallback model on it."""
-        self._cancel = cancel
-        try:
-            if self.config.model == BATCH:
-                self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"),
-                                     cancel)
-                progress = SubProgress(progress, TRAIN_SHARE, 1.0)
-            else:
-                self._ensure_pretrained()
-            return super().score(images, progress, cancel, on_result, skipped)
-        finally:
-            self._cancel = None
-
-    def _check(self) -> None:
-        check(self._cancel)
+        if self.config.model == BATCH:
+            self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"), cancel)
+            progress = SubProgress(progress, TRAIN_SHARE, 1.0)
+        else:
+            self._ensure_pretrained()
+        return super().score(images, progress, cancel, on_result, skipped)
 
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         cfg = self.config
@@ -171,7 +162,8 @@ class LDMZeroShotDetector(Detector):
             alphas, ptype = pm.alphas_cumprod, pm.prediction_type
         ts = pick_timesteps(sched, cfg.timesteps)
         eps = self._eps(tuple(z.shape[1:]), ts.numel())
-        per_t, maps = noise_errors(denoise, z, ts, eps, alphas, ptype, cfg.unet_batch, self._check)
+        per_t, maps = noise_errors(denoise, z, ts, eps, alphas, ptype, cfg.unet_batch,
+                                   lambda done, of: self._step(done, of, "timesteps"))
         self.meta["timesteps"] = [int(t) for t in ts]
         per_t_np = per_t.cpu().numpy().astype(np.float64)
         maps_np = maps.cpu().numpy().astype(np.float32)
@@ -212,21 +204,14 @@ class LDMZeroShotDetector(Detector):
 
         Unreadable files are left out here and reported by the scoring pass."""
         cfg = self.config
-        size = cfg.batch_size_px()
-        read = SubProgress(progress, 0.0, 0.05, "reading")
-        total = len(images)
-        batches, channels = [], None
-        for idx, batch in iter_batches(images, cfg.batch_size, None, cancel):
-            if channels is None:
-                channels = infer_channels(batch)
-            batches.append((batch, idx))
-            read(idx[-1] + 1, total)
-        if not batches:
+        cache = decode_training_cache(self.name, images, cfg.batch_size_px(), cfg.batch_size, 0,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel)
+        if cache.n == 0:
             self.batch_net = None
             return
-        data = torch.cat([to_tensor_batch(b, size, channels) for b, _ in batches]).clamp_(0, 1) * 2.0 - 1.0
-        del batches
-        n = data.shape[0]
+        data = cache.data * 2.0 - 1.0
+        n, channels = cache.n, cache.channels
+        del cache
         torch.manual_seed(cfg.seed)
         model = BatchNet(cfg.batch_shape(channels)).to(self.device)
         sched = make_scheduler(cfg.train_timesteps)
@@ -236,37 +221,22 @@ class LDMZeroShotDetector(Detector):
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         bs = min(cfg.train_batch_size, n)
-        total_steps = cfg.epochs * math.ceil(n / bs)
-        train = SubProgress(progress, 0.05, 1.0)
-        max_s = cfg.max_minutes * 60.0
-        t0 = time.perf_counter()
-        step, last, loss_v = 0, -1e9, float("nan")
-        model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            for bidx in torch.randperm(n, generator=shuffle).split(bs):
-                check(cancel)
-                x = data[bidx]
-                t = torch.randint(0, cfg.train_timesteps, (x.shape[0],), generator=noise).to(self.device)
-                eps = torch.randn(x.shape, generator=noise).to(self.device)
-                loss = ddpm_loss(model, x, t, eps, alphas)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                now = time.perf_counter()
-                if now - last >= 0.2 or step == total_steps:
-                    last, loss_v = now, float(loss.detach())
-                    train(step, total_steps, f"epoch {epoch}/{cfg.epochs}, loss {loss_v:.4f}")
-            if max_s > 0 and time.perf_counter() - t0 >= max_s:
-                break
-        if not math.isfinite(float(loss.detach())):
-            raise FitError("the batch model's training diverged (loss is not finite): lower lr")
-        check(cancel)
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            max_minutes=cfg.max_minutes, budget="epoch", progress=SubProgress(progress, 0.05, 1.0),
+                            cancel=cancel)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x = data[bidx]
+            t = torch.randint(0, cfg.train_timesteps, (x.shape[0],), generator=noise).to(self.device)
+            eps = torch.randn(x.shape, generator=noise).to(self.device)
+            return ddpm_loss(model, x, t, eps, alphas), x.shape[0]
+
+        run = loop.run(shuffled_batches(n, bs, shuffle), step, module=model)
         self.batch_net = model.eval().requires_grad_(False)
         self._batch_scheduler = sched
         self._channels = channels
-        self.meta.update({"variant": "batch", "n_batch": int(n), "batch_epochs": int(epoch),
-                          "batch_seconds": round(time.perf_counter() - t0, 3), "batch_loss": loss_v})
+        self.meta.update({"variant": "batch", "n_batch": int(n), "batch_epochs": int(run.epochs_done),
+                          "batch_seconds": round(run.seconds, 3), "batch_loss": run.final_loss})
 
     # ------------------------------------------------------------------ zero-shot: nothing to fit or save
     def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - zero-shot: fit is a no-op

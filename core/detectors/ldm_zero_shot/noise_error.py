@@ -55,12 +55,12 @@ def noise_errors(
     alphas_cumprod: torch.Tensor,
     prediction_type: str = "epsilon",
     chunk: int = 32,
-    check: Callable[[], None] | None = None,
+    step: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-timestep errors (B, T) and per-pixel error maps (B, h, w) of latents ``z`` (B, C, h, w).
 
     All B x T noisy versions run through ``denoise`` in chunks of ``chunk`` (one batch on the
-    GPU); ``check`` (a cancel check) runs between chunks.
+    GPU); ``step(done, of)`` (the detector's cancel and progress hook) runs before each chunk.
     """
     b, t_n = z.shape[0], timesteps.numel()
     dev = z.device
@@ -81,8 +81,8 @@ def noise_errors(
     steps = timesteps.to(dev).repeat(b)
     maps = torch.empty(b * t_n, *z.shape[2:], device=dev)
     for s in range(0, b * t_n, chunk):
-        if check is not None:
-            check()
+        if step is not None:
+            step(s, b * t_n)
         pred = denoise(noisy[s:s + chunk], steps[s:s + chunk]).float()
         maps[s:s + chunk] = (pred - target[s:s + chunk]).pow(2).mean(1)
     maps = maps.view(b, t_n, *z.shape[2:])

@@ -33,9 +33,9 @@ from core.runtime.progress import ProgressFn, SubProgress
 
 @dataclass
 class OCSVMConfig(DetectorConfig):
-    image_size: int = field(default=64, metadata={"help": "images are resized to this square size and flattened (paper: 64)", "min": 4, "max": 512})
-    nu: float = field(default=0.1, metadata={"help": "upper bound on the training outlier fraction", "min": 1e-4, "max": 1.0})
-    gamma: str = field(default="scale", metadata={"help": "RBF gamma: 'scale', 'auto' or a number"})
+    image_size: int = field(default=64, metadata={"fixed": True, "help": "images are resized to this square size and flattened (paper: 64)", "min": 4, "max": 512})
+    nu: float = field(default=0.1, metadata={"fixed": True, "help": "upper bound on the training outlier fraction", "min": 1e-4, "max": 1.0})
+    gamma: str = field(default="scale", metadata={"fixed": True, "help": "RBF gamma: 'scale', 'auto' or a number"})
 
     def validate(self) -> None:
         super().validate()
@@ -56,7 +56,6 @@ class OCSVMDetector(Detector):
     produces_maps = False
     config_class = OCSVMConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size", "nu", "gamma")
 
     config: OCSVMConfig
 

@@ -27,7 +27,7 @@ from core.runtime.progress import ProgressFn
 
 @dataclass
 class PixelGaussianConfig(DetectorConfig):
-    image_size: int = field(default=256, metadata={"help": "working resolution (pixels a side)", "min": 8, "max": 2048})
+    image_size: int = field(default=256, metadata={"fixed": True, "help": "working resolution (pixels a side)", "min": 8, "max": 2048})
     blur_sigma: float = field(default=4.0, metadata={"help": "Gaussian smoothing of the map (pixels at working size)", "min": 0.0, "max": 64.0})
     var_floor: float = field(default=1e-3, metadata={"help": "added to every pixel variance (intensity units^2)", "min": 1e-8, "max": 1.0, "advanced": True})
 
@@ -39,7 +39,6 @@ class PixelGaussianDetector(Detector):
     produces_maps = True
     config_class = PixelGaussianConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size",)
 
     config: PixelGaussianConfig
 

@@ -44,6 +44,7 @@ from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, TokenExtractor
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
+from core.detectors.training import TrainingLoop, check_pinned_weights, pinned_weights, shuffled_batches
 from core.io import weights as store
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -59,22 +60,22 @@ MAP_NOTE = "CAFF attention over patches (where the flow looked; not a defect loc
 
 @dataclass
 class SANFConfig(DetectorConfig):
-    batch_size: int = field(default=16, metadata={"help": "images per scoring batch", "min": 1, "max": 4096})
-    train_batch_size: int = field(default=32, metadata={"help": "class tokens per training step (paper: 32)", "min": 2, "max": 4096})
-    backbone: str = field(default="auto", metadata={"help": "token extractor: auto = ViT-L/16 or ViT-B/16 if in the weights store (paper), else EfficientNet-Lite0 tokens; tiny-* are for tests only", "choices": BACKBONE_CHOICES})
-    weights_path: str = field(default="", metadata={"help": "backbone weights file (empty: the weights store)", "advanced": True})
-    image_size: int = field(default=224, metadata={"help": "input size, pixels a side (a multiple of the ViT's patch size)", "min": 14, "max": 1024})
-    epochs: int = field(default=40, metadata={"help": "training epochs (not given in the paper)", "min": 1, "max": 10000})
-    lr: float = field(default=5e-5, metadata={"help": "Adam learning rate (paper: 5e-5)", "min": 1e-8, "max": 1.0})
-    beta1: float = field(default=0.8, metadata={"help": "Adam beta1 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
-    beta2: float = field(default=0.8, metadata={"help": "Adam beta2 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
-    weight_decay: float = field(default=1e-5, metadata={"help": "Adam weight decay (paper: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
-    n_flow_layers: int = field(default=4, metadata={"help": "flow-based learning layers (paper: 4)", "min": 1, "max": 64, "advanced": True})
-    hidden_width: int = field(default=1024, metadata={"help": "CAFF / MLP width d (paper: 1024)", "min": 2, "max": 8192, "advanced": True})
-    clamp_alpha: float = field(default=3.0, metadata={"help": "soft clamp alpha, eq. 5 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
-    caff: bool = field(default=True, metadata={"help": "class-attention fusion of the patch tokens (off = the paper's ablation: MLP of the half only)"})
-    standardize: bool = field(default=True, metadata={"help": "standardise tokens with training statistics (ours)", "advanced": True})
-    efficientnet_features: str = field(default="head", metadata={"help": "EfficientNet-Lite0 map for the tokens: head (1280 ch, the one the classifier pools) or last block (320 ch)", "choices": FEATURE_CHOICES, "advanced": True})
+    batch_size: int = field(default=16, metadata={"neutral": True, "help": "images per scoring batch", "min": 1, "max": 4096})
+    train_batch_size: int = field(default=32, metadata={"neutral": True, "help": "class tokens per training step (paper: 32)", "min": 2, "max": 4096})
+    backbone: str = field(default="auto", metadata={"fixed": True, "help": "token extractor: auto = ViT-L/16 or ViT-B/16 if in the weights store (paper), else EfficientNet-Lite0 tokens; tiny-* are for tests only", "choices": BACKBONE_CHOICES})
+    weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
+    image_size: int = field(default=224, metadata={"fixed": True, "help": "input size, pixels a side (a multiple of the ViT's patch size)", "min": 14, "max": 1024})
+    epochs: int = field(default=40, metadata={"neutral": True, "help": "training epochs (not given in the paper)", "min": 1, "max": 10000})
+    lr: float = field(default=5e-5, metadata={"neutral": True, "help": "Adam learning rate (paper: 5e-5)", "min": 1e-8, "max": 1.0})
+    beta1: float = field(default=0.8, metadata={"neutral": True, "help": "Adam beta1 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
+    beta2: float = field(default=0.8, metadata={"neutral": True, "help": "Adam beta2 (paper: 0.8)", "min": 0.0, "max": 0.9999, "advanced": True})
+    weight_decay: float = field(default=1e-5, metadata={"neutral": True, "help": "Adam weight decay (paper: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
+    n_flow_layers: int = field(default=4, metadata={"fixed": True, "help": "flow-based learning layers (paper: 4)", "min": 1, "max": 64, "advanced": True})
+    hidden_width: int = field(default=1024, metadata={"fixed": True, "help": "CAFF / MLP width d (paper: 1024)", "min": 2, "max": 8192, "advanced": True})
+    clamp_alpha: float = field(default=3.0, metadata={"fixed": True, "help": "soft clamp alpha, eq. 5 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
+    caff: bool = field(default=True, metadata={"fixed": True, "help": "class-attention fusion of the patch tokens (off = the paper's ablation: MLP of the half only)"})
+    standardize: bool = field(default=True, metadata={"fixed": True, "help": "standardise tokens with training statistics (ours)", "advanced": True})
+    efficientnet_features: str = field(default="head", metadata={"fixed": True, "help": "EfficientNet-Lite0 map for the tokens: head (1280 ch, the one the classifier pools) or last block (320 ch)", "choices": FEATURE_CHOICES, "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -143,9 +144,6 @@ class SANFDetector(Detector):
     produces_maps = True
     config_class = SANFConfig
     min_train_images = 2
-    fixed_after_fit = ("backbone", "weights_path", "image_size", "n_flow_layers", "hidden_width", "clamp_alpha",
-                       "caff", "standardize", "efficientnet_features")
-    score_neutral = ("train_batch_size", "epochs", "lr", "beta1", "beta2", "weight_decay")
 
     config: SANFConfig
 
@@ -236,29 +234,15 @@ class SANFDetector(Detector):
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = cfg.train_batch_size
-        train = SubProgress(progress, 0.4, 0.99, "training")
-        total_steps = cfg.epochs * math.ceil(n / bs)
-        step = 0
-        history: list[float] = []
-        model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, seen = 0.0, 0
-            for bidx in torch.randperm(n, generator=gen).split(bs):
-                check(cancel)
-                loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
-                loss = loss.mean()
-                if not torch.isfinite(loss):
-                    raise FitError(f"sanf training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * bidx.numel()
-                seen += bidx.numel()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            history.append(loss_sum / seen)
-        check(cancel)
-        model.eval()
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            progress=SubProgress(progress, 0.4, 0.99, "training"), cancel=cancel)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
+            return loss.mean(), bidx.numel()
+
+        run = loop.run(shuffled_batches(n, bs, gen), step, module=model)
+        history = run.history
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
             "backbone": backbone,
@@ -266,16 +250,13 @@ class SANFDetector(Detector):
             "token_shape": list(model.extractor.token_shape),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "flow_parameters": int(sum(p.numel() for p in params)),
             "fit_seconds": time.perf_counter() - t0,
             "map": MAP_NOTE if cfg.caff else "",
         }
         if self._weights is not None:
-            name, loc = self._weights
-            self.meta["weights"] = {"name": name, "sha256": store.verify(loc.path, store.get_weight_set(name)),
-                                    "source": loc.source}
+            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: loss {history[-1]:.4f} ({backbone}, {model.extractor.dim} channels)")
 
@@ -312,12 +293,7 @@ class SANFDetector(Detector):
         if model.extractor.dim != int(meta["class_dim"]) or list(model.extractor.token_shape) != list(meta["token_shape"]):
             raise ValueError(f"backbone tokens {model.extractor.dim}, {model.extractor.token_shape} differ from the saved "
                              f"{meta['class_dim']}, {meta['token_shape']}")
-        saved = (meta.get("weights") or {}).get("sha256")
-        if saved and self._weights is not None:
-            name, loc = self._weights
-            if store.verify(loc.path, store.get_weight_set(name)) != saved:
-                raise store.ChecksumError(f"the '{name}' weights found at {loc.path} differ from those this model "
-                                          f"was trained with (SHA-256 {saved[:16]}...); retrain or restore them")
+        check_pinned_weights(self._weights, meta.get("weights"))
         model.load_trained_state(tensors)
         self.model = model.to(self.device).eval()
 

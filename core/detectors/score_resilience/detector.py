@@ -47,13 +47,14 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError
-from core.detectors.common import decode_training_cache, to_tensor_batch
+from core.detectors.base import Detector
+from core.detectors.common import to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
+from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops, shuffled_batches
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
 
 LR_SCHEDULES = ("step", "constant")
@@ -61,23 +62,24 @@ LR_SCHEDULES = ("step", "constant")
 
 @dataclass
 class ScoreResilienceConfig(DetectorConfig):
-    image_size: int = field(default=192, metadata={"help": "working resolution, pixels a side (paper: 192)", "min": 8, "max": 1024})
-    epochs: int = field(default=3000, metadata={"help": "training epochs (paper: 3000); training stops at epochs or max_minutes, whichever first", "min": 1, "max": 100000})
-    max_minutes: float = field(default=30.0, metadata={"help": "training time limit in minutes (0 = no limit)", "min": 0.0, "max": 100000.0})
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (paper: 1e-4)", "min": 1e-8, "max": 1.0})
-    lr_schedule: str = field(default="step", metadata={"help": "step: lr/10 after 1/3 and 2/3 of the budget (paper, MVTec); constant (paper, MPDD/BTAD)", "choices": LR_SCHEDULES})
-    weight_decay: float = field(default=1e-3, metadata={"help": "AdamW weight decay (paper: 1e-3)", "min": 0.0, "max": 1.0, "advanced": True})
-    ema_decay: float = field(default=0.9999, metadata={"help": "EMA rate of the saved weights (paper: 0.9999)", "min": 0.0, "max": 1.0, "advanced": True})
-    ema_warmup: bool = field(default=True, metadata={"help": "EMA rate min(decay, (1+t)/(10+t)) at step t (not in the paper)", "advanced": True})
+    image_size: int = field(default=192, metadata={"fixed": True, "help": "working resolution, pixels a side (paper: 192)", "min": 8, "max": 1024})
+    epochs: int = field(default=3000, metadata={"neutral": True, "help": "training epochs (paper: 3000); training stops at epochs or max_minutes, whichever first", "min": 1, "max": 100000})
+    max_minutes: float = field(default=30.0, metadata={"neutral": True, "help": "training time limit in minutes (0 = no limit)", "min": 0.0, "max": 100000.0})
+    lr: float = field(default=1e-4, metadata={"neutral": True, "help": "AdamW learning rate (paper: 1e-4)", "min": 1e-8, "max": 1.0})
+    lr_schedule: str = field(default="step", metadata={"neutral": True, "help": "step: lr/10 after 1/3 and 2/3 of the budget (paper, MVTec); constant (paper, MPDD/BTAD)", "choices": LR_SCHEDULES})
+    weight_decay: float = field(default=1e-3, metadata={"neutral": True, "help": "AdamW weight decay (paper: 1e-3)", "min": 0.0, "max": 1.0, "advanced": True})
+    ema_decay: float = field(default=0.9999, metadata={"neutral": True, "help": "EMA rate of the saved weights (paper: 0.9999)", "min": 0.0, "max": 1.0, "advanced": True})
+    ema_warmup: bool = field(default=True, metadata={"neutral": True, "help": "EMA rate min(decay, (1+t)/(10+t)) at step t (not in the paper)", "advanced": True})
     sigma: float = field(default=25.0, metadata={"help": "noise scale parameter sigma of sigma_k (paper: 25)", "min": 1.0001, "max": 1000.0})
     k: float = field(default=0.001, metadata={"help": "noise level k in (0, 1] used for scoring (paper: 0.001)", "min": 1e-6, "max": 1.0})
     n_draws: int = field(default=3, metadata={"help": "noise draws N averaged per image (paper: 3)", "min": 1, "max": 64})
     smooth_size: int = field(default=31, metadata={"help": "mean filter, pixels a side at working size (paper: 31; 1 = off)", "min": 1, "max": 255})
-    block_out_channels: tuple[int, ...] = field(default=(64, 128, 256, 256), metadata={"help": "U-Net widths per level (ours; the paper's are in its supplement)", "advanced": True})
-    layers_per_block: int = field(default=2, metadata={"help": "residual blocks per U-Net level", "min": 1, "max": 8, "advanced": True})
-    norm_num_groups: int = field(default=32, metadata={"help": "GroupNorm groups (must divide every width)", "min": 1, "max": 256, "advanced": True})
-    attention: bool = field(default=False, metadata={"help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
-    amp: bool = field(default=True, metadata={"help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
+    block_out_channels: tuple[int, ...] = field(default=(64, 128, 256, 256), metadata={"fixed": True, "help": "U-Net widths per level (ours; the paper's are in its supplement)", "advanced": True})
+    layers_per_block: int = field(default=2, metadata={"fixed": True, "help": "residual blocks per U-Net level", "min": 1, "max": 8, "advanced": True})
+    norm_num_groups: int = field(default=32, metadata={"fixed": True, "help": "GroupNorm groups (must divide every width)", "min": 1, "max": 256, "advanced": True})
+    attention: bool = field(default=False, metadata={"fixed": True, "help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
+    train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
+    amp: bool = field(default=True, metadata={"neutral": True, "help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -89,17 +91,13 @@ class ScoreResilienceConfig(DetectorConfig):
             self.shape(3).check()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        check_crop(self.train_crop, self.image_size, 2 ** (len(self.block_out_channels) - 1))
 
     def shape(self, channels: int) -> ScoreNetShape:
         return ScoreNetShape(in_channels=channels, sample_size=self.image_size,
                              block_out_channels=tuple(self.block_out_channels),
                              layers_per_block=self.layers_per_block, norm_num_groups=self.norm_num_groups,
                              attention=self.attention)
-
-
-def _fmt_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class ScoreResilienceDetector(Detector):
@@ -111,8 +109,6 @@ class ScoreResilienceDetector(Detector):
     produces_maps = True
     config_class = ScoreResilienceConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size", "block_out_channels", "layers_per_block", "norm_num_groups", "attention")
-    score_neutral = ("epochs", "max_minutes", "lr", "lr_schedule", "weight_decay", "ema_decay", "ema_warmup")
 
     config: ScoreResilienceConfig
 
@@ -133,10 +129,9 @@ class ScoreResilienceDetector(Detector):
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution (no augmentation, 5.3).
-        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
-                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
-                                               cancel, skipped)
-        n = data.shape[0]
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel, skipped)
+        data, channels, n = cache.data, cache.channels, cache.n
         if self.device.type == "cuda":
             data = data.to(self.device)  # small enough (bottle at 192 px: 70 MB)
 
@@ -146,67 +141,29 @@ class ScoreResilienceDetector(Detector):
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator(device=self.device).manual_seed(cfg.seed)
         bs = min(cfg.batch_size, n)
-        steps_per_epoch = math.ceil(n / bs)
-        total_steps = cfg.epochs * steps_per_epoch
-        max_s = cfg.max_minutes * 60.0
-        train = SubProgress(progress, 0.05, 0.99, "training")
-        t_train = time.perf_counter()
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
+                            max_minutes=cfg.max_minutes, budget="step",
+                            progress=SubProgress(progress, 0.05, 0.99, "training"), cancel=cancel)
 
-        def budget_fraction(step: int) -> float:
-            frac = step / total_steps
-            if max_s > 0:
-                frac = max(frac, (time.perf_counter() - t_train) / max_s)
-            return min(1.0, frac)
+        def set_lr(frac: float) -> None:
+            lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr
+            for g in opt.param_groups:
+                g["lr"] = lr
 
-        history: list[float] = []
-        last_report = -1e9
-        step, epoch, stopped_by = 0, 0, "epochs"
-        model.train()
-        while epoch < cfg.epochs:
-            epoch += 1
-            loss_sum, seen = torch.zeros((), device=self.device), 0
-            for bidx in torch.randperm(n, generator=shuffle).split(bs):
-                check(cancel)
-                frac = budget_fraction(step)
-                if max_s > 0 and step > 0 and time.perf_counter() - t_train >= max_s:
-                    stopped_by = "time"
-                    break
-                lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                x = data[bidx].to(self.device, non_blocking=True)
-                # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
-                k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
-                eps = torch.randn(x.shape, generator=noise, device=self.device)
-                with self._autocast():
-                    loss = dsm_loss(model, x, k, eps, cfg.sigma)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                ema.update(model)
-                step += 1
-                loss_sum += loss.detach().float() * x.shape[0]  # stays on the device: no sync per step
-                seen += x.shape[0]
-                now = time.perf_counter()
-                if now - last_report >= 0.2 or seen == n:  # reading the loss syncs with the GPU
-                    last_report = now
-                    mean_loss = float(loss_sum) / seen
-                    if not math.isfinite(mean_loss):
-                        raise FitError(f"{self.name} training diverged at epoch {epoch} (loss {mean_loss}); lower lr")
-                    frac = budget_fraction(step)
-                    elapsed = now - t_train
-                    eta = elapsed * (1.0 - frac) / frac if frac > 0 else 0.0
-                    train(int(frac * 1000), 1000, f"epoch {epoch}/{cfg.epochs} loss {mean_loss:.4f} lr {lr:.1e} "
-                                                  f"elapsed {_fmt_seconds(elapsed)} ETA {_fmt_seconds(eta)}")
-            if seen:
-                history.append(float(loss_sum) / seen)
-            if stopped_by == "time":
-                if not seen:  # an epoch stopped before its first step does not count
-                    epoch -= 1
-                break
-        check(cancel)
-        if history and not math.isfinite(history[-1]):
-            raise FitError(f"{self.name} training diverged (loss {history[-1]}); lower lr")
+        crops = torch.Generator().manual_seed(cfg.seed + 2)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x = random_crops(data, bidx, cfg.train_crop, crops).to(self.device, non_blocking=True)
+            # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
+            k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
+            eps = torch.randn(x.shape, generator=noise, device=self.device)
+            with self._autocast():
+                loss = dsm_loss(model, x, k, eps, cfg.sigma)
+            return loss, x.shape[0]
+
+        run = loop.run(shuffled_batches(n, bs, shuffle), step, module=model, before_step=set_lr,
+                       after_step=lambda: ema.update(model))
+        history, epoch, step_count, stopped_by = run.history, run.epochs_done, run.steps, run.stopped_by
 
         # 5.3: the EMA weights are the ones kept (and saved).
         final = ScoreNet(cfg.shape(channels))
@@ -217,16 +174,15 @@ class ScoreResilienceDetector(Detector):
             "channels": int(channels),
             "n_train": int(n),
             "epochs_done": int(epoch),
-            "steps": int(step),
+            "steps": int(step_count),
             "stopped_by": stopped_by,
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "ema_rate_final": ema.rate(),
             "fit_seconds": time.perf_counter() - t0,
             "parameters": int(sum(p.numel() for p in final.parameters())),
         }
         if progress:
-            progress(1000, 1000, f"fitted: {epoch} epochs, {step} steps, loss {history[-1]:.4f}"
+            progress(1000, 1000, f"fitted: {epoch} epochs, {step_count} steps, loss {history[-1]:.4f}"
                                  f" ({stopped_by} budget reached)")
 
     # ------------------------------------------------------------------ score
@@ -243,15 +199,21 @@ class ScoreResilienceDetector(Detector):
         n_draws = cfg.n_draws
         x = to_tensor_batch(images, cfg.image_size, self.meta["channels"]).to(self.device).clamp_(0.0, 1.0)
         b = x.shape[0]
-        eps = self._noise((n_draws, *x.shape[1:])).repeat(b, 1, 1, 1)  # (B * N, C, H, W), draws adjacent
-        xs = x.repeat_interleave(n_draws, 0)
-        k = torch.full((b * n_draws,), cfg.k, device=self.device)
         sk = float(sigma_k(cfg.k, cfg.sigma))
-        # Algorithm 1 / 4.4: perturb, restore in one step, error per pixel.
-        x_noisy = xs + sk * eps
-        s = self.model(x_noisy, k).float()
-        restored = (x_noisy + sk * s).view(b, n_draws, *x.shape[1:]).mean(1).clamp_(0.0, 1.0)
-        raw, maps = error_maps(eps, s, n_draws, cfg.smooth_size)
+        eps = self._noise((n_draws, *x.shape[1:]))  # (N, C, H, W): the same draws for every image
+        k = torch.full((n_draws,), cfg.k, device=self.device)
+        # Algorithm 1 / 4.4: perturb, restore in one step, error per pixel. One forward pass per
+        # image (its N draws together), with the cancel / progress hook between images.
+        restored_parts, raw_parts, map_parts = [], [], []
+        for i in range(b):
+            self._step(i, b, f"image {i + 1} of {b}")
+            x_noisy = x[i:i + 1] + sk * eps
+            s = self.model(x_noisy, k).float()
+            restored_parts.append((x_noisy + sk * s).mean(0, keepdim=True).clamp_(0.0, 1.0))
+            raw_i, map_i = error_maps(eps, s, n_draws, cfg.smooth_size)
+            raw_parts.append(raw_i)
+            map_parts.append(map_i)
+        restored, raw, maps = torch.cat(restored_parts), torch.cat(raw_parts), torch.cat(map_parts)
         scores = maps.flatten(1).amax(1).tolist()
         raw_max = raw.flatten(1).amax(1).tolist()
         map_mean = maps.flatten(1).mean(1).tolist()

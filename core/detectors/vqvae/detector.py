@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError
-from core.detectors.common import decode_training_cache, map_to_input, to_tensor_batch
+from core.detectors.base import Detector
+from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
 from core.results import ScoreResult
@@ -47,29 +48,31 @@ REDUCE_CHOICES = ("mean", "max")
 
 @dataclass
 class VQVAEConfig(DetectorConfig):
-    image_size: int = field(default=256, metadata={"help": "working resolution, pixels a side (paper: 256 on MVTec)", "min": 8, "max": 1024})
+    image_size: int = field(default=256, metadata={"fixed": True, "help": "working resolution, pixels a side (paper: 256 on MVTec)", "min": 8, "max": 1024})
     map: str = field(default="ssim_am", metadata={"help": "anomaly map: SSIM x alignment map (ssim_am) or SSIM alone (ssim)", "choices": MAP_CHOICES})
     score_reduce: str = field(default="mean", metadata={"help": "image score from the map: mean (paper, CIFAR-10) or max", "choices": REDUCE_CHOICES})
-    epochs: int = field(default=100, metadata={"help": "training epochs (the paper gives no number; ours)", "min": 1, "max": 10000})
-    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate (the paper gives none; ours)", "min": 1e-7, "max": 1.0})
-    beta: float = field(default=0.25, metadata={"help": "commitment weight beta of the loss (eq. 4)", "min": 0.0, "max": 10.0})
-    hidden: int = field(default=256, metadata={"help": "depth of every convolution (paper: 256)", "min": 1, "max": 1024, "advanced": True})
-    n_embeddings: int = field(default=512, metadata={"help": "codebook size M (paper: 512)", "min": 2, "max": 65536, "advanced": True})
-    embedding_dim: int = field(default=256, metadata={"help": "codebook vector length D (paper: 256)", "min": 1, "max": 1024, "advanced": True})
-    n_residual: int = field(default=3, metadata={"help": "residual layers in encoder and decoder (paper: 3)", "min": 0, "max": 16, "advanced": True})
-    downsamplings: int = field(default=3, metadata={"help": "stride-2 convolutions; latent = image / 2^n (paper: 3 on MVTec, 2 on small images)", "min": 1, "max": 5, "advanced": True})
+    epochs: int = field(default=100, metadata={"neutral": True, "help": "training epochs (the paper gives no number; ours)", "min": 1, "max": 10000})
+    lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (the paper gives none; ours)", "min": 1e-7, "max": 1.0})
+    beta: float = field(default=0.25, metadata={"neutral": True, "help": "commitment weight beta of the loss (eq. 4)", "min": 0.0, "max": 10.0})
+    hidden: int = field(default=256, metadata={"fixed": True, "help": "depth of every convolution (paper: 256)", "min": 1, "max": 1024, "advanced": True})
+    n_embeddings: int = field(default=512, metadata={"fixed": True, "help": "codebook size M (paper: 512)", "min": 2, "max": 65536, "advanced": True})
+    embedding_dim: int = field(default=256, metadata={"fixed": True, "help": "codebook vector length D (paper: 256)", "min": 1, "max": 1024, "advanced": True})
+    n_residual: int = field(default=3, metadata={"fixed": True, "help": "residual layers in encoder and decoder (paper: 3)", "min": 0, "max": 16, "advanced": True})
+    downsamplings: int = field(default=3, metadata={"fixed": True, "help": "stride-2 convolutions; latent = image / 2^n (paper: 3 on MVTec, 2 on small images)", "min": 1, "max": 5, "advanced": True})
     ssim_window: int = field(default=11, metadata={"help": "SSIM Gaussian window, pixels a side (sigma 1.5)", "min": 3, "max": 63, "advanced": True})
     ssim_c1: float = field(default=0.01, metadata={"help": "SSIM constant c1 (paper: 0.01)", "min": 1e-8, "max": 1.0, "advanced": True})
     ssim_c2: float = field(default=0.03, metadata={"help": "SSIM constant c2 (paper: 0.03)", "min": 1e-8, "max": 1.0, "advanced": True})
     am_dilation: int = field(default=3, metadata={"help": "grey dilation of the alignment map, latent cells a side (1 = none)", "min": 1, "max": 31, "advanced": True})
     sm_dilation: int = field(default=1, metadata={"help": "grey dilation of the SSIM map, pixels a side (1 = none; paper: UCSD only)", "min": 1, "max": 127, "advanced": True})
-    reinit_dead_codes: bool = field(default=True, metadata={"help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
+    train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
+    reinit_dead_codes: bool = field(default=True, metadata={"neutral": True, "help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
         stride = 2 ** self.downsamplings
         if self.image_size % stride:
             raise ConfigError(f"image_size={self.image_size} must be a multiple of 2^downsamplings = {stride}")
+        check_crop(self.train_crop, self.image_size, stride)
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -97,8 +100,6 @@ class VQVAEDetector(Detector):
     produces_maps = True
     config_class = VQVAEConfig
     min_train_images = 2
-    fixed_after_fit = ("image_size", "hidden", "n_embeddings", "embedding_dim", "n_residual", "downsamplings")
-    score_neutral = ("epochs", "lr", "beta", "reinit_dead_codes")
 
     config: VQVAEConfig
 
@@ -124,58 +125,54 @@ class VQVAEDetector(Detector):
         t0 = time.perf_counter()
 
         # Decode and resize once into a CPU cache at the working resolution.
-        data, channels = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size,
-                                               self.min_train_images, SubProgress(progress, 0.0, 0.05, "reading"),
-                                               cancel, skipped)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
-        n = data.shape[0]
+        cache = decode_training_cache(self.name, images, cfg.image_size, cfg.batch_size, self.min_train_images,
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel,
+                                      skipped)  # II-A: inputs in [0, 1] (continuous Bernoulli support)
+        data, channels, n = cache.data, cache.channels, cache.n
 
         model = VQVAE(self._shape(channels)).to(self.device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = max(2, cfg.batch_size)  # batch norm needs two samples where the latent grid is 1x1
-        train = SubProgress(progress, 0.05, 0.97, "training")
-        steps_per_epoch = len(_batches(n, bs, torch.Generator().manual_seed(0)))
-        total_steps = cfg.epochs * steps_per_epoch
-        step = 0
-        history: list[float] = []
+        loop = TrainingLoop(self.name, opt, epochs=cfg.epochs,
+                            steps_per_epoch=len(_batches(n, bs, torch.Generator().manual_seed(0))),
+                            progress=SubProgress(progress, 0.05, 0.97, "training"), cancel=cancel)
+        # Per-epoch bookkeeping of the two loss terms and of codebook use (for dead-code re-seeding).
+        epoch_state: dict[str, Any] = {}
         parts_history: list[tuple[float, float]] = []  # (reconstruction NLL, alignment term) per epoch
-        model.train()
-        for epoch in range(1, cfg.epochs + 1):
-            loss_sum, rec_sum, align_sum, seen = 0.0, 0.0, 0.0, 0
-            counts = torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device)
-            last_z = None
-            for bidx in _batches(n, bs, gen):
-                check(cancel)
-                x = data[bidx].to(self.device, non_blocking=True)
-                with self._autocast():
-                    out = model(x)
-                loss, parts = vqvae_loss(out, x, cfg.beta)
-                if not torch.isfinite(loss):
-                    raise FitError(f"vqvae training diverged at epoch {epoch} (loss {float(loss)}); lower lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += float(loss.detach()) * x.shape[0]
-                rec_sum += parts["rec"] * x.shape[0]
-                align_sum += parts["align"] * x.shape[0]
-                seen += x.shape[0]
-                counts += torch.bincount(out.codes.flatten(), minlength=cfg.n_embeddings)
-                last_z = out.z_e.detach()
-                step += 1
-                train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {loss_sum / seen:.4f}")
-            epoch_loss = loss_sum / seen
-            history.append(epoch_loss)
-            parts_history.append((rec_sum / seen, align_sum / seen))
-            used, perplexity = codebook_usage(counts)
-            if cfg.reinit_dead_codes and used < cfg.n_embeddings and last_z is not None:
-                self._reinit_dead(model, counts, last_z, gen)
-            train(step, total_steps, f"epoch {epoch}/{cfg.epochs} loss {epoch_loss:.4f} (reconstruction "
-                                     f"{parts_history[-1][0]:.4f}, alignment {parts_history[-1][1]:.4f}), "
-                                     f"codes used {used}/{cfg.n_embeddings} (perplexity {perplexity:.1f})")
-        check(cancel)
+
+        def new_epoch(_epoch: int) -> list[torch.Tensor]:
+            epoch_state.update(rec=0.0, align=0.0, seen=0, last_z=None,
+                               counts=torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device))
+            return _batches(n, bs, gen)
+
+        crops = torch.Generator().manual_seed(cfg.seed + 2)
+
+        def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
+            x = random_crops(data, bidx, cfg.train_crop, crops).to(self.device, non_blocking=True)
+            with self._autocast():
+                out = model(x)
+            loss, parts = vqvae_loss(out, x, cfg.beta)
+            epoch_state["rec"] += parts["rec"] * x.shape[0]
+            epoch_state["align"] += parts["align"] * x.shape[0]
+            epoch_state["seen"] += x.shape[0]
+            epoch_state["counts"] += torch.bincount(out.codes.flatten(), minlength=cfg.n_embeddings)
+            epoch_state["last_z"] = out.z_e.detach()
+            return loss, x.shape[0]
+
+        def end_epoch(_epoch: int, _loss: float) -> str:
+            seen = epoch_state["seen"]
+            parts_history.append((epoch_state["rec"] / seen, epoch_state["align"] / seen))
+            used, perplexity = codebook_usage(epoch_state["counts"])
+            if cfg.reinit_dead_codes and used < cfg.n_embeddings and epoch_state["last_z"] is not None:
+                self._reinit_dead(model, epoch_state["counts"], epoch_state["last_z"], gen)
+            return (f"reconstruction {parts_history[-1][0]:.4f}, alignment {parts_history[-1][1]:.4f}, "
+                    f"codes used {used}/{cfg.n_embeddings} (perplexity {perplexity:.1f})")
+
+        run = loop.run(new_epoch, step, on_epoch_end=end_epoch, module=model)
+        history = run.history
 
         # Codebook usage of the trained model on the training set (eval mode).
-        model.eval()
         counts = torch.zeros(cfg.n_embeddings, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             for bidx in torch.arange(n).split(cfg.batch_size):
@@ -187,8 +184,7 @@ class VQVAEDetector(Detector):
             "channels": int(channels),
             "n_train": int(n),
             "epochs": int(cfg.epochs),
-            "loss_history": [round(v, 6) for v in history],
-            "final_loss": history[-1] if history else None,
+            **run.record(),
             "rec_nll_history": [round(r, 6) for r, _ in parts_history],
             "alignment_history": [round(a, 6) for _, a in parts_history],
             "codes_used": used,

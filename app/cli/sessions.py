@@ -14,19 +14,13 @@ Both read the session read-only, so they work while the GUI has it open for revi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from app.cli import EXIT_OK, UsageError, int_at_least
+from app.cli.common import EXIT_OK, UsageError, info, int_at_least
 
 
-def _info(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        sys.stderr.write(msg + "\n")
-
-
-def add_session_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     r = sub.add_parser("report", help="write a self-contained HTML report of a session's run")
     r.add_argument("session", metavar="SESSION", help="session file, or an inspected folder (its default session)")
     r.add_argument("--out", required=True, metavar="HTML", help="the report file to write")
@@ -95,7 +89,7 @@ def scan_with_session(args: argparse.Namespace, folder: Path, detector, source, 
     path = Path(args.session).expanduser()
     with _open(path, folder, mode="rw") as s:
         out = scan_into_session(s, detector, source, threshold=threshold, progress=progress)
-    _info(f"session {path}: run {out.run_id}, {out.describe()}", args.quiet)
+    info(f"session {path}: run {out.run_id}, {out.describe()}", args.quiet)
     return out.result
 
 
@@ -118,7 +112,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         run_id = _run_arg(s, args)
         path = write_report(s, out, run_id, max_images=args.max_images)
         status = s.review_status(run_id)
-    _info(f"wrote {path} (run {run_id}: {status.n_images} images, {status.n_flagged} flagged, {status.describe()})",
+    info(f"wrote {path} (run {run_id}: {status.n_images} images, {status.n_flagged} flagged, {status.describe()})",
           args.quiet)
     return EXIT_OK
 
@@ -131,5 +125,5 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a folder, not a file: {out}")
     with _open(_session_file(args.session)) as s:
         written = export_session(s, out, _run_arg(s, args), heatmaps=not args.no_heatmaps)
-    _info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
+    info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
     return EXIT_OK

@@ -13,10 +13,10 @@ import argparse
 import json
 from typing import Any
 
-from app.cli import EXIT_FAILURE, EXIT_OK, UsageError, _info
+from app.cli.common import EXIT_FAILURE, EXIT_OK, UsageError, info
 
 
-def add_weights_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parsers(sub: Any) -> argparse.ArgumentParser:
     w = sub.add_parser(
         "weights",
         help="list, import and locate pretrained weights (works offline)",
@@ -49,7 +49,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
             dest = store.import_weights(args.path, args.name)
         except store.WeightsError as exc:
             raise UsageError(str(exc)) from None
-        _info(f"imported '{args.name}' into {dest}", args.quiet)
+        info(f"imported '{args.name}' into {dest}", args.quiet)
         print(dest)
         return EXIT_OK
     return _list(store, getattr(args, "json", False), getattr(args, "verify", False))

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from app.cli import EXIT_OK, ProgressBar, UsageError, _info, _positive_int, int_at_least, parse_sets
+from app.cli.common import EXIT_OK, ProgressBar, UsageError, info, int_at_least, parse_sets, positive_int
 
 LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
 
@@ -20,7 +20,7 @@ LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
 _seed = int_at_least(0)
 
 
-def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+def add_parsers(sub: Any) -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="train and evaluate a detector on a labelled dataset (metrics and timings)",
@@ -34,9 +34,9 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument("--category", metavar="C", help="MVTec AD category (needed for a root with several)")
     b.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda or cuda:N (default auto)")
     b.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a detector config field (repeatable)")
-    b.add_argument("--max-train", type=_positive_int, metavar="N",
+    b.add_argument("--max-train", type=positive_int, metavar="N",
                    help="train on at most N training images, seeded (the few-shot setting)")
-    b.add_argument("--max-test", type=_positive_int, metavar="N",
+    b.add_argument("--max-test", type=positive_int, metavar="N",
                    help="evaluate on a seeded stratified subset of at most N test images")
     b.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed for every random choice, incl. the detector's seed unless --set seed=... (default 0)")
@@ -134,17 +134,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     for s in skipped:
-        _info(f"skipped {s.path}: {s.reason}", args.quiet)
+        info(f"skipped {s.path}: {s.reason}", args.quiet)
     if args.model:
-        _info(f"evaluated the saved model {args.model} (fit time as saved with it)", args.quiet)
+        info(f"evaluated the saved model {args.model} (fit time as saved with it)", args.quiet)
         if res["metrics"]["accuracy"] is None and res["metrics"]["image_auroc"] is not None:
-            _info("no decisions: the model's threshold was set for other settings and its calibration images "
+            info("no decisions: the model's threshold was set for other settings and its calibration images "
                   "are not known for this dataset, so accuracy and recall are n/a", args.quiet)
     if args.save_model:
-        _info(f"saved the trained model to {args.save_model}", args.quiet)
+        info(f"saved the trained model to {args.save_model}", args.quiet)
     print(format_table(res), flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        _info(f"wrote {out}", args.quiet)
+        info(f"wrote {out}", args.quiet)
     return EXIT_OK

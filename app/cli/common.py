@@ -1,0 +1,148 @@
+"""What every sub-command module shares: exit codes, the usage error, argument types,
+the progress bar, messages on stderr and building a detector from ``--set`` values."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Wrong arguments: exit 2 with a one-line message."""
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("anomaly-inspector")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise UsageError(f"--set expects KEY=VALUE, got '{item}'")
+        out[key] = value
+    return out
+
+
+def existing_dir(path: str, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"{what} not found: {p}")
+    if not p.is_dir():
+        raise UsageError(f"{what} is not a folder: {p}")
+    return p
+
+
+def fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1): {text}")
+    return v
+
+
+def finite(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite: {text}")
+    return v
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1)
+
+
+class ProgressBar:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per 10 % otherwise."""
+
+    def __init__(self, label: str, stream=None, quiet: bool = False) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_draw = 0.0
+        self._last_decile = -1
+        self._t0 = time.monotonic()
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if self.quiet or total <= 0:
+            return
+        frac = min(1.0, max(0.0, done / total))
+        now = time.monotonic()
+        if self.tty:
+            if now - self._last_draw < 0.1 and frac < 1.0:
+                return
+            self._last_draw = now
+            width = 30
+            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+            eta = ""
+            if 0.02 < frac < 1.0:
+                eta = f" eta {((now - self._t0) / frac) * (1 - frac):.0f}s"
+            self.stream.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}%{eta} {message[:40]:<40}")
+            self.stream.flush()
+        else:
+            decile = int(frac * 10)
+            if decile != self._last_decile:
+                self._last_decile = decile
+                self.stream.write(f"{self.label}: {frac * 100:.0f}% {message}\n")
+                self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def err(msg: str) -> None:
+    sys.stderr.write(f"anomaly-inspector: {msg}\n")
+
+
+def info(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        sys.stderr.write(msg + "\n")
+
+
+def make_detector(name: str, sets: dict[str, str], device: str):
+    from core.detectors.config import ConfigError
+    from core.detectors.registry import UnknownDetectorError, create_detector
+    from core.runtime.device import DeviceError
+
+    try:
+        return create_detector(name, sets, device)
+    except (UnknownDetectorError, ConfigError, DeviceError) as exc:
+        raise UsageError(str(exc)) from None

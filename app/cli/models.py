@@ -1,0 +1,244 @@
+"""``detectors``, ``train`` and ``scan``: list the detectors, train and save a model, score a folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from app.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    ProgressBar,
+    UsageError,
+    err,
+    existing_dir,
+    finite,
+    fraction,
+    info,
+    make_detector,
+    parse_sets,
+    positive_int,
+)
+from core.results.threshold import DEFAULT_FPR
+
+
+def cmd_detectors(args: argparse.Namespace) -> int:
+    from core.detectors.registry import REGISTRY
+
+    rows = []
+    for name, cls in REGISTRY.items():
+        ok, reason = cls.availability()
+        weights = [r.name for r in cls.requirements()] or ["none"]
+        rows.append({
+            "name": name,
+            "kind": "zero-shot" if cls.zero_shot else "trained",
+            "maps": bool(cls.produces_maps),
+            "weights": weights,
+            "available": ok,
+            "reason": reason,
+            "summary": cls.summary,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'detector':<{w}}  {'kind':<9}  {'maps':<4}  {'weights':<20}  available")
+    for r in rows:
+        avail = "yes" if r["available"] else f"no: {r['reason']}"
+        print(f"{r['name']:<{w}}  {r['kind']:<9}  {'yes' if r['maps'] else 'no':<4}  {', '.join(r['weights']):<20}  {avail}")
+        print(f"{'':<{w}}  {r['summary']}")
+    return EXIT_OK
+
+
+def _train(detector, good_dir: Path, args: argparse.Namespace):
+    from core.data.images import ImageSource
+
+    good = ImageSource.from_folder(good_dir, recursive=getattr(args, "recursive", False))
+    if len(good) == 0:
+        raise UsageError(f"no image files in the good-image folder {good_dir}")
+    from core.engine.workflows import train_detector
+
+    bar = ProgressBar("train", quiet=args.quiet)
+    try:
+        report = train_detector(detector, good, fpr=args.fpr if args.fpr is not None else DEFAULT_FPR,
+                                threshold=args.threshold, max_train=args.max_train, progress=bar)
+    finally:
+        bar.close()
+    for s in report.skipped:
+        info(f"skipped {s.path}: {s.reason}", args.quiet)
+    info(f"trained {detector.name} on {report.n_train} good images in {report.fit_seconds:.1f}s; "
+          f"{report.threshold.describe() if report.threshold else 'no threshold'}", args.quiet)
+    return report
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    good_dir = existing_dir(args.good_dir, "good-image folder")
+    model_dir = Path(args.model).expanduser()
+    if model_dir.exists() and not model_dir.is_dir():
+        raise UsageError(f"--model must be a folder, not a file: {model_dir}")
+    detector = make_detector(args.detector, parse_sets(args.set), args.device)
+    if detector.zero_shot:
+        raise UsageError(f"{detector.name} is zero-shot: it needs no training")
+    _train(detector, good_dir, args)
+    from core.io.checkpoint import CheckpointError
+
+    try:
+        detector.save(model_dir)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    info(f"saved model to {model_dir}", args.quiet)
+    return EXIT_OK
+
+
+def _load_for_scan(args: argparse.Namespace):
+    from core.detectors.config import ConfigError
+    from core.detectors.registry import UnknownDetectorError, get_detector_class, load_model
+    from core.io.checkpoint import CheckpointError
+    from core.results.threshold import calibrate
+    from core.runtime.device import DeviceError
+
+    try:
+        get_detector_class(args.detector)
+    except UnknownDetectorError as exc:
+        raise UsageError(str(exc)) from None
+    model_dir = Path(args.model).expanduser()
+    if not model_dir.exists():
+        raise UsageError(f"model folder not found: {model_dir}")
+    try:
+        detector = load_model(model_dir, device=args.device)
+    except (DeviceError, CheckpointError) as exc:  # not a model folder (or a broken one) is a bad path
+        raise UsageError(str(exc)) from None
+    if detector.name != args.detector:
+        raise UsageError(f"{model_dir} holds a '{detector.name}' model, not '{args.detector}'")
+    try:
+        detector.change_settings(parse_sets(args.set), hint="retrain with --train")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    changed = detector.threshold_mismatch()
+    if changed and args.threshold is None:
+        raise UsageError(
+            f"the threshold of {model_dir} was set for other settings ({'; '.join(changed)}), so it says nothing "
+            "about these scores: give --threshold T, or retrain with --train"
+        )
+    if args.fpr is not None and args.threshold is None:
+        thr = detector.threshold
+        if thr is None or not thr.calibration_scores:
+            raise UsageError(f"{model_dir} has no calibration scores to re-calibrate at --fpr; give --threshold")
+        detector.threshold = calibrate(thr.calibration_scores, args.fpr)
+    return detector
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from core.data.images import ImageSource
+    from core.engine.workflows import scan_images
+    from core.io.export import export_scan
+    from core.results.threshold import Threshold
+
+    folder = existing_dir(args.folder, "folder")
+    if args.train and args.model:
+        raise UsageError("give either --train GOOD_DIR or --model MODEL_DIR, not both")
+    if getattr(args, "group", None):
+        from core.detectors.registry import UnknownDetectorError, get_detector_class
+
+        try:
+            zero_shot = get_detector_class(args.detector).zero_shot
+        except UnknownDetectorError as exc:
+            raise UsageError(str(exc)) from None
+        if not zero_shot:
+            raise UsageError(f"--group applies to zero-shot detectors only; {args.detector} flags by its threshold")
+        args.set = [*(args.set or []), f"group={args.group}"]
+    source = ImageSource.from_folder(folder, recursive=args.recursive)
+    if len(source) == 0:
+        raise UsageError(f"no image files (png, jpg, bmp, tif, webp) in {folder}"
+                         + ("" if args.recursive else " (sub-folders were not searched: --no-recursive)"))
+    if getattr(args, "session", None):
+        from app.cli.sessions import check_scan_session
+
+        check_scan_session(args, folder)
+    if args.model:
+        detector = _load_for_scan(args)
+    else:
+        detector = make_detector(args.detector, parse_sets(args.set), args.device)
+        if not detector.zero_shot:
+            if not args.train:
+                raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR")
+            _train(detector, existing_dir(args.train, "good-image folder"), args)
+    out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
+        f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out must be a folder, not a file: {out_dir}")
+    threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
+    bar = ProgressBar("scan", quiet=args.quiet)
+    try:
+        if getattr(args, "session", None):
+            from app.cli.sessions import scan_with_session
+
+            result = scan_with_session(args, folder, detector, source, threshold, bar)
+        else:
+            result = scan_images(detector, source, threshold=threshold, progress=bar)
+    finally:
+        bar.close()
+    if (out_dir / "results.csv").exists():
+        info(f"note: replacing the earlier results in {out_dir}", args.quiet)
+    written = export_scan(out_dir, result, heatmaps=not args.no_heatmaps)
+    for s in result.skipped:
+        info(f"skipped {s.path}: {s.reason}", args.quiet)
+    n, nf = len(result.rows), len(result.flagged)
+    thr = result.threshold.describe() if result.threshold else "no threshold"
+    if result.grouping is not None:
+        thr = f"groups by {result.grouping.describe()} (flagged = suspect group)"
+    elif result.grouping_note:
+        thr = f"not grouped: {result.grouping_note}"
+    info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
+    info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
+    if n == 0:
+        err(f"none of the {len(source)} image files in {folder} could be read (see {written['skipped']})")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+
+
+def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = True) -> None:
+    """The options ``train`` and ``scan`` share."""
+    sp.add_argument("--detector", required=detector_required, metavar="NAME", help="detector name (see 'detectors')")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="set a detector config field (repeatable)")
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    sp.add_argument("--max-train", type=positive_int, metavar="N", help="train on at most N good images (seeded)")
+    sp.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                    help="include images in sub-folders (default: yes)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--threshold", type=finite, metavar="T", help="flag scores above T (instead of calibrating)")
+    g.add_argument("--fpr", type=fraction, metavar="F",
+                   help=f"target false-positive rate for calibration (default {DEFAULT_FPR:g})")
+
+
+def add_parsers(sub: Any) -> None:
+    d = sub.add_parser("detectors", help="list the detectors and whether they can run here")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(handler=cmd_detectors)
+
+    t = sub.add_parser("train", help="train a detector on good images and save the model")
+    t.add_argument("good_dir", metavar="GOOD_DIR")
+    t.add_argument("--model", required=True, metavar="MODEL_DIR", help="folder to save the model in")
+    add_model_options(t)
+    t.set_defaults(handler=cmd_train)
+
+    s = sub.add_parser("scan", help="score a folder and write results.csv, flagged.txt, skipped.csv, heatmaps/")
+    s.add_argument("folder", metavar="FOLDER")
+    s.add_argument("--train", metavar="GOOD_DIR", help="train on these good images first")
+    s.add_argument("--model", metavar="MODEL_DIR", help="use a saved model")
+    s.add_argument("--out", metavar="OUT_DIR", help="where to write (default ./anomaly-results/<folder>-<time>)")
+    s.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
+                   help="zero-shot detectors: how the batch is split into normal / suspect groups "
+                        "(default: the detector's 'group' setting, ncut)")
+    add_model_options(s)
+    from app.cli.sessions import add_session_option
+
+    add_session_option(s)
+    s.set_defaults(handler=cmd_scan)

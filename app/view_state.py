@@ -1,0 +1,87 @@
+"""The results the window shows, as plain Python (no Qt), so they can be tested alone.
+
+:class:`ViewState` holds the complete scan shown (or the rows of the scan in progress), the
+threshold in force and where it came from, and the heat-map scale. The controller changes it
+and tells the views; the views read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from core.results import ScanResult, ScanRow
+from core.results.threshold import Threshold
+
+
+class ViewState:
+    def __init__(self) -> None:
+        self.result: Optional[ScanResult] = None  # the complete scan shown (None while scanning)
+        self.live: list[ScanRow] = []  # rows of the scan in progress
+        self.previous: Optional[ScanResult] = None  # the complete scan a running one will replace
+        self.threshold_override: Optional[Threshold] = None  # set by hand (the histogram line)
+        self.map_range: tuple[float, float] = (0.0, 1.0)
+        self._rows_by_path: dict[str, ScanRow] = {}
+
+    # ------------------------------------------------------------------ rows
+    def rows(self) -> list[ScanRow]:
+        """The rows shown now: the complete result, or the rows of the scan in progress."""
+        return self.result.rows if self.result is not None else self.live
+
+    def row_for(self, path: Path) -> Optional[ScanRow]:
+        return self._rows_by_path.get(str(path))
+
+    def set_result(self, result: Optional[ScanResult]) -> None:
+        self.result = result
+        self.live = []
+        self._rows_by_path = {str(r.path): r for r in result.rows} if result else {}
+
+    def begin_scan(self) -> None:
+        """A scan starts: the shown result is kept aside until the new one completes."""
+        self.previous = self.result
+        self.result, self.live, self._rows_by_path = None, [], {}
+
+    def add_rows(self, rows: list[ScanRow]) -> None:
+        thr = self.threshold_override
+        for row in rows:
+            if thr is not None:
+                row.flagged = thr.flags(row.score)
+            self._rows_by_path[str(row.path)] = row
+        self.live.extend(rows)
+
+    def finish_scan(self, result: ScanResult) -> None:
+        if self.threshold_override is not None:
+            result.apply_threshold(self.threshold_override)
+        self.previous = None
+        self.set_result(result)
+
+    def abandon_scan(self) -> tuple[int, Optional[ScanResult]]:
+        """A scan that did not complete: its partial rows are dropped and the previous
+        complete result (if any) is shown again. Returns (partial rows dropped, previous)."""
+        n = len(self.live)
+        prev, self.previous = self.previous, None
+        self.set_result(prev)
+        return n, prev
+
+    def clear(self) -> None:
+        self.set_result(None)
+        self.previous = None
+
+    # ------------------------------------------------------------------ threshold
+    def threshold(self, detector_threshold: Optional[Threshold]) -> Optional[Threshold]:
+        """The threshold in force: a hand-set one, else the shown result's, else the model's."""
+        if self.threshold_override is not None:
+            return self.threshold_override
+        if self.result is not None:
+            return self.result.threshold
+        return detector_threshold
+
+    def apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> Optional[Threshold]:
+        """Set (or clear) the hand-set threshold and re-flag every shown row; returns the one in force."""
+        self.threshold_override = override
+        thr = override or fallback
+        if self.result is not None:
+            self.result.apply_threshold(thr)
+        for r in self.live:
+            r.flagged = None if thr is None else thr.flags(r.score)
+        return thr
