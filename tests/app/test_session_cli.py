@@ -93,6 +93,15 @@ def test_report_without_verdicts_says_why_there_is_no_roc(tiny_parts, tmp_path):
     assert "No ROC" in html and html.count("<svg") == 1
 
 
+def test_report_of_a_session_whose_images_are_elsewhere_shows_the_heat_maps(tiny_parts, tmp_path):
+    assert _scan(tiny_parts, tmp_path) == 0
+    for p in (tiny_parts / "batch").iterdir():
+        p.unlink()  # scanned on the server, reported at the desk without the images
+    assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r.html"), "-q"]) == 0
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "image not readable here" in html and "data:image/jpeg;base64," in html
+
+
 def test_export_carries_verdicts_and_provenance(tiny_parts, tmp_path):
     assert _scan(tiny_parts, tmp_path) == 0
     with open_session(tmp_path / "s.db") as s:

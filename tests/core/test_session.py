@@ -511,3 +511,16 @@ def test_two_processes_on_one_session_do_not_corrupt_it(tmp_path):
         assert s.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         v = s.verdicts()
         assert len(v) == 30 and v[paths[0]].value == "ok"  # the read-only process wrote nothing
+
+
+def test_the_session_benchmark_runs_small(tmp_path, capsys):
+    import json
+
+    from benchmarks.bench_session import main as bench
+
+    assert bench(["--n", "12", "--map-size", "24", "--verdicts", "5", "--repeat", "1", "--dir", str(tmp_path / "b"),
+                  "--json", str(tmp_path / "b.json")]) == 0
+    figures = json.loads((tmp_path / "b.json").read_text())
+    assert figures["n_images"] == 12 and figures["db_bytes"] > 0 and figures["reopen_s_median"] > 0
+    assert figures["codecs"]["f16-split-zlib"]["lossless"] and not figures["codecs"]["u8-png"]["lossless"]
+    assert "12 images" in capsys.readouterr().out
