@@ -11,7 +11,7 @@ The file (``sqlite3``, WAL mode, schema version and migrations in :mod:`.schema`
 * the runs: detector, model fingerprint (a checksum of the weights), settings, threshold and
   its calibration, app version, user, time, and how many images were new or reused;
 * per run and image: score, flagged, group, detector columns, and the anomaly map (lossless
-  float16, compressed: :mod:`.maps`);
+  float16, compressed; or 8-bit PNG, 6x smaller, chosen when a session is created: :mod:`.maps`);
 * the inspector's decisions, each with the OS user and the time: verdicts (ok / ng /
   unsure), notes, hand moves between groups, threshold changes and a review band, the
   session's good set ("this one is normal"), and front-end state to restore.
@@ -19,9 +19,9 @@ The file (``sqlite3``, WAL mode, schema version and migrations in :mod:`.schema`
 Every decision is its own committed transaction: a process killed in the middle of a review
 loses nothing already decided. A run is written in short transactions and counts only once
 complete, so a front end may record a run from its worker thread while the inspector goes on
-deciding (one ``Session`` may be shared by threads: its transactions take turns). One process writes at a time (an OS lock beside the file,
-:mod:`.lock`); a second one gets :class:`SessionLockedError` naming the holder, or opens the
-session read-only.
+deciding (one ``Session`` may be shared by threads: its transactions take turns). One process
+writes at a time (an OS lock beside the file, :mod:`.lock`); a second one gets
+:class:`SessionLockedError` naming the holder, or opens the session read-only.
 
 The API, as a front end uses it
 -------------------------------
