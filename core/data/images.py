@@ -38,19 +38,16 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by extension), sorted by path.
+    """Image files in ``folder`` (by extension), sorted by path; masks of a dataset layout,
+    hidden files and earlier scan outputs are left out (:func:`core.data.listing.list_folder`,
+    which also says what it left out and why).
 
     Raises ``FileNotFoundError``/``NotADirectoryError`` for a wrong path so that the
     caller can say which path is wrong.
     """
-    root = Path(folder)
-    if not root.exists():
-        raise FileNotFoundError(f"folder not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    walker = root.rglob("*") if recursive else root.iterdir()
-    files = [p for p in walker if p.is_file() and is_image_file(p) and not p.name.startswith(".")]
-    return sorted(files)
+    from core.data.listing import list_folder
+
+    return list_folder(folder, recursive=recursive).images
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
