@@ -166,7 +166,10 @@ class Detector(ABC):
             raise CheckpointError(
                 f"{folder} was saved by a newer '{cls.name}' (state version {doc.get('state_version')}); update Anomaly Inspector"
             )
-        cfg, _unknown = cls.config_class.from_dict(doc["config"])
+        try:
+            cfg, _unknown = cls.config_class.from_dict(doc["config"])
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"corrupt model: {folder} has invalid settings ({exc})") from None
         det = cls(cfg, device=device)
         det.meta = dict(doc.get("meta") or {})
         try:

@@ -10,6 +10,7 @@ setting, normalized cut by default). Each row gets a ``group`` column and ``flag
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,6 +155,10 @@ def scan_images(
     t0 = time.perf_counter()
 
     def collect(i: int, res: ScoreResult) -> None:
+        if not math.isfinite(res.score):  # never "not flagged": an error for this image
+            skipped.append(Skipped(source.path(i) or Path(source.name(i)),
+                                   f"score is not a number ({res.score}): the model or this image is broken"))
+            return
         row = make_row(source.path(i) or Path(source.name(i)), res, res.image_shape, thr, keep_extras)
         rows[i] = row
         if on_row:

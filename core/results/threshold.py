@@ -53,13 +53,44 @@ class Threshold:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Threshold:
+        """Read a saved threshold, validating every field (a model file is untrusted input):
+        raises ``ValueError`` naming the field for a non-finite value, an FPR outside [0, 1),
+        a negative count or a non-number among the calibration scores."""
+        if not isinstance(data, dict):
+            raise ValueError("threshold is not a mapping")
+
+        def number(key: str, v: Any) -> float:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"threshold {key} is not a number: {v!r}")
+            if not math.isfinite(v):
+                raise ValueError(f"threshold {key} is not a finite number: {v}")
+            return float(v)
+
+        value = number("value", data.get("value"))
+        method = data.get("method", "explicit")
+        if method not in ("calibrated", "explicit"):
+            raise ValueError(f"threshold method {method!r} is neither 'calibrated' nor 'explicit'")
+        fpr = data.get("fpr")
+        if fpr is not None:
+            fpr = number("fpr", fpr)
+            if not 0.0 <= fpr < 1.0:
+                raise ValueError(f"threshold fpr {fpr} is not in [0, 1)")
+        n_cal = data.get("n_calibration", 0)
+        if isinstance(n_cal, bool) or not isinstance(n_cal, int) or n_cal < 0:
+            raise ValueError(f"threshold n_calibration {n_cal!r} is not a count")
+        scores = data.get("calibration_scores", [])
+        if not isinstance(scores, list):
+            raise ValueError("threshold calibration_scores is not a list")
+        settings = data.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise ValueError("threshold settings is not a mapping")
         return cls(
-            value=float(data["value"]),
-            method=str(data.get("method", "explicit")),
-            fpr=data.get("fpr"),
-            n_calibration=int(data.get("n_calibration", 0)),
-            calibration_scores=[float(s) for s in data.get("calibration_scores", [])],
-            settings=dict(data["settings"]) if data.get("settings") is not None else None,
+            value=value,
+            method=str(method),
+            fpr=fpr,
+            n_calibration=n_cal,
+            calibration_scores=[number("calibration score", s) for s in scores],
+            settings=dict(settings) if settings is not None else None,
         )
 
     @classmethod
