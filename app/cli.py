@@ -213,8 +213,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     detector = _make_detector(args.detector, parse_sets(args.set), args.device)
     if detector.zero_shot:
         raise UsageError(f"{detector.name} is zero-shot: it needs no training")
+    from core.io.checkpoint import CheckpointError, check_save_target
+
+    try:
+        check_save_target(model_dir)  # before the training, not after it
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
     _train(detector, good_dir, args)
-    from core.io.checkpoint import CheckpointError
 
     try:
         detector.save(model_dir)
@@ -240,7 +245,7 @@ def _load_for_scan(args: argparse.Namespace):
         raise UsageError(f"model folder not found: {model_dir}")
     try:
         detector = load_model(model_dir, device=args.device)
-    except DeviceError as exc:
+    except (DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     if detector.name != args.detector:
         raise UsageError(f"{model_dir} holds a '{detector.name}' model, not '{args.detector}'")
@@ -263,9 +268,9 @@ def _load_for_scan(args: argparse.Namespace):
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from core.data.images import ImageSource
-    from core.engine.workflows import scan_images
-    from core.io.export import export_scan
+    # The output rules (fresh folder, lock, incomplete marker, never scanning the output) live
+    # in core/engine/scan_run.py and core/io/run_folder.py; README "scan" says what they are.
+    from core.engine.scan_run import ExportError, NoImagesError, OutputFolderError, list_for_scan, scan_to_folder
     from core.results.threshold import Threshold
 
     folder = _existing_dir(args.folder, "folder")
@@ -281,31 +286,40 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not zero_shot:
             raise UsageError(f"--group applies to zero-shot detectors only; {args.detector} flags by its threshold")
         args.set = [*(args.set or []), f"group={args.group}"]
-    source = ImageSource.from_folder(folder, recursive=args.recursive)
-    if len(source) == 0:
-        raise UsageError(f"no image files (png, jpg, bmp, tif, webp) in {folder}"
-                         + ("" if args.recursive else " (sub-folders were not searched: --no-recursive)"))
-    if args.model:
-        detector, _ = _load_for_scan(args)
-    else:
+    out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
+        f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        listing = list_for_scan(folder, out_dir, recursive=args.recursive, include=getattr(args, "include", None) or (),
+                                exclude=getattr(args, "exclude", None) or ())
+    except NoImagesError as exc:
+        raise UsageError(str(exc)) from None
+    if listing.describe():
+        _info(f"{folder}: {len(listing.images)} images; {listing.describe()}", args.quiet)
+
+    def prepare():
+        if args.model:
+            return _load_for_scan(args)[0]
         detector = _make_detector(args.detector, parse_sets(args.set), args.device)
         if not detector.zero_shot:
             if not args.train:
                 raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR")
             _train(detector, _existing_dir(args.train, "good-image folder"), args)
-    out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
-        f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out must be a folder, not a file: {out_dir}")
+        return detector
+
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
     bar = ProgressBar("scan", quiet=args.quiet)
     try:
-        result = scan_images(detector, source, threshold=threshold, progress=bar)
+        outcome = scan_to_folder(listing, out_dir, prepare, threshold=threshold, heatmaps=not args.no_heatmaps,
+                                 overwrite=getattr(args, "overwrite", False), progress=bar,
+                                 log=lambda m: _info(m, args.quiet))
+    except OutputFolderError as exc:
+        raise UsageError(str(exc)) from None
+    except ExportError as exc:
+        _err(str(exc))
+        return EXIT_FAILURE
     finally:
         bar.close()
-    if (out_dir / "results.csv").exists():
-        _info(f"note: replacing the earlier results in {out_dir}", args.quiet)
-    written = export_scan(out_dir, result, heatmaps=not args.no_heatmaps)
+    result, written = outcome.result, outcome.written
     for s in result.skipped:
         _info(f"skipped {s.path}: {s.reason}", args.quiet)
     n, nf = len(result.rows), len(result.flagged)
@@ -316,8 +330,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
         thr = f"not grouped: {result.grouping_note}"
     _info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
     _info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
+    if outcome.interrupted_by:
+        _err(f"interrupted ({outcome.interrupted_by}): {out_dir} holds the {n} images scored before it stopped, "
+             f"marked incomplete ({out_dir / 'INCOMPLETE.txt'})")
+        return EXIT_INTERRUPTED
     if n == 0:
-        _err(f"none of the {len(source)} image files in {folder} could be read (see {written['skipped']})")
+        _err(f"none of the {len(listing.images)} image files in {folder} could be read (see {written['skipped']})")
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -361,7 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         folder=str(root / "batch"), detector=DEFAULT_DETECTOR, train=str(root / "good"), model=None,
         out=args.out or str(root / "results"), threshold=None, fpr=None, set=[], device=args.device,
-        recursive=True, no_heatmaps=False, max_train=None, quiet=args.quiet,
+        recursive=True, no_heatmaps=False, max_train=None, quiet=args.quiet, overwrite=False,
     )
     return cmd_scan(ns)
 
@@ -406,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", metavar="MODEL_DIR", help="use a saved model")
     s.add_argument("--out", metavar="OUT_DIR", help="where to write (default ./anomaly-results/<folder>-<time>)")
     s.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    s.add_argument("--include", action="append", metavar="GLOB", help="scan only files matching GLOB (repeatable)")
+    s.add_argument("--exclude", action="append", metavar="GLOB", help="leave out files matching GLOB (repeatable)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the content of a non-empty --out that holds no earlier results")
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
                         "(default: the detector's 'group' setting, ncut)")
@@ -436,9 +458,30 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"detectors": cmd_detectors, "train": cmd_train, "scan": cmd_scan, "gui": cmd_gui, "demo": cmd_demo}
 
 
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--threshold -1e-3`` -> ``--threshold=-1e-3``: argparse takes a value like ``-1e-3``
+    for an option unless it is joined to its flag."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        a = items[i]
+        if a in ("--threshold", "--fpr") and i + 1 < len(items) and items[i + 1].startswith("-"):
+            try:
+                float(items[i + 1])
+                out.append(f"{a}={items[i + 1]}")
+                i += 2
+                continue
+            except ValueError:
+                pass
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         args = parser.parse_args(["gui"])
     command = args.command

@@ -24,7 +24,7 @@ from core.detectors.base import Detector, FitError
 from core.grouping import GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import Cancelled, CancelToken, check
 from core.runtime.progress import ProgressFn, SubProgress
 
 
@@ -143,11 +143,13 @@ def scan_images(
     cancel: CancelToken | None = None,
     on_row: Callable[[int, ScanRow], None] | None = None,
     keep_extras: bool = False,
+    keep_partial: bool = False,
 ) -> ScanResult:
     """Score every image of ``source``; unreadable files end up in ``skipped``.
 
     ``threshold`` overrides the detector's own. ``on_row(index, row)`` fires per image, in
-    the worker's thread, as results come in.
+    the worker's thread, as results come in. With ``keep_partial`` a cancelled scan returns
+    the rows scored so far, with ``interrupted`` set, instead of raising ``Cancelled``.
     """
     thr = threshold if threshold is not None else detector.threshold
     rows: dict[int, ScanRow] = {}
@@ -164,9 +166,15 @@ def scan_images(
         if on_row:
             on_row(i, row)
 
-    detector.score(source, progress, cancel, on_result=collect, skipped=skipped)
+    interrupted = False
+    try:
+        detector.score(source, progress, cancel, on_result=collect, skipped=skipped)
+    except Cancelled:
+        if not keep_partial:
+            raise
+        interrupted = True
     ordered = [rows[i] for i in sorted(rows)]
-    result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0)
+    result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0, interrupted=interrupted)
     if detector.zero_shot:
         method = getattr(detector.config, "group", "ncut")
         try:
