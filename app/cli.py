@@ -330,6 +330,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         thr = f"not grouped: {result.grouping_note}"
     _info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
     _info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
+    if outcome.interrupted_by and not result.interrupted:
+        _err(f"interrupted ({outcome.interrupted_by}) while writing: the run was complete and {out_dir} holds all of it")
+        return EXIT_INTERRUPTED
     if outcome.interrupted_by:
         _err(f"interrupted ({outcome.interrupted_by}): {out_dir} holds the {n} images scored before it stopped, "
              f"marked incomplete ({out_dir / 'INCOMPLETE.txt'})")

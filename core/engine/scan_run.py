@@ -53,7 +53,8 @@ class ScanOutcome:
     written: dict[str, Path]
     out: Path
     listing: Listing
-    #: The name of the signal that stopped the scan ("SIGINT", "SIGTERM"), else "".
+    #: The name of the signal that stopped the scan ("SIGINT", "SIGTERM"), else "". A signal
+    #: that came while the results were written is named here too, with a complete result.
     interrupted_by: str = ""
 
 
@@ -104,7 +105,7 @@ def scan_to_folder(
         result.skipped = [*listing.problems, *result.skipped, *unscored]
         complete = not result.interrupted
         with deferred_signals(lambda name: say(f"\n{name}: finishing writing the results to {out}; "
-                                               "interrupt again to abandon (the folder is then left as it was)")):
+                                               "interrupt again to abandon (the folder is then left as it was)")) as late:
             try:
                 assert run.temp is not None
                 written = export_scan(run.temp, result, heatmaps=heatmaps)
@@ -117,5 +118,5 @@ def scan_to_folder(
                 raise ExportError(f"cannot write the results ({exc.strerror or exc}: {where}); "
                                   f"{out} was left as it was") from None
         written = {k: out / Path(v).name for k, v in written.items()}
-    return ScanOutcome(result, written, out, listing, stopped[0] if stopped else "")
+    return ScanOutcome(result, written, out, listing, (stopped or late or [""])[0])
 
