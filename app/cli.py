@@ -195,14 +195,25 @@ def _train(detector, good_dir: Path, args: argparse.Namespace):
     bar = ProgressBar("train", quiet=args.quiet)
     try:
         report = train_detector(detector, good, fpr=args.fpr if args.fpr is not None else 0.01,
-                                threshold=args.threshold, max_train=args.max_train, progress=bar)
+                                threshold=args.threshold, max_train=args.max_train, progress=bar,
+                                calibration=getattr(args, "calibration", None) or "holdout",
+                                folds=getattr(args, "folds", None) or 5,
+                                estimator="tail" if getattr(args, "tail", False) else "empirical")
     finally:
         bar.close()
     for s in report.skipped:
         _info(f"skipped {s.path}: {s.reason}", args.quiet)
     _info(f"trained {detector.name} on {report.n_train} good images in {report.fit_seconds:.1f}s; "
           f"{report.threshold.describe() if report.threshold else 'no threshold'}", args.quiet)
+    _warn_threshold(report.threshold, args.quiet)
     return report
+
+
+def _warn_threshold(threshold, quiet: bool) -> None:
+    """Say when the target FPR is below what the calibration images support (core's words)."""
+    text = threshold.support_warning() if threshold is not None else ""
+    if text:
+        _info(f"warning: {text}", quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -263,7 +274,10 @@ def _load_for_scan(args: argparse.Namespace):
         thr = detector.threshold
         if thr is None or not thr.calibration_scores:
             raise UsageError(f"{model_dir} has no calibration scores to re-calibrate at --fpr; give --threshold")
-        detector.threshold = calibrate(thr.calibration_scores, args.fpr)
+        detector.threshold = calibrate(thr.calibration_scores, args.fpr,
+                                       "tail" if getattr(args, "tail", False) else thr.estimator, thr.scheme)
+    if args.threshold is None:
+        _warn_threshold(detector.threshold, args.quiet)
     return detector, CheckpointError
 
 
@@ -405,6 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
         g = sp.add_mutually_exclusive_group()
         g.add_argument("--threshold", type=_finite, metavar="T", help="flag scores above T (instead of calibrating)")
         g.add_argument("--fpr", type=_fraction, metavar="F", help="target false-positive rate for calibration (default 0.01)")
+        sp.add_argument("--calibration", choices=("holdout", "kfold"), default="holdout",
+                        help="calibrate on held-out images (default) or on out-of-fold scores of all good images "
+                             "(kfold: --folds more trainings, for cheap detectors such as pixel-gaussian, ocsvm)")
+        sp.add_argument("--folds", type=int_at_least(2), default=5, metavar="K", help="folds for --calibration kfold")
+        sp.add_argument("--tail", action="store_true",
+                        help="read the threshold from a fitted (log-)normal tail of the normal scores")
 
     g = sub.add_parser("gui", help="open the GUI (default)")
     g.add_argument("folder", nargs="?", help="folder of images to open")
