@@ -174,7 +174,7 @@ class Detector(ABC):
         det.meta = dict(doc.get("meta") or {})
         try:
             det._restore(tensors, det.meta)
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' ({exc})") from None
         det.fitted = True
         if doc.get("threshold"):
