@@ -96,8 +96,11 @@ def _decode_with_pillow(path: Path) -> np.ndarray | None:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow comes with torchvision
         return None
+    import warnings
+
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings(), Image.open(path) as im:
+            warnings.simplefilter("ignore")  # a damaged file's EXIF warnings; failures raise
             im.load()
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
