@@ -63,9 +63,19 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
+#: What a scan writes: a folder holding only these (and a results.csv) is an older scan's output.
+SCAN_OUTPUT_NAMES = frozenset({"results.csv", "flagged.txt", "flagged.csv", "skipped.csv", "heatmaps",
+                               "heatmap_scale.json", INCOMPLETE_NAME, RUN_MARKER})
+
+
 def is_run_output(folder: Path) -> bool:
-    """Whether ``folder`` holds the output of an earlier scan (safe to replace)."""
-    return (folder / RUN_MARKER).exists() or (folder / "results.csv").is_file()
+    """Whether ``folder`` holds the output of an earlier scan (safe to replace): it has the run
+    marker, or (written before the marker existed) a ``results.csv`` and nothing a scan does
+    not write."""
+    if (folder / RUN_MARKER).exists():
+        return True
+    names = {p.name for p in folder.iterdir()}
+    return "results.csv" in names and names <= SCAN_OUTPUT_NAMES
 
 
 class RunFolder:
@@ -96,7 +106,11 @@ class RunFolder:
         for p in self.protect:
             if real == p or _inside(p, real):
                 raise OutputFolderError(f"--out must not be the scanned folder or a folder above it: {out}")
-        if out.is_dir() and any(out.iterdir()) and not is_run_output(out) and not self.overwrite:
+        try:
+            foreign = out.is_dir() and any(out.iterdir()) and not is_run_output(out)
+        except OSError as exc:
+            raise OutputFolderError(f"cannot read the output folder {out}: {exc.strerror or exc}") from None
+        if foreign and not self.overwrite:
             raise OutputFolderError(
                 f"--out {out} is not empty and holds no earlier results: choose an empty or new folder, "
                 "or give --overwrite to replace its content")
@@ -157,7 +171,8 @@ class RunFolder:
     def _remove_leftovers(self) -> None:
         """Temporary / set-aside folders of killed runs into the same ``out`` (we hold the lock)."""
         for kind in ("tmp", "old"):
-            for p in self.out.parent.glob(f".{self.out.name}.{kind}-*"):
+            prefix = f".{self.out.name}.{kind}-"
+            for p in [q for q in self.out.parent.iterdir() if q.name.startswith(prefix)]:
                 try:
                     pid = int(p.name.split(f".{kind}-", 1)[1].split("-", 1)[0])
                 except (IndexError, ValueError):

@@ -209,16 +209,18 @@ def test_two_scans_into_one_out_never_mix(model, tmp_path):
     assert leftovers(out) == []
 
 
-def test_second_scan_into_a_busy_out_is_refused_and_the_first_completes(model, tmp_path):
-    a, b = make_batch(tmp_path / "a", 12, seed=1), make_batch(tmp_path / "b", 5, seed=2)
+def test_second_scan_into_a_busy_out_is_refused(model, tmp_path):
+    a, b = make_batch(tmp_path / "a", 60, seed=1), make_batch(tmp_path / "b", 5, seed=2)
     out = tmp_path / "out"
-    first = Scan(a, out, model, delay_score=0.3)
+    first = Scan(a, out, model, delay_score=1.0)  # a minute of scoring: it outlives the second
     first.wait_for(scoring_started)  # it holds the lock now
     second = Scan(b, out, model)
     rc2, err2 = second.finish()
+    assert first.proc.poll() is None, "the first scan ended too early for this test"
     assert rc2 == 2 and "another scan" in err2 and str(first.proc.pid) in err2, err2
+    first.proc.send_signal(signal.SIGINT)
     rc1, err1 = first.finish()
-    assert rc1 == 0, err1
+    assert rc1 == 130, err1
     assert {Path(x["path"]).parent.name for x in rows(out / "results.csv")} == {"a"}
-    assert_complete(out, 12)
+    assert json.loads((out / RUN_MARKER).read_text())["complete"] is False
     assert leftovers(out) == []

@@ -181,3 +181,26 @@ def test_finding10_full_disk_names_the_path_and_leaves_no_tmp(tiny_parts, tmp_pa
     assert "No space left" in err and str(out) in err
     assert (out / "results.csv").read_bytes() == before
     assert leftovers(tmp_path) == []
+
+
+def test_a_folder_with_a_results_csv_and_other_files_is_not_taken_for_an_old_run(tiny_parts, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.csv").write_text("a,b\n")
+    (out / "notes.docx").write_text("precious")
+    assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 2
+    assert (out / "notes.docx").exists()
+    legacy = tmp_path / "legacy"  # what a scan wrote before the run marker existed
+    (legacy / "heatmaps").mkdir(parents=True)
+    for name in ("results.csv", "flagged.txt", "skipped.csv", "heatmap_scale.json"):
+        (legacy / name).write_text("")
+    assert scan(tiny_parts / "batch", tiny_parts / "good", legacy) == 0
+    assert (legacy / RUN_MARKER).exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="glob characters in names as on POSIX")
+def test_out_names_with_glob_characters(tiny_parts, tmp_path):
+    out = tmp_path / "run[1]*"
+    assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 0
+    assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 0
+    assert len(rows(out / "results.csv")) == 8 and leftovers(tmp_path) == []
