@@ -146,6 +146,8 @@ def _header(path: Path) -> tuple[int, int, int]:
                     orient = 1
                 return int(w), int(h), orient
     except Image.DecompressionBombError as exc:
+        if Image.MAX_IMAGE_PIXELS and max_pixels() > 2 * Image.MAX_IMAGE_PIXELS:
+            return 0, 0, 1  # our limit was raised above Pillow's: let OpenCV decide
         raise ImageReadError(f"image too large ({exc}); the limit is {max_pixels()} pixels") from None
     except Exception:
         return 0, 0, 1
@@ -265,9 +267,12 @@ def read_thumbnail(path: str | os.PathLike, max_side: int) -> np.ndarray:
     if not p.is_file():  # a pipe would block the header read; read_image says what it is
         read_image(p)
     try:
+        import warnings
+
         from PIL import Image
 
-        with Image.open(p) as im:  # reads the header only
+        with warnings.catch_warnings(), Image.open(p) as im:  # reads the header only
+            warnings.simplefilter("ignore")
             w, h = im.size
             plain = im.mode in ("L", "RGB")
         if plain:
