@@ -99,12 +99,13 @@ def _decode_with_pillow(path: Path) -> np.ndarray | None:
     import warnings
 
     try:
-        with warnings.catch_warnings(), Image.open(path) as im:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a damaged file's EXIF warnings; failures raise
-            im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            return np.asarray(im)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                return np.asarray(im)
     except Exception:
         return None
 
@@ -271,10 +272,11 @@ def read_thumbnail(path: str | os.PathLike, max_side: int) -> np.ndarray:
 
         from PIL import Image
 
-        with warnings.catch_warnings(), Image.open(p) as im:  # reads the header only
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            w, h = im.size
-            plain = im.mode in ("L", "RGB")
+            with Image.open(p) as im:  # reads the header only
+                w, h = im.size
+                plain = im.mode in ("L", "RGB")
         if plain:
             factor, flag = next(((f, fl) for f, fl in _REDUCED_FLAGS if max(w, h) // f >= max_side), (1, None))
             raw = np.fromfile(p, dtype=np.uint8) if flag is not None and p.stat().st_size <= 8 * max_pixels() else None
