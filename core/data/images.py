@@ -141,10 +141,15 @@ def _header(path: Path) -> tuple[int, int, int]:
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 w, h = im.size
-                try:
-                    orient = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-                except Exception:
-                    orient = 1
+                orient = 1
+                # Pillow's PNG reader decodes the whole image to look for an eXIf chunk after
+                # the pixels: ask only formats that carry EXIF in the header (or a PNG whose
+                # eXIf came before the pixels).
+                if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in im.info:
+                    try:
+                        orient = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                    except Exception:
+                        orient = 1
                 return int(w), int(h), orient
     except Image.DecompressionBombError as exc:
         if Image.MAX_IMAGE_PIXELS and max_pixels() > 2 * Image.MAX_IMAGE_PIXELS:
