@@ -55,6 +55,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove(p: Path) -> None:
+    """Delete a set-aside output: a folder, or the symbolic link ``--out`` was (never its target)."""
+    if p.is_symlink() or p.is_file():
+        p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _inside(child: Path, parent: Path) -> bool:
     try:
         child.relative_to(parent)
@@ -177,8 +185,8 @@ class RunFolder:
                     pid = int(p.name.split(f".{kind}-", 1)[1].split("-", 1)[0])
                 except (IndexError, ValueError):
                     continue
-                if p.is_dir() and not _pid_alive(pid):
-                    shutil.rmtree(p, ignore_errors=True)
+                if not _pid_alive(pid):
+                    _remove(p)
 
     # ------------------------------------------------------------------ close
     def commit(self, complete: bool, info: dict[str, Any] | None = None, note: str = "") -> Path:
@@ -200,7 +208,7 @@ class RunFolder:
         self.committed = True
         self.temp = None
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         return self.out
 
     def close(self) -> None:

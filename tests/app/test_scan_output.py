@@ -204,3 +204,15 @@ def test_out_names_with_glob_characters(tiny_parts, tmp_path):
     assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 0
     assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 0
     assert len(rows(out / "results.csv")) == 8 and leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links as on POSIX")
+def test_out_as_a_symbolic_link_is_replaced_not_its_target(tiny_parts, tmp_path):
+    target = tmp_path / "elsewhere"
+    assert scan(tiny_parts / "batch", tiny_parts / "good", target) == 0
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    assert scan(tiny_parts / "batch", tiny_parts / "good", link) == 0
+    assert not link.is_symlink() and len(rows(link / "results.csv")) == 8
+    assert len(rows(target / "results.csv")) == 8  # the link's target is left alone
+    assert leftovers(tmp_path) == []
