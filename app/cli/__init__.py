@@ -39,9 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--threshold -1e-3`` -> ``--threshold=-1e-3``: argparse takes a value like ``-1e-3``
+    for an option unless it is joined to its flag."""
+    out: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        a = items[i]
+        if a in ("--threshold", "--fpr") and i + 1 < len(items) and items[i + 1].startswith("-"):
+            try:
+                float(items[i + 1])
+                out.append(f"{a}={items[i + 1]}")
+                i += 2
+                continue
+            except ValueError:
+                pass
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         args = parser.parse_args(["gui"])
     try:

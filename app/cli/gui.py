@@ -71,6 +71,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ns = argparse.Namespace(
         folder=str(root / "batch"), detector=DEFAULT_DETECTOR, train=str(root / "good"), model=None,
         out=args.out or str(root / "results"), threshold=None, fpr=None, set=[], device=args.device,
-        recursive=True, no_heatmaps=False, max_train=None, quiet=args.quiet,
+        recursive=True, no_heatmaps=False, max_train=None, quiet=args.quiet, overwrite=False,
     )
     return cmd_scan(ns)

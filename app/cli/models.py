@@ -10,6 +10,7 @@ from typing import Any
 
 from app.cli.common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     ProgressBar,
     UsageError,
@@ -18,6 +19,7 @@ from app.cli.common import (
     finite,
     fraction,
     info,
+    int_at_least,
     make_detector,
     parse_sets,
     positive_int,
@@ -64,14 +66,25 @@ def _train(detector, good_dir: Path, args: argparse.Namespace):
     bar = ProgressBar("train", quiet=args.quiet)
     try:
         report = train_detector(detector, good, fpr=args.fpr if args.fpr is not None else DEFAULT_FPR,
-                                threshold=args.threshold, max_train=args.max_train, progress=bar)
+                                threshold=args.threshold, max_train=args.max_train, progress=bar,
+                                calibration=getattr(args, "calibration", None) or "holdout",
+                                folds=getattr(args, "folds", None) or 5,
+                                estimator="tail" if getattr(args, "tail", False) else "empirical")
     finally:
         bar.close()
     for s in report.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
     info(f"trained {detector.name} on {report.n_train} good images in {report.fit_seconds:.1f}s; "
-          f"{report.threshold.describe() if report.threshold else 'no threshold'}", args.quiet)
+         f"{report.threshold.describe() if report.threshold else 'no threshold'}", args.quiet)
+    _warn_threshold(report.threshold, args.quiet)
     return report
+
+
+def _warn_threshold(threshold, quiet: bool) -> None:
+    """Say when the target FPR is below what the calibration images support (core's words)."""
+    text = threshold.support_warning() if threshold is not None else ""
+    if text:
+        info(f"warning: {text}", quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -82,8 +95,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     detector = make_detector(args.detector, parse_sets(args.set), args.device)
     if detector.zero_shot:
         raise UsageError(f"{detector.name} is zero-shot: it needs no training")
+    from core.io.checkpoint import CheckpointError, check_save_target
+
+    try:
+        check_save_target(model_dir)  # before the training, not after it
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
     _train(detector, good_dir, args)
-    from core.io.checkpoint import CheckpointError
 
     try:
         detector.save(model_dir)
@@ -127,14 +145,17 @@ def _load_for_scan(args: argparse.Namespace):
         thr = detector.threshold
         if thr is None or not thr.calibration_scores:
             raise UsageError(f"{model_dir} has no calibration scores to re-calibrate at --fpr; give --threshold")
-        detector.threshold = calibrate(thr.calibration_scores, args.fpr)
+        detector.threshold = calibrate(thr.calibration_scores, args.fpr,
+                                       "tail" if getattr(args, "tail", False) else thr.estimator, thr.scheme)
+    if args.threshold is None:
+        _warn_threshold(detector.threshold, args.quiet)
     return detector
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from core.data.images import ImageSource
-    from core.engine.workflows import scan_images
-    from core.io.export import export_scan
+    # The output rules (fresh folder, lock, incomplete marker, never scanning the output) live
+    # in core/engine/scan_run.py and core/io/run_folder.py; README "scan" says what they are.
+    from core.engine.scan_run import ExportError, NoImagesError, OutputFolderError, list_for_scan, scan_to_folder
     from core.results.threshold import Threshold
 
     folder = existing_dir(args.folder, "folder")
@@ -150,40 +171,46 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not zero_shot:
             raise UsageError(f"--group applies to zero-shot detectors only; {args.detector} flags by its threshold")
         args.set = [*(args.set or []), f"group={args.group}"]
-    source = ImageSource.from_folder(folder, recursive=args.recursive)
-    if len(source) == 0:
-        raise UsageError(f"no image files (png, jpg, bmp, tif, webp) in {folder}"
-                         + ("" if args.recursive else " (sub-folders were not searched: --no-recursive)"))
+    out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
+        f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        listing = list_for_scan(folder, out_dir, recursive=args.recursive, include=getattr(args, "include", None) or (),
+                                exclude=getattr(args, "exclude", None) or ())
+    except NoImagesError as exc:
+        raise UsageError(str(exc)) from None
+    if listing.describe():
+        info(f"{folder}: {len(listing.images)} images; {listing.describe()}", args.quiet)
+    scan = None
     if getattr(args, "session", None):
-        from app.cli.sessions import check_scan_session
+        from app.cli.sessions import check_scan_session, session_scanner
 
         check_scan_session(args, folder)
-    if args.model:
-        detector = _load_for_scan(args)
-    else:
+        scan = session_scanner(args, folder)
+
+    def prepare():
+        if args.model:
+            return _load_for_scan(args)
         detector = make_detector(args.detector, parse_sets(args.set), args.device)
         if not detector.zero_shot:
             if not args.train:
                 raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR")
             _train(detector, existing_dir(args.train, "good-image folder"), args)
-    out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
-        f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out must be a folder, not a file: {out_dir}")
+        return detector
+
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
     bar = ProgressBar("scan", quiet=args.quiet)
     try:
-        if getattr(args, "session", None):
-            from app.cli.sessions import scan_with_session
-
-            result = scan_with_session(args, folder, detector, source, threshold, bar)
-        else:
-            result = scan_images(detector, source, threshold=threshold, progress=bar)
+        outcome = scan_to_folder(listing, out_dir, prepare, threshold=threshold, heatmaps=not args.no_heatmaps,
+                                 overwrite=getattr(args, "overwrite", False), progress=bar,
+                                 log=lambda m: info(m, args.quiet), **({"scan": scan} if scan else {}))
+    except OutputFolderError as exc:
+        raise UsageError(str(exc)) from None
+    except ExportError as exc:
+        err(str(exc))
+        return EXIT_FAILURE
     finally:
         bar.close()
-    if (out_dir / "results.csv").exists():
-        info(f"note: replacing the earlier results in {out_dir}", args.quiet)
-    written = export_scan(out_dir, result, heatmaps=not args.no_heatmaps)
+    result, written = outcome.result, outcome.written
     for s in result.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
     n, nf = len(result.rows), len(result.flagged)
@@ -194,12 +221,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
         thr = f"not grouped: {result.grouping_note}"
     info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
     info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
+    if outcome.interrupted_by and not result.interrupted:
+        err(f"interrupted ({outcome.interrupted_by}) while writing: the run was complete and {out_dir} holds all of it")
+        return EXIT_INTERRUPTED
+    if outcome.interrupted_by:
+        err(f"interrupted ({outcome.interrupted_by}): {out_dir} holds the {n} images scored before it stopped, "
+            f"marked incomplete ({out_dir / 'INCOMPLETE.txt'})")
+        return EXIT_INTERRUPTED
     if n == 0:
-        err(f"none of the {len(source)} image files in {folder} could be read (see {written['skipped']})")
+        err(f"none of the {len(listing.images)} image files in {folder} could be read (see {written['skipped']})")
         return EXIT_FAILURE
     return EXIT_OK
-
-
 
 
 def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = True) -> None:
@@ -215,6 +247,12 @@ def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = Tru
     g.add_argument("--threshold", type=finite, metavar="T", help="flag scores above T (instead of calibrating)")
     g.add_argument("--fpr", type=fraction, metavar="F",
                    help=f"target false-positive rate for calibration (default {DEFAULT_FPR:g})")
+    sp.add_argument("--calibration", choices=("holdout", "kfold"), default="holdout",
+                    help="calibrate on held-out images (default) or on out-of-fold scores of all good images "
+                         "(kfold: --folds more trainings, for cheap detectors such as pixel-gaussian, ocsvm)")
+    sp.add_argument("--folds", type=int_at_least(2), default=5, metavar="K", help="folds for --calibration kfold")
+    sp.add_argument("--tail", action="store_true",
+                    help="read the threshold from a fitted (log-)normal tail of the normal scores")
 
 
 def add_parsers(sub: Any) -> None:
@@ -234,6 +272,10 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--model", metavar="MODEL_DIR", help="use a saved model")
     s.add_argument("--out", metavar="OUT_DIR", help="where to write (default ./anomaly-results/<folder>-<time>)")
     s.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    s.add_argument("--include", action="append", metavar="GLOB", help="scan only files matching GLOB (repeatable)")
+    s.add_argument("--exclude", action="append", metavar="GLOB", help="leave out files matching GLOB (repeatable)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the content of a non-empty --out that holds no earlier results")
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
                         "(default: the detector's 'group' setting, ncut)")

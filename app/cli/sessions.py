@@ -82,15 +82,22 @@ def check_scan_session(args: argparse.Namespace, folder: Path) -> None:
         s.close()
 
 
-def scan_with_session(args: argparse.Namespace, folder: Path, detector, source, threshold, progress):
-    """Scan into ``args.session``; returns the full :class:`~core.results.ScanResult`."""
+def session_scanner(args: argparse.Namespace, folder: Path):
+    """The ``scan`` function for :func:`core.engine.scan_run.scan_to_folder` that scans into
+    ``args.session``, reusing its stored scores; an interrupted scan stores no run."""
     from core.engine.session_scan import scan_into_session
 
     path = Path(args.session).expanduser()
-    with _open(path, folder, mode="rw") as s:
-        out = scan_into_session(s, detector, source, threshold=threshold, progress=progress)
-    info(f"session {path}: run {out.run_id}, {out.describe()}", args.quiet)
-    return out.result
+
+    def scan(detector, source, threshold, progress, cancel):
+        with _open(path, folder, mode="rw") as s:
+            out = scan_into_session(s, detector, source, threshold=threshold, progress=progress, cancel=cancel,
+                                    keep_partial=True)
+        where = f"run {out.run_id}" if out.run_id is not None else "nothing stored"
+        info(f"session {path}: {where}, {out.describe()}", args.quiet)
+        return out.result
+
+    return scan
 
 
 def _run_arg(s, args: argparse.Namespace) -> int:

@@ -38,19 +38,16 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Image files in ``folder`` (by extension), sorted by path.
+    """Image files in ``folder`` (by extension), sorted by path; masks of a dataset layout,
+    hidden files and earlier scan outputs are left out (:func:`core.data.listing.list_folder`,
+    which also says what it left out and why).
 
     Raises ``FileNotFoundError``/``NotADirectoryError`` for a wrong path so that the
     caller can say which path is wrong.
     """
-    root = Path(folder)
-    if not root.exists():
-        raise FileNotFoundError(f"folder not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    walker = root.rglob("*") if recursive else root.iterdir()
-    files = [p for p in walker if p.is_file() and is_image_file(p) and not p.name.startswith(".")]
-    return sorted(files)
+    from core.data.listing import list_folder
+
+    return list_folder(folder, recursive=recursive).images
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
@@ -99,48 +96,165 @@ def _decode_with_pillow(path: Path) -> np.ndarray | None:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow comes with torchvision
         return None
+    import warnings
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
-                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
-            return np.asarray(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged file's EXIF warnings; failures raise
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                    im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+                return np.asarray(im)
     except Exception:
         return None
 
 
+#: Images with more pixels than this are refused ("too large"); the environment variable
+#: ``ANOMALY_INSPECTOR_MAX_PIXELS`` changes it. 160 M pixels holds the largest area-scan
+#: inspection cameras (151 M pixels) and decodes to at most about 1.9 GB of float32 grey.
+DEFAULT_MAX_PIXELS = 160_000_000
+#: JPEGs above this many pixels (but within the limit) are decoded at 1/2, 1/4 or 1/8 scale,
+#: which the JPEG codec does without ever holding the full image.
+FULL_DECODE_PIXELS = 40_000_000
+_EXIF_ORIENTATION = 0x0112
+
+
+def max_pixels() -> int:
+    """The pixel limit in force (:data:`DEFAULT_MAX_PIXELS` or ``ANOMALY_INSPECTOR_MAX_PIXELS``)."""
+    text = os.environ.get("ANOMALY_INSPECTOR_MAX_PIXELS", "").strip()
+    try:
+        return max(1, int(float(text))) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        return DEFAULT_MAX_PIXELS
+
+
+def _header(path: Path) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) from the file header, without decoding pixels;
+    (0, 0, 1) when the header cannot be read here (the decoder then decides)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                w, h = im.size
+                orient = 1
+                # Pillow's PNG reader decodes the whole image to look for an eXIf chunk after
+                # the pixels: ask only formats that carry EXIF in the header (or a PNG whose
+                # eXIf came before the pixels).
+                if im.format in ("JPEG", "MPO", "TIFF", "WEBP") or "exif" in im.info:
+                    try:
+                        orient = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+                    except Exception:
+                        orient = 1
+                return int(w), int(h), orient
+    except Image.DecompressionBombError as exc:
+        if Image.MAX_IMAGE_PIXELS and max_pixels() > 2 * Image.MAX_IMAGE_PIXELS:
+            return 0, 0, 1  # our limit was raised above Pillow's: let OpenCV decide
+        raise ImageReadError(f"image too large ({exc}); the limit is {max_pixels()} pixels") from None
+    except Exception:
+        return 0, 0, 1
+
+
+def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn a raw decoded array upright by its EXIF orientation tag (1..8)."""
+    if orientation in (2, 4, 5, 7):
+        arr = arr[:, ::-1] if orientation == 2 else arr[::-1] if orientation == 4 else arr
+    if orientation == 3:
+        arr = arr[::-1, ::-1]
+    elif orientation == 5:
+        arr = np.swapaxes(arr, 0, 1)
+    elif orientation == 6:
+        arr = np.rot90(arr, k=-1)
+    elif orientation == 7:
+        arr = np.swapaxes(arr, 0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        arr = np.rot90(arr, k=1)
+    return np.ascontiguousarray(arr)
+
+
+def _jpeg_truncated(raw: np.ndarray) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it was cut short."""
+    data = raw.tobytes()
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode one file into ``float32 (H, W, C)``, C in {1, 3}, values in [0, 1]."""
+    """Decode one file into ``float32 (H, W, C)``, C in {1, 3}, values in [0, 1].
+
+    Every failure, whatever the codec did, is an :class:`ImageReadError` with a reason: not a
+    regular file, too large (more than :func:`max_pixels` pixels), truncated, corrupt. EXIF
+    orientation is applied, so the pixels are those a viewer shows upright (the GUI's
+    thumbnails and full view read through here too). JPEGs over :data:`FULL_DECODE_PIXELS`
+    are decoded at a reduced scale.
+    """
+    import stat
+
     p = Path(path)
     try:
-        size = p.stat().st_size
+        st = p.stat()
     except FileNotFoundError:
         raise ImageReadError("file not found") from None
     except OSError as exc:
         raise ImageReadError(f"cannot access file: {exc.strerror or exc}") from None
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageReadError("not a regular file (a folder, pipe, socket or device)")
+    if st.st_size == 0:
         raise ImageReadError("empty file (0 bytes)")
+    limit = max_pixels()
+    if st.st_size > 8 * limit + (1 << 20):
+        raise ImageReadError(f"file too large ({st.st_size} bytes) for the limit of {limit} pixels")
+    w, h, orientation = _header(p)
+    if w * h > limit:
+        raise ImageReadError(f"image too large ({w} x {h} pixels; the limit is {limit}, "
+                             "set ANOMALY_INSPECTOR_MAX_PIXELS to change it)")
     try:
         raw = np.fromfile(p, dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
     except PermissionError:
         raise ImageReadError("permission denied") from None
     except OSError as exc:
         raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from None
-    arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    try:
+        return _decode(p, raw, w * h, orientation)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError("image too large to decode (out of memory)") from None
+    except Exception:  # any codec failure on a damaged file is a skip, never fatal to a batch
+        raise ImageReadError("corrupt image data (the decoder failed)") from None
+
+
+def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int) -> np.ndarray:
+    head = bytes(raw[:8])
+    is_png, is_jpeg = head.startswith(b"\x89PNG"), head[:3] == b"\xff\xd8\xff"
+    if is_jpeg and _jpeg_truncated(raw):
+        raise ImageReadError("corrupt image data (truncated JPEG: the file ends inside the image data)")
+    arr = None
     bgr = True
-    if arr is None or arr.size == 0:
+    if is_jpeg and pixels > FULL_DECODE_PIXELS:
+        factor = next((f for f, _ in _REDUCED_FLAGS[::-1] if pixels / (f * f) <= FULL_DECODE_PIXELS), 8)
+        flag = {f: fl for f, fl in _REDUCED_FLAGS}[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+        arr = cv2.imdecode(raw, flag)
+    if arr is None:
+        arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
+    if (arr is None or arr.size == 0) and not is_png:
+        # OpenCV's libpng reads every PNG there is: a PNG it refuses is damaged, and Pillow
+        # would fill its missing rows with black without a word.
         arr = _decode_with_pillow(p)
         bgr = False
     if arr is None or arr.size == 0:
-        head = bytes(raw[:8])
-        if head.startswith(b"\x89PNG") or head[:3] == b"\xff\xd8\xff":
+        if is_png or is_jpeg:
             raise ImageReadError("corrupt image data (truncated or damaged file)")
         raise ImageReadError("not a decodable image (unknown or damaged format)")
     if arr.ndim == 3 and arr.shape[0] > 0 and arr.shape[2] > 4 and bgr is False:
         arr = arr[:, :, :4]
     if min(arr.shape[:2]) < 1:
         raise ImageReadError(f"image has no pixels ({arr.shape})")
-    return _to_float(_normalise_channels(arr, bgr=bgr))
+    out = _to_float(_normalise_channels(arr, bgr=bgr))
+    return _orient(out, orientation) if orientation != 1 else out
 
 
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
@@ -156,16 +270,24 @@ def read_thumbnail(path: str | os.PathLike, max_side: int) -> np.ndarray:
     """
     p = Path(path)
     arr = None
+    if not p.is_file():  # a pipe would block the header read; read_image says what it is
+        read_image(p)
     try:
+        import warnings
+
         from PIL import Image
 
-        with Image.open(p) as im:  # reads the header only
-            w, h = im.size
-            plain = im.mode in ("L", "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:  # reads the header only
+                w, h = im.size
+                plain = im.mode in ("L", "RGB")
         if plain:
             factor, flag = next(((f, fl) for f, fl in _REDUCED_FLAGS if max(w, h) // f >= max_side), (1, None))
-            if flag is not None:
-                dec = cv2.imdecode(np.fromfile(p, dtype=np.uint8), flag)
+            raw = np.fromfile(p, dtype=np.uint8) if flag is not None and p.stat().st_size <= 8 * max_pixels() else None
+            if raw is not None and w * h <= max_pixels() and not (
+                    bytes(raw[:3]) == b"\xff\xd8\xff" and _jpeg_truncated(raw)):
+                dec = cv2.imdecode(raw, flag)
                 if dec is not None and dec.ndim == 3:
                     arr = np.ascontiguousarray(dec[:, :, ::-1])
     except Exception:

@@ -191,12 +191,15 @@ class Detector(ABC):
             raise CheckpointError(
                 f"{folder} was saved by a newer '{cls.name}' (state version {doc.get('state_version')}); update Anomaly Inspector"
             )
-        cfg, _unknown = cls.config_class.from_dict(doc["config"])
+        try:
+            cfg, _unknown = cls.config_class.from_dict(doc["config"])
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"corrupt model: {folder} has invalid settings ({exc})") from None
         det = cls(cfg, device=device)
         det.meta = dict(doc.get("meta") or {})
         try:
             det._restore(tensors, det.meta)
-        except (KeyError, RuntimeError, ValueError) as exc:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' ({exc})") from None
         det.fitted = True
         if doc.get("threshold"):

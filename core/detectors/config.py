@@ -17,6 +17,7 @@ detector's tiny trained model and checks that the marks are true.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
 from typing import Any
@@ -66,6 +67,8 @@ class DetectorConfig:
             md = f.metadata
             if "choices" in md and v not in md["choices"]:
                 raise ConfigError(f"{f.name}={v!r} is not one of {', '.join(map(str, md['choices']))}")
+            if isinstance(v, float) and not math.isfinite(v):  # NaN < min is False: say it here
+                raise ConfigError(f"{f.name}={v} is not a finite number")
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if "min" in md and v < md["min"]:
                     raise ConfigError(f"{f.name}={v} is below its minimum {md['min']}")

@@ -26,7 +26,7 @@ from core.detectors.base import Detector
 from core.grouping import GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import Threshold
-from core.runtime.cancel import CancelToken
+from core.runtime.cancel import Cancelled, CancelToken
 from core.runtime.progress import ProgressFn
 from core.session import Session
 from core.session.identity import now, run_key
@@ -56,12 +56,14 @@ def score_settings(detector: Detector) -> dict[str, Any]:
 @dataclass
 class SessionScan:
     result: ScanResult
-    run_id: int
+    #: None when the scan was interrupted (``keep_partial``): an incomplete run is not stored.
+    run_id: Optional[int]
     n_new: int  # images scored by this run (new or changed since the run they would reuse)
     n_reused: int  # images whose stored score was reused
 
     def describe(self) -> str:
-        return f"{self.n_new} new, {self.n_reused} reused"
+        text = f"{self.n_new} new, {self.n_reused} reused"
+        return text if self.run_id is not None else f"{text}; interrupted: no run stored"
 
 
 def scan_into_session(
@@ -73,11 +75,14 @@ def scan_into_session(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
     store_maps: bool = True,
+    keep_partial: bool = False,
 ) -> SessionScan:
     """Scan the files of ``source`` into ``session`` as a new run, reusing stored scores.
 
     ``threshold`` overrides the detector's own, as in :func:`core.engine.workflows.scan_images`.
-    Only file-backed sources can be stored (a session records files).
+    Only file-backed sources can be stored (a session records files). With ``keep_partial`` a
+    cancelled scan returns the rows scored so far (``result.interrupted``) and stores no run,
+    instead of raising ``Cancelled``.
     """
     paths = [source.path(i) for i in range(len(source))]
     if any(p is None for p in paths):
@@ -111,12 +116,18 @@ def scan_into_session(
         rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr)
         origin[i] = None
 
+    interrupted = False
     if todo:
-        detector.score(source.subset(todo), progress, cancel, on_result=collect, skipped=skipped)
+        try:
+            detector.score(source.subset(todo), progress, cancel, on_result=collect, skipped=skipped)
+        except Cancelled:
+            if not keep_partial:
+                raise
+            interrupted = True
     elif progress:
         progress(len(source), len(source), f"all {len(source)} images reused")
     order = sorted(rows)
-    result = ScanResult(detector.name, [rows[i] for i in order], skipped, thr, 0.0)
+    result = ScanResult(detector.name, [rows[i] for i in order], skipped, thr, 0.0, interrupted=interrupted)
     for row in result.rows:
         row.columns.pop("group", None)  # regrouped below over the whole batch
     if detector.zero_shot:
@@ -125,9 +136,11 @@ def scan_into_session(
         except GroupingError as exc:
             result.grouping_note = str(exc)
     result.seconds = time.perf_counter() - t0
+    n_reused = sum(1 for i in order if origin[i] is not None)
+    if interrupted:
+        return SessionScan(result, None, len(order) - n_reused, n_reused)
     run_id = session.record_run(result, [records[i] for i in order], fingerprint=fingerprint, settings=settings,
                                 run_key=key, started_at=started, scored_in=[origin[i] for i in order],
                                 store_maps=store_maps)
     session.apply_decisions(result, run_id)
-    n_reused = sum(1 for i in order if origin[i] is not None)
     return SessionScan(result, run_id, len(order) - n_reused, n_reused)

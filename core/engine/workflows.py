@@ -10,6 +10,8 @@ setting, normalized cut by default). Each row gets a ``group`` column and ``flag
 
 from __future__ import annotations
 
+import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from core.detectors.base import Detector, FitError
 from core.grouping import GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import Cancelled, CancelToken, check
 from core.runtime.progress import ProgressFn, SubProgress
 
 
@@ -56,12 +58,16 @@ def calibration_images(good: ImageSource, max_train: int | None, seed: int) -> t
 
 
 def _calibrate_on(detector: Detector, images: ImageSource, fpr: float, progress: ProgressFn | None,
-                  cancel: CancelToken | None, skipped: list[Skipped] | None = None) -> tuple[Threshold, int]:
+                  cancel: CancelToken | None, skipped: list[Skipped] | None = None,
+                  estimator: str = "empirical") -> tuple[Threshold, int]:
     """Score held-out good ``images`` and calibrate at ``fpr``; returns (threshold, images scored)."""
     results = detector.score(images, progress, cancel, skipped=skipped)
     if len(results) < 3:
         raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
-    return calibrate([r.score for r in results.values()], fpr), len(results)
+    try:
+        return calibrate([r.score for r in results.values()], fpr, estimator), len(results)
+    except ValueError as exc:  # no finite score among them
+        raise FitError(f"cannot calibrate the threshold: {exc}") from None
 
 
 def recalibrate(
@@ -89,6 +95,28 @@ def recalibrate(
     return thr
 
 
+def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int,
+                             progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> list[float]:
+    """Out-of-fold scores of every image: ``folds`` fresh copies of ``detector`` (same class and
+    settings), each trained on the other folds and scoring its own fold, so each score comes
+    from a model that never saw that image. Costs ``folds`` trainings: for cheap detectors."""
+    n = len(images)
+    k = min(folds, n)
+    if k < 2:
+        raise FitError(f"cross-calibration needs at least 2 good images, not {n}")
+    groups = np.array_split(np.random.default_rng(detector.config.seed).permutation(n), k)
+    scores: list[float] = []
+    for j, group in enumerate(groups):
+        held = sorted(int(i) for i in group)
+        rest = sorted(set(range(n)) - set(held))
+        clone = type(detector)(copy.deepcopy(detector.config), device=detector.device)
+        clone.fit(images.subset(rest), SubProgress(progress, j / k, (j + 0.8) / k, f"fold {j + 1} of {k}"), cancel)
+        check(cancel)
+        res = clone.score(images.subset(held), SubProgress(progress, (j + 0.8) / k, (j + 1) / k, "scoring"), cancel)
+        scores += [r.score for r in res.values()]
+    return scores
+
+
 def train_detector(
     detector: Detector,
     good: ImageSource,
@@ -98,14 +126,23 @@ def train_detector(
     max_train: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
+    calibration: str = "holdout",
+    folds: int = 5,
+    estimator: str = "empirical",
 ) -> TrainReport:
     """Fit ``detector`` on good images and set its decision threshold.
 
     Without an explicit ``threshold`` 10 % of the good images (at least 3) are held out and
     the threshold is calibrated on their scores at the target false-positive rate ``fpr``.
+    With ``calibration="kfold"`` nothing is held out: the threshold is calibrated on the
+    out-of-fold scores of all good images (:func:`cross_calibration_scores`, ``folds`` extra
+    trainings) and the model is then trained on all of them. ``estimator="tail"`` reads the
+    threshold from a fitted tail (:func:`core.results.threshold.calibrate`).
     The detector is only changed when everything succeeded; a cancelled or failed training
     raises and leaves no half-trained state visible to the caller's saved models.
     """
+    if calibration not in ("holdout", "kfold"):
+        raise ValueError(f"calibration must be 'holdout' or 'kfold', not {calibration!r}")
     if len(good) == 0:
         raise FitError("no good images to train on (the folder holds no image files)")
     seed = detector.config.seed
@@ -118,13 +155,25 @@ def train_detector(
         thr = Threshold.explicit(threshold)
         detector.fit(chosen, SubProgress(progress, 0.0, 1.0, "training"), cancel, skipped)
         n_train, n_cal = len(chosen) - len(skipped), 0
+    elif calibration == "kfold":
+        chosen = good.subset(select_subset(len(good), max_train, seed))
+        oof = cross_calibration_scores(detector, chosen, folds, SubProgress(progress, 0.0, 0.8, "cross-calibrating"),
+                                       cancel)
+        if len(oof) < 3:
+            raise FitError(f"only {len(oof)} good images could be scored; 3 are needed to calibrate the threshold")
+        try:
+            thr = calibrate(oof, fpr, estimator, scheme=f"kfold-{min(folds, len(chosen))}")
+        except ValueError as exc:
+            raise FitError(str(exc)) from None
+        detector.fit(chosen, SubProgress(progress, 0.8, 1.0, "training"), cancel, skipped)
+        n_train, n_cal = len(chosen) - len(skipped), thr.n_calibration
     else:
         fit_images, cal_images = calibration_images(good, max_train, seed)
         detector.fit(fit_images, SubProgress(progress, 0.0, 0.9, "training"), cancel, skipped)
         check(cancel)
         cal_skipped: list[Skipped] = []
         thr, n_cal = _calibrate_on(detector, cal_images, fpr, SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
-                                   cal_skipped)
+                                   cal_skipped, estimator)
         n_train = len(fit_images) - len(skipped)
         skipped += cal_skipped
     thr.settings = detector.config.to_dict()
@@ -142,11 +191,13 @@ def scan_images(
     cancel: CancelToken | None = None,
     on_row: Callable[[int, ScanRow], None] | None = None,
     keep_extras: bool = False,
+    keep_partial: bool = False,
 ) -> ScanResult:
     """Score every image of ``source``; unreadable files end up in ``skipped``.
 
     ``threshold`` overrides the detector's own. ``on_row(index, row)`` fires per image, in
-    the worker's thread, as results come in.
+    the worker's thread, as results come in. With ``keep_partial`` a cancelled scan returns
+    the rows scored so far, with ``interrupted`` set, instead of raising ``Cancelled``.
     """
     thr = threshold if threshold is not None else detector.threshold
     rows: dict[int, ScanRow] = {}
@@ -154,14 +205,24 @@ def scan_images(
     t0 = time.perf_counter()
 
     def collect(i: int, res: ScoreResult) -> None:
+        if not math.isfinite(res.score):  # never "not flagged": an error for this image
+            skipped.append(Skipped(source.path(i) or Path(source.name(i)),
+                                   f"score is not a number ({res.score}): the model or this image is broken"))
+            return
         row = make_row(source.path(i) or Path(source.name(i)), res, res.image_shape, thr, keep_extras)
         rows[i] = row
         if on_row:
             on_row(i, row)
 
-    detector.score(source, progress, cancel, on_result=collect, skipped=skipped)
+    interrupted = False
+    try:
+        detector.score(source, progress, cancel, on_result=collect, skipped=skipped)
+    except Cancelled:
+        if not keep_partial:
+            raise
+        interrupted = True
     ordered = [rows[i] for i in sorted(rows)]
-    result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0)
+    result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0, interrupted=interrupted)
     if detector.zero_shot:
         method = getattr(detector.config, "group", "ncut")
         try:

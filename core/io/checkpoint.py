@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,16 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.results.threshold import Threshold
+
 FORMAT = "anomaly-inspector-model"
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
+#: A model folder is untrusted input: its files are read only if they are regular files
+#: (not a link to a device or a pipe) under these sizes.
+MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_WEIGHTS_BYTES = 16 * 1024 ** 3
 
 
 class CheckpointError(Exception):
@@ -79,29 +87,69 @@ def save_checkpoint(folder: str | os.PathLike, header: dict[str, Any], tensors: 
     return root
 
 
+def _check_file(path: Path, limit: int, what: str) -> int:
+    """Size of ``path`` if it is a regular file of at most ``limit`` bytes, else CheckpointError."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"corrupt model: {path.parent} has no {path.name}") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read model: {path} ({exc.strerror or 'not accessible'})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"corrupt model: {path} is not a regular file (a folder, device or pipe)")
+    if st.st_size > limit:
+        raise CheckpointError(f"corrupt model: {path} is too large for a {what} ({st.st_size} bytes, limit {limit})")
+    return st.st_size
+
+
 def read_header(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``config.json``; every way it can be wrong is a one-line CheckpointError."""
     root = Path(folder)
     if not root.exists():
         raise CheckpointError(f"model folder not found: {root}")
     if not root.is_dir():
         raise CheckpointError(f"not a model folder: {root} is a file")
     cfg = root / CONFIG_NAME
-    if not cfg.exists():
+    if not cfg.exists() and not cfg.is_symlink():
         raise CheckpointError(f"not a model folder: {root} has no {CONFIG_NAME}")
+    _check_file(cfg, MAX_CONFIG_BYTES, "model configuration")
     try:
-        doc = json.loads(cfg.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+        # NaN, Infinity and 1e999 parse to floats; the field checks below name them
+        doc = json.loads(cfg.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CheckpointError(f"corrupt model: {cfg} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read model: {cfg} ({exc.strerror or 'not readable'})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"not an Anomaly Inspector model: {cfg} has no '{FORMAT}' format marker")
     version = doc.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"corrupt model: format version {version!r} in {cfg} is not a version (1 or more)")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
             f"model format version {version} in {cfg} is newer than this program reads ({FORMAT_VERSION}); update Anomaly Inspector"
         )
     for key in ("detector", "config"):
         if key not in doc:
             raise CheckpointError(f"corrupt model: {cfg} lacks '{key}'")
+    if not isinstance(doc["detector"], str):
+        raise CheckpointError(f"corrupt model: 'detector' in {cfg} is not a name")
+    if not isinstance(doc["config"], dict):
+        raise CheckpointError(f"corrupt model: 'config' in {cfg} is not a mapping of settings")
+    for key in ("meta",):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            raise CheckpointError(f"corrupt model: '{key}' in {cfg} is not a mapping")
+    sv = doc.get("state_version", 1)
+    if isinstance(sv, bool) or not isinstance(sv, int):
+        raise CheckpointError(f"corrupt model: 'state_version' in {cfg} is not a number")
+    for key, value in doc["config"].items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"corrupt model: setting {key}={value} in {cfg} is not a finite number")
+    if doc.get("threshold") is not None:
+        try:
+            Threshold.from_dict(doc["threshold"])
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"corrupt model: the threshold in {cfg} is invalid ({exc})") from None
     return doc
 
 
@@ -109,10 +157,11 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     root = Path(folder)
     doc = read_header(root)
     weights = root / WEIGHTS_NAME
-    if not weights.exists():
-        raise CheckpointError(f"corrupt model: {root} has no {WEIGHTS_NAME}")
+    _check_file(weights, MAX_WEIGHTS_BYTES, "weights file")
     expected = doc.get("weights_sha256")
-    if expected and _sha256(weights) != expected:
+    if not isinstance(expected, str):
+        raise CheckpointError(f"corrupt model: {root / CONFIG_NAME} records no checksum of the weights")
+    if _sha256(weights) != expected:
         raise CheckpointError(f"corrupt model: {weights} does not match the checksum recorded in {CONFIG_NAME}")
     try:
         tensors = load_file(str(weights))

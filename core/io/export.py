@@ -1,7 +1,14 @@
 """Writing scan results: ``results.csv``, ``flagged.txt``, ``skipped.csv``, ``heatmaps/``.
 
 Every file is written to a temporary name and renamed, so an interrupted export never
-leaves a truncated results table behind.
+leaves a truncated results table behind (``scan`` also writes the whole set into a fresh
+folder first: :mod:`core.io.run_folder`).
+
+Paths are written as text a person and a CSV reader can use: a file name that is not valid
+UTF-8 (possible on Linux) has each undecodable byte written as ``\\xNN``
+(:func:`display_path`); in ``flagged.txt`` a path holding a newline, a carriage return or a
+double quote is written in double quotes with inner quotes doubled (the CSV rule), so every
+line is exactly one file. ``results.csv`` names each row's heat map in its ``heatmap`` column.
 """
 
 from __future__ import annotations
@@ -43,6 +50,24 @@ def _csv_text(header: list[str], rows: Iterable[list]) -> str:
     return buf.getvalue()
 
 
+def display_path(path) -> str:
+    """``path`` as valid UTF-8 text: bytes of a non-UTF-8 file name become ``\\xNN``."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def flagged_line(path) -> str:
+    """One line of ``flagged.txt``: the path, quoted CSV-style if it holds a newline or a quote."""
+    text = display_path(path)
+    if any(c in text for c in '"\n\r'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text + "\n"
+
+
 def _fmt(v) -> str:
     if v is None:
         return ""
@@ -53,22 +78,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def results_csv(rows: list[ScanRow]) -> str:
+def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> str:
+    """The results table; with ``heatmaps`` (one relative path or "" per row) a ``heatmap`` column."""
     extra: list[str] = []
     for r in rows:
         for k in r.columns:
             if k not in extra:
                 extra.append(k)
-    header = ["path", "score", "flagged", *extra]
-    body = ([str(r.path), _fmt(r.score), _fmt(r.flagged), *(_fmt(r.columns.get(k)) for k in extra)] for r in rows)
+    header = ["path", "score", "flagged", *extra, *(["heatmap"] if heatmaps is not None else [])]
+    body = ([display_path(r.path), _fmt(r.score), _fmt(r.flagged), *(_fmt(r.columns.get(k)) for k in extra),
+             *([heatmaps[i]] if heatmaps is not None else [])] for i, r in enumerate(rows))
     return _csv_text(header, body)
 
 
-def write_results(out_dir: str | os.PathLike, rows: list[ScanRow]) -> Path:
+def write_results(out_dir: str | os.PathLike, rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_NAME
-    _write_text(path, results_csv(rows))
+    _write_text(path, results_csv(rows, heatmaps))
     return path
 
 
@@ -77,9 +104,9 @@ def write_flagged(out_dir: str | os.PathLike, rows: list[ScanRow], with_scores: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     flagged = [r for r in rows if r.flagged]
-    _write_text(out / FLAGGED_NAME, "".join(f"{r.path}\n" for r in flagged))
+    _write_text(out / FLAGGED_NAME, "".join(flagged_line(r.path) for r in flagged))
     if with_scores:
-        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([str(r.path), _fmt(r.score)] for r in flagged)))
+        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([display_path(r.path), _fmt(r.score)] for r in flagged)))
     return out / FLAGGED_NAME
 
 
@@ -87,7 +114,7 @@ def write_skipped(out_dir: str | os.PathLike, skipped: list[Skipped]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / SKIPPED_NAME
-    _write_text(path, _csv_text(["path", "reason"], ([str(s.path), s.reason] for s in skipped)))
+    _write_text(path, _csv_text(["path", "reason"], ([display_path(s.path), s.reason] for s in skipped)))
     return path
 
 
@@ -144,13 +171,20 @@ def write_heatmaps(out_dir: str | os.PathLike, rows: list[ScanRow],
 
 def export_scan(out_dir: str | os.PathLike, result: ScanResult, heatmaps: bool = True) -> dict[str, Path]:
     out = Path(out_dir)
-    written = {
-        "results": write_results(out, result.rows),
-        "flagged": write_flagged(out, result.rows),
-        "skipped": write_skipped(out, result.skipped),
-    }
+    names: Optional[list[str]] = None
+    written: dict[str, Path] = {}
     if heatmaps:
         folder, n = write_heatmaps(out, result.rows)
         if n:
             written["heatmaps"] = folder
+            with_maps = [i for i, r in enumerate(result.rows) if r.anomaly_map is not None]
+            names = [""] * len(result.rows)
+            for i, name in zip(with_maps, heatmap_names([result.rows[i] for i in with_maps])):
+                names[i] = f"{HEATMAP_DIR}/{name}"
+    written = {
+        "results": write_results(out, result.rows, names),
+        "flagged": write_flagged(out, result.rows),
+        "skipped": write_skipped(out, result.skipped),
+        **written,
+    }
     return written

@@ -67,6 +67,8 @@ class ScanResult:
     grouping: Optional[Grouping] = None
     #: Why a zero-shot scan could not be grouped (e.g. a batch of one image), else "".
     grouping_note: str = ""
+    #: The scan was cancelled part-way: ``rows`` hold only the images scored before that.
+    interrupted: bool = False
 
     @property
     def flagged(self) -> list[ScanRow]:

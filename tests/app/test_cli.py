@@ -33,8 +33,9 @@ def test_scan_with_training_writes_outputs(tiny_parts, tmp_path):
                  str(tiny_parts / "good"), "--out", str(out), *SMALL, "-q"])
     assert code == 0
     r = rows(out / "results.csv")
-    assert len(r) == 8 and list(r[0]) == ["path", "score", "flagged"]
+    assert len(r) == 8 and list(r[0]) == ["path", "score", "flagged", "heatmap"]
     assert len(list((out / "heatmaps").glob("*.png"))) == 8
+    assert all((out / x["heatmap"]).is_file() for x in r)
     flagged = (out / "flagged.txt").read_text().splitlines()
     assert sorted(flagged) == sorted(x["path"] for x in r if x["flagged"] == "true")
     assert rows(out / "skipped.csv") == []

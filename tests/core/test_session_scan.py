@@ -146,3 +146,34 @@ def test_zero_shot_runs_score_every_image_and_keep_hand_moves(tiny_parts, tmp_pa
         html = build_report(s)  # a grouped run: no threshold line, the grouping in the provenance
         assert "threshold (run)</th><td class='mono'>none (zero-shot: grouped)" in html
         assert "grouping</th><td class='mono'>ncut: " in html and html.count("<svg") == 1
+
+
+def test_an_interrupted_session_scan_keeps_what_was_scored_and_stores_no_run(tiny_parts, tmp_path):
+    """keep_partial (the CLI's SIGINT path): the rows scored before Cancel come back marked
+    interrupted, and the session holds no incomplete run; without it Cancelled is raised."""
+    import pytest
+
+    from core.runtime.cancel import Cancelled, CancelToken
+
+    det = _trained(tiny_parts, batch_size=2)
+    batch = tiny_parts / "batch"
+
+    def cancelling():
+        token = CancelToken()
+
+        def progress(done, total, msg=""):
+            if msg.startswith("scored 4 of"):
+                token.cancel()
+        return token, progress
+
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        token, progress = cancelling()
+        out = scan_into_session(s, det, ImageSource.from_folder(batch), progress=progress, cancel=token,
+                                keep_partial=True)
+        assert out.result.interrupted and out.run_id is None and 0 < len(out.result.rows) < 8
+        assert out.describe().endswith("interrupted: no run stored") and s.runs() == []
+        token, progress = cancelling()
+        with pytest.raises(Cancelled):
+            scan_into_session(s, det, ImageSource.from_folder(batch), progress=progress, cancel=token)
+        assert s.runs() == []
+        assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_new == 8  # nothing half-stored to reuse

@@ -15,6 +15,7 @@ The image score is ``-f(x)``: higher is more anomalous. There is no anomaly map.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,8 @@ class OCSVMConfig(DetectorConfig):
                 g = float(self.gamma)
             except ValueError:
                 raise ConfigError(f"gamma={self.gamma!r} must be 'scale', 'auto' or a positive number") from None
-            if not g > 0:
-                raise ConfigError(f"gamma={self.gamma!r} must be positive")
+            if not (math.isfinite(g) and g > 0):
+                raise ConfigError(f"gamma={self.gamma!r} must be a finite positive number")
 
 
 class OCSVMDetector(Detector):
