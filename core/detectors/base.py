@@ -26,7 +26,7 @@ from core.detectors.config import ConfigError, DetectorConfig
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.results import ScoreResult
 from core.results.threshold import Threshold
-from core.runtime.cancel import CancelToken, check
+from core.runtime.cancel import CancelToken, cancel_inside, check
 from core.runtime.device import resolve_device
 from core.runtime.progress import ProgressFn
 
@@ -112,7 +112,8 @@ class Detector(ABC):
         if self.zero_shot:
             return
         torch.manual_seed(self.config.seed)
-        self._fit(images, progress, cancel, skipped)
+        with cancel_inside(cancel):
+            self._fit(images, progress, cancel, skipped)
         self.fitted = True
 
     def score(
@@ -135,7 +136,7 @@ class Detector(ABC):
             progress(0, total, "scoring")
         done = 0
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), cancel_inside(cancel):
                 for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
                     self._scoring = _ScoringStep(cancel, progress, done, len(batch), total, len(out))
                     results = self._score_batch(batch)

@@ -50,7 +50,7 @@ from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, dd
 from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
 from core.grouping import METHODS
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken
+from core.runtime.cancel import CancelToken, cancel_inside
 from core.runtime.progress import ProgressFn, SubProgress
 
 BATCH = "batch"
@@ -139,7 +139,8 @@ class LDMZeroShotDetector(Detector):
               skipped: list[Skipped] | None = None) -> dict[int, ScoreResult]:
         """Score the batch; with ``model=batch`` first train the fallback model on it."""
         if self.config.model == BATCH:
-            self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"), cancel)
+            with cancel_inside(cancel):
+                self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"), cancel)
             progress = SubProgress(progress, TRAIN_SHARE, 1.0)
         else:
             self._ensure_pretrained()
