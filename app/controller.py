@@ -73,6 +73,7 @@ class Controller(QObject):
     exported = Signal(str)  # folder written to
     grouping_changed = Signal(object)  # the ScanResult whose groups (and flags) changed
     device_described = Signal(str)
+    stale_changed = Signal(str)  # "" or what the shown results are, e.g. "previous run (ocsvm)"
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -85,12 +86,18 @@ class Controller(QObject):
         self.detector: Optional[Detector] = None
         self.skipped: dict[Path, str] = {}
         self.last_export_dir: Optional[Path] = None
+        self.operation = 0  # counts the user's commands; a scan that follows training is the same one
+        self._model_source = ""  # where the model in memory came from ("trained now", "the model m/")
+        self._scored_by: Optional[Detector] = None  # the model that scored the complete result shown
+        self._scan_detector: Optional[Detector] = None  # the model of the scan under way
+        self._stale = ""
         self._range_dirty = False
         self._range_time = -1e9
         self._range_timer = QTimer(self)
         self._range_timer.setSingleShot(True)
         self._range_timer.timeout.connect(self._request_map_range)
         self.jobs.busy_changed.connect(self.busy_changed)
+        self.jobs.busy_changed.connect(lambda _title: self._sync_stale())
         self.jobs.progressed.connect(self.progressed)
         self.jobs.logged.connect(self.logged)
 
@@ -209,7 +216,20 @@ class Controller(QObject):
                      on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
 
     def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
+        """The folder trained on: always the one the window shows, usable or not (see
+        :meth:`good_folder_problem`)."""
         self.good_folder = Path(folder).expanduser() if folder else None
+
+    def good_folder_problem(self) -> str:
+        """Why the good folder cannot be trained on ("" when it can)."""
+        g = self.good_folder
+        if g is None:
+            return "no folder of good images chosen"
+        if not g.exists():
+            return f"good-image folder not found: {g}"
+        if not g.is_dir():
+            return f"good-image path is not a folder: {g}"
+        return ""
 
     # ================================================================ detector
     def detector_matches(self, name: str, overrides: dict, fpr: Optional[float] = None) -> bool:
@@ -226,16 +246,24 @@ class Controller(QObject):
         except ConfigError:
             return False
 
-    def set_detector(self, detector: Optional[Detector]) -> None:
+    def set_detector(self, detector: Optional[Detector], source: str = "") -> None:
+        """Make ``detector`` the model in memory (``source``: where it came from, for the
+        threshold's provenance). Its threshold is the one in force from now on, for the shown
+        results too (which are marked as a previous run until it scores them)."""
         self.detector = detector
-        self.state.threshold_override = None
+        self._model_source = source
+        self.state.apply_threshold(None, detector.threshold if detector is not None else None)
         self.detector_changed.emit(detector)
+        self.threshold_changed.emit(self.threshold)
+        self._sync_stale()
 
     def train(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto",
               then_scan: bool = False) -> bool:
         """Train a fresh ``name`` detector on the good folder; a zero-shot one is only built."""
         if self._refuse_if_busy():
             return False
+        if not then_scan:
+            self.operation += 1
         overrides = dict(overrides or {})
         try:
             make_config(name, overrides)
@@ -256,6 +284,10 @@ class Controller(QObject):
                 self.log("error", f"{name} learns from good images: choose the folder of good (defect-free) parts "
                                   "under 'Good images' in the Detector panel first, or open a saved model.")
                 return False
+            problem = self.good_folder_problem()
+            if problem:
+                self.log("error", f"Cannot train {name}: {problem}")
+                return False
             job = FitJob(name, self.good_folder, overrides=overrides, device=device, fpr=fpr)
         self._submit(job, "fit", lambda out: self._fitted(out, then_scan), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Training failed: {msg}"),
@@ -268,11 +300,14 @@ class Controller(QObject):
             self.log("warning", f"Skipped good image {s.path}: {s.reason}")
         det = outcome.detector
         if det.zero_shot:
-            self.log("info", f"{det.name} is ready (zero-shot, no training needed)")
+            self.log("info", f"{det.name} set up: zero-shot, so it needs no good images; whatever it learns, it "
+                             "learns from the batch while it scans")
+            source = ""
         else:
             thr = rep.threshold.describe() if rep.threshold else "no threshold"
             self.log("info", f"Trained {det.name} on {rep.n_train} good images in {rep.fit_seconds:.1f} s; {thr}")
-        self.set_detector(det)
+            source = "trained now"
+        self.set_detector(det, source)
         if then_scan:
             self._start_scan()
 
@@ -283,6 +318,7 @@ class Controller(QObject):
         if self.source is None or len(self.source) == 0:
             self.log("error", "Open a folder of images to scan first (File > Open folder…).")
             return False
+        self.operation += 1
         overrides = dict(overrides or {})
         if self.detector_matches(name, overrides, fpr):
             self._start_scan()
@@ -292,23 +328,47 @@ class Controller(QObject):
             self.log("info", f"No {name} model trained with these settings yet: training on {self.good_folder} first.")
         return started
 
-    def save_model(self, folder: str | os.PathLike) -> bool:
+    def save_model(self, folder: str | os.PathLike, store_hand_threshold: bool = False) -> bool:
+        """Save the model in memory. With a threshold set by hand in force, ``store_hand_threshold``
+        saves that one (the model records it as set by hand); otherwise the model keeps its own
+        and the log says the hand-set one was not saved."""
         if self._refuse_if_busy():
             return False
         det = self.detector
         if det is None or not det.fitted:
             self.log("error", "No trained model to save: train one or open a saved model first.")
             return False
+        self.operation += 1
         out = Path(folder)
+        hand, before = self.threshold_override, det.threshold
+        if hand is not None and store_hand_threshold:
+            det.threshold = dataclasses.replace(hand, settings=det.config.to_dict())
+
+        def saved(path) -> None:
+            self.log("info", f"Saved {det.name} model to {path}; {det.threshold.describe() if det.threshold else ''}")
+            if hand is None:
+                return
+            if store_hand_threshold:  # the model holds it now: it is the model's threshold
+                self._model_source = f"saved with the model {out.name}"
+                self.state.threshold_override = None
+                self.threshold_changed.emit(self.threshold)
+            else:
+                self.log("warning", f"The hand-set threshold {hand.value:.6g} was not saved with the model; the "
+                                    f"saved model keeps {before.describe() if before else 'no threshold'}.")
+
+        def failed(msg: str, _tb: str) -> None:
+            det.threshold = before
+            self.log("error", f"Could not save the model: {msg}")
+
         self._submit(CallableJob(lambda p, c, e: det.save(out), title=f"Saving model to {out}"), "save",
-                     lambda path: self.log("info", f"Saved {det.name} model to {path}"), main=True,
-                     on_failure=lambda msg, tb: self.log("error", f"Could not save the model: {msg}"))
+                     saved, main=True, on_failure=failed)
         return True
 
     def open_model(self, folder: str | os.PathLike, device: str = "auto") -> bool:
         if self._refuse_if_busy():
             return False
         src = Path(folder)
+        self.operation += 1
         self._submit(CallableJob(lambda p, c, e: load_model(src, device), title=f"Loading model {src}"), "load",
                      lambda det: self._model_loaded(det, src), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Could not open the model: {msg}"))
@@ -317,7 +377,7 @@ class Controller(QObject):
     def _model_loaded(self, det: Detector, src: Path) -> None:
         thr = det.threshold.describe() if det.threshold else "no threshold"
         self.log("info", f"Opened {det.name} model from {src}; {thr}")
-        self.set_detector(det)
+        self.set_detector(det, f"from the model {src.name}")
 
     # ================================================================ scanning
     def rows(self) -> list[ScanRow]:
@@ -332,6 +392,36 @@ class Controller(QObject):
         return self.state.threshold(self.detector.threshold if self.detector is not None else None)
 
     @property
+    def threshold_source(self) -> str:
+        """Where the threshold in force came from, in words (shown beside it everywhere)."""
+        thr = self.threshold
+        if thr is None:
+            return "no threshold"
+        if self.threshold_override is not None or thr.method == "explicit":
+            how = "set by hand"
+        else:
+            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} held-out good images"
+        if self.threshold_override is None and self._model_source:
+            return f"{how}, {self._model_source}"
+        return how
+
+    @property
+    def stale(self) -> str:
+        """"" when the results shown are those of the model in memory and no new run is under
+        way; otherwise what they are (e.g. "previous run (ocsvm)")."""
+        return self._stale
+
+    def _sync_stale(self) -> None:
+        shown = self.result if self.result is not None else self.state.previous
+        running = self.busy_kind in ("fit", "scan")
+        stale = ""
+        if shown is not None and (running or self.detector is not self._scored_by):
+            stale = f"previous run ({shown.detector})"
+        if stale != self._stale:
+            self._stale = stale
+            self.stale_changed.emit(stale)
+
+    @property
     def detector_name(self) -> str:
         if self.result is not None:
             return self.result.detector
@@ -341,12 +431,16 @@ class Controller(QObject):
         self._range_timer.stop()
         self.jobs.drop_helper("range")  # an estimate under way is superseded
         self.state.set_result(result)
+        if result is None:
+            self._scored_by = None
         self.result_changed.emit(result)
+        self._sync_stale()
         self._request_map_range()
 
     def _start_scan(self) -> None:
         det = self.detector
         self.state.begin_scan()
+        self._scan_detector = det
         job = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True)
         self._submit(job, "scan", self._scanned, main=True, on_partial=self._scan_rows,
                      on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
@@ -364,6 +458,7 @@ class Controller(QObject):
             self._note_skipped(Path(s.path), s.reason)
         self.skipped_changed.emit(len(self.skipped))
         self.state.finish_scan(result)
+        self._scored_by = self._scan_detector
         self._set_result(result)
         thr = result.threshold.describe() if result.threshold else "no threshold"
         if result.grouping is not None:
@@ -481,6 +576,7 @@ class Controller(QObject):
         if self.result is None:
             self.log("error", "Nothing to export: run a complete scan first.")
             return False
+        self.operation += 1
         out = Path(out_dir)
         result = dataclasses.replace(self.result, rows=[dataclasses.replace(r) for r in self.result.rows],
                                      skipped=list(self.result.skipped))

@@ -97,6 +97,7 @@ class GalleryModel(QAbstractListModel):
         self.score_range: tuple[float, float] = (0.0, 1.0)
         self.detector_name = ""
         self.threshold: Optional[Threshold] = None
+        self.stale = ""  # "" or e.g. "previous run (ocsvm)": scores and flags are drawn greyed
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -128,7 +129,8 @@ class GalleryModel(QAbstractListModel):
             lines.append(f"could not be read: {e.error}")
         if e.score is not None:
             state = "FLAGGED" if e.flagged else "not flagged" if e.flagged is not None else "no threshold"
-            lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}")
+            lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}"
+                         + (f", {self.stale}" if self.stale else ""))
             if e.group:
                 lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
             else:
@@ -295,6 +297,8 @@ class TileDelegate(QStyledItemDelegate):
         p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter,
                    fm.elidedText(str(index.data(NameRole)), Qt.ElideMiddle, name_rect.width()))
         score = index.data(ScoreRole)
+        if self._model.stale:  # results of a previous run: greyed until the new ones arrive
+            p.setOpacity(0.4)
         if score is not None:
             self._badge(p, option.font, box, score)
         if flagged:
@@ -435,6 +439,18 @@ class GalleryPanel(QWidget):
     def set_context(self, detector: str, threshold: Optional[Threshold]) -> None:
         self.model.detector_name, self.model.threshold = detector, threshold
 
+    @property
+    def stale(self) -> str:
+        return self.model.stale
+
+    def set_stale(self, text: str) -> None:
+        """Grey the scores and flags out as those of a previous run (``text`` says which), or
+        show them normally again ("")."""
+        if text != self.model.stale:
+            self.model.stale = text
+            self.view.viewport().update()
+            self._update_count()
+
     def refresh_flags(self, rows: list[ScanRow], threshold: Optional[Threshold]) -> None:
         self.model.threshold = threshold
         self.model.set_rows(rows)
@@ -523,4 +539,6 @@ class GalleryPanel(QWidget):
             text += f" · {scored} scored · {flagged} flagged"
         if self.model.flagged_only or self.model.group_filter is not None:
             text += f" · showing {visible}"
+        if self.model.stale and scored:
+            text += f" · {self.model.stale}, greyed until the new results arrive"
         self.count_label.setText(text)

@@ -54,6 +54,8 @@ class ImageView(QWidget):
         self.threshold: Optional[Threshold] = None
         self.detector_name = ""
         self.map_range = (0.0, 1.0)
+        self.source = ""  # where the threshold came from, in words
+        self.stale = ""  # "" or e.g. "previous run (ocsvm)"
         self._image_shape: Optional[tuple[int, int]] = None
         self._extra_views: dict[str, tuple[pg.ViewBox, pg.ImageItem]] = {}
 
@@ -162,8 +164,15 @@ class ImageView(QWidget):
         self._update_extras()
         return new_path and path is not None
 
-    def update_flags(self, threshold: Optional[Threshold]) -> None:
+    def update_flags(self, threshold: Optional[Threshold], source: Optional[str] = None) -> None:
         self.threshold = threshold
+        if source is not None:
+            self.source = source
+        self._update_labels()
+
+    def set_stale(self, text: str) -> None:
+        """Label the score and flag as those of a previous run ("" when current)."""
+        self.stale = text
         self._update_labels()
 
     def set_image(self, path: Path, arr: np.ndarray) -> None:
@@ -223,8 +232,12 @@ class ImageView(QWidget):
         text = f"score {row.score:.4g}"
         if thr is not None:
             text += f"   threshold {thr.value:.4g}"
+        if self.stale:
+            text = f"{self.stale}: {text}"
         self.score_label.setText(text)
-        self.score_label.setToolTip(f"detector {self.detector_name}\n" + (thr.describe() if thr else "no threshold"))
+        self.score_label.setToolTip(f"detector {self.detector_name}\n"
+                                    + (f"threshold {thr.value:.6g}, {self.source or thr.describe()}" if thr
+                                       else "no threshold"))
         flagged = thr.flags(row.score) if thr is not None else None
         group = row.columns.get("group")
         if group is not None:  # a zero-shot scan: flagged means "in the suspect group"
@@ -234,8 +247,10 @@ class ImageView(QWidget):
         self.flag_label.setText(("SUSPECT" if flagged else "normal") if group is not None else
                                 ("FLAGGED" if flagged else "ok"))
         self.flag_label.setProperty("flagged", bool(flagged))
-        self.flag_label.setStyleSheet(
-            f"background:{ACCENT}; color:white;" if flagged else "background:#2f6f4e; color:white;")
+        color = ACCENT if flagged else "#2f6f4e"
+        if self.stale:
+            color = MUTED  # a previous run's verdict, not the current one
+        self.flag_label.setStyleSheet(f"background:{color}; color:white;")
 
     def _update_heat(self) -> None:
         row = self.row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -43,9 +44,15 @@ def default_settings() -> QSettings:
 class MainWindow(QMainWindow):
     """``settings`` and ``controller`` may be injected (tests use a temporary settings file)."""
 
+    #: Closing while a task runs asks first and then lets it wind down with the window still
+    #: drawing; False cancels and waits at once (tests that close a busy window use it).
+    confirm_close_when_busy = True
+
     def __init__(self, settings: Optional[QSettings] = None, controller: Optional[Controller] = None,
                  cuda_available: Optional[bool] = None, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
+        self._shutdown_timer: Optional[QTimer] = None
+        self._shutdown_done = False
         self.settings = settings if settings is not None else default_settings()
         self.controller = controller if controller is not None else Controller(parent=self)
         if cuda_available is None:
@@ -205,6 +212,7 @@ class MainWindow(QMainWindow):
         c.image_failed.connect(self.image_view.set_failed)
         c.device_described.connect(self._device_described)
         c.grouping_changed.connect(self._grouping_changed)
+        c.stale_changed.connect(self._stale_changed)
 
         self.gallery.current_changed.connect(self._current_changed)
         self.gallery.current_changed.connect(self.grouping.set_current)
@@ -221,6 +229,7 @@ class MainWindow(QMainWindow):
         p.run_clicked.connect(self.run_detector)
         p.cancel_clicked.connect(lambda: c.cancel())
         p.good_folder_changed.connect(self.set_good_folder)
+        p.good_folder_edited.connect(self._good_folder_edited)
         p.browse_good_clicked.connect(self._browse_good)
         p.settings_changed.connect(self._update_model_state)
         p.fpr_spin.valueChanged.connect(self._update_model_state)
@@ -280,13 +289,19 @@ class MainWindow(QMainWindow):
             self.controller.open_folder(self.controller.folder.folder, recursive=on)
 
     def set_good_folder(self, folder: Optional[str]) -> None:
+        """Use ``folder`` for training and show it; one that cannot be used is shown as such and
+        blocks Train (and Run when Run would train) until it is corrected."""
         folder = (folder or "").strip()
-        if folder and not Path(folder).expanduser().is_dir():
-            self.controller.log("error", f"Good-image folder not found: {folder}")
-            return
+        if self.detector_panel.good_edit.text().strip() != folder:
+            self.detector_panel.set_good_folder(folder)  # -> _good_folder_edited
+        self._good_folder_edited(folder)
+        problem = self.controller.good_folder_problem() if folder else ""
+        if problem:
+            self.controller.log("error", f"{problem[0].upper()}{problem[1:]}: Train is blocked until it is corrected")
+
+    def _good_folder_edited(self, folder: str) -> None:
         self.controller.set_good_folder(folder or None)
-        if self.detector_panel.good_edit.text() != folder:
-            self.detector_panel.set_good_folder(folder)
+        self._update_model_state()
 
     def _browse_good(self) -> None:
         start = str(self.controller.good_folder or (self.controller.folder.folder if self.controller.folder else ""))
@@ -306,15 +321,24 @@ class MainWindow(QMainWindow):
         return self.controller.run(p.current_name(), p.overrides(), p.fpr(), p.device())
 
     def request_cancel(self, confirm: Optional[bool] = None) -> bool:
-        """Esc: cancel the running task after confirmation (``confirm`` answers it in advance)."""
+        """Esc: cancel the running task after confirmation (``confirm`` answers it in advance).
+
+        The task keeps running while the question is open; if it has ended by the time the
+        answer comes, nothing is cancelled and the window says so."""
         c = self.controller
         if not c.busy:
             return False
+        operation, title = c.operation, c.busy_title
         if confirm is None:
-            answer = QMessageBox.question(self, "Cancel", f"Stop '{c.busy_title}'?",
-                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            answer = QMessageBox.question(self, "Cancel", f"Stop '{title}'?\n\nIt keeps running while this "
+                                          "question is open.", QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
             confirm = answer == QMessageBox.Yes
-        return c.cancel() if confirm else False
+        if not confirm:
+            return False
+        if c.busy and c.operation == operation:  # the same command (a scan after its training included)
+            return c.cancel()
+        c.log("info", f"'{title}' finished before the cancel was confirmed; nothing was cancelled.")
+        return False
 
     def _ask_overwrite(self, what: str, folder: Path, existing: list[Path]) -> bool:
         names = "\n".join(f"  {p.relative_to(folder) if p.is_relative_to(folder) else p}" for p in existing[:6])
@@ -347,11 +371,23 @@ class MainWindow(QMainWindow):
                 return False
         return c.export(kind, out)
 
-    def save_model(self, folder: Optional[str] = None, overwrite: Optional[bool] = None) -> bool:
+    def save_model(self, folder: Optional[str] = None, overwrite: Optional[bool] = None,
+                   store_hand_threshold: Optional[bool] = None) -> bool:
+        """Save the model; with a threshold set by hand in force, asks whether to store it with
+        the model (``store_hand_threshold`` answers in advance)."""
         c = self.controller
         if c.detector is None:
             c.log("error", "No trained model to save: train one or open a saved model first.")
             return False
+        hand, own = c.threshold_override, c.detector.threshold
+        if hand is not None and store_hand_threshold is None:
+            answer = QMessageBox.question(
+                self, "Save the hand-set threshold?",
+                f"The threshold in force, {hand.value:.6g}, was set by hand. The model's own threshold is "
+                f"{own.describe() if own else 'none'}.\n\nYes: save {hand.value:.6g} with the model (it is recorded "
+                "as set by hand).\nNo: save the model with its own threshold.",
+                QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
+            store_hand_threshold = answer == QMessageBox.Yes
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Save the model into folder", str(Path.home()))
             if not folder:
@@ -363,7 +399,7 @@ class MainWindow(QMainWindow):
             if not overwrite:
                 c.log("info", f"Model not saved: {folder} already holds a model.")
                 return False
-        return c.save_model(folder)
+        return c.save_model(folder, store_hand_threshold=bool(store_hand_threshold))
 
     def open_model(self, folder: Optional[str] = None) -> bool:
         if folder is None:
@@ -441,6 +477,8 @@ class MainWindow(QMainWindow):
     def _result_changed(self, result: Optional[ScanResult]) -> None:
         self._drop_pending_rows()
         c = self.controller
+        self.histogram.source = c.threshold_source
+        self.image_view.source = c.threshold_source
         rows = result.rows if result is not None else []
         self.gallery.show_result(rows, c.detector_name, c.threshold)
         grouped = result is not None and result.grouping is not None
@@ -466,9 +504,18 @@ class MainWindow(QMainWindow):
     def _threshold_changed(self, threshold) -> None:
         c = self.controller
         self.gallery.refresh_flags(c.rows(), threshold)
+        self.histogram.source = c.threshold_source
         self.histogram.set_threshold(threshold)
-        self.image_view.update_flags(threshold)
+        self.image_view.update_flags(threshold, c.threshold_source)
         self._update_model_state()
+
+    def _stale_changed(self, text: str) -> None:
+        """Results of a previous run stay visible, greyed and labelled, until the new ones arrive."""
+        shown = text if self.controller.result is not None else ""  # a scan's own live rows are current
+        self.gallery.set_stale(shown)
+        self.histogram.set_stale(shown)
+        self.image_view.set_stale(shown)
+        self.grouping.set_stale(text)
 
     def _detector_changed(self, det: Optional[Detector]) -> None:
         p = self.detector_panel
@@ -489,24 +536,28 @@ class MainWindow(QMainWindow):
         c, p = self.controller, self.detector_panel
         name = p.current_name()
         det = c.detector
-        if det is not None and c.detector_matches(name, p.overrides(), p.fpr()):
-            if det.zero_shot:
-                text = f"Model: {det.name} (zero-shot), ready to run"
-            else:
-                thr = c.threshold_override or det.threshold
-                how = ("set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}") if thr else ""
-                n = det.meta.get("n_train")
-                text = (f"Model: {det.name}" + (f", trained on {n} images" if n else "")
-                        + (f"; threshold {thr.value:.4g} ({how})" if thr else "; no threshold"))
+        zero_shot = REGISTRY[name].zero_shot
+        matches = det is not None and c.detector_matches(name, p.overrides(), p.fpr())
+        problem = "" if zero_shot or c.good_folder is None else c.good_folder_problem()
+        if zero_shot:
+            text = "Zero-shot: needs no good images; press Run."
+            if det is not None and not matches:
+                text += f" (The {det.name} model stays in memory until then.)"
             p.set_model_state(text)
+        elif matches:
+            thr = c.threshold
+            n = det.meta.get("n_train")
+            p.set_model_state(f"Model: {det.name}" + (f", trained on {n} images" if n else "")
+                              + (f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr else "; no threshold"))
         elif det is not None:
             p.set_model_state(f"Model in memory: {det.name} with other settings or target FPR. "
-                              "Run trains a new one.", stale=True)
-        elif REGISTRY[name].zero_shot:
-            p.set_model_state("Zero-shot: no training needed; press Run.")
+                              + (f"Run would train a new one, but the {problem}." if problem
+                                 else "Run trains a new one."), stale=True)
         else:
             p.set_model_state("No model yet: choose the good images and press Train or Run "
-                              "(or File > Open model…).")
+                              "(or File > Open model…)." if not problem else f"No model yet, and the {problem}.")
+        p.set_good_state(problem)
+        p.set_allowed(train=not problem, run=zero_shot or matches or not problem)
         for act in self.detector_group.actions():
             act.setChecked(act.data() == name)
 
@@ -540,8 +591,46 @@ class MainWindow(QMainWindow):
 
     # ================================================================== closing
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.controller.busy:
-            self.statusBar().showMessage("Cancelling the running task…")
+        """Closing while a task runs asks first; then the task is cancelled and the window stays
+        up, drawing the shutdown's progress, until every job has stopped (the UI thread never
+        waits on it). A second close during the shutdown waits for it."""
+        c = self.controller
+        winding_down = self._shutdown_timer is not None
+        if c.busy and not winding_down and self.confirm_close_when_busy:
+            answer = QMessageBox.question(self, "Quit while working?",
+                                          f"'{c.busy_title}' is still running. Cancel it and close?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes:
+                event.ignore()
+                return
+            event.ignore()
+            self._begin_shutdown(c.busy_title)
+            return
+        if winding_down and not self._shutdown_done:
+            self._shutdown_timer.stop()  # closed again: wait here for the last jobs
         self.save_settings()
-        self.controller.shutdown()
+        c.shutdown()
         super().closeEvent(event)
+
+    def _begin_shutdown(self, title: str) -> None:
+        started = time.monotonic()
+        self.controller.shutdown(timeout_ms=0)  # cancel everything, start nothing new, do not wait
+        for w in (self.gallery, self.image_view, self.histogram, self.grouping):
+            w.setEnabled(False)
+        self.menuBar().setEnabled(False)
+        p = self.detector_panel
+        p.set_busy(f"Cancelling '{title}' to close…")
+        self.statusBar().showMessage(f"Cancelling '{title}'; the window closes when it has stopped…")
+
+        def poll() -> None:
+            if self.controller.runner.is_running():
+                p.progress_label.setText(f"Cancelling '{title}' to close… {time.monotonic() - started:.1f} s")
+                return
+            self._shutdown_timer.stop()
+            self._shutdown_done = True
+            self.close()
+
+        self._shutdown_timer = QTimer(self)
+        self._shutdown_timer.setInterval(50)
+        self._shutdown_timer.timeout.connect(poll)
+        self._shutdown_timer.start()
