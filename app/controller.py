@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.job_tracker import JobTracker
 from app.view_state import ViewState
-from app.workers import FolderInfo, decode_thumbnails, list_folder, to_uint8
+from app.workers import FolderInfo, anchored_scale, decode_thumbnails, list_folder, to_uint8
 from core.data.images import ImageSource, read_image
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
@@ -67,6 +67,7 @@ class Controller(QObject):
     result_changed = Signal(object)  # the complete ScanResult shown now, or None
     threshold_changed = Signal(object)  # Threshold | None, flags of the rows were updated
     map_range_changed = Signal(float, float)  # one heat-map scale for the batch
+    heat_scale_changed = Signal(object)  # HeatScale anchored at the threshold, or None
     busy_changed = Signal(str)  # title of the main task, "" when idle
     progressed = Signal(int, int, str)  # main task: done, total, message
     logged = Signal(str, str)  # level ("info", "warning", "error"), message
@@ -256,6 +257,7 @@ class Controller(QObject):
         self.detector_changed.emit(detector)
         self.threshold_changed.emit(self.threshold)
         self._sync_stale()
+        self._request_map_range()
 
     def train(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto",
               then_scan: bool = False) -> bool:
@@ -484,8 +486,8 @@ class Controller(QObject):
         if self.jobs.helper_running("range"):
             self._range_dirty = True
             return
-        maps = [r.anomaly_map for r in self.rows() if r.anomaly_map is not None]
-        if not maps:
+        rows = [r for r in self.rows() if r.anomaly_map is not None]
+        if not rows:
             return
         if self.result is None:  # a scan in progress: a quick estimate, not too often
             wait = RANGE_INTERVAL - (time.monotonic() - self._range_time)
@@ -493,15 +495,36 @@ class Controller(QObject):
                 self._range_dirty = True
                 self._range_timer.start(int(wait * 1000) + 1)
                 return
-            maps = maps[:: max(1, len(maps) // RANGE_SAMPLE)]
+            rows = rows[:: max(1, len(rows) // RANGE_SAMPLE)]
         self._range_dirty = False
         self._range_time = time.monotonic()
-        self._submit(CallableJob(lambda p, c, e: robust_range(maps), title="heat-map scale"), "range",
-                     self._range_computed)
+        maps, scores, anchor_at = [r.anomaly_map for r in rows], [r.score for r in rows], self._anchor_score()
 
-    def _range_computed(self, rng: tuple[float, float]) -> None:
+        def work(p, c, e):
+            rng = robust_range(maps)
+            return rng, anchored_scale(scores, maps, anchor_at)
+
+        self._submit(CallableJob(work, title="heat-map scale"), "range", self._range_computed)
+
+    def _anchor_score(self) -> Optional[float]:
+        """The score the heat maps are anchored at: the threshold in force, or for a grouped
+        zero-shot scan the boundary between its groups."""
+        if self.threshold is not None:
+            return self.threshold.value
+        res = self.result
+        if res is not None and res.grouping is not None:
+            normal = [r.score for r in res.rows if not r.flagged]
+            suspect = [r.score for r in res.rows if r.flagged]
+            if normal and suspect:
+                return (max(normal) + min(suspect)) / 2.0
+        return None
+
+    def _range_computed(self, out) -> None:
+        rng, scale = out
         self.state.map_range = (float(rng[0]), float(rng[1]))
+        self.state.heat_scale = scale
         self.map_range_changed.emit(*self.map_range)
+        self.heat_scale_changed.emit(scale)
         if self._range_dirty and not self._range_timer.isActive():
             self._request_map_range()
 
@@ -521,6 +544,7 @@ class Controller(QObject):
 
     def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
         self.threshold_changed.emit(self.state.apply_threshold(override, fallback))
+        self._request_map_range()  # the anchored scale follows the threshold
 
     # ================================================================ grouping (zero-shot scans)
     def regroup(self, method: str) -> bool:

@@ -2,8 +2,11 @@
 
 The image and the heat map are two pyqtgraph ``ImageItem`` layers in one view box; the heat
 map (stored small by the scan) is stretched over the image's rectangle. Its colours come from
-the shared colormap on one batch-wide scale, which the colour bar beside the image gives in
-score units. Low values fade to transparent so that the part stays visible under the map.
+the shared colormap on one of three scales, which the colour bar beside the image gives in
+map units: anchored at the threshold (default: the lower half of the colours up to the
+threshold's map level, marked on the bar, and everything above it hot and opaque), the
+batch-wide scale (the one exports use), or this image's own range. Low values fade to
+transparent so that the part stays visible under the map.
 """
 
 from __future__ import annotations
@@ -14,9 +17,19 @@ from typing import Optional
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSlider, QToolButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.theme import ACCENT, MUTED, heat_colormap
+from app.workers import HeatScale, image_scale
 from core.io.colormap import lut
 from core.results import ScanRow
 from core.results.threshold import Threshold
@@ -24,10 +37,30 @@ from core.results.threshold import Threshold
 FADE = 0.15  # the lowest 15 % of the scale fade in from transparent
 
 
+SCALES = {"threshold": "anchored at the threshold", "batch": "batch", "image": "this image"}
+ANCHOR_AT = 0.5  # fraction of the colours below the threshold's level on the anchored scale
+BELOW_ALPHA = 0.45  # opacity just under the threshold's level on the anchored scale
+
+
 def overlay_lut() -> np.ndarray:
     """(256, 4) RGBA: the shared colormap, low values transparent."""
     alpha = np.clip(np.linspace(0.0, 1.0, 256) / FADE, 0.0, 1.0)
     return np.concatenate([lut(), (alpha * 255).astype(np.uint8)[:, None]], axis=1)
+
+
+def anchored_lut(scale: HeatScale) -> np.ndarray:
+    """(256, 4) RGBA over ``scale.lo..scale.hi``: values up to the anchor take the lower
+    ``ANCHOR_AT`` of the colormap and stay translucent; values above it take the hot upper part,
+    opaque."""
+    v = np.linspace(scale.lo, scale.hi, 256)
+    a = scale.anchor
+    below = v <= a
+    t = np.where(below, ANCHOR_AT * (v - scale.lo) / (a - scale.lo),
+                 ANCHOR_AT + (1 - ANCHOR_AT) * (v - a) / max(scale.hi - a, 1e-12))
+    idx = np.clip(np.round(t * 255), 0, 255).astype(int)
+    alpha = np.where(below, np.clip(t / ANCHOR_AT, 0, 1) * BELOW_ALPHA, 1.0)
+    alpha = np.where(below & (t < FADE * ANCHOR_AT), alpha * t / (FADE * ANCHOR_AT), alpha)
+    return np.concatenate([lut()[idx], (alpha * 255).astype(np.uint8)[:, None]], axis=1)
 
 
 def _display_array(a: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
@@ -54,6 +87,8 @@ class ImageView(QWidget):
         self.threshold: Optional[Threshold] = None
         self.detector_name = ""
         self.map_range = (0.0, 1.0)
+        self.heat_scale: Optional[HeatScale] = None  # anchored at the threshold (None: no threshold)
+        self.scale_mode = "threshold"
         self.source = ""  # where the threshold came from, in words
         self.stale = ""  # "" or e.g. "previous run (ocsvm)"
         self._image_shape: Optional[tuple[int, int]] = None
@@ -81,6 +116,11 @@ class ImageView(QWidget):
         self.colorbar = pg.ColorBarItem(values=self.map_range, colorMap=heat_colormap(), interactive=False,
                                         width=16, label="anomaly (batch scale)", colorMapMenu=False)
         self.colorbar.setToolTip("Heat-map colours in detector units, one scale for the whole batch")
+        self.anchor_line = pg.InfiniteLine(angle=0, pen=pg.mkPen("#ffffff", width=2), label="threshold",
+                                           labelOpts={"position": 0.0, "color": "#ffffff", "anchors": [(1, 1), (1, 1)]})
+        self.anchor_line.setZValue(10)
+        self.colorbar.addItem(self.anchor_line)
+        self.anchor_line.hide()
         self._layout_views([])
 
         self.heat_check = QCheckBox("Heat map (H)")
@@ -93,6 +133,12 @@ class ImageView(QWidget):
         self.opacity.setToolTip("Heat-map opacity")
         self.opacity.valueChanged.connect(lambda v: self.heat_item.setOpacity(v / 100.0))
         self.heat_item.setOpacity(0.65)
+        self.scale_combo = QComboBox()
+        for key, title in SCALES.items():
+            self.scale_combo.addItem(title, key)
+        self.scale_combo.setToolTip("Heat-map colour scale: anchored at the threshold (everything above it hot), "
+                                    "one scale for the batch (as exported), or this image's own range")
+        self.scale_combo.currentIndexChanged.connect(lambda _i: self.set_scale_mode(self.scale_combo.currentData()))
         buttons = []
         for text, tip, slot in (("−", "Zoom out (-)", lambda: self.zoom(1 / 1.25)),
                                 ("+", "Zoom in (+)", lambda: self.zoom(1.25)),
@@ -115,6 +161,9 @@ class ImageView(QWidget):
         controls.addSpacing(8)
         controls.addWidget(QLabel("Opacity"))
         controls.addWidget(self.opacity)
+        controls.addSpacing(8)
+        controls.addWidget(QLabel("Scale"))
+        controls.addWidget(self.scale_combo)
         controls.addStretch(1)
         for b in buttons:
             controls.addWidget(b)
@@ -196,10 +245,34 @@ class ImageView(QWidget):
             self.message.setText(f"cannot show this image: {reason}")
 
     def set_map_range(self, lo: float, hi: float) -> None:
+        """The batch-wide scale (the one exports use)."""
         self.map_range = (lo, hi)
-        self.colorbar.setLevels((lo, hi))
-        if self.heat_item.image is not None:
-            self.heat_item.setLevels((lo, hi))
+        self._update_heat()
+
+    def set_heat_scale(self, scale: Optional[HeatScale]) -> None:
+        """The threshold-anchored scale of the batch (None when there is no threshold)."""
+        self.heat_scale = scale
+        self._update_heat()
+
+    def set_scale_mode(self, mode: str) -> None:
+        """'threshold', 'batch' or 'image'."""
+        if mode not in SCALES:
+            raise ValueError(f"unknown heat-map scale {mode!r}")
+        self.scale_mode = mode
+        i = self.scale_combo.findData(mode)
+        if self.scale_combo.currentIndex() != i:
+            self.scale_combo.setCurrentIndex(i)
+        self._update_heat()
+
+    def current_scale(self) -> tuple[str, HeatScale]:
+        """The scale the heat map is drawn on now, and which one it is (an anchored scale falls
+        back to the batch's while there is no threshold)."""
+        m = self.row.anomaly_map if self.row is not None else None
+        if self.scale_mode == "image" and m is not None:
+            return "image", image_scale(np.asarray(m, dtype=np.float32))
+        if self.scale_mode == "threshold" and self.heat_scale is not None:
+            return "threshold", self.heat_scale
+        return "batch", HeatScale(*self.map_range)
 
     def clear(self) -> None:
         self.show_row(None, None, None)
@@ -252,14 +325,40 @@ class ImageView(QWidget):
             color = MUTED  # a previous run's verdict, not the current one
         self.flag_label.setStyleSheet(f"background:{color}; color:white;")
 
+    def _update_colorbar(self, kind: str, scale: HeatScale) -> None:
+        anchored = kind == "threshold"
+        colors = anchored_lut(scale) if anchored else overlay_lut()
+        rgba = colors.copy()
+        rgba[:, 3] = 255  # the bar shows the colours, opaque
+        self.colorbar.setColorMap(pg.ColorMap(np.linspace(0.0, 1.0, 256), rgba))
+        self.colorbar.setLevels((scale.lo, scale.hi))
+        label = {"threshold": "anomaly (anchored at the threshold)", "batch": "anomaly (batch scale)",
+                 "image": "anomaly (this image)"}[kind]
+        self.colorbar.getAxis("left").setLabel(label)
+        if anchored:
+            self.anchor_line.setValue(256.0 * (scale.anchor - scale.lo) / (scale.hi - scale.lo))
+            self.anchor_line.label.setFormat(f"threshold ({scale.anchor:.3g})")
+            self.anchor_line.show()
+            self.colorbar.setToolTip(f"Colours in map units. The line marks the threshold's map level "
+                                     f"{scale.anchor:.4g}: the hottest pixel of an image scoring exactly at the "
+                                     "threshold; everything above it is hot and opaque.")
+        else:
+            self.anchor_line.hide()
+            self.colorbar.setToolTip("Heat-map colours in map units, "
+                                     + ("one scale for the whole batch (as exported)" if kind == "batch"
+                                        else "from this image's lowest value to its 99.9th percentile"))
+        self.heat_item.setLookupTable(colors)
+
     def _update_heat(self) -> None:
         row = self.row
         m = row.anomaly_map if row is not None else None
+        kind, scale = self.current_scale()
+        self._update_colorbar(kind, scale)
         if m is None or not self.heat_check.isChecked() or not self.image_item.isVisible():
             self.heat_item.hide()
             return
         h, w = row.image_shape if row.image_shape[0] > 0 else m.shape
-        self.heat_item.setImage(m.astype(np.float32), autoLevels=False, levels=self.map_range)
+        self.heat_item.setImage(m.astype(np.float32), autoLevels=False, levels=(scale.lo, scale.hi))
         self.heat_item.setRect(QRectF(0, 0, w, h))
         self.heat_item.show()
 

@@ -204,6 +204,7 @@ class MainWindow(QMainWindow):
         c.result_changed.connect(self._result_changed)
         c.threshold_changed.connect(self._threshold_changed)
         c.map_range_changed.connect(self.image_view.set_map_range)
+        c.heat_scale_changed.connect(self.image_view.set_heat_scale)
         c.busy_changed.connect(self._busy_changed)
         c.progressed.connect(self.detector_panel.set_progress)
         c.logged.connect(self._logged)

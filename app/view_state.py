@@ -20,7 +20,8 @@ class ViewState:
         self.live: list[ScanRow] = []  # rows of the scan in progress
         self.previous: Optional[ScanResult] = None  # the complete scan a running one will replace
         self.threshold_override: Optional[Threshold] = None  # set by hand (the histogram line)
-        self.map_range: tuple[float, float] = (0.0, 1.0)
+        self.map_range: tuple[float, float] = (0.0, 1.0)  # the batch-wide heat-map scale (exports use it)
+        self.heat_scale = None  # app.workers.HeatScale anchored at the threshold, or None
         self._rows_by_path: dict[str, ScanRow] = {}
 
     # ------------------------------------------------------------------ rows

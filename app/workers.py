@@ -69,3 +69,57 @@ def list_folder(folder: Path, recursive: Optional[bool]) -> FolderInfo:
             return FolderInfo(folder, paths, False)
         return FolderInfo(folder, list_images(folder, recursive=True), True)
     return FolderInfo(folder, list_images(folder, recursive=recursive), recursive)
+
+
+# ------------------------------------------------------------------ heat-map scales
+@dataclass
+class HeatScale:
+    """Colour scale of the heat maps: ``lo`` is transparent, ``hi`` the hottest colour and, for
+    a threshold-anchored scale, ``anchor`` the map level of the decision threshold (what the
+    hottest pixel of an image scoring exactly at the threshold reaches): above it, hot."""
+
+    lo: float
+    hi: float
+    anchor: Optional[float] = None
+
+
+HOT_SPAN = 3.0  # the anchored scale ends at this many times the anchor's height above the background
+
+
+def _peak(m: np.ndarray) -> float:
+    return float(np.nanmax(m))
+
+
+def anchored_scale(scores: list[float], maps: list[np.ndarray], threshold: Optional[float]) -> Optional[HeatScale]:
+    """The threshold-anchored scale of a batch, or None when it has no threshold to anchor at.
+
+    The anchor is read off the batch itself, for any detector: the images' map peaks against
+    their scores (made non-decreasing), interpolated at the threshold. For a detector whose
+    score is its map's maximum (pixel-gaussian) that is the threshold itself; for the others it
+    is the peak level an image at the threshold reaches. The scale runs from the typical
+    background (median of the maps' medians) to ``HOT_SPAN`` times the anchor's height above
+    it, so the anchor sits a third of the way up and anything well above it is at full heat.
+    """
+    if threshold is None or not maps or len(scores) != len(maps):
+        return None
+    s = np.asarray(scores, dtype=np.float64)
+    peaks = np.array([_peak(m) for m in maps], dtype=np.float64)
+    ok = np.isfinite(s) & np.isfinite(peaks)
+    if ok.sum() < 2:
+        return None
+    order = np.argsort(s[ok], kind="stable")
+    xs, ys = s[ok][order], np.maximum.accumulate(peaks[ok][order])
+    anchor = float(np.interp(threshold, xs, ys))
+    lo = float(np.nanmedian([np.nanmedian(m) for m in maps]))
+    if not anchor > lo:
+        anchor = lo + max(1e-6, abs(lo) * 1e-3)
+    return HeatScale(lo, lo + HOT_SPAN * (anchor - lo), anchor)
+
+
+def image_scale(m: np.ndarray) -> HeatScale:
+    """A scale for one map alone: its lowest value to its 99.9th percentile."""
+    finite = m[np.isfinite(m)]
+    if finite.size == 0:
+        return HeatScale(0.0, 1.0)
+    lo, hi = float(finite.min()), float(np.percentile(finite, 99.9))
+    return HeatScale(lo, hi if hi > lo else lo + 1.0)
