@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.job_tracker import JobTracker
 from app.view_state import ViewState
-from app.workers import FolderInfo, anchored_scale, decode_thumbnails, list_folder, to_uint8
+from app.workers import FolderInfo, anchored_scale, decode_thumbnails, list_folder, read_outline, to_uint8
 from core.data.images import ImageSource, read_image
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
@@ -43,7 +43,7 @@ from core.io.export import (
     write_heatmaps,
 )
 from core.results import ScanResult, ScanRow, move_to_group, regroup
-from core.results.threshold import DEFAULT_FPR, Threshold
+from core.results.threshold import DEFAULT_FPR, Threshold, calibrate
 from core.runtime.device import describe_device, resolve_device
 
 __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
@@ -60,6 +60,7 @@ class Controller(QObject):
     thumbnails_arrived = Signal(list)  # [(index, uint8 array | None, reason)]
     image_loaded = Signal(object, object)  # path, uint8 array
     image_failed = Signal(object, str)  # path, reason
+    outline_loaded = Signal(object, object)  # path, bool outline of its ground-truth mask or None
     skipped_changed = Signal(int)  # files of the open folder that could not be read
     detector_changed = Signal(object)  # Detector | None
     scan_started = Signal(int)  # number of images to score
@@ -212,8 +213,13 @@ class Controller(QObject):
 
     def load_image(self, path: Path) -> None:
         """Decode one image in full for the image view (only the latest request counts)."""
-        self._submit(CallableJob(lambda p, c, e: to_uint8(read_image(path)), title=f"Reading {path.name}"), "image",
-                     lambda arr: self.image_loaded.emit(path, arr),
+        def loaded(out) -> None:
+            arr, outline = out
+            self.image_loaded.emit(path, arr)
+            self.outline_loaded.emit(path, outline)
+
+        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path)),
+                                 title=f"Reading {path.name}"), "image", loaded,
                      on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
 
     def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
@@ -529,6 +535,33 @@ class Controller(QObject):
             self._request_map_range()
 
     # ================================================================ threshold
+    def recalibrate(self, fpr: float) -> bool:
+        """Re-calibrate the model's threshold at the target false-positive rate ``fpr`` on the
+        held-out good scores it keeps (as ``scan --model M --fpr F`` does): no retraining and no
+        rescoring. Returns whether the threshold changed."""
+        det = self.detector
+        thr = det.threshold if det is not None else None
+        if det is None or det.zero_shot or thr is None or thr.method != "calibrated":
+            return False
+        if thr.fpr is not None and abs(thr.fpr - fpr) < 1e-12:
+            return False
+        if self.busy_kind in ("fit", "scan"):
+            self.log("warning", "Busy: the target FPR applies once the running task has ended.")
+            return False
+        if not thr.calibration_scores:
+            self.log("warning", "This model keeps no held-out scores to re-calibrate on: retrain it for a new FPR.")
+            return False
+        new = calibrate(thr.calibration_scores, fpr)
+        new.settings = thr.settings
+        det.threshold = new
+        if not self._model_source.startswith("re-calibrated"):
+            self._model_source = f"re-calibrated without retraining ({self._model_source or 'this model'})"
+        self.log("info", f"Re-calibrated {det.name} at FPR {fpr:g}: {new.describe()}"
+                         + ("; the threshold set by hand stays in force" if self.threshold_override else ""))
+        if self.threshold_override is None:
+            self._apply_threshold(None, new)
+        return True
+
     def set_threshold(self, value: float) -> None:
         """Set the decision threshold by hand; every shown row is re-flagged."""
         self._apply_threshold(Threshold.explicit(float(value)))

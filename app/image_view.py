@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QSlider,
     QToolButton,
     QVBoxLayout,
@@ -37,7 +38,7 @@ from core.results.threshold import Threshold
 FADE = 0.15  # the lowest 15 % of the scale fade in from transparent
 
 
-SCALES = {"threshold": "anchored at the threshold", "batch": "batch", "image": "this image"}
+SCALES = {"threshold": "at threshold", "batch": "batch", "image": "this image"}
 ANCHOR_AT = 0.5  # fraction of the colours below the threshold's level on the anchored scale
 BELOW_ALPHA = 0.45  # opacity just under the threshold's level on the anchored scale
 
@@ -92,6 +93,7 @@ class ImageView(QWidget):
         self.source = ""  # where the threshold came from, in words
         self.stale = ""  # "" or e.g. "previous run (ocsvm)"
         self._image_shape: Optional[tuple[int, int]] = None
+        self._pixels: Optional[np.ndarray] = None  # uint8 grey (H, W) or RGB (H, W, 3) of the shown image
         self._extra_views: dict[str, tuple[pg.ViewBox, pg.ImageItem]] = {}
 
         self.name_label = QLabel("No image selected")
@@ -109,8 +111,12 @@ class ImageView(QWidget):
         self.heat_item = pg.ImageItem(axisOrder="row-major")
         self.heat_item.setLookupTable(overlay_lut())
         self.heat_item.setZValue(1)
+        self.outline_item = pg.ImageItem(axisOrder="row-major")  # the ground-truth mask's outline
+        self.outline_item.setZValue(2)
+        self.outline_item.hide()
         self.vb.addItem(self.image_item)
         self.vb.addItem(self.heat_item)
+        self.vb.addItem(self.outline_item)
         self.message = pg.TextItem("", color=MUTED, anchor=(0.5, 0.5))
         self.vb.addItem(self.message, ignoreBounds=True)
         self.colorbar = pg.ColorBarItem(values=self.map_range, colorMap=heat_colormap(), interactive=False,
@@ -126,10 +132,17 @@ class ImageView(QWidget):
         self.heat_check = QCheckBox("Heat map (H)")
         self.heat_check.setChecked(True)
         self.heat_check.toggled.connect(self._heat_toggled)
+        self.mask_check = QCheckBox("Ground truth (G)")
+        self.mask_check.setChecked(True)
+        self.mask_check.setToolTip("Outline of the defect's ground-truth mask, when the folder has one (MVTec AD's "
+                                   "ground_truth/, MTD's .png beside each .jpg)")
+        self.mask_check.toggled.connect(lambda _on: self._update_outline())
+        self.mask_check.hide()
+        self._outline: Optional[np.ndarray] = None
         self.opacity = QSlider(Qt.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity.setValue(65)
-        self.opacity.setFixedWidth(140)
+        self.opacity.setFixedWidth(90)
         self.opacity.setToolTip("Heat-map opacity")
         self.opacity.valueChanged.connect(lambda v: self.heat_item.setOpacity(v / 100.0))
         self.heat_item.setOpacity(0.65)
@@ -139,9 +152,19 @@ class ImageView(QWidget):
         self.scale_combo.setToolTip("Heat-map colour scale: anchored at the threshold (everything above it hot), "
                                     "one scale for the batch (as exported), or this image's own range")
         self.scale_combo.currentIndexChanged.connect(lambda _i: self.set_scale_mode(self.scale_combo.currentData()))
+        self.readout = QLabel("")
+        self.readout.setObjectName("muted")
+        self.readout.setToolTip("Under the cursor: pixel position, its grey or RGB value and the heat-map value")
+        self.readout.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # never widens the window
+        self.zoom_label = QLabel("")
+        self.zoom_label.setObjectName("muted")
+        self.zoom_label.setToolTip("Screen pixels per image pixel")
+        self.graphics.scene().sigMouseMoved.connect(self._mouse_moved)
+        self.vb.sigRangeChanged.connect(lambda *_a: self._update_zoom_label())
         buttons = []
         for text, tip, slot in (("−", "Zoom out (-)", lambda: self.zoom(1 / 1.25)),
                                 ("+", "Zoom in (+)", lambda: self.zoom(1.25)),
+                                ("1:1", "One image pixel per screen pixel (1)", self.actual_size),
                                 ("Fit", "Fit the image in the view (0)", self.fit)):
             b = QToolButton()
             b.setText(text)
@@ -158,13 +181,16 @@ class ImageView(QWidget):
         controls = QHBoxLayout()
         controls.setContentsMargins(8, 2, 8, 4)
         controls.addWidget(self.heat_check)
+        controls.addWidget(self.mask_check)
         controls.addSpacing(8)
         controls.addWidget(QLabel("Opacity"))
         controls.addWidget(self.opacity)
         controls.addSpacing(8)
         controls.addWidget(QLabel("Scale"))
         controls.addWidget(self.scale_combo)
-        controls.addStretch(1)
+        controls.addSpacing(8)
+        controls.addWidget(self.readout, 1)
+        controls.addWidget(self.zoom_label)
         for b in buttons:
             controls.addWidget(b)
         lay = QVBoxLayout(self)
@@ -202,6 +228,10 @@ class ImageView(QWidget):
         new_path = path != self.path
         self.path, self.row, self.threshold, self.detector_name = path, row, threshold, detector
         if new_path:
+            self._pixels = None
+            self._outline = None
+            self._update_outline()
+            self.readout.setText("")
             self.image_item.hide()
             self.heat_item.hide()
             self.message.setText("loading…" if path is not None else "")
@@ -229,6 +259,7 @@ class ImageView(QWidget):
         if path != self.path:
             return  # the selection moved on
         shape = arr.shape[:2]
+        self._pixels = arr
         self.image_item.setImage(arr, autoLevels=False, levels=(0, 255))
         self.image_item.setRect(QRectF(0, 0, shape[1], shape[0]))
         self.image_item.show()
@@ -237,6 +268,28 @@ class ImageView(QWidget):
             self._image_shape = shape
             self.fit()
         self._update_heat()
+
+    def set_outline(self, path: Path, outline: Optional[np.ndarray]) -> None:
+        """The ground-truth outline of ``path`` (bool, image size) or None when it has no mask."""
+        if path != self.path:
+            return
+        self._outline = outline
+        self._update_outline()
+
+    def toggle_outline(self) -> None:
+        self.mask_check.toggle()
+
+    def _update_outline(self) -> None:
+        o = self._outline
+        self.mask_check.setVisible(o is not None)
+        if o is None or not self.mask_check.isChecked():
+            self.outline_item.hide()
+            return
+        rgba = np.zeros(o.shape + (4,), np.uint8)
+        rgba[o] = (0, 229, 255, 255)  # cyan: apart from every colour of the heat map
+        self.outline_item.setImage(rgba, autoLevels=False, levels=(0, 255))
+        self.outline_item.setRect(QRectF(0, 0, o.shape[1], o.shape[0]))
+        self.outline_item.show()
 
     def set_failed(self, path: Path, reason: str) -> None:
         if path == self.path:
@@ -291,6 +344,47 @@ class ImageView(QWidget):
 
     def fit(self) -> None:
         self.vb.autoRange(padding=0.01, items=[self.image_item])
+
+    def zoom_percent(self) -> Optional[float]:
+        """Screen pixels per image pixel, in percent (None before the view has a size)."""
+        px = self.vb.viewPixelSize()[0]
+        return 100.0 / px if px > 0 else None
+
+    def actual_size(self) -> None:
+        """1:1: one image pixel per screen pixel, around the centre of the view."""
+        w, h = self.vb.width(), self.vb.height()
+        if w <= 0 or h <= 0:
+            return
+        c = self.vb.viewRect().center()
+        self.vb.setRange(xRange=(c.x() - w / 2, c.x() + w / 2), yRange=(c.y() - h / 2, c.y() + h / 2), padding=0)
+
+    def _update_zoom_label(self) -> None:
+        z = self.zoom_percent()
+        self.zoom_label.setText(f"zoom {z:.0f} %" if z is not None and self._pixels is not None else "")
+
+    def readout_at(self, x: float, y: float) -> str:
+        """What lies under image coordinates (x, y): position, pixel value, heat-map value."""
+        arr = self._pixels
+        if arr is None or self.path is None:
+            return ""
+        h, w = arr.shape[:2]
+        ix, iy = int(np.floor(x)), int(np.floor(y))
+        if not (0 <= ix < w and 0 <= iy < h):
+            return ""
+        v = arr[iy, ix]
+        text = f"x {ix}  y {iy}  " + (f"grey {int(v)}" if arr.ndim == 2 else f"RGB {int(v[0])},{int(v[1])},{int(v[2])}")
+        m = self.row.anomaly_map if self.row is not None else None
+        if m is not None:
+            mh, mw = m.shape[:2]
+            text += f"  map {float(m[min(mh - 1, iy * mh // h), min(mw - 1, ix * mw // w)]):.4g}"
+        return text
+
+    def _mouse_moved(self, pos) -> None:
+        if not self.vb.sceneBoundingRect().contains(pos):
+            self.readout.setText("")
+            return
+        p = self.vb.mapSceneToView(pos)
+        self.readout.setText(self.readout_at(p.x(), p.y()))
 
     # ------------------------------------------------------------------ internals
     def _update_labels(self) -> None:

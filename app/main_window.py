@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -150,9 +151,11 @@ class MainWindow(QMainWindow):
             m.addAction(dock.toggleViewAction())
         m.addSeparator()
         self._action(m, "Toggle &heat map", self.image_view.toggle_heat, "H")
+        self._action(m, "Toggle &ground-truth outline", self.image_view.toggle_outline, "G")
         self._action(m, "Zoom &in", lambda: self.image_view.zoom(1.25), [QKeySequence("+"), QKeySequence("=")])
         self._action(m, "Zoom &out", lambda: self.image_view.zoom(1 / 1.25), "-")
         self._action(m, "&Fit image", self.image_view.fit, "0")
+        self._action(m, "&Actual size (1:1)", self.image_view.actual_size, "1")
         m.addSeparator()
         self._action(m, "&Flagged only", self.gallery.toggle_flagged_only, "F", "Show only flagged images")
         self._action(m, "Sort by &score", lambda: self.gallery.set_sort_by_score(True), "S")
@@ -211,6 +214,7 @@ class MainWindow(QMainWindow):
         c.exported.connect(self._exported)
         c.image_loaded.connect(self.image_view.set_image)
         c.image_failed.connect(self.image_view.set_failed)
+        c.outline_loaded.connect(self.image_view.set_outline)
         c.device_described.connect(self._device_described)
         c.grouping_changed.connect(self._grouping_changed)
         c.stale_changed.connect(self._stale_changed)
@@ -233,7 +237,7 @@ class MainWindow(QMainWindow):
         p.good_folder_edited.connect(self._good_folder_edited)
         p.browse_good_clicked.connect(self._browse_good)
         p.settings_changed.connect(self._update_model_state)
-        p.fpr_spin.valueChanged.connect(self._update_model_state)
+        p.fpr_spin.valueChanged.connect(self._fpr_changed)
         p.detector_selected.connect(self._detector_selected)
 
     # ================================================================== settings
@@ -248,6 +252,17 @@ class MainWindow(QMainWindow):
         good = s.value("good_folder", "", type=str)
         if good and Path(good).is_dir():
             self.set_good_folder(good)
+        try:
+            kept = json.loads(s.value("detector/settings", "{}", type=str) or "{}")
+        except ValueError:
+            kept = {}
+        self.detector_panel.restore_settings(kept if isinstance(kept, dict) else {})
+        name = s.value("detector/current", "", type=str)
+        if name in REGISTRY and REGISTRY[name].availability()[0] and name != self.detector_panel.current_name():
+            self.detector_panel.select_detector(name)
+        thumb = s.value("gallery/thumb_size", 0, type=int)
+        if thumb:
+            self.gallery.set_thumb_size(thumb)
         self._rebuild_recent()
 
     def save_settings(self) -> None:
@@ -255,6 +270,9 @@ class MainWindow(QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState(STATE_VERSION))
         s.setValue("good_folder", str(self.controller.good_folder or ""))
+        s.setValue("detector/settings", json.dumps(self.detector_panel.kept_settings()))
+        s.setValue("detector/current", self.detector_panel.current_name())
+        s.setValue("gallery/thumb_size", self.gallery.thumb_size())
         s.sync()
 
     def recent_folders(self) -> list[str]:
@@ -357,8 +375,9 @@ class MainWindow(QMainWindow):
         if c.result is None:
             c.log("error", "Nothing to export: run a complete scan first.")
             return False
-        if out_dir is None:
-            start = str(c.last_export_dir or (c.folder.folder if c.folder else Path.home()))
+        if out_dir is None:  # the last export folder (this session or an earlier one), never the data folder
+            last = c.last_export_dir or self.settings.value("export/last_dir", "", type=str)
+            start = str(last) if last and Path(last).is_dir() else str(Path.home())
             out_dir = QFileDialog.getExistingDirectory(self, f"Export {EXPORT_KINDS[kind]} to folder", start)
             if not out_dir:
                 return False
@@ -418,7 +437,7 @@ class MainWindow(QMainWindow):
                           f"<b>{APP_NAME}</b><p>Open a folder of part images, train or choose a detector, "
                           "and inspect anomaly heat maps, the score histogram and the flagged parts.</p>"
                           "<p>Keys: arrows / PageUp / PageDown move through the gallery; H toggles the heat "
-                          "map; + / - zoom, 0 fits; F shows only flagged images; S / N sort by score / name; "
+                          "map, G the ground-truth outline; + / - zoom, 0 fits, 1 shows 1:1; F shows only flagged images; S / N sort by score / name; "
                           "Esc cancels the running task.</p>")
 
     # ================================================================== controller -> views
@@ -528,6 +547,14 @@ class MainWindow(QMainWindow):
         self._update_model_state()
         self._sync_actions()
 
+    def _fpr_changed(self, fpr: float) -> None:
+        """A new target FPR re-calibrates the model in memory on its held-out scores (when it is
+        the one the panel shows) instead of asking for a retrain."""
+        c, p = self.controller, self.detector_panel
+        if c.detector is not None and c.detector_matches(p.current_name(), p.overrides()):
+            c.recalibrate(fpr)
+        self._update_model_state()
+
     def _detector_selected(self, name: str) -> None:
         for act in self.detector_group.actions():
             act.setChecked(act.data() == name)
@@ -587,6 +614,7 @@ class MainWindow(QMainWindow):
         self.menuBar().adjustSize()
 
     def _exported(self, folder: str) -> None:
+        self.settings.setValue("export/last_dir", folder)
         self.open_export_action.setEnabled(True)
         self._sync_actions()
 

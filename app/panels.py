@@ -269,6 +269,8 @@ class DetectorPanel(QWidget):
         self.good_label = common.labelForField(self.good_row)
         self.fpr_label = common.labelForField(self.fpr_spin)
         self._busy = False
+        self._kept: dict[str, dict[str, Any]] = {}  # each detector's settings, kept when switching away
+        self._shown: Optional[str] = None
         self._allowed = (True, True)  # Train, Run (by what the settings and the good folder allow)
         self._progress_message = ""
 
@@ -338,10 +340,35 @@ class DetectorPanel(QWidget):
         self._show_detector(self.current_name())
         self.detector_selected.emit(self.current_name())
 
+    def kept_settings(self) -> dict[str, dict[str, Any]]:
+        """Every detector's settings as last shown (the current one's as they are now)."""
+        if self._shown is not None:
+            self._kept[self._shown] = self.form.values()
+        return {k: dict(v) for k, v in self._kept.items()}
+
+    def restore_settings(self, kept: dict[str, dict[str, Any]]) -> None:
+        """Settings per detector (e.g. from the last session); the current form follows."""
+        self._kept = {k: dict(v) for k, v in kept.items() if k in REGISTRY and isinstance(v, dict)}
+        if self._shown is not None:
+            self._apply_kept(self._shown)
+            self.settings_changed.emit()
+
+    def _apply_kept(self, name: str) -> None:
+        for key, value in self._kept.get(name, {}).items():
+            try:
+                self.form.set_value(key, value)
+            except (KeyError, TypeError, ValueError):
+                pass  # a setting this version no longer has, or of another type: the default stays
+
     def _show_detector(self, name: str, config: Optional[DetectorConfig] = None) -> None:
         cls = REGISTRY[name]
         self.summary.setText(cls.summary)
+        if self._shown is not None and self.form.config_class is not None:
+            self._kept[self._shown] = self.form.values()
         self.form.set_config(cls.config_class, config)
+        self._shown = name
+        if config is None:
+            self._apply_kept(name)
         trained = not cls.zero_shot
         for w in (self.good_row, self.good_label, self.fpr_spin, self.fpr_label, self.train_button):
             if w is not None:

@@ -123,3 +123,59 @@ def image_scale(m: np.ndarray) -> HeatScale:
         return HeatScale(0.0, 1.0)
     lo, hi = float(finite.min()), float(np.percentile(finite, 99.9))
     return HeatScale(lo, hi if hi > lo else lo + 1.0)
+
+
+# ------------------------------------------------------------------ ground-truth masks
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def find_mask(path: Path) -> Optional[Path]:
+    """The ground-truth mask of the image at ``path``, when its folder follows a known layout:
+    MVTec AD (``<category>/test/<type>/<name>`` -> ``<category>/ground_truth/<type>/<name>_mask.png``)
+    or MTD (a ``.png`` of the same name beside a ``.jpg``). None otherwise.
+
+    Only for showing the outline of one image; which files of a folder are masks rather than
+    parts is decided by the folder listing in ``core.data``.
+    """
+    path = Path(path)
+    if path.parent.parent.name == "test":
+        folder = path.parent.parent.parent / "ground_truth" / path.parent.name
+        for stem in (f"{path.stem}_mask", path.stem):
+            for ext in MASK_SUFFIXES:
+                if (folder / f"{stem}{ext}").is_file():
+                    return folder / f"{stem}{ext}"
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        beside = path.with_suffix(".png")
+        if beside.is_file():
+            return beside
+    return None
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The border pixels of a bool mask (``width`` pixels thick, inside the region)."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    for _ in range(max(1, width)):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return m & ~inner
+
+
+def read_outline(path: Path) -> Optional[np.ndarray]:
+    """The outline of the ground-truth mask of ``path`` (None: no mask, or an empty one)."""
+    from core.data.layouts import DatasetError, read_mask
+
+    mask_path = find_mask(path)
+    if mask_path is None:
+        return None
+    try:
+        mask = read_mask(mask_path)
+    except DatasetError:
+        return None
+    if not mask.any():
+        return None
+    return mask_outline(mask, max(1, max(mask.shape) // 300))

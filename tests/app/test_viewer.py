@@ -117,3 +117,116 @@ def test_ctrl_wheel_sizes_the_tiles_and_more_than_ten_show(qtbot, window, many_p
     g.view.wheelEvent(ev)
     g.view.wheelEvent(ev)
     assert g.thumb_size() < before
+
+
+# ---------------------------------------------------------------- FPR, settings, export folder
+def test_a_new_target_fpr_recalibrates_without_retraining(qtbot, window, parts):
+    from core.results.threshold import calibrate
+
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    c, p = window.controller, window.detector_panel
+    det, old = c.detector, c.threshold
+    p.fpr_spin.setValue(0.4)
+    assert not c.busy and c.detector is det  # no retraining started
+    assert c.threshold.fpr == pytest.approx(0.4)
+    assert c.threshold.value == pytest.approx(calibrate(old.calibration_scores, 0.4).value)
+    assert len(c.result.flagged) == sum(r.score > c.threshold.value for r in c.result.rows)
+    assert "Run trains" not in p.model_label.text() and "re-calibrated" in c.threshold_source
+    assert window.histogram.threshold.value == pytest.approx(c.threshold.value)
+
+
+def test_detector_settings_are_kept_per_detector_and_across_restarts(qtbot, settings):
+    from tests.app.conftest import make_window
+
+    win = make_window(qtbot, settings)
+    p = win.detector_panel
+    win.select_detector("pixel-gaussian")
+    p.form.set_value("blur_sigma", 2.5)
+    win.select_detector("ocsvm")
+    p.form.set_value("image_size", 48)
+    win.select_detector("pixel-gaussian")
+    assert p.overrides()["blur_sigma"] == 2.5  # back and forth: kept
+    win.select_detector("ocsvm")
+    win.close()
+    again = make_window(qtbot, settings)
+    q = again.detector_panel
+    assert q.current_name() == "ocsvm" and q.overrides()["image_size"] == 48
+    again.select_detector("pixel-gaussian")
+    assert q.overrides()["blur_sigma"] == 2.5
+
+
+def test_the_export_dialog_starts_in_the_last_export_folder(qtbot, window, parts, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    starts: list = []
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: starts.append(a[2]) or "")
+    window.export("flagged")
+    assert starts[-1] != str(parts.batch)  # never inside the data folder
+    assert window.export("flagged", str(tmp_path / "exports"))
+    qtbot.waitUntil(lambda: not window.controller.busy, timeout=10000)
+    window.export("heatmaps")
+    assert starts[-1] == str(tmp_path / "exports")
+
+
+# ---------------------------------------------------------------- pixel readout, zoom, ground truth
+def test_pixel_readout_zoom_percent_and_actual_size(qtbot):
+    view = ImageView()
+    qtbot.addWidget(view)
+    view.resize(800, 600)
+    view.show()
+    img = np.zeros((30, 40, 3), np.uint8)
+    img[10, 20] = (200, 100, 50)
+    m = np.zeros((15, 20), np.float32)
+    m[5, 10] = 7.5
+    path = Path("/x/a.png")
+    view.show_row(path, row_with_map(7.5, m), Threshold.explicit(1.0))
+    view.set_image(path, img)
+    text = view.readout_at(20.5, 10.5)
+    assert "x 20" in text and "y 10" in text and "RGB 200,100,50" in text and "map 7.5" in text
+    assert view.readout_at(-1, 3) == "" and view.readout_at(40, 3) == ""
+    view.actual_size()
+    assert view.zoom_percent() == pytest.approx(100.0, rel=0.02)
+    assert view.zoom_label.text() == "zoom 100 %"
+    view.zoom(2.0)
+    assert view.zoom_percent() == pytest.approx(200.0, rel=0.02)
+
+
+def test_ground_truth_outline_for_an_mvtec_layout(qtbot, tmp_path):
+    from app.workers import find_mask, read_outline
+    from tests.conftest import write_png
+
+    cat = tmp_path / "bottle"
+    img = cat / "test" / "broken_large" / "000.png"
+    write_png(img, np.zeros((60, 60, 3), np.float32))
+    mask = np.zeros((60, 60), np.uint8)
+    mask[20:40, 10:30] = 255
+    write_png(cat / "ground_truth" / "broken_large" / "000_mask.png", mask)
+    write_png(cat / "test" / "good" / "000.png", np.zeros((60, 60, 3), np.float32))
+    assert find_mask(img) == cat / "ground_truth" / "broken_large" / "000_mask.png"
+    assert find_mask(cat / "test" / "good" / "000.png") is None
+    outline = read_outline(img)
+    assert outline.shape == (60, 60) and outline[20, 15] and outline[39, 15] and not outline[30, 20]
+    assert not outline[:20].any()
+    view = ImageView()
+    qtbot.addWidget(view)
+    view.show()
+    view.show_row(img, None, None)
+    view.set_image(img, np.zeros((60, 60, 3), np.uint8))
+    view.set_outline(img, outline)
+    assert view.outline_item.isVisible() and view.mask_check.isVisible()
+    view.toggle_outline()
+    assert not view.outline_item.isVisible()
+    view.show_row(cat / "test" / "good" / "000.png", None, None)
+    assert not view.mask_check.isVisible()
+
+
+def test_mtd_mask_beside_the_jpeg(tmp_path):
+    from app.workers import find_mask
+    from tests.conftest import write_png
+
+    write_png(tmp_path / "MT_Crack" / "Imgs" / "a.jpg", np.zeros((8, 8, 3), np.float32))
+    write_png(tmp_path / "MT_Crack" / "Imgs" / "a.png", np.zeros((8, 8), np.uint8))
+    assert find_mask(tmp_path / "MT_Crack" / "Imgs" / "a.jpg") == tmp_path / "MT_Crack" / "Imgs" / "a.png"
