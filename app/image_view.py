@@ -426,8 +426,8 @@ class ImageView(QWidget):
         rgba[:, 3] = 255  # the bar shows the colours, opaque
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0.0, 1.0, 256), rgba))
         self.colorbar.setLevels((scale.lo, scale.hi))
-        label = {"threshold": "anomaly (anchored at the threshold)", "batch": "anomaly (batch scale)",
-                 "image": "anomaly (this image)"}[kind]
+        label = {"threshold": f"anomaly · line = threshold level {scale.anchor:.3g}" if anchored else "",
+                 "batch": "anomaly (batch scale)", "image": "anomaly (this image)"}[kind]
         self.colorbar.getAxis("left").setLabel(label)
         if anchored:
             self.anchor_line.setValue(256.0 * (scale.anchor - scale.lo) / (scale.hi - scale.lo))
