@@ -109,10 +109,12 @@ class GalleryModel(QAbstractListModel):
     thousands of images as scores arrive costs milliseconds, not a Python call per comparison."""
 
     view_reset = Signal()  # the visible set changed size: the selection must be restored
+    thumbs_progressed = Signal(int, int)  # thumbnails arrived, images
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._entries: list[_Entry] = []
+        self.thumbs_done = 0
         self._index_of: dict[str, int] = {}  # str(path) -> entry index (folder order)
         self._scores = np.zeros(0)  # NaN where not scored
         self._flags = np.zeros(0, bool)
@@ -172,6 +174,7 @@ class GalleryModel(QAbstractListModel):
         paths = [p if isinstance(p, Path) else Path(p) for p in paths]
         self._entries = [_Entry(p, n) for p, n in zip(paths, _relative_names(paths, root))]
         self._index_of = {str(p): i for i, p in enumerate(paths)}
+        self.thumbs_done = 0  # entries whose thumbnail (or reason it failed) has arrived
         self._scores = np.full(len(paths), np.nan)
         self._flags = np.zeros(len(paths), bool)
         self._groups = np.full(len(paths), -1, np.int8)
@@ -194,10 +197,13 @@ class GalleryModel(QAbstractListModel):
         for i, arr, reason in items:
             if 0 <= i < len(self._entries):
                 e = self._entries[i]
+                if e.thumb is None and not e.error:
+                    self.thumbs_done += 1
                 e.thumb = qimage_from_array(arr) if arr is not None else None
                 e.error = reason
                 changed.append(i)
         self._changed(changed, [ThumbRole, ErrorRole, Qt.ToolTipRole])
+        self.thumbs_progressed.emit(self.thumbs_done, len(self._entries))
 
     def clear_scores(self) -> None:
         for e in self._entries:
@@ -452,7 +458,7 @@ class GalleryPanel(QWidget):
         m = self.model
         m.modelAboutToBeReset.connect(lambda: setattr(self, "_kept", self.current_path()))
         m.view_reset.connect(self._restore_current)
-        for sig in (m.dataChanged, m.modelReset, m.layoutChanged):
+        for sig in (m.dataChanged, m.modelReset, m.layoutChanged, m.thumbs_progressed):
             sig.connect(self._update_count)
 
     # -- tile size
@@ -592,6 +598,8 @@ class GalleryPanel(QWidget):
             self.count_label.setText("no images")
             return
         text = f"{n} images"
+        if self.model.thumbs_done < n:
+            text += f" · loading thumbnails {self.model.thumbs_done} / {n}"
         if scored:
             text += f" · {scored} scored · {flagged} flagged"
         if self.model.flagged_only or self.model.group_filter is not None:

@@ -86,6 +86,18 @@ def cancel_once(app: QCoreApplication, runner: JobRunner, job, after: float, lim
             "ran_s": round(t_cancel - t_start, 3)}
 
 
+def write_json(out: Path, rows: list[dict], args: argparse.Namespace, n_scored: int) -> None:
+    """Write (after every row, so a long run keeps what it measured) the rows measured now over
+    those of earlier runs of other detectors / phases in the same file."""
+    old = json.loads(out.read_text(encoding="utf-8"))["rows"] if out.exists() else []
+    mine = {(r["detector"], r["phase"]) for r in rows}
+    kept = [r for r in old if (r["detector"], r["phase"]) not in mine]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "repeat": args.repeat, "target_s": TARGET, "n_good": args.good,
+                               "n_scored": n_scored, "limit_s": args.limit, "date": time.strftime("%Y-%m-%d"),
+                               "rows": kept + rows}, indent=2) + "\n", encoding="utf-8")
+
+
 def quick_fit_overrides(name: str) -> dict:
     cfg_cls: type[DetectorConfig] = REGISTRY[name].config_class
     return {"epochs": 1} if "epochs" in {f for f in cfg_cls.__dataclass_fields__} else {}
@@ -136,17 +148,11 @@ def main() -> int:
             print(f"{name:<17} {phase:<8} {med if med is not None else float('nan'):9.3f} "
                   f"{worst if worst is not None else float('nan'):7.3f}  {', '.join(outcomes)}", flush=True)
             rows.append({"detector": name, "phase": phase, "median_s": med, "max_s": worst,
-                         "under_target": None if worst is None else worst < TARGET, "runs": runs,
-                         "config": det.config.to_dict() if phase == "scoring" else
+                         "under_target": None if worst is None else worst < TARGET, "after_s": args.after,
+                         "runs": runs, "config": det.config.to_dict() if phase == "scoring" else
                          create_detector(name, {}, "cpu").config.to_dict()})
-    if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"machine": machine(), "after_s": args.after, "repeat": args.repeat,
-                                   "n_good": args.good, "n_scored": len(batch),
-                                   "target_s": TARGET, "date": time.strftime("%Y-%m-%d"), "rows": rows},
-                                  indent=2) + "\n", encoding="utf-8")
-        print(f"# wrote {out}")
+            if args.json:
+                write_json(Path(args.json), rows, args, len(batch))
     return 0
 
 

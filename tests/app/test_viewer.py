@@ -230,3 +230,17 @@ def test_mtd_mask_beside_the_jpeg(tmp_path):
     write_png(tmp_path / "MT_Crack" / "Imgs" / "a.jpg", np.zeros((8, 8, 3), np.float32))
     write_png(tmp_path / "MT_Crack" / "Imgs" / "a.png", np.zeros((8, 8), np.uint8))
     assert find_mask(tmp_path / "MT_Crack" / "Imgs" / "a.jpg") == tmp_path / "MT_Crack" / "Imgs" / "a.png"
+
+
+def test_the_gallery_says_how_far_the_thumbnails_are(qtbot):
+    from app.gallery import GalleryPanel
+
+    g = GalleryPanel()
+    qtbot.addWidget(g)
+    paths = [Path(f"/x/{i}.png") for i in range(3)]
+    g.set_paths(paths, Path("/x"))
+    assert "loading thumbnails 0 / 3" in g.count_label.text()
+    g.add_thumbnails([(0, np.zeros((4, 4), np.uint8), ""), (1, None, "corrupt")])
+    assert "loading thumbnails 2 / 3" in g.count_label.text()
+    g.add_thumbnails([(2, np.zeros((4, 4), np.uint8), "")])
+    assert "loading" not in g.count_label.text() and g.count_label.text().startswith("3 images")
