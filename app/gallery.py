@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListView,
     QMenu,
+    QSizePolicy,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -435,6 +436,7 @@ class GalleryPanel(QWidget):
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.count_label = QLabel("no folder open")
         self.count_label.setObjectName("muted")
+        self.count_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # never widens the window
 
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 2)
@@ -607,3 +609,4 @@ class GalleryPanel(QWidget):
         if self.model.stale and scored:
             text += f" · {self.model.stale}, greyed until the new results arrive"
         self.count_label.setText(text)
+        self.count_label.setToolTip(text)

@@ -244,3 +244,10 @@ def test_the_gallery_says_how_far_the_thumbnails_are(qtbot):
     assert "loading thumbnails 2 / 3" in g.count_label.text()
     g.add_thumbnails([(2, np.zeros((4, 4), np.uint8), "")])
     assert "loading" not in g.count_label.text() and g.count_label.text().startswith("3 images")
+
+
+def test_long_status_texts_never_widen_the_window(qtbot, window):
+    window.gallery.count_label.setText("36 images · 36 scored · previous run (a-long-detector-name) " * 3)
+    window.image_view.readout.setText("x 1000  y 1000  RGB 255,255,255  map 12345.6 " * 3)
+    qtbot.wait(50)
+    assert window.width() == 1600
