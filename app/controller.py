@@ -21,7 +21,17 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.job_tracker import JobTracker
 from app.view_state import ViewState
-from app.workers import FolderInfo, anchored_scale, decode_thumbnails, list_folder, read_outline, to_uint8
+from app.workers import (
+    EXPORT_KINDS,
+    FolderInfo,
+    anchored_scale,
+    decode_thumbnails,
+    export_targets,
+    list_folder,
+    read_outline,
+    to_uint8,
+    write_export,
+)
 from core.data.images import ImageSource, read_image
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
@@ -31,17 +41,6 @@ from core.engine.qt_bridge import JobRunner
 from core.engine.workflows import TrainReport
 from core.grouping import GroupingError
 from core.io.colormap import robust_range
-from core.io.export import (
-    FLAGGED_NAME,
-    HEATMAP_DIR,
-    RESULTS_NAME,
-    SCALE_NAME,
-    SKIPPED_NAME,
-    export_scan,
-    heatmap_names,
-    write_flagged,
-    write_heatmaps,
-)
 from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate
 from core.runtime.device import describe_device, resolve_device
@@ -51,7 +50,6 @@ __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
 RANGE_SAMPLE = 256  # maps a heat-map scale estimate looks at while a scan runs
 RANGE_INTERVAL = 1.0  # seconds between such estimates
 
-EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
 
 
 # ------------------------------------------------------------------ the controller
@@ -613,14 +611,7 @@ class Controller(QObject):
     # ================================================================ export
     def export_targets(self, kind: str, out_dir: str | os.PathLike) -> list[Path]:
         """Files an export of ``kind`` into ``out_dir`` would replace."""
-        out = Path(out_dir)
-        rows = self.result.rows if self.result is not None else []
-        maps = [r for r in rows if r.anomaly_map is not None]
-        heat = [out / HEATMAP_DIR / n for n in heatmap_names(maps)] + ([out / SCALE_NAME] if maps else [])
-        names = {"flagged": [out / FLAGGED_NAME, out / "flagged.csv"],
-                 "heatmaps": heat,
-                 "results": [out / RESULTS_NAME, out / FLAGGED_NAME, out / SKIPPED_NAME, *heat]}[kind]
-        return [p for p in names if p.exists()]
+        return export_targets(self.result.rows if self.result is not None else [], kind, Path(out_dir))
 
     def export(self, kind: str, out_dir: str | os.PathLike) -> bool:
         """Write ``kind`` ('flagged', 'heatmaps' or 'results') of the complete scan into ``out_dir``.
@@ -638,18 +629,7 @@ class Controller(QObject):
         result = dataclasses.replace(self.result, rows=[dataclasses.replace(r) for r in self.result.rows],
                                      skipped=list(self.result.skipped))
         value_range = self.map_range
-
-        def work(progress, cancel, emit) -> str:
-            if kind == "flagged":
-                write_flagged(out, result.rows, with_scores=True)
-                return f"{len(result.flagged)} flagged paths (flagged.txt, flagged.csv)"
-            if kind == "heatmaps":
-                folder, n = write_heatmaps(out, result.rows, value_range=value_range)
-                return f"{n} heat maps ({folder.name}/)" if n else "no heat maps (this detector makes none)"
-            written = export_scan(out, result)
-            return ", ".join(p.name for p in written.values())
-
-        self._submit(CallableJob(work, title=f"Exporting {EXPORT_KINDS[kind]} to {out}"), "export",
+        self._submit(CallableJob(lambda p, c, e: write_export(kind, out, result, value_range), title=f"Exporting {EXPORT_KINDS[kind]} to {out}"), "export",
                      lambda what: self._exported(out, what), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Export failed: {msg}"))
         return True

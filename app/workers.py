@@ -16,6 +16,18 @@ from typing import Optional
 import numpy as np
 
 from core.data.images import ImageReadError, list_images, read_thumbnail
+from core.io.export import (
+    FLAGGED_NAME,
+    HEATMAP_DIR,
+    RESULTS_NAME,
+    SCALE_NAME,
+    SKIPPED_NAME,
+    export_scan,
+    heatmap_names,
+    write_flagged,
+    write_heatmaps,
+)
+from core.results import ScanResult, ScanRow
 
 THUMB_SIZE = 128  # long side of a gallery thumbnail, pixels
 THUMB_CHUNK = 16  # thumbnails decoded between two cancel checks
@@ -179,3 +191,29 @@ def read_outline(path: Path) -> Optional[np.ndarray]:
     if not mask.any():
         return None
     return mask_outline(mask, max(1, max(mask.shape) // 300))
+
+
+# ------------------------------------------------------------------ exports
+EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
+
+
+def export_targets(rows: list[ScanRow], kind: str, out: Path) -> list[Path]:
+    """Files an export of ``kind`` of ``rows`` into ``out`` would replace."""
+    maps = [r for r in rows if r.anomaly_map is not None]
+    heat = [out / HEATMAP_DIR / n for n in heatmap_names(maps)] + ([out / SCALE_NAME] if maps else [])
+    names = {"flagged": [out / FLAGGED_NAME, out / "flagged.csv"],
+             "heatmaps": heat,
+             "results": [out / RESULTS_NAME, out / FLAGGED_NAME, out / SKIPPED_NAME, *heat]}[kind]
+    return [p for p in names if p.exists()]
+
+
+def write_export(kind: str, out: Path, result: ScanResult, value_range: tuple[float, float]) -> str:
+    """Write ``kind`` ('flagged', 'heatmaps' or 'results') of ``result`` into ``out``; says what."""
+    if kind == "flagged":
+        write_flagged(out, result.rows, with_scores=True)
+        return f"{len(result.flagged)} flagged paths (flagged.txt, flagged.csv)"
+    if kind == "heatmaps":
+        folder, n = write_heatmaps(out, result.rows, value_range=value_range)
+        return f"{n} heat maps ({folder.name}/)" if n else "no heat maps (this detector makes none)"
+    written = export_scan(out, result)
+    return ", ".join(p.name for p in written.values())
