@@ -87,8 +87,6 @@ class Controller(QObject):
         self.skipped: dict[Path, str] = {}
         self.last_export_dir: Optional[Path] = None
         self.operation = 0  # counts the user's commands; a scan that follows training is the same one
-        self._model_source = ""  # where the model in memory came from ("trained now", "the model m/")
-        self._scored_by: Optional[Detector] = None  # the model that scored the complete result shown
         self._scan_detector: Optional[Detector] = None  # the model of the scan under way
         self._stale = ""
         self._range_dirty = False
@@ -256,7 +254,7 @@ class Controller(QObject):
         threshold's provenance). Its threshold is the one in force from now on, for the shown
         results too (which are marked as a previous run until it scores them)."""
         self.detector = detector
-        self._model_source = source
+        self.state.model_source = source
         self.state.apply_threshold(None, detector.threshold if detector is not None else None)
         self.detector_changed.emit(detector)
         self.threshold_changed.emit(self.threshold)
@@ -355,7 +353,7 @@ class Controller(QObject):
             if hand is None:
                 return
             if store_hand_threshold:  # the model holds it now: it is the model's threshold
-                self._model_source = f"saved with the model {out.name}"
+                self.state.model_source = f"saved with the model {out.name}"
                 self.state.threshold_override = None
                 self.threshold_changed.emit(self.threshold)
             else:
@@ -400,16 +398,7 @@ class Controller(QObject):
     @property
     def threshold_source(self) -> str:
         """Where the threshold in force came from, in words (shown beside it everywhere)."""
-        thr = self.threshold
-        if thr is None:
-            return "no threshold"
-        if self.threshold_override is not None or thr.method == "explicit":
-            how = "set by hand"
-        else:
-            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} held-out good images"
-        if self.threshold_override is None and self._model_source:
-            return f"{how}, {self._model_source}"
-        return how
+        return self.state.threshold_source(self.detector.threshold if self.detector is not None else None)
 
     @property
     def stale(self) -> str:
@@ -418,11 +407,7 @@ class Controller(QObject):
         return self._stale
 
     def _sync_stale(self) -> None:
-        shown = self.result if self.result is not None else self.state.previous
-        running = self.busy_kind in ("fit", "scan")
-        stale = ""
-        if shown is not None and (running or self.detector is not self._scored_by):
-            stale = f"previous run ({shown.detector})"
+        stale = self.state.stale(self.detector, running=self.busy_kind in ("fit", "scan"))
         if stale != self._stale:
             self._stale = stale
             self.stale_changed.emit(stale)
@@ -436,9 +421,7 @@ class Controller(QObject):
     def _set_result(self, result: Optional[ScanResult]) -> None:
         self._range_timer.stop()
         self.jobs.drop_helper("range")  # an estimate under way is superseded
-        self.state.set_result(result)
-        if result is None:
-            self._scored_by = None
+        self.state.set_result(result, self.state.scored_by)  # the scorer was recorded when the scan ended
         self.result_changed.emit(result)
         self._sync_stale()
         self._request_map_range()
@@ -463,8 +446,7 @@ class Controller(QObject):
         for s in result.skipped:
             self._note_skipped(Path(s.path), s.reason)
         self.skipped_changed.emit(len(self.skipped))
-        self.state.finish_scan(result)
-        self._scored_by = self._scan_detector
+        self.state.finish_scan(result, scored_by=self._scan_detector)
         self._set_result(result)
         thr = result.threshold.describe() if result.threshold else "no threshold"
         if result.grouping is not None:
@@ -552,8 +534,8 @@ class Controller(QObject):
         new = calibrate(thr.calibration_scores, fpr)
         new.settings = thr.settings
         det.threshold = new
-        if not self._model_source.startswith("re-calibrated"):
-            self._model_source = f"re-calibrated without retraining ({self._model_source or 'this model'})"
+        if not self.state.model_source.startswith("re-calibrated"):
+            self.state.model_source = f"re-calibrated without retraining ({self.state.model_source or 'this model'})"
         self.log("info", f"Re-calibrated {det.name} at FPR {fpr:g}: {new.describe()}"
                          + ("; the threshold set by hand stays in force" if self.threshold_override else ""))
         if self.threshold_override is None:
