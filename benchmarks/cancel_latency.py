@@ -59,12 +59,19 @@ def _wait(app: QCoreApplication, until, timeout: float) -> bool:
 def cancel_once(app: QCoreApplication, runner: JobRunner, job, after: float, limit: float) -> dict:
     """Start ``job``, cancel it ``after`` seconds in, and time Cancel -> finished."""
     state: dict = {}
-    runner.finished.connect(lambda jid: state.setdefault("finished", (jid, time.perf_counter())))
-    runner.cancelled.connect(lambda jid: state.setdefault("outcome", "cancelled"))
-    runner.succeeded.connect(lambda jid, _r: state.setdefault("outcome", "finished before the cancel"))
-    runner.failed.connect(lambda jid, msg, _tb: state.setdefault("outcome", f"failed: {msg}"))
+    mine: list[int] = []  # signals of an earlier job still winding down are not this one's
+
+    def note(key: str, value) -> None:
+        if mine and mine[0] == value[0]:
+            state.setdefault(key, value[1])
+
+    runner.finished.connect(lambda jid: note("finished", (jid, time.perf_counter())))
+    runner.cancelled.connect(lambda jid: note("outcome", (jid, "cancelled")))
+    runner.succeeded.connect(lambda jid, _r: note("outcome", (jid, "finished before the cancel")))
+    runner.failed.connect(lambda jid, msg, _tb: note("outcome", (jid, f"failed: {msg}")))
     t_start = time.perf_counter()
     jid = runner.submit(job)
+    mine.append(jid)
     _wait(app, lambda: "finished" in state, after)
     if "finished" in state:
         runner.finished.disconnect()
@@ -72,11 +79,11 @@ def cancel_once(app: QCoreApplication, runner: JobRunner, job, after: float, lim
         runner.succeeded.disconnect()
         runner.failed.disconnect()
         return {"outcome": state.get("outcome", "?"), "latency_s": None,
-                "ran_s": round(state["finished"][1] - t_start, 3)}
+                "ran_s": round(state["finished"] - t_start, 3)}
     t_cancel = time.perf_counter()
     runner.cancel(jid)
     done = _wait(app, lambda: "finished" in state, limit)
-    t_end = state["finished"][1] if done else time.perf_counter()
+    t_end = state["finished"] if done else time.perf_counter()
     for sig in (runner.finished, runner.cancelled, runner.succeeded, runner.failed):
         sig.disconnect()
     if not done:  # still running: wait for it so that the next measurement starts idle
@@ -111,6 +118,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="cancellations per detector and phase (median shown)")
     ap.add_argument("--limit", type=float, default=120.0, help="seconds to wait for a job to stop after Cancel")
     ap.add_argument("--detector", action="append", help="only these detectors (repeatable; default all)")
+    ap.add_argument("--phase", choices=("training", "scoring"), help="only this job (default both)")
     ap.add_argument("--json", metavar="OUT.json", help="write the measurements as JSON")
     args = ap.parse_args()
     app = QCoreApplication.instance() or QCoreApplication([])
@@ -130,15 +138,16 @@ def main() -> int:
             print(f"{name:<17} unavailable: {reason}")
             continue
         phases = []
-        if not cls.zero_shot:
+        if not cls.zero_shot and args.phase in (None, "training"):
             phases.append(("training", lambda n=name: FitJob(n, sample / "good", device="cpu")))
         det = create_detector(name, quick_fit_overrides(name) if not cls.zero_shot else {}, "cpu")
-        if not cls.zero_shot:
-            t0 = time.perf_counter()
-            train_detector(det, ImageSource(list_images(sample / "good")[:QUICK_FIT_IMAGES]))
-            print(f"# {name}: fitted in {time.perf_counter() - t0:.1f} s for the scoring rows "
-                  f"({quick_fit_overrides(name) or 'defaults'})", flush=True)
-        phases.append(("scoring", lambda d=det: ScanJob(d, batch, keep_extras=True)))
+        if args.phase in (None, "scoring"):
+            if not cls.zero_shot:
+                t0 = time.perf_counter()
+                train_detector(det, ImageSource(list_images(sample / "good")[:QUICK_FIT_IMAGES]))
+                print(f"# {name}: fitted in {time.perf_counter() - t0:.1f} s for the scoring rows "
+                      f"({quick_fit_overrides(name) or 'defaults'})", flush=True)
+            phases.append(("scoring", lambda d=det: ScanJob(d, batch, keep_extras=True)))
         for phase, make_job in phases:
             runs = [cancel_once(app, runner, make_job(), args.after, args.limit) for _ in range(args.repeat)]
             lat = [r["latency_s"] for r in runs if r["latency_s"] is not None]
@@ -149,6 +158,7 @@ def main() -> int:
                   f"{worst if worst is not None else float('nan'):7.3f}  {', '.join(outcomes)}", flush=True)
             rows.append({"detector": name, "phase": phase, "median_s": med, "max_s": worst,
                          "under_target": None if worst is None else worst < TARGET, "after_s": args.after,
+                         "repeat": args.repeat, "limit_s": args.limit,
                          "runs": runs, "config": det.config.to_dict() if phase == "scoring" else
                          create_detector(name, {}, "cpu").config.to_dict()})
             if args.json:
