@@ -21,7 +21,17 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.job_tracker import JobTracker
 from app.view_state import ViewState
-from app.workers import FolderInfo, decode_thumbnails, list_folder, to_uint8
+from app.workers import (
+    EXPORT_KINDS,
+    FolderInfo,
+    anchored_scale,
+    decode_thumbnails,
+    export_targets,
+    list_folder,
+    read_outline,
+    to_uint8,
+    write_export,
+)
 from core.data.images import ImageSource, read_image
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
@@ -31,19 +41,8 @@ from core.engine.qt_bridge import JobRunner
 from core.engine.workflows import TrainReport
 from core.grouping import GroupingError
 from core.io.colormap import robust_range
-from core.io.export import (
-    FLAGGED_NAME,
-    HEATMAP_DIR,
-    RESULTS_NAME,
-    SCALE_NAME,
-    SKIPPED_NAME,
-    export_scan,
-    heatmap_names,
-    write_flagged,
-    write_heatmaps,
-)
 from core.results import ScanResult, ScanRow, move_to_group, regroup
-from core.results.threshold import DEFAULT_FPR, Threshold
+from core.results.threshold import DEFAULT_FPR, Threshold, calibrate
 from core.runtime.device import describe_device, resolve_device
 
 __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
@@ -51,7 +50,6 @@ __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
 RANGE_SAMPLE = 256  # maps a heat-map scale estimate looks at while a scan runs
 RANGE_INTERVAL = 1.0  # seconds between such estimates
 
-EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
 
 
 # ------------------------------------------------------------------ the controller
@@ -60,6 +58,7 @@ class Controller(QObject):
     thumbnails_arrived = Signal(list)  # [(index, uint8 array | None, reason)]
     image_loaded = Signal(object, object)  # path, uint8 array
     image_failed = Signal(object, str)  # path, reason
+    outline_loaded = Signal(object, object)  # path, bool outline of its ground-truth mask or None
     skipped_changed = Signal(int)  # files of the open folder that could not be read
     detector_changed = Signal(object)  # Detector | None
     scan_started = Signal(int)  # number of images to score
@@ -67,12 +66,14 @@ class Controller(QObject):
     result_changed = Signal(object)  # the complete ScanResult shown now, or None
     threshold_changed = Signal(object)  # Threshold | None, flags of the rows were updated
     map_range_changed = Signal(float, float)  # one heat-map scale for the batch
+    heat_scale_changed = Signal(object)  # HeatScale anchored at the threshold, or None
     busy_changed = Signal(str)  # title of the main task, "" when idle
     progressed = Signal(int, int, str)  # main task: done, total, message
     logged = Signal(str, str)  # level ("info", "warning", "error"), message
     exported = Signal(str)  # folder written to
     grouping_changed = Signal(object)  # the ScanResult whose groups (and flags) changed
     device_described = Signal(str)
+    stale_changed = Signal(str)  # "" or what the shown results are, e.g. "previous run (ocsvm)"
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -85,12 +86,16 @@ class Controller(QObject):
         self.detector: Optional[Detector] = None
         self.skipped: dict[Path, str] = {}
         self.last_export_dir: Optional[Path] = None
+        self.operation = 0  # counts the user's commands; a scan that follows training is the same one
+        self._scan_detector: Optional[Detector] = None  # the model of the scan under way
+        self._stale = ""
         self._range_dirty = False
         self._range_time = -1e9
         self._range_timer = QTimer(self)
         self._range_timer.setSingleShot(True)
         self._range_timer.timeout.connect(self._request_map_range)
         self.jobs.busy_changed.connect(self.busy_changed)
+        self.jobs.busy_changed.connect(lambda _title: self._sync_stale())
         self.jobs.progressed.connect(self.progressed)
         self.jobs.logged.connect(self.logged)
 
@@ -204,12 +209,30 @@ class Controller(QObject):
 
     def load_image(self, path: Path) -> None:
         """Decode one image in full for the image view (only the latest request counts)."""
-        self._submit(CallableJob(lambda p, c, e: to_uint8(read_image(path)), title=f"Reading {path.name}"), "image",
-                     lambda arr: self.image_loaded.emit(path, arr),
+        def loaded(out) -> None:
+            arr, outline = out
+            self.image_loaded.emit(path, arr)
+            self.outline_loaded.emit(path, outline)
+
+        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path)),
+                                 title=f"Reading {path.name}"), "image", loaded,
                      on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
 
     def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
+        """The folder trained on: always the one the window shows, usable or not (see
+        :meth:`good_folder_problem`)."""
         self.good_folder = Path(folder).expanduser() if folder else None
+
+    def good_folder_problem(self) -> str:
+        """Why the good folder cannot be trained on ("" when it can)."""
+        g = self.good_folder
+        if g is None:
+            return "no folder of good images chosen"
+        if not g.exists():
+            return f"good-image folder not found: {g}"
+        if not g.is_dir():
+            return f"good-image path is not a folder: {g}"
+        return ""
 
     # ================================================================ detector
     def detector_matches(self, name: str, overrides: dict, fpr: Optional[float] = None) -> bool:
@@ -226,16 +249,25 @@ class Controller(QObject):
         except ConfigError:
             return False
 
-    def set_detector(self, detector: Optional[Detector]) -> None:
+    def set_detector(self, detector: Optional[Detector], source: str = "") -> None:
+        """Make ``detector`` the model in memory (``source``: where it came from, for the
+        threshold's provenance). Its threshold is the one in force from now on, for the shown
+        results too (which are marked as a previous run until it scores them)."""
         self.detector = detector
-        self.state.threshold_override = None
+        self.state.model_source = source
+        self.state.apply_threshold(None, detector.threshold if detector is not None else None)
         self.detector_changed.emit(detector)
+        self.threshold_changed.emit(self.threshold)
+        self._sync_stale()
+        self._request_map_range()
 
     def train(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto",
               then_scan: bool = False) -> bool:
         """Train a fresh ``name`` detector on the good folder; a zero-shot one is only built."""
         if self._refuse_if_busy():
             return False
+        if not then_scan:
+            self.operation += 1
         overrides = dict(overrides or {})
         try:
             make_config(name, overrides)
@@ -256,6 +288,10 @@ class Controller(QObject):
                 self.log("error", f"{name} learns from good images: choose the folder of good (defect-free) parts "
                                   "under 'Good images' in the Detector panel first, or open a saved model.")
                 return False
+            problem = self.good_folder_problem()
+            if problem:
+                self.log("error", f"Cannot train {name}: {problem}")
+                return False
             job = FitJob(name, self.good_folder, overrides=overrides, device=device, fpr=fpr)
         self._submit(job, "fit", lambda out: self._fitted(out, then_scan), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Training failed: {msg}"),
@@ -268,11 +304,14 @@ class Controller(QObject):
             self.log("warning", f"Skipped good image {s.path}: {s.reason}")
         det = outcome.detector
         if det.zero_shot:
-            self.log("info", f"{det.name} is ready (zero-shot, no training needed)")
+            self.log("info", f"{det.name} set up: zero-shot, so it needs no good images; whatever it learns, it "
+                             "learns from the batch while it scans")
+            source = ""
         else:
             thr = rep.threshold.describe() if rep.threshold else "no threshold"
             self.log("info", f"Trained {det.name} on {rep.n_train} good images in {rep.fit_seconds:.1f} s; {thr}")
-        self.set_detector(det)
+            source = "trained now"
+        self.set_detector(det, source)
         if then_scan:
             self._start_scan()
 
@@ -283,6 +322,7 @@ class Controller(QObject):
         if self.source is None or len(self.source) == 0:
             self.log("error", "Open a folder of images to scan first (File > Open folder…).")
             return False
+        self.operation += 1
         overrides = dict(overrides or {})
         if self.detector_matches(name, overrides, fpr):
             self._start_scan()
@@ -292,23 +332,47 @@ class Controller(QObject):
             self.log("info", f"No {name} model trained with these settings yet: training on {self.good_folder} first.")
         return started
 
-    def save_model(self, folder: str | os.PathLike) -> bool:
+    def save_model(self, folder: str | os.PathLike, store_hand_threshold: bool = False) -> bool:
+        """Save the model in memory. With a threshold set by hand in force, ``store_hand_threshold``
+        saves that one (the model records it as set by hand); otherwise the model keeps its own
+        and the log says the hand-set one was not saved."""
         if self._refuse_if_busy():
             return False
         det = self.detector
         if det is None or not det.fitted:
             self.log("error", "No trained model to save: train one or open a saved model first.")
             return False
+        self.operation += 1
         out = Path(folder)
+        hand, before = self.threshold_override, det.threshold
+        if hand is not None and store_hand_threshold:
+            det.threshold = dataclasses.replace(hand, settings=det.config.to_dict())
+
+        def saved(path) -> None:
+            self.log("info", f"Saved {det.name} model to {path}; {det.threshold.describe() if det.threshold else ''}")
+            if hand is None:
+                return
+            if store_hand_threshold:  # the model holds it now: it is the model's threshold
+                self.state.model_source = f"saved with the model {out.name}"
+                self.state.threshold_override = None
+                self.threshold_changed.emit(self.threshold)
+            else:
+                self.log("warning", f"The hand-set threshold {hand.value:.6g} was not saved with the model; the "
+                                    f"saved model keeps {before.describe() if before else 'no threshold'}.")
+
+        def failed(msg: str, _tb: str) -> None:
+            det.threshold = before
+            self.log("error", f"Could not save the model: {msg}")
+
         self._submit(CallableJob(lambda p, c, e: det.save(out), title=f"Saving model to {out}"), "save",
-                     lambda path: self.log("info", f"Saved {det.name} model to {path}"), main=True,
-                     on_failure=lambda msg, tb: self.log("error", f"Could not save the model: {msg}"))
+                     saved, main=True, on_failure=failed)
         return True
 
     def open_model(self, folder: str | os.PathLike, device: str = "auto") -> bool:
         if self._refuse_if_busy():
             return False
         src = Path(folder)
+        self.operation += 1
         self._submit(CallableJob(lambda p, c, e: load_model(src, device), title=f"Loading model {src}"), "load",
                      lambda det: self._model_loaded(det, src), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Could not open the model: {msg}"))
@@ -317,7 +381,7 @@ class Controller(QObject):
     def _model_loaded(self, det: Detector, src: Path) -> None:
         thr = det.threshold.describe() if det.threshold else "no threshold"
         self.log("info", f"Opened {det.name} model from {src}; {thr}")
-        self.set_detector(det)
+        self.set_detector(det, f"from the model {src.name}")
 
     # ================================================================ scanning
     def rows(self) -> list[ScanRow]:
@@ -332,6 +396,23 @@ class Controller(QObject):
         return self.state.threshold(self.detector.threshold if self.detector is not None else None)
 
     @property
+    def threshold_source(self) -> str:
+        """Where the threshold in force came from, in words (shown beside it everywhere)."""
+        return self.state.threshold_source(self.detector.threshold if self.detector is not None else None)
+
+    @property
+    def stale(self) -> str:
+        """"" when the results shown are those of the model in memory and no new run is under
+        way; otherwise what they are (e.g. "previous run (ocsvm)")."""
+        return self._stale
+
+    def _sync_stale(self) -> None:
+        stale = self.state.stale(self.detector, running=self.busy_kind in ("fit", "scan"))
+        if stale != self._stale:
+            self._stale = stale
+            self.stale_changed.emit(stale)
+
+    @property
     def detector_name(self) -> str:
         if self.result is not None:
             return self.result.detector
@@ -340,13 +421,15 @@ class Controller(QObject):
     def _set_result(self, result: Optional[ScanResult]) -> None:
         self._range_timer.stop()
         self.jobs.drop_helper("range")  # an estimate under way is superseded
-        self.state.set_result(result)
+        self.state.set_result(result, self.state.scored_by)  # the scorer was recorded when the scan ended
         self.result_changed.emit(result)
+        self._sync_stale()
         self._request_map_range()
 
     def _start_scan(self) -> None:
         det = self.detector
         self.state.begin_scan()
+        self._scan_detector = det
         job = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True)
         self._submit(job, "scan", self._scanned, main=True, on_partial=self._scan_rows,
                      on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
@@ -363,7 +446,7 @@ class Controller(QObject):
         for s in result.skipped:
             self._note_skipped(Path(s.path), s.reason)
         self.skipped_changed.emit(len(self.skipped))
-        self.state.finish_scan(result)
+        self.state.finish_scan(result, scored_by=self._scan_detector)
         self._set_result(result)
         thr = result.threshold.describe() if result.threshold else "no threshold"
         if result.grouping is not None:
@@ -389,8 +472,8 @@ class Controller(QObject):
         if self.jobs.helper_running("range"):
             self._range_dirty = True
             return
-        maps = [r.anomaly_map for r in self.rows() if r.anomaly_map is not None]
-        if not maps:
+        rows = [r for r in self.rows() if r.anomaly_map is not None]
+        if not rows:
             return
         if self.result is None:  # a scan in progress: a quick estimate, not too often
             wait = RANGE_INTERVAL - (time.monotonic() - self._range_time)
@@ -398,19 +481,67 @@ class Controller(QObject):
                 self._range_dirty = True
                 self._range_timer.start(int(wait * 1000) + 1)
                 return
-            maps = maps[:: max(1, len(maps) // RANGE_SAMPLE)]
+            rows = rows[:: max(1, len(rows) // RANGE_SAMPLE)]
         self._range_dirty = False
         self._range_time = time.monotonic()
-        self._submit(CallableJob(lambda p, c, e: robust_range(maps), title="heat-map scale"), "range",
-                     self._range_computed)
+        maps, scores, anchor_at = [r.anomaly_map for r in rows], [r.score for r in rows], self._anchor_score()
 
-    def _range_computed(self, rng: tuple[float, float]) -> None:
+        def work(p, c, e):
+            rng = robust_range(maps)
+            return rng, anchored_scale(scores, maps, anchor_at)
+
+        self._submit(CallableJob(work, title="heat-map scale"), "range", self._range_computed)
+
+    def _anchor_score(self) -> Optional[float]:
+        """The score the heat maps are anchored at: the threshold in force, or for a grouped
+        zero-shot scan the boundary between its groups."""
+        if self.threshold is not None:
+            return self.threshold.value
+        res = self.result
+        if res is not None and res.grouping is not None:
+            normal = [r.score for r in res.rows if not r.flagged]
+            suspect = [r.score for r in res.rows if r.flagged]
+            if normal and suspect:
+                return (max(normal) + min(suspect)) / 2.0
+        return None
+
+    def _range_computed(self, out) -> None:
+        rng, scale = out
         self.state.map_range = (float(rng[0]), float(rng[1]))
+        self.state.heat_scale = scale
         self.map_range_changed.emit(*self.map_range)
+        self.heat_scale_changed.emit(scale)
         if self._range_dirty and not self._range_timer.isActive():
             self._request_map_range()
 
     # ================================================================ threshold
+    def recalibrate(self, fpr: float) -> bool:
+        """Re-calibrate the model's threshold at the target false-positive rate ``fpr`` on the
+        held-out good scores it keeps (as ``scan --model M --fpr F`` does): no retraining and no
+        rescoring. Returns whether the threshold changed."""
+        det = self.detector
+        thr = det.threshold if det is not None else None
+        if det is None or det.zero_shot or thr is None or thr.method != "calibrated":
+            return False
+        if thr.fpr is not None and abs(thr.fpr - fpr) < 1e-12:
+            return False
+        if self.busy_kind in ("fit", "scan"):
+            self.log("warning", "Busy: the target FPR applies once the running task has ended.")
+            return False
+        if not thr.calibration_scores:
+            self.log("warning", "This model keeps no held-out scores to re-calibrate on: retrain it for a new FPR.")
+            return False
+        new = calibrate(thr.calibration_scores, fpr)
+        new.settings = thr.settings
+        det.threshold = new
+        if not self.state.model_source.startswith("re-calibrated"):
+            self.state.model_source = f"re-calibrated without retraining ({self.state.model_source or 'this model'})"
+        self.log("info", f"Re-calibrated {det.name} at FPR {fpr:g}: {new.describe()}"
+                         + ("; the threshold set by hand stays in force" if self.threshold_override else ""))
+        if self.threshold_override is None:
+            self._apply_threshold(None, new)
+        return True
+
     def set_threshold(self, value: float) -> None:
         """Set the decision threshold by hand; every shown row is re-flagged."""
         self._apply_threshold(Threshold.explicit(float(value)))
@@ -426,6 +557,7 @@ class Controller(QObject):
 
     def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
         self.threshold_changed.emit(self.state.apply_threshold(override, fallback))
+        self._request_map_range()  # the anchored scale follows the threshold
 
     # ================================================================ grouping (zero-shot scans)
     def regroup(self, method: str) -> bool:
@@ -461,14 +593,7 @@ class Controller(QObject):
     # ================================================================ export
     def export_targets(self, kind: str, out_dir: str | os.PathLike) -> list[Path]:
         """Files an export of ``kind`` into ``out_dir`` would replace."""
-        out = Path(out_dir)
-        rows = self.result.rows if self.result is not None else []
-        maps = [r for r in rows if r.anomaly_map is not None]
-        heat = [out / HEATMAP_DIR / n for n in heatmap_names(maps)] + ([out / SCALE_NAME] if maps else [])
-        names = {"flagged": [out / FLAGGED_NAME, out / "flagged.csv"],
-                 "heatmaps": heat,
-                 "results": [out / RESULTS_NAME, out / FLAGGED_NAME, out / SKIPPED_NAME, *heat]}[kind]
-        return [p for p in names if p.exists()]
+        return export_targets(self.result.rows if self.result is not None else [], kind, Path(out_dir))
 
     def export(self, kind: str, out_dir: str | os.PathLike) -> bool:
         """Write ``kind`` ('flagged', 'heatmaps' or 'results') of the complete scan into ``out_dir``.
@@ -481,22 +606,12 @@ class Controller(QObject):
         if self.result is None:
             self.log("error", "Nothing to export: run a complete scan first.")
             return False
+        self.operation += 1
         out = Path(out_dir)
         result = dataclasses.replace(self.result, rows=[dataclasses.replace(r) for r in self.result.rows],
                                      skipped=list(self.result.skipped))
         value_range = self.map_range
-
-        def work(progress, cancel, emit) -> str:
-            if kind == "flagged":
-                write_flagged(out, result.rows, with_scores=True)
-                return f"{len(result.flagged)} flagged paths (flagged.txt, flagged.csv)"
-            if kind == "heatmaps":
-                folder, n = write_heatmaps(out, result.rows, value_range=value_range)
-                return f"{n} heat maps ({folder.name}/)" if n else "no heat maps (this detector makes none)"
-            written = export_scan(out, result)
-            return ", ".join(p.name for p in written.values())
-
-        self._submit(CallableJob(work, title=f"Exporting {EXPORT_KINDS[kind]} to {out}"), "export",
+        self._submit(CallableJob(lambda p, c, e: write_export(kind, out, result, value_range), title=f"Exporting {EXPORT_KINDS[kind]} to {out}"), "export",
                      lambda what: self._exported(out, what), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Export failed: {msg}"))
         return True

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListView,
     QMenu,
+    QSizePolicy,
     QStyle,
     QStyledItemDelegate,
     QStyleOptionViewItem,
@@ -31,7 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.theme import ACCENT, MUTED, SELECTION, TILE_BG, heat_color, readable_text_on
+from app.theme import ACCENT, MUTED, SELECTION, TILE_BG
 from core.results import ScanRow
 from core.results.threshold import Threshold
 
@@ -42,8 +43,36 @@ ThumbRole = Qt.UserRole + 4
 ErrorRole = Qt.UserRole + 5
 NameRole = Qt.UserRole + 6
 
-TILE = QSize(150, 172)
-THUMB_BOX = 132
+THUMB_DEFAULT = 100  # thumbnail box, pixels (Ctrl+wheel changes it)
+THUMB_MIN, THUMB_MAX = 56, 240
+NAME_HEIGHT = 34  # room under the thumbnail for the name
+
+
+def tile_size(thumb: int) -> QSize:
+    return QSize(thumb + 18, thumb + NAME_HEIGHT + 6)
+
+
+def elide_name(name: str, fm: QFontMetrics, width: int) -> str:
+    """``folder/file`` shortened to ``width`` pixels keeping what tells images apart: the
+    file name whole and the folder elided in its middle (``brok…arge/000.png``, not
+    ``broken_l…/000.png``); a file name too long by itself is elided in its middle."""
+    if fm.horizontalAdvance(name) <= width:
+        return name
+    folder, sep, file = name.rpartition("/")
+    if not sep:
+        return fm.elidedText(name, Qt.ElideMiddle, width)
+    room = width - fm.horizontalAdvance("/" + file)
+    if room < fm.horizontalAdvance("W…W"):
+        return fm.elidedText(file, Qt.ElideMiddle, width)
+    return fm.elidedText(folder, Qt.ElideMiddle, room) + "/" + file
+
+
+def badge_colors(flagged: Optional[bool]) -> tuple[QColor, QColor]:
+    """(fill, text) of a score badge: the flagged accent only on a flagged image; a neutral
+    grey otherwise, so that no normal image's badge can be taken for a flagged one."""
+    if flagged:
+        return QColor(ACCENT), QColor("#ffffff")
+    return QColor("#3a3d42"), QColor("#e6e6e6")
 
 
 def qimage_from_array(arr: np.ndarray) -> QImage:
@@ -81,10 +110,12 @@ class GalleryModel(QAbstractListModel):
     thousands of images as scores arrive costs milliseconds, not a Python call per comparison."""
 
     view_reset = Signal()  # the visible set changed size: the selection must be restored
+    thumbs_progressed = Signal(int, int)  # thumbnails arrived, images
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self._entries: list[_Entry] = []
+        self.thumbs_done = 0
         self._index_of: dict[str, int] = {}  # str(path) -> entry index (folder order)
         self._scores = np.zeros(0)  # NaN where not scored
         self._flags = np.zeros(0, bool)
@@ -97,6 +128,7 @@ class GalleryModel(QAbstractListModel):
         self.score_range: tuple[float, float] = (0.0, 1.0)
         self.detector_name = ""
         self.threshold: Optional[Threshold] = None
+        self.stale = ""  # "" or e.g. "previous run (ocsvm)": scores and flags are drawn greyed
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -128,7 +160,8 @@ class GalleryModel(QAbstractListModel):
             lines.append(f"could not be read: {e.error}")
         if e.score is not None:
             state = "FLAGGED" if e.flagged else "not flagged" if e.flagged is not None else "no threshold"
-            lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}")
+            lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}"
+                         + (f", {self.stale}" if self.stale else ""))
             if e.group:
                 lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
             else:
@@ -142,6 +175,7 @@ class GalleryModel(QAbstractListModel):
         paths = [p if isinstance(p, Path) else Path(p) for p in paths]
         self._entries = [_Entry(p, n) for p, n in zip(paths, _relative_names(paths, root))]
         self._index_of = {str(p): i for i, p in enumerate(paths)}
+        self.thumbs_done = 0  # entries whose thumbnail (or reason it failed) has arrived
         self._scores = np.full(len(paths), np.nan)
         self._flags = np.zeros(len(paths), bool)
         self._groups = np.full(len(paths), -1, np.int8)
@@ -164,10 +198,13 @@ class GalleryModel(QAbstractListModel):
         for i, arr, reason in items:
             if 0 <= i < len(self._entries):
                 e = self._entries[i]
+                if e.thumb is None and not e.error:
+                    self.thumbs_done += 1
                 e.thumb = qimage_from_array(arr) if arr is not None else None
                 e.error = reason
                 changed.append(i)
         self._changed(changed, [ThumbRole, ErrorRole, Qt.ToolTipRole])
+        self.thumbs_progressed.emit(self.thumbs_done, len(self._entries))
 
     def clear_scores(self) -> None:
         for e in self._entries:
@@ -265,9 +302,10 @@ class TileDelegate(QStyledItemDelegate):
     def __init__(self, model: GalleryModel, parent=None) -> None:
         super().__init__(parent)
         self._model = model
+        self.thumb = THUMB_DEFAULT
 
     def sizeHint(self, option, index) -> QSize:
-        return TILE
+        return tile_size(self.thumb)
 
     def paint(self, p: QPainter, option: QStyleOptionViewItem, index) -> None:
         p.save()
@@ -278,7 +316,7 @@ class TileDelegate(QStyledItemDelegate):
         p.setPen(Qt.NoPen)
         p.setBrush(QColor(SELECTION).darker(170) if selected else QColor(TILE_BG))
         p.drawRoundedRect(r, 6, 6)
-        box = QRect(r.left() + (r.width() - THUMB_BOX) // 2, r.top() + 6, THUMB_BOX, THUMB_BOX)
+        box = QRect(r.left() + (r.width() - self.thumb) // 2, r.top() + 6, self.thumb, self.thumb)
         thumb: Optional[QImage] = index.data(ThumbRole)
         if thumb is not None and not thumb.isNull():
             size = thumb.size().scaled(box.size(), Qt.KeepAspectRatio)
@@ -293,10 +331,12 @@ class TileDelegate(QStyledItemDelegate):
         p.setPen(QColor("#e6e6e6") if selected else QColor("#c8cbd0"))
         fm = QFontMetrics(option.font)
         p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter,
-                   fm.elidedText(str(index.data(NameRole)), Qt.ElideMiddle, name_rect.width()))
+                   elide_name(str(index.data(NameRole)), fm, name_rect.width()))
         score = index.data(ScoreRole)
+        if self._model.stale:  # results of a previous run: greyed until the new ones arrive
+            p.setOpacity(0.4)
         if score is not None:
-            self._badge(p, option.font, box, score)
+            self._badge(p, option.font, box, score, index.data(FlaggedRole))
         if flagged:
             p.setBrush(Qt.NoBrush)
             p.setPen(QPen(QColor(ACCENT), 3))
@@ -307,9 +347,8 @@ class TileDelegate(QStyledItemDelegate):
             p.drawRoundedRect(QRectF(r).adjusted(1, 1, -1, -1), 6, 6)
         p.restore()
 
-    def _badge(self, p: QPainter, base: QFont, box: QRect, score: float) -> None:
-        lo, hi = self._model.score_range
-        color = heat_color((score - lo) / (hi - lo) if hi > lo else 1.0)
+    def _badge(self, p: QPainter, base: QFont, box: QRect, score: float, flagged: Optional[bool]) -> None:
+        color, text_color = badge_colors(flagged)
         font = QFont(base)
         font.setBold(True)
         p.setFont(font)
@@ -319,13 +358,15 @@ class TileDelegate(QStyledItemDelegate):
         p.setPen(QPen(QColor(0, 0, 0, 160), 1))
         p.setBrush(color)
         p.drawRoundedRect(badge, 4, 4)
-        p.setPen(readable_text_on(color))
+        p.setPen(text_color)
         p.drawText(badge, Qt.AlignCenter, text)
         p.setFont(base)
 
 
 class GalleryView(QListView):
-    """Icon grid; arrows, PageUp/PageDown, Home/End move through it."""
+    """Icon grid; arrows, PageUp/PageDown, Home/End move through it; Ctrl+wheel sizes the tiles."""
+
+    zoom_requested = Signal(int)  # +1 larger tiles, -1 smaller
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -337,10 +378,19 @@ class GalleryView(QListView):
         self.setBatchSize(256)
         self.setWrapping(True)
         self.setSpacing(2)
-        self.setGridSize(TILE + QSize(4, 4))
+        self.setGridSize(tile_size(THUMB_DEFAULT) + QSize(4, 4))
         self.setSelectionMode(QAbstractItemView.SingleSelection)
         self.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
         self.setMouseTracking(True)
+
+    def wheelEvent(self, event) -> None:
+        if event.modifiers() & Qt.ControlModifier:
+            steps = event.angleDelta().y()
+            if steps:
+                self.zoom_requested.emit(1 if steps > 0 else -1)
+            event.accept()
+            return
+        super().wheelEvent(event)
 
     def moveCursor(self, action, modifiers):
         """PageUp / PageDown move by one screenful of tiles, clamped to the first / last."""
@@ -364,7 +414,9 @@ class GalleryPanel(QWidget):
         self.model = GalleryModel(self)
         self.view = GalleryView(self)
         self.view.setModel(self.model)
-        self.view.setItemDelegate(TileDelegate(self.model, self.view))
+        self.delegate = TileDelegate(self.model, self.view)
+        self.view.setItemDelegate(self.delegate)
+        self.view.zoom_requested.connect(lambda step: self.set_thumb_size(round(self.thumb_size() * 1.15 ** step)))
         self.view.selectionModel().currentChanged.connect(self._current_moved)
         self._kept: Optional[Path] = None
 
@@ -384,6 +436,7 @@ class GalleryPanel(QWidget):
         self.view.customContextMenuRequested.connect(self._context_menu)
         self.count_label = QLabel("no folder open")
         self.count_label.setObjectName("muted")
+        self.count_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)  # never widens the window
 
         bar = QHBoxLayout()
         bar.setContentsMargins(6, 4, 6, 2)
@@ -407,8 +460,24 @@ class GalleryPanel(QWidget):
         m = self.model
         m.modelAboutToBeReset.connect(lambda: setattr(self, "_kept", self.current_path()))
         m.view_reset.connect(self._restore_current)
-        for sig in (m.dataChanged, m.modelReset, m.layoutChanged):
+        for sig in (m.dataChanged, m.modelReset, m.layoutChanged, m.thumbs_progressed):
             sig.connect(self._update_count)
+
+    # -- tile size
+    def thumb_size(self) -> int:
+        return self.delegate.thumb
+
+    def set_thumb_size(self, px: int) -> None:
+        """Thumbnail box in pixels (clamped to [THUMB_MIN, THUMB_MAX]); Ctrl+wheel calls this."""
+        px = int(min(THUMB_MAX, max(THUMB_MIN, px)))
+        if px == self.delegate.thumb:
+            return
+        self.delegate.thumb = px
+        self.view.setGridSize(tile_size(px) + QSize(4, 4))
+        self.view.doItemsLayout()
+        current = self.view.currentIndex()
+        if current.isValid():
+            self.view.scrollTo(current)
 
     # -- controller slots
     def set_paths(self, paths: list[Path], root: Optional[Path] = None) -> None:
@@ -434,6 +503,18 @@ class GalleryPanel(QWidget):
 
     def set_context(self, detector: str, threshold: Optional[Threshold]) -> None:
         self.model.detector_name, self.model.threshold = detector, threshold
+
+    @property
+    def stale(self) -> str:
+        return self.model.stale
+
+    def set_stale(self, text: str) -> None:
+        """Grey the scores and flags out as those of a previous run (``text`` says which), or
+        show them normally again ("")."""
+        if text != self.model.stale:
+            self.model.stale = text
+            self.view.viewport().update()
+            self._update_count()
 
     def refresh_flags(self, rows: list[ScanRow], threshold: Optional[Threshold]) -> None:
         self.model.threshold = threshold
@@ -519,8 +600,13 @@ class GalleryPanel(QWidget):
             self.count_label.setText("no images")
             return
         text = f"{n} images"
+        if self.model.thumbs_done < n:
+            text += f" · loading thumbnails {self.model.thumbs_done} / {n}"
         if scored:
             text += f" · {scored} scored · {flagged} flagged"
         if self.model.flagged_only or self.model.group_filter is not None:
             text += f" · showing {visible}"
+        if self.model.stale and scored:
+            text += f" · {self.model.stale}, greyed until the new results arrive"
         self.count_label.setText(text)
+        self.count_label.setToolTip(text)

@@ -35,6 +35,8 @@ class GroupingPanel(QWidget):
         self.result: Optional[ScanResult] = None
         self.paths: list[Path] = []
         self.current: Optional[Path] = None
+        self.stale = ""  # "" or e.g. "previous run (ldm-zero-shot)"
+        self._info = ""
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -42,6 +44,7 @@ class GroupingPanel(QWidget):
         self.plot.hideButtons()
         pi = self.plot.getPlotItem()
         pi.setLabel("bottom", "score (mean noise estimation error)")
+        pi.getAxis("bottom").enableAutoSIPrefix(False)  # the axis reads in the units the badges use
         pi.hideAxis("left")
         self.plot.setYRange(-1.6, 1.6, padding=0)
         self.points = pg.ScatterPlotItem(size=9, pen=pg.mkPen(None), hoverable=True, tip=self._point_tip)
@@ -78,7 +81,11 @@ class GroupingPanel(QWidget):
         lay.setContentsMargins(6, 4, 6, 6)
         lay.addLayout(top)
         lay.addWidget(self.plot, 1)
+        lay.addStretch(0)
         lay.addLayout(bottom)
+        self.plot.hide()  # no axis and no group labels until there are groups to show
+        for t in (self.normal_text, self.suspect_text):
+            t.hide()
         self._sync_enabled()
 
     # ------------------------------------------------------------------ data in
@@ -88,12 +95,18 @@ class GroupingPanel(QWidget):
             self.paths = []
             self.points.setData([], [])
             self.marker.setData([], [])
+            self.plot.hide()
+            for t in (self.normal_text, self.suspect_text):
+                t.hide()
             self.sizes_label.setText("no groups yet")
             note = result.grouping_note if result is not None else ""
-            self.info_label.setText(f"Not grouped: {note}" if note else
-                                    "Run a zero-shot detector to split the batch into a normal and a suspect group.")
+            self._set_info(f"Not grouped: {note}" if note else
+                           "Run a zero-shot detector to split the batch into a normal and a suspect group.")
             self._sync_enabled()
             return
+        self.plot.show()
+        for t in (self.normal_text, self.suspect_text):
+            t.show()
         g = self.result.grouping
         i = self.method_combo.findData(g.method)
         if i >= 0:
@@ -129,7 +142,7 @@ class GroupingPanel(QWidget):
         if g.moved:
             parts.append(f"{len(g.moved)} moved by hand")
         parts.append("larger group = normal; flagged = suspect")
-        self.info_label.setText(" · ".join(parts))
+        self._set_info(" · ".join(parts))
         self._draw_marker()
         self._sync_enabled()
 
@@ -144,8 +157,21 @@ class GroupingPanel(QWidget):
                 return
         self.marker.setData([], [])
 
+    def set_stale(self, text: str) -> None:
+        """Grey the groups out as those of a previous run (``text`` says which; "" when current).
+        Groups of a previous run cannot be edited."""
+        self.stale = text
+        self.points.setOpacity(0.35 if text else 1.0)
+        self._set_info(self._info)
+        self._sync_enabled()
+
+    def _set_info(self, text: str) -> None:
+        self._info = text
+        shown = f"{self.stale}, greyed until the new run replaces it · {text}" if self.stale and self.result else text
+        self.info_label.setText(shown)
+
     def _sync_enabled(self) -> None:
-        on = self.result is not None
+        on = self.result is not None and not self.stale
         self.method_combo.setEnabled(on)
         self.move_button.setEnabled(on and self.current is not None
                                     and any(str(p) == str(self.current) for p in self.paths))

@@ -36,6 +36,8 @@ class HistogramPanel(QWidget):
         self._log = False
         self._log_forced: Optional[bool] = None
         self._groups: Optional[np.ndarray] = None  # suspect flags of a grouped (zero-shot) scan
+        self.source = ""  # where the threshold came from, in words (the controller's threshold_source)
+        self.stale = ""  # "" or e.g. "previous run (ocsvm)"
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -44,6 +46,7 @@ class HistogramPanel(QWidget):
         self.plot.showGrid(x=False, y=True, alpha=0.15)
         pi = self.plot.getPlotItem()
         pi.setLabel("bottom", "score")
+        pi.getAxis("bottom").enableAutoSIPrefix(False)  # the axis reads in the units the badges use
         pi.setLabel("left", "images")
         self.normal_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=NORMAL, pen=pg.mkPen(None))
         self.flag_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=ACCENT, pen=pg.mkPen(None))
@@ -115,6 +118,18 @@ class HistogramPanel(QWidget):
 
     def clear(self) -> None:
         self.set_scores([], None)
+
+    def set_source(self, source: str) -> None:
+        """Where the threshold in force came from (e.g. "calibrated at FPR 0.01 on 12 …, from the model m")."""
+        self.source = source
+        self._redraw(False)
+
+    def set_stale(self, text: str) -> None:
+        """Mark the scores as those of a previous run ("" when current); bars are greyed."""
+        self.stale = text
+        for bars in (self.normal_bars, self.flag_bars):
+            bars.setOpacity(0.4 if text else 1.0)
+        self._redraw(False)
 
     # ------------------------------------------------------------------ drawing
     def _wants_log(self) -> bool:
@@ -196,12 +211,15 @@ class HistogramPanel(QWidget):
         elif thr is not None:
             value = self._from_axis(self.line.value()) if preview else thr.value
             self.line.label.setFormat(f"{value:.4g}")
-            how = "set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}"
+            how = self.source or ("set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}")
             self.info_label.setText(f"threshold {thr.value:.4g}, {how}")
-            tip = f"detector {self.detector_name}\n{thr.describe()}"
+            tip = f"detector {self.detector_name}\n{thr.describe()}\n{how}"
         else:
             self.info_label.setText("no threshold")
             tip = "no threshold set"
+        if self.stale:
+            self.info_label.setText(f"{self.stale}: {self.info_label.text()}")
+            tip = f"{self.stale}: greyed until the new run replaces it\n{tip}"
         self.count_label.setToolTip(tip)
         self.info_label.setToolTip(tip)
 

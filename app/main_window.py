@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -43,9 +45,15 @@ def default_settings() -> QSettings:
 class MainWindow(QMainWindow):
     """``settings`` and ``controller`` may be injected (tests use a temporary settings file)."""
 
+    #: Closing while a task runs asks first and then lets it wind down with the window still
+    #: drawing; False cancels and waits at once (tests that close a busy window use it).
+    confirm_close_when_busy = True
+
     def __init__(self, settings: Optional[QSettings] = None, controller: Optional[Controller] = None,
                  cuda_available: Optional[bool] = None, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent)
+        self._shutdown_timer: Optional[QTimer] = None
+        self._shutdown_done = False
         self.settings = settings if settings is not None else default_settings()
         self.controller = controller if controller is not None else Controller(parent=self)
         if cuda_available is None:
@@ -143,9 +151,11 @@ class MainWindow(QMainWindow):
             m.addAction(dock.toggleViewAction())
         m.addSeparator()
         self._action(m, "Toggle &heat map", self.image_view.toggle_heat, "H")
+        self._action(m, "Toggle &ground-truth outline", self.image_view.toggle_outline, "G")
         self._action(m, "Zoom &in", lambda: self.image_view.zoom(1.25), [QKeySequence("+"), QKeySequence("=")])
         self._action(m, "Zoom &out", lambda: self.image_view.zoom(1 / 1.25), "-")
         self._action(m, "&Fit image", self.image_view.fit, "0")
+        self._action(m, "&Actual size (1:1)", self.image_view.actual_size, "1")
         m.addSeparator()
         self._action(m, "&Flagged only", self.gallery.toggle_flagged_only, "F", "Show only flagged images")
         self._action(m, "Sort by &score", lambda: self.gallery.set_sort_by_score(True), "S")
@@ -197,14 +207,17 @@ class MainWindow(QMainWindow):
         c.result_changed.connect(self._result_changed)
         c.threshold_changed.connect(self._threshold_changed)
         c.map_range_changed.connect(self.image_view.set_map_range)
+        c.heat_scale_changed.connect(self.image_view.set_heat_scale)
         c.busy_changed.connect(self._busy_changed)
         c.progressed.connect(self.detector_panel.set_progress)
         c.logged.connect(self._logged)
         c.exported.connect(self._exported)
         c.image_loaded.connect(self.image_view.set_image)
         c.image_failed.connect(self.image_view.set_failed)
+        c.outline_loaded.connect(self.image_view.set_outline)
         c.device_described.connect(self._device_described)
         c.grouping_changed.connect(self._grouping_changed)
+        c.stale_changed.connect(self._stale_changed)
 
         self.gallery.current_changed.connect(self._current_changed)
         self.gallery.current_changed.connect(self.grouping.set_current)
@@ -221,9 +234,10 @@ class MainWindow(QMainWindow):
         p.run_clicked.connect(self.run_detector)
         p.cancel_clicked.connect(lambda: c.cancel())
         p.good_folder_changed.connect(self.set_good_folder)
+        p.good_folder_edited.connect(self._good_folder_edited)
         p.browse_good_clicked.connect(self._browse_good)
         p.settings_changed.connect(self._update_model_state)
-        p.fpr_spin.valueChanged.connect(self._update_model_state)
+        p.fpr_spin.valueChanged.connect(self._fpr_changed)
         p.detector_selected.connect(self._detector_selected)
 
     # ================================================================== settings
@@ -238,6 +252,17 @@ class MainWindow(QMainWindow):
         good = s.value("good_folder", "", type=str)
         if good and Path(good).is_dir():
             self.set_good_folder(good)
+        try:
+            kept = json.loads(s.value("detector/settings", "{}", type=str) or "{}")
+        except ValueError:
+            kept = {}
+        self.detector_panel.restore_settings(kept if isinstance(kept, dict) else {})
+        name = s.value("detector/current", "", type=str)
+        if name in REGISTRY and REGISTRY[name].availability()[0] and name != self.detector_panel.current_name():
+            self.detector_panel.select_detector(name)
+        thumb = s.value("gallery/thumb_size", 0, type=int)
+        if thumb:
+            self.gallery.set_thumb_size(thumb)
         self._rebuild_recent()
 
     def save_settings(self) -> None:
@@ -245,6 +270,9 @@ class MainWindow(QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState(STATE_VERSION))
         s.setValue("good_folder", str(self.controller.good_folder or ""))
+        s.setValue("detector/settings", json.dumps(self.detector_panel.kept_settings()))
+        s.setValue("detector/current", self.detector_panel.current_name())
+        s.setValue("gallery/thumb_size", self.gallery.thumb_size())
         s.sync()
 
     def recent_folders(self) -> list[str]:
@@ -280,13 +308,19 @@ class MainWindow(QMainWindow):
             self.controller.open_folder(self.controller.folder.folder, recursive=on)
 
     def set_good_folder(self, folder: Optional[str]) -> None:
+        """Use ``folder`` for training and show it; one that cannot be used is shown as such and
+        blocks Train (and Run when Run would train) until it is corrected."""
         folder = (folder or "").strip()
-        if folder and not Path(folder).expanduser().is_dir():
-            self.controller.log("error", f"Good-image folder not found: {folder}")
-            return
+        if self.detector_panel.good_edit.text().strip() != folder:
+            self.detector_panel.set_good_folder(folder)  # -> _good_folder_edited
+        self._good_folder_edited(folder)
+        problem = self.controller.good_folder_problem() if folder else ""
+        if problem:
+            self.controller.log("error", f"{problem[0].upper()}{problem[1:]}: Train is blocked until it is corrected")
+
+    def _good_folder_edited(self, folder: str) -> None:
         self.controller.set_good_folder(folder or None)
-        if self.detector_panel.good_edit.text() != folder:
-            self.detector_panel.set_good_folder(folder)
+        self._update_model_state()
 
     def _browse_good(self) -> None:
         start = str(self.controller.good_folder or (self.controller.folder.folder if self.controller.folder else ""))
@@ -306,15 +340,24 @@ class MainWindow(QMainWindow):
         return self.controller.run(p.current_name(), p.overrides(), p.fpr(), p.device())
 
     def request_cancel(self, confirm: Optional[bool] = None) -> bool:
-        """Esc: cancel the running task after confirmation (``confirm`` answers it in advance)."""
+        """Esc: cancel the running task after confirmation (``confirm`` answers it in advance).
+
+        The task keeps running while the question is open; if it has ended by the time the
+        answer comes, nothing is cancelled and the window says so."""
         c = self.controller
         if not c.busy:
             return False
+        operation, title = c.operation, c.busy_title
         if confirm is None:
-            answer = QMessageBox.question(self, "Cancel", f"Stop '{c.busy_title}'?",
-                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            answer = QMessageBox.question(self, "Cancel", f"Stop '{title}'?\n\nIt keeps running while this "
+                                          "question is open.", QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
             confirm = answer == QMessageBox.Yes
-        return c.cancel() if confirm else False
+        if not confirm:
+            return False
+        if c.busy and c.operation == operation:  # the same command (a scan after its training included)
+            return c.cancel()
+        c.log("info", f"'{title}' finished before the cancel was confirmed; nothing was cancelled.")
+        return False
 
     def _ask_overwrite(self, what: str, folder: Path, existing: list[Path]) -> bool:
         names = "\n".join(f"  {p.relative_to(folder) if p.is_relative_to(folder) else p}" for p in existing[:6])
@@ -332,8 +375,9 @@ class MainWindow(QMainWindow):
         if c.result is None:
             c.log("error", "Nothing to export: run a complete scan first.")
             return False
-        if out_dir is None:
-            start = str(c.last_export_dir or (c.folder.folder if c.folder else Path.home()))
+        if out_dir is None:  # the last export folder (this session or an earlier one), never the data folder
+            last = c.last_export_dir or self.settings.value("export/last_dir", "", type=str)
+            start = str(last) if last and Path(last).is_dir() else str(Path.home())
             out_dir = QFileDialog.getExistingDirectory(self, f"Export {EXPORT_KINDS[kind]} to folder", start)
             if not out_dir:
                 return False
@@ -347,11 +391,23 @@ class MainWindow(QMainWindow):
                 return False
         return c.export(kind, out)
 
-    def save_model(self, folder: Optional[str] = None, overwrite: Optional[bool] = None) -> bool:
+    def save_model(self, folder: Optional[str] = None, overwrite: Optional[bool] = None,
+                   store_hand_threshold: Optional[bool] = None) -> bool:
+        """Save the model; with a threshold set by hand in force, asks whether to store it with
+        the model (``store_hand_threshold`` answers in advance)."""
         c = self.controller
         if c.detector is None:
             c.log("error", "No trained model to save: train one or open a saved model first.")
             return False
+        hand, own = c.threshold_override, c.detector.threshold
+        if hand is not None and store_hand_threshold is None:
+            answer = QMessageBox.question(
+                self, "Save the hand-set threshold?",
+                f"The threshold in force, {hand.value:.6g}, was set by hand. The model's own threshold is "
+                f"{own.describe() if own else 'none'}.\n\nYes: save {hand.value:.6g} with the model (it is recorded "
+                "as set by hand).\nNo: save the model with its own threshold.",
+                QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
+            store_hand_threshold = answer == QMessageBox.Yes
         if folder is None:
             folder = QFileDialog.getExistingDirectory(self, "Save the model into folder", str(Path.home()))
             if not folder:
@@ -363,7 +419,7 @@ class MainWindow(QMainWindow):
             if not overwrite:
                 c.log("info", f"Model not saved: {folder} already holds a model.")
                 return False
-        return c.save_model(folder)
+        return c.save_model(folder, store_hand_threshold=bool(store_hand_threshold))
 
     def open_model(self, folder: Optional[str] = None) -> bool:
         if folder is None:
@@ -381,7 +437,7 @@ class MainWindow(QMainWindow):
                           f"<b>{APP_NAME}</b><p>Open a folder of part images, train or choose a detector, "
                           "and inspect anomaly heat maps, the score histogram and the flagged parts.</p>"
                           "<p>Keys: arrows / PageUp / PageDown move through the gallery; H toggles the heat "
-                          "map; + / - zoom, 0 fits; F shows only flagged images; S / N sort by score / name; "
+                          "map, G the ground-truth outline; + / - zoom, 0 fits, 1 shows 1:1; F shows only flagged images; S / N sort by score / name; "
                           "Esc cancels the running task.</p>")
 
     # ================================================================== controller -> views
@@ -441,6 +497,8 @@ class MainWindow(QMainWindow):
     def _result_changed(self, result: Optional[ScanResult]) -> None:
         self._drop_pending_rows()
         c = self.controller
+        self.histogram.source = c.threshold_source
+        self.image_view.source = c.threshold_source
         rows = result.rows if result is not None else []
         self.gallery.show_result(rows, c.detector_name, c.threshold)
         grouped = result is not None and result.grouping is not None
@@ -466,9 +524,18 @@ class MainWindow(QMainWindow):
     def _threshold_changed(self, threshold) -> None:
         c = self.controller
         self.gallery.refresh_flags(c.rows(), threshold)
+        self.histogram.source = c.threshold_source
         self.histogram.set_threshold(threshold)
-        self.image_view.update_flags(threshold)
+        self.image_view.update_flags(threshold, c.threshold_source)
         self._update_model_state()
+
+    def _stale_changed(self, text: str) -> None:
+        """Results of a previous run stay visible, greyed and labelled, until the new ones arrive."""
+        shown = text if self.controller.result is not None else ""  # a scan's own live rows are current
+        self.gallery.set_stale(shown)
+        self.histogram.set_stale(shown)
+        self.image_view.set_stale(shown)
+        self.grouping.set_stale(text)
 
     def _detector_changed(self, det: Optional[Detector]) -> None:
         p = self.detector_panel
@@ -480,6 +547,14 @@ class MainWindow(QMainWindow):
         self._update_model_state()
         self._sync_actions()
 
+    def _fpr_changed(self, fpr: float) -> None:
+        """A new target FPR re-calibrates the model in memory on its held-out scores (when it is
+        the one the panel shows) instead of asking for a retrain."""
+        c, p = self.controller, self.detector_panel
+        if c.detector is not None and c.detector_matches(p.current_name(), p.overrides()):
+            c.recalibrate(fpr)
+        self._update_model_state()
+
     def _detector_selected(self, name: str) -> None:
         for act in self.detector_group.actions():
             act.setChecked(act.data() == name)
@@ -489,24 +564,28 @@ class MainWindow(QMainWindow):
         c, p = self.controller, self.detector_panel
         name = p.current_name()
         det = c.detector
-        if det is not None and c.detector_matches(name, p.overrides(), p.fpr()):
-            if det.zero_shot:
-                text = f"Model: {det.name} (zero-shot), ready to run"
-            else:
-                thr = c.threshold_override or det.threshold
-                how = ("set by hand" if thr.method == "explicit" else f"calibrated at FPR {thr.fpr:g}") if thr else ""
-                n = det.meta.get("n_train")
-                text = (f"Model: {det.name}" + (f", trained on {n} images" if n else "")
-                        + (f"; threshold {thr.value:.4g} ({how})" if thr else "; no threshold"))
+        zero_shot = REGISTRY[name].zero_shot
+        matches = det is not None and c.detector_matches(name, p.overrides(), p.fpr())
+        problem = "" if zero_shot or c.good_folder is None else c.good_folder_problem()
+        if zero_shot:
+            text = "Zero-shot: needs no good images; press Run."
+            if det is not None and not matches:
+                text += f" (The {det.name} model stays in memory until then.)"
             p.set_model_state(text)
+        elif matches:
+            thr = c.threshold
+            n = det.meta.get("n_train")
+            p.set_model_state(f"Model: {det.name}" + (f", trained on {n} images" if n else "")
+                              + (f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr else "; no threshold"))
         elif det is not None:
             p.set_model_state(f"Model in memory: {det.name} with other settings or target FPR. "
-                              "Run trains a new one.", stale=True)
-        elif REGISTRY[name].zero_shot:
-            p.set_model_state("Zero-shot: no training needed; press Run.")
+                              + (f"Run would train a new one, but the {problem}." if problem
+                                 else "Run trains a new one."), stale=True)
         else:
             p.set_model_state("No model yet: choose the good images and press Train or Run "
-                              "(or File > Open model…).")
+                              "(or File > Open model…)." if not problem else f"No model yet, and the {problem}.")
+        p.set_good_state(problem)
+        p.set_allowed(train=not problem, run=zero_shot or matches or not problem)
         for act in self.detector_group.actions():
             act.setChecked(act.data() == name)
 
@@ -535,13 +614,52 @@ class MainWindow(QMainWindow):
         self.menuBar().adjustSize()
 
     def _exported(self, folder: str) -> None:
+        self.settings.setValue("export/last_dir", folder)
         self.open_export_action.setEnabled(True)
         self._sync_actions()
 
     # ================================================================== closing
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self.controller.busy:
-            self.statusBar().showMessage("Cancelling the running task…")
+        """Closing while a task runs asks first; then the task is cancelled and the window stays
+        up, drawing the shutdown's progress, until every job has stopped (the UI thread never
+        waits on it). A second close during the shutdown waits for it."""
+        c = self.controller
+        winding_down = self._shutdown_timer is not None
+        if c.busy and not winding_down and self.confirm_close_when_busy:
+            answer = QMessageBox.question(self, "Quit while working?",
+                                          f"'{c.busy_title}' is still running. Cancel it and close?",
+                                          QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            if answer != QMessageBox.Yes:
+                event.ignore()
+                return
+            event.ignore()
+            self._begin_shutdown(c.busy_title)
+            return
+        if winding_down and not self._shutdown_done:
+            self._shutdown_timer.stop()  # closed again: wait here for the last jobs
         self.save_settings()
-        self.controller.shutdown()
+        c.shutdown()
         super().closeEvent(event)
+
+    def _begin_shutdown(self, title: str) -> None:
+        started = time.monotonic()
+        self.controller.shutdown(timeout_ms=0)  # cancel everything, start nothing new, do not wait
+        for w in (self.gallery, self.image_view, self.histogram, self.grouping):
+            w.setEnabled(False)
+        self.menuBar().setEnabled(False)
+        p = self.detector_panel
+        p.set_busy(f"Cancelling '{title}' to close…")
+        self.statusBar().showMessage(f"Cancelling '{title}'; the window closes when it has stopped…")
+
+        def poll() -> None:
+            if self.controller.runner.is_running():
+                p.progress_label.setText(f"Cancelling '{title}' to close… {time.monotonic() - started:.1f} s")
+                return
+            self._shutdown_timer.stop()
+            self._shutdown_done = True
+            self.close()
+
+        self._shutdown_timer = QTimer(self)
+        self._shutdown_timer.setInterval(50)
+        self._shutdown_timer.timeout.connect(poll)
+        self._shutdown_timer.start()

@@ -209,7 +209,8 @@ class DetectorPanel(QWidget):
 
     detector_selected = Signal(str)
     settings_changed = Signal()
-    good_folder_changed = Signal(str)
+    good_folder_changed = Signal(str)  # confirmed (Enter, focus out)
+    good_folder_edited = Signal(str)  # every change of the text: what is shown is what is used
     browse_good_clicked = Signal()
     train_clicked = Signal()
     run_clicked = Signal()
@@ -236,6 +237,8 @@ class DetectorPanel(QWidget):
         self.good_edit.setToolTip("Trained detectors learn what normal looks like from these images; 10 % "
                                   "(at least 3) are held out to calibrate the threshold.")
         self.good_edit.editingFinished.connect(lambda: self.good_folder_changed.emit(self.good_edit.text().strip()))
+        self.good_edit.textChanged.connect(lambda text: self.good_folder_edited.emit(text.strip()))
+        self._good_tip = self.good_edit.toolTip()
         browse = QToolButton()
         browse.setText("…")
         browse.setToolTip("Choose the folder of good images")
@@ -264,6 +267,12 @@ class DetectorPanel(QWidget):
         common.addRow("target FPR", self.fpr_spin)
         common.addRow("device", self.device_combo)
         self.good_label = common.labelForField(self.good_row)
+        self.fpr_label = common.labelForField(self.fpr_spin)
+        self._busy = False
+        self._kept: dict[str, dict[str, Any]] = {}  # each detector's settings, kept when switching away
+        self._shown: Optional[str] = None
+        self._allowed = (True, True)  # Train, Run (by what the settings and the good folder allow)
+        self._progress_message = ""
 
         self.model_label = _label("No model trained", "modelState", wrap=True)
         self.train_button = QPushButton("Train")
@@ -331,12 +340,37 @@ class DetectorPanel(QWidget):
         self._show_detector(self.current_name())
         self.detector_selected.emit(self.current_name())
 
+    def kept_settings(self) -> dict[str, dict[str, Any]]:
+        """Every detector's settings as last shown (the current one's as they are now)."""
+        if self._shown is not None:
+            self._kept[self._shown] = self.form.values()
+        return {k: dict(v) for k, v in self._kept.items()}
+
+    def restore_settings(self, kept: dict[str, dict[str, Any]]) -> None:
+        """Settings per detector (e.g. from the last session); the current form follows."""
+        self._kept = {k: dict(v) for k, v in kept.items() if k in REGISTRY and isinstance(v, dict)}
+        if self._shown is not None:
+            self._apply_kept(self._shown)
+            self.settings_changed.emit()
+
+    def _apply_kept(self, name: str) -> None:
+        for key, value in self._kept.get(name, {}).items():
+            try:
+                self.form.set_value(key, value)
+            except (KeyError, TypeError, ValueError):
+                pass  # a setting this version no longer has, or of another type: the default stays
+
     def _show_detector(self, name: str, config: Optional[DetectorConfig] = None) -> None:
         cls = REGISTRY[name]
         self.summary.setText(cls.summary)
+        if self._shown is not None and self.form.config_class is not None:
+            self._kept[self._shown] = self.form.values()
         self.form.set_config(cls.config_class, config)
+        self._shown = name
+        if config is None:
+            self._apply_kept(name)
         trained = not cls.zero_shot
-        for w in (self.good_row, self.good_label, self.fpr_spin, self.train_button):
+        for w in (self.good_row, self.good_label, self.fpr_spin, self.fpr_label, self.train_button):
             if w is not None:
                 w.setVisible(trained)
         self.settings_changed.emit()
@@ -346,21 +380,45 @@ class DetectorPanel(QWidget):
         self.model_label.setProperty("stale", stale)
         self.model_label.setStyleSheet(f"color: {ACCENT};" if stale else "")
 
-    def set_busy(self, title: str) -> None:
-        busy = bool(title)
+    def set_good_state(self, problem: str) -> None:
+        """Mark the good-folder field as unusable (``problem`` says why) or usable ("")."""
+        self.good_edit.setProperty("invalid", bool(problem))
+        self.good_edit.setStyleSheet(f"border: 1px solid {ACCENT};" if problem else "")
+        self.good_edit.setToolTip(f"{problem}\n\n{self._good_tip}" if problem else self._good_tip)
+
+    def set_allowed(self, train: bool, run: bool) -> None:
+        """Whether Train and Run can start now (apart from a running task)."""
+        self._allowed = (train, run)
+        self._sync_buttons()
+
+    def _sync_buttons(self) -> None:
+        busy = self._busy
         self.cancel_button.setEnabled(busy)
-        self.train_button.setEnabled(not busy)
-        self.run_button.setEnabled(not busy)
+        self.train_button.setEnabled(not busy and self._allowed[0])
+        self.run_button.setEnabled(not busy and self._allowed[1])
         self.combo.setEnabled(not busy)
-        self.progress.setRange(0, 0 if busy else 1)  # indeterminate until the first report
+
+    def set_busy(self, title: str) -> None:
+        self._busy = bool(title)
+        self._sync_buttons()
+        self.progress.setRange(0, 0 if self._busy else 1)  # indeterminate until the first report
         self.progress.setValue(0)
+        self._progress_message = ""
         self.progress_label.setText(title or "idle")
 
     def set_progress(self, done: int, total: int, message: str) -> None:
+        """The bar shows the whole task; the label gives the same fraction, then the message of
+        the stage under way (which may count something else, e.g. "scored 32 of 83" while
+        the batch model's training has already filled most of the bar)."""
+        if message:
+            self._progress_message = message
         if total > 0:
             self.progress.setRange(0, total)
             self.progress.setValue(min(done, total))
-        if message:
+            pct = int(100 * min(done, total) / total)
+            self.progress_label.setText(f"{pct} % · {self._progress_message}" if self._progress_message
+                                        else f"{pct} %")
+        elif message:
             self.progress_label.setText(message)
 
 

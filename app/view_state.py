@@ -20,7 +20,10 @@ class ViewState:
         self.live: list[ScanRow] = []  # rows of the scan in progress
         self.previous: Optional[ScanResult] = None  # the complete scan a running one will replace
         self.threshold_override: Optional[Threshold] = None  # set by hand (the histogram line)
-        self.map_range: tuple[float, float] = (0.0, 1.0)
+        self.model_source = ""  # where the model in memory came from: "trained now", "from the model m", …
+        self.scored_by: object = None  # the model that scored the complete result shown (compared by identity)
+        self.map_range: tuple[float, float] = (0.0, 1.0)  # the batch-wide heat-map scale (exports use it)
+        self.heat_scale = None  # app.workers.HeatScale anchored at the threshold, or None
         self._rows_by_path: dict[str, ScanRow] = {}
 
     # ------------------------------------------------------------------ rows
@@ -31,8 +34,9 @@ class ViewState:
     def row_for(self, path: Path) -> Optional[ScanRow]:
         return self._rows_by_path.get(str(path))
 
-    def set_result(self, result: Optional[ScanResult]) -> None:
+    def set_result(self, result: Optional[ScanResult], scored_by: object = None) -> None:
         self.result = result
+        self.scored_by = scored_by if result is not None else None
         self.live = []
         self._rows_by_path = {str(r.path): r for r in result.rows} if result else {}
 
@@ -49,19 +53,40 @@ class ViewState:
             self._rows_by_path[str(row.path)] = row
         self.live.extend(rows)
 
-    def finish_scan(self, result: ScanResult) -> None:
+    def finish_scan(self, result: ScanResult, scored_by: object = None) -> None:
         if self.threshold_override is not None:
             result.apply_threshold(self.threshold_override)
         self.previous = None
-        self.set_result(result)
+        self.set_result(result, scored_by)
 
     def abandon_scan(self) -> tuple[int, Optional[ScanResult]]:
         """A scan that did not complete: its partial rows are dropped and the previous
         complete result (if any) is shown again. Returns (partial rows dropped, previous)."""
         n = len(self.live)
         prev, self.previous = self.previous, None
-        self.set_result(prev)
+        self.set_result(prev, self.scored_by)
         return n, prev
+
+    def stale(self, model: object, running: bool) -> str:
+        """"" when the results shown are current; otherwise what they are ("previous run (ocsvm)"):
+        a new run (``running``) is under way, or ``model`` (the one in memory) did not score them."""
+        shown = self.result if self.result is not None else self.previous
+        if shown is not None and (running or model is not self.scored_by):
+            return f"previous run ({shown.detector})"
+        return ""
+
+    def threshold_source(self, detector_threshold: Optional[Threshold]) -> str:
+        """Where the threshold in force came from, in words (shown beside it everywhere)."""
+        thr = self.threshold(detector_threshold)
+        if thr is None:
+            return "no threshold"
+        if self.threshold_override is not None or thr.method == "explicit":
+            how = "set by hand"
+        else:
+            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} held-out good images"
+        if self.threshold_override is None and self.model_source:
+            return f"{how}, {self.model_source}"
+        return how
 
     def clear(self) -> None:
         self.set_result(None)

@@ -16,6 +16,18 @@ from typing import Optional
 import numpy as np
 
 from core.data.images import ImageReadError, list_images, read_thumbnail
+from core.io.export import (
+    FLAGGED_NAME,
+    HEATMAP_DIR,
+    RESULTS_NAME,
+    SCALE_NAME,
+    SKIPPED_NAME,
+    export_scan,
+    heatmap_names,
+    write_flagged,
+    write_heatmaps,
+)
+from core.results import ScanResult, ScanRow
 
 THUMB_SIZE = 128  # long side of a gallery thumbnail, pixels
 THUMB_CHUNK = 16  # thumbnails decoded between two cancel checks
@@ -69,3 +81,139 @@ def list_folder(folder: Path, recursive: Optional[bool]) -> FolderInfo:
             return FolderInfo(folder, paths, False)
         return FolderInfo(folder, list_images(folder, recursive=True), True)
     return FolderInfo(folder, list_images(folder, recursive=recursive), recursive)
+
+
+# ------------------------------------------------------------------ heat-map scales
+@dataclass
+class HeatScale:
+    """Colour scale of the heat maps: ``lo`` is transparent, ``hi`` the hottest colour and, for
+    a threshold-anchored scale, ``anchor`` the map level of the decision threshold (what the
+    hottest pixel of an image scoring exactly at the threshold reaches): above it, hot."""
+
+    lo: float
+    hi: float
+    anchor: Optional[float] = None
+
+
+HOT_SPAN = 3.0  # the anchored scale ends at this many times the anchor's height above the background
+
+
+def _peak(m: np.ndarray) -> float:
+    return float(np.nanmax(m))
+
+
+def anchored_scale(scores: list[float], maps: list[np.ndarray], threshold: Optional[float]) -> Optional[HeatScale]:
+    """The threshold-anchored scale of a batch, or None when it has no threshold to anchor at.
+
+    The anchor is read off the batch itself, for any detector: the images' map peaks against
+    their scores (made non-decreasing), interpolated at the threshold. For a detector whose
+    score is its map's maximum (pixel-gaussian) that is the threshold itself; for the others it
+    is the peak level an image at the threshold reaches. The scale runs from the typical
+    background (median of the maps' medians) to ``HOT_SPAN`` times the anchor's height above
+    it, so the anchor sits a third of the way up and anything well above it is at full heat.
+    """
+    if threshold is None or not maps or len(scores) != len(maps):
+        return None
+    s = np.asarray(scores, dtype=np.float64)
+    peaks = np.array([_peak(m) for m in maps], dtype=np.float64)
+    ok = np.isfinite(s) & np.isfinite(peaks)
+    if ok.sum() < 2:
+        return None
+    order = np.argsort(s[ok], kind="stable")
+    xs, ys = s[ok][order], np.maximum.accumulate(peaks[ok][order])
+    anchor = float(np.interp(threshold, xs, ys))
+    lo = float(np.nanmedian([np.nanmedian(m) for m in maps]))
+    if not anchor > lo:
+        anchor = lo + max(1e-6, abs(lo) * 1e-3)
+    return HeatScale(lo, lo + HOT_SPAN * (anchor - lo), anchor)
+
+
+def image_scale(m: np.ndarray) -> HeatScale:
+    """A scale for one map alone: its lowest value to its 99.9th percentile."""
+    finite = m[np.isfinite(m)]
+    if finite.size == 0:
+        return HeatScale(0.0, 1.0)
+    lo, hi = float(finite.min()), float(np.percentile(finite, 99.9))
+    return HeatScale(lo, hi if hi > lo else lo + 1.0)
+
+
+# ------------------------------------------------------------------ ground-truth masks
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+
+
+def find_mask(path: Path) -> Optional[Path]:
+    """The ground-truth mask of the image at ``path``, when its folder follows a known layout:
+    MVTec AD (``<category>/test/<type>/<name>`` -> ``<category>/ground_truth/<type>/<name>_mask.png``)
+    or MTD (a ``.png`` of the same name beside a ``.jpg``). None otherwise.
+
+    Only for showing the outline of one image; which files of a folder are masks rather than
+    parts is decided by the folder listing in ``core.data``.
+    """
+    path = Path(path)
+    if path.parent.parent.name == "test":
+        folder = path.parent.parent.parent / "ground_truth" / path.parent.name
+        for stem in (f"{path.stem}_mask", path.stem):
+            for ext in MASK_SUFFIXES:
+                if (folder / f"{stem}{ext}").is_file():
+                    return folder / f"{stem}{ext}"
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        beside = path.with_suffix(".png")
+        if beside.is_file():
+            return beside
+    return None
+
+
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The border pixels of a bool mask (``width`` pixels thick, inside the region)."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    for _ in range(max(1, width)):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return m & ~inner
+
+
+def read_outline(path: Path) -> Optional[np.ndarray]:
+    """The outline of the ground-truth mask of ``path`` (None: no mask, or an empty one)."""
+    from core.data.layouts import DatasetError, read_mask
+
+    mask_path = find_mask(path)
+    if mask_path is None:
+        return None
+    try:
+        mask = read_mask(mask_path)
+    except DatasetError:
+        return None
+    if not mask.any():
+        return None
+    return mask_outline(mask, max(1, max(mask.shape) // 300))
+
+
+# ------------------------------------------------------------------ exports
+EXPORT_KINDS = {"flagged": "flagged list", "heatmaps": "heat maps", "results": "full results"}
+
+
+def export_targets(rows: list[ScanRow], kind: str, out: Path) -> list[Path]:
+    """Files an export of ``kind`` of ``rows`` into ``out`` would replace."""
+    maps = [r for r in rows if r.anomaly_map is not None]
+    heat = [out / HEATMAP_DIR / n for n in heatmap_names(maps)] + ([out / SCALE_NAME] if maps else [])
+    names = {"flagged": [out / FLAGGED_NAME, out / "flagged.csv"],
+             "heatmaps": heat,
+             "results": [out / RESULTS_NAME, out / FLAGGED_NAME, out / SKIPPED_NAME, *heat]}[kind]
+    return [p for p in names if p.exists()]
+
+
+def write_export(kind: str, out: Path, result: ScanResult, value_range: tuple[float, float]) -> str:
+    """Write ``kind`` ('flagged', 'heatmaps' or 'results') of ``result`` into ``out``; says what."""
+    if kind == "flagged":
+        write_flagged(out, result.rows, with_scores=True)
+        return f"{len(result.flagged)} flagged paths (flagged.txt, flagged.csv)"
+    if kind == "heatmaps":
+        folder, n = write_heatmaps(out, result.rows, value_range=value_range)
+        return f"{n} heat maps ({folder.name}/)" if n else "no heat maps (this detector makes none)"
+    written = export_scan(out, result)
+    return ", ".join(p.name for p in written.values())

@@ -201,3 +201,24 @@ def test_busy_controller_refuses_a_second_main_task(qtbot, ctrl, parts):
     assert logs[-1][0] == "warning" and "Busy" in logs[-1][1]
     ctrl.cancel()
     qtbot.waitUntil(lambda: not ctrl.busy, timeout=5000)
+
+
+def test_view_state_says_whether_results_are_current_and_where_the_threshold_came_from():
+    s = ViewState()
+    model, other = object(), object()
+    calibrated = Threshold(2.0, "calibrated", fpr=0.05, n_calibration=7)
+    assert s.stale(model, running=False) == "" and s.threshold_source(None) == "no threshold"
+    res = ScanResult("ocsvm", rows(1.0, 5.0), [], calibrated)
+    s.begin_scan()
+    s.finish_scan(res, scored_by=model)
+    assert s.stale(model, running=False) == ""
+    assert s.stale(model, running=True) == "previous run (ocsvm)"  # a new run is under way
+    assert s.stale(other, running=False) == "previous run (ocsvm)"  # another model is in memory
+    s.model_source = "from the model m"
+    assert s.threshold_source(calibrated) == "calibrated at FPR 0.05 on 7 held-out good images, from the model m"
+    s.apply_threshold(Threshold.explicit(3.0))
+    assert s.threshold_source(calibrated) == "set by hand"
+    s.begin_scan()
+    assert s.stale(model, running=True) == "previous run (ocsvm)"  # the groups dock still shows it
+    s.abandon_scan()
+    assert s.result is res and s.stale(model, running=False) == ""
