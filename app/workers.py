@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from core.data.images import ImageReadError, list_images, read_thumbnail
+from core.data.layouts import mask_for_image
 from core.io.export import (
     FLAGGED_NAME,
     HEATMAP_DIR,
@@ -138,31 +139,6 @@ def image_scale(m: np.ndarray) -> HeatScale:
 
 
 # ------------------------------------------------------------------ ground-truth masks
-MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
-
-
-def find_mask(path: Path) -> Optional[Path]:
-    """The ground-truth mask of the image at ``path``, when its folder follows a known layout:
-    MVTec AD (``<category>/test/<type>/<name>`` -> ``<category>/ground_truth/<type>/<name>_mask.png``)
-    or MTD (a ``.png`` of the same name beside a ``.jpg``). None otherwise.
-
-    Only for showing the outline of one image; which files of a folder are masks rather than
-    parts is decided by the folder listing in ``core.data``.
-    """
-    path = Path(path)
-    if path.parent.parent.name == "test":
-        folder = path.parent.parent.parent / "ground_truth" / path.parent.name
-        for stem in (f"{path.stem}_mask", path.stem):
-            for ext in MASK_SUFFIXES:
-                if (folder / f"{stem}{ext}").is_file():
-                    return folder / f"{stem}{ext}"
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        beside = path.with_suffix(".png")
-        if beside.is_file():
-            return beside
-    return None
-
-
 def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """The border pixels of a bool mask (``width`` pixels thick, inside the region)."""
     m = np.asarray(mask, dtype=bool)
@@ -181,7 +157,7 @@ def read_outline(path: Path) -> Optional[np.ndarray]:
     """The outline of the ground-truth mask of ``path`` (None: no mask, or an empty one)."""
     from core.data.layouts import DatasetError, read_mask
 
-    mask_path = find_mask(path)
+    mask_path = mask_for_image(path)
     if mask_path is None:
         return None
     try:

@@ -29,6 +29,7 @@ __all__ = [
     "load_folder",
     "load_mtd",
     "load_mvtec",
+    "mask_for_image",
     "read_mask",
 ]
 
@@ -141,6 +142,23 @@ def _mvtec_mask(category_dir: Path, defect: str, image: Path) -> Path | None:
             candidate = folder / f"{stem}{ext}"
             if candidate.is_file():
                 return candidate
+    return None
+
+
+def mask_for_image(path: StrPath) -> Path | None:
+    """The ground-truth mask of one image, when its folder follows a known layout: MVTec AD
+    (``<category>/test/<type>/<name>`` -> ``<category>/ground_truth/<type>/<name>_mask.png``) or
+    MTD (a ``.png`` of the same name beside a ``.jpg``); None otherwise. (Which files of a folder
+    are masks rather than parts is decided by :func:`core.data.listing.list_folder`.)"""
+    path = Path(path)
+    if path.parent.parent.name == "test":
+        found = _mvtec_mask(path.parent.parent.parent, path.parent.name, path)
+        if found is not None:
+            return found
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        beside = path.with_suffix(".png")
+        if beside.is_file():
+            return beside
     return None
 
 

@@ -195,7 +195,8 @@ def test_pixel_readout_zoom_percent_and_actual_size(qtbot):
 
 
 def test_ground_truth_outline_for_an_mvtec_layout(qtbot, tmp_path):
-    from app.workers import find_mask, read_outline
+    from app.workers import read_outline
+    from core.data.layouts import mask_for_image as find_mask
     from tests.conftest import write_png
 
     cat = tmp_path / "bottle"
@@ -224,7 +225,7 @@ def test_ground_truth_outline_for_an_mvtec_layout(qtbot, tmp_path):
 
 
 def test_mtd_mask_beside_the_jpeg(tmp_path):
-    from app.workers import find_mask
+    from core.data.layouts import mask_for_image as find_mask
     from tests.conftest import write_png
 
     write_png(tmp_path / "MT_Crack" / "Imgs" / "a.jpg", np.zeros((8, 8, 3), np.float32))
