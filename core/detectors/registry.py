@@ -12,6 +12,7 @@ from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.differnet import DifferNetDetector
 from core.detectors.ldm_zero_shot import LDMZeroShotDetector
 from core.detectors.ocsvm import OCSVMDetector
+from core.detectors.patchcore import PatchCoreDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.sanf import SANFDetector
 from core.detectors.score_resilience import ScoreResilienceDetector
@@ -26,6 +27,7 @@ REGISTRY: dict[str, type[Detector]] = {
     DifferNetDetector.name: DifferNetDetector,
     LDMZeroShotDetector.name: LDMZeroShotDetector,
     SANFDetector.name: SANFDetector,
+    PatchCoreDetector.name: PatchCoreDetector,
 }
 
 DEFAULT_DETECTOR = PixelGaussianDetector.name
