@@ -30,7 +30,15 @@ REGISTRY: dict[str, type[Detector]] = {
     PatchCoreDetector.name: PatchCoreDetector,
 }
 
-DEFAULT_DETECTOR = PixelGaussianDetector.name
+#: The no-weights fallback: it needs nothing but the good images.
+FALLBACK_DETECTOR = PixelGaussianDetector.name
+DEFAULT_DETECTOR = FALLBACK_DETECTOR  # kept for old imports; prefer default_detector()
+
+
+def default_detector() -> str:
+    """The GUI's and the demo's default: ``patchcore`` when its backbone weights are found
+    (they are a dependency), else the no-weights fallback ``pixel-gaussian``."""
+    return PatchCoreDetector.name if PatchCoreDetector.availability()[0] else FALLBACK_DETECTOR
 
 
 class UnknownDetectorError(KeyError):

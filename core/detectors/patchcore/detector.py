@@ -18,8 +18,11 @@ Where we depart, and why:
   numbers behind the choice are in docs/benchmarks.md.
 - Pre-processing: the image is resized to ``image_size`` without the paper's 256 -> 224 centre
   crop, so that the map covers the whole part (a crop would cut away border defects).
-- Memory: the training patches kept before subsampling are bounded by ``memory_mb``; beyond
-  it each image contributes a seeded random subset of its patches (the paper keeps them all).
+- Memory and time: the training patches kept before subsampling are bounded by ``memory_mb``
+  and by ``max_patches`` (the coreset's time grows with patches x bank size, about 10 ms a
+  selection per 150 000 patches on our 2-core CPU); beyond either bound each image contributes
+  a seeded random subset of its patches (the paper keeps them all). The coreset then keeps
+  ``coreset_ratio`` of the patches it was given (default the paper's 1 %).
 - Optional tiling (ours, ``tile_size``): an image much larger than the working size is cut
   into overlapping tiles of ``tile_size`` input pixels, each scored at the working resolution;
   the tile maps are averaged where they overlap, and the image score is the largest tile score.
@@ -65,7 +68,8 @@ class PatchCoreConfig(DetectorConfig):
     image_size: int = field(default=224, metadata={"help": "working resolution, pixels a side (paper: 224)", "min": 16, "max": 1024})
     feature_dim: int = field(default=0, metadata={"help": "patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
     patch_size: int = field(default=3, metadata={"help": "neighbourhood aggregated into each patch feature (paper: 3)", "min": 1, "max": 9, "advanced": True})
-    coreset_ratio: float = field(default=0.1, metadata={"help": "fraction of training patches kept in the memory bank by greedy coreset subsampling (paper: 0.1 or 0.01; 1 = all)", "min": 1e-4, "max": 1.0})
+    coreset_ratio: float = field(default=0.01, metadata={"help": "fraction of training patches kept in the memory bank by greedy coreset subsampling (paper: 0.1 or 0.01; 1 = all)", "min": 1e-4, "max": 1.0})
+    max_patches: int = field(default=200_000, metadata={"help": "bound on the training patches given to the coreset (its time grows with patches x bank size); above it each image gives a random subset", "min": 1, "max": 100_000_000, "advanced": True})
     projection_dim: int = field(default=128, metadata={"help": "random projection dimension for the coreset's distances (paper: 128; 0 = none)", "min": 0, "max": 4096, "advanced": True})
     memory_mb: int = field(default=1024, metadata={"help": "bound on the training patches held before subsampling (MB); above it each image gives a random subset", "min": 1, "max": 1_000_000, "advanced": True})
     neighbours: int = field(default=9, metadata={"help": "b, the bank neighbourhood of the re-weighting, eq. 7 (1 = plain maximum)", "min": 1, "max": 1000, "advanced": True})
@@ -100,7 +104,7 @@ class PatchCoreDetector(Detector):
     config_class = PatchCoreConfig
     min_train_images = 2
     fixed_after_fit = ("backbone", "weights_path", "image_size", "feature_dim", "patch_size", "coreset_ratio",
-                       "projection_dim", "memory_mb", "tile_size")
+                       "projection_dim", "memory_mb", "max_patches", "tile_size")
     score_neutral = ("blur_sigma",)  # the map only: the image score comes from the patch distances
 
     config: PatchCoreConfig
@@ -195,8 +199,10 @@ class PatchCoreDetector(Detector):
                     n, h, w, d = f.shape
                     if grid is None:  # the memory bound, from the first batch's patches per crop
                         grid = (h, w)
-                        per_crop = h * w * d * 4 * max(1.0, len(crops) / len(batch))
-                        keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (per_crop * total))
+                        per_crop = h * w * d * 4 * max(1.0, len(crops) / len(batch))  # bytes per image
+                        crops_per_image = max(1.0, len(crops) / len(batch))
+                        keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (per_crop * total),
+                                        cfg.max_patches / (h * w * crops_per_image * total))
                     f = f.reshape(n, h * w, d)
                     if keep_frac < 1.0:  # DEPARTURE: a seeded random subset of each crop's patches
                         k = max(1, int(h * w * keep_frac))
@@ -215,6 +221,7 @@ class PatchCoreDetector(Detector):
             n_keep = max(1, int(math.ceil(cfg.coreset_ratio * n_patches)))
             core = SubProgress(progress, 0.6, 0.99, "coreset subsampling")
             t1 = time.perf_counter()
+            extract_seconds = t1 - t0
             sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, core, cancel)
             bank = features[sel.cpu()].contiguous()
             del features
@@ -233,6 +240,7 @@ class PatchCoreDetector(Detector):
             "patches_kept_per_crop": float(keep_frac),
             "bank_size": int(bank.shape[0]),
             "bank_mb": round(bank.numel() * 4 / 2 ** 20, 2),
+            "extract_seconds": round(extract_seconds, 3),
             "coreset_seconds": round(time.perf_counter() - t1, 3),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
