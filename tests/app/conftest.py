@@ -63,6 +63,8 @@ def settings(tmp_path):
 def make_window(qtbot, settings) -> MainWindow:
     win = MainWindow(settings=settings, cuda_available=False)
     qtbot.addWidget(win)  # closed (which cancels and waits for jobs) at teardown
+    # the GUI tests drive the cheap baseline (the window's default is patchcore where its weights are)
+    win.select_detector("pixel-gaussian")
     win.show()
     return win
 
