@@ -22,7 +22,9 @@ Where we depart, and why:
   and by ``max_patches`` (the coreset's time grows with patches x bank size, about 10 ms a
   selection per 150 000 patches on our 2-core CPU); beyond either bound each image contributes
   a seeded random subset of its patches (the paper keeps them all). The coreset then keeps
-  ``coreset_ratio`` of the patches it was given (default the paper's 1 %).
+  ``coreset_ratio`` of the patches it was given (default the paper's 1 %), but at least
+  ``min_bank`` patches (ours): with 16 training images 1 % would leave 125 patches, too few to
+  describe normal variation, and good images then score close to defective ones.
 - Optional tiling (ours, ``tile_size``): an image much larger than the working size is cut
   into overlapping tiles of ``tile_size`` input pixels, each scored at the working resolution;
   the tile maps are averaged where they overlap, and the image score is the largest tile score.
@@ -69,6 +71,7 @@ class PatchCoreConfig(DetectorConfig):
     feature_dim: int = field(default=0, metadata={"help": "patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
     patch_size: int = field(default=3, metadata={"help": "neighbourhood aggregated into each patch feature (paper: 3)", "min": 1, "max": 9, "advanced": True})
     coreset_ratio: float = field(default=0.01, metadata={"help": "fraction of training patches kept in the memory bank by greedy coreset subsampling (paper: 0.1 or 0.01; 1 = all)", "min": 1e-4, "max": 1.0})
+    min_bank: int = field(default=2048, metadata={"help": "smallest memory bank (patches) whatever coreset_ratio says, so that few-shot training (8-16 images) keeps enough patches", "min": 1, "max": 10_000_000, "advanced": True})
     max_patches: int = field(default=200_000, metadata={"help": "bound on the training patches given to the coreset (its time grows with patches x bank size); above it each image gives a random subset", "min": 1, "max": 100_000_000, "advanced": True})
     projection_dim: int = field(default=128, metadata={"help": "random projection dimension for the coreset's distances (paper: 128; 0 = none)", "min": 0, "max": 4096, "advanced": True})
     memory_mb: int = field(default=1024, metadata={"help": "bound on the training patches held before subsampling (MB); above it each image gives a random subset", "min": 1, "max": 1_000_000, "advanced": True})
@@ -104,7 +107,7 @@ class PatchCoreDetector(Detector):
     config_class = PatchCoreConfig
     min_train_images = 2
     fixed_after_fit = ("backbone", "weights_path", "image_size", "feature_dim", "patch_size", "coreset_ratio",
-                       "projection_dim", "memory_mb", "max_patches", "tile_size")
+                       "projection_dim", "memory_mb", "max_patches", "min_bank", "tile_size")
     score_neutral = ("blur_sigma",)  # the map only: the image score comes from the patch distances
 
     config: PatchCoreConfig
@@ -218,7 +221,7 @@ class PatchCoreDetector(Detector):
             features = torch.cat(pool)
             del pool
             n_patches = features.shape[0]
-            n_keep = max(1, int(math.ceil(cfg.coreset_ratio * n_patches)))
+            n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
             core = SubProgress(progress, 0.6, 0.99, "coreset subsampling")
             t1 = time.perf_counter()
             extract_seconds = t1 - t0
