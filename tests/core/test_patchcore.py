@@ -256,3 +256,19 @@ def test_save_load_keeps_bank_and_meta(tmp_path):
     det.save(tmp_path / "m")
     again = load_model(tmp_path / "m", device="cpu")
     assert torch.equal(again.bank, det.bank) and again.meta["bank_size"] == det.bank.shape[0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_bank_index_matches_brute_force(backend):
+    from core.detectors.patchcore.anomaly_map import BankIndex, faiss_available
+
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss-cpu not installed")
+    rng = np.random.default_rng(5)
+    q, b = rng.normal(size=(40, 8)).astype(np.float32), rng.normal(size=(300, 8)).astype(np.float32)
+    ref = np.linalg.norm(q[:, None].astype(np.float64) - b[None], axis=2)
+    index = BankIndex(torch.from_numpy(b), backend=backend)
+    assert index.backend == backend
+    dist, idx = index.search(torch.from_numpy(q), 2)
+    assert np.array_equal(idx.numpy(), np.argsort(ref, axis=1)[:, :2])
+    assert np.allclose(dist.numpy(), np.sort(ref, axis=1)[:, :2], atol=1e-4)

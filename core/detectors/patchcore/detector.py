@@ -48,7 +48,7 @@ from core.data.images import Skipped, iter_batches
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import gaussian_blur, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.patchcore.anomaly_map import nearest, reweighted_score, stitch, tile_boxes
+from core.detectors.patchcore.anomaly_map import BankIndex, reweighted_score, stitch, tile_boxes
 from core.detectors.patchcore.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
 from core.detectors.patchcore.coreset import greedy_coreset
 from core.detectors.patchcore.torch_model import PatchFeatures
@@ -118,6 +118,7 @@ class PatchCoreDetector(Detector):
         self.bank: torch.Tensor | None = None
         self._weights: tuple[str, store.Location] | None = None
         self._cancel: CancelToken | None = None
+        self._index: BankIndex | None = None
 
     # ------------------------------------------------------------------ weights
     @classmethod
@@ -266,10 +267,11 @@ class PatchCoreDetector(Detector):
         """Image scores (eq. 6-7) and (n, h, w) nearest-neighbour distance maps of (n, h, w, D) features."""
         n, h, w, d = feats.shape
         bank = self.bank
-        bank_sq = (bank * bank).sum(1)
+        if self._index is None or self._index.bank is not bank:
+            self._index = BankIndex(bank)
         scores, maps = [], []
         for q in feats.reshape(n, h * w, d).float():
-            dist, idx = nearest(q, bank, 1, bank_sq)
+            dist, idx = self._index.search(q, 1)
             dist, idx = dist[:, 0], idx[:, 0]
             scores.append(reweighted_score(dist, idx, q, bank, self.config.neighbours))
             maps.append(dist.reshape(h, w))
