@@ -201,12 +201,11 @@ class PatchCoreDetector(Detector):
                     crops = [c for img in batch for c in self._crops(img)[0]]
                     f = self._features(crops)
                     n, h, w, d = f.shape
-                    if grid is None:  # the memory bound, from the first batch's patches per crop
+                    if grid is None:  # the bounds, from the first batch's patches per image
                         grid = (h, w)
-                        per_crop = h * w * d * 4 * max(1.0, len(crops) / len(batch))  # bytes per image
-                        crops_per_image = max(1.0, len(crops) / len(batch))
-                        keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (per_crop * total),
-                                        cfg.max_patches / (h * w * crops_per_image * total))
+                        patches_per_image = h * w * max(1.0, len(crops) / len(batch))  # tiles: several crops
+                        keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (patches_per_image * d * 4 * total),
+                                        cfg.max_patches / (patches_per_image * total))
                     f = f.reshape(n, h * w, d)
                     if keep_frac < 1.0:  # DEPARTURE: a seeded random subset of each crop's patches
                         k = max(1, int(h * w * keep_frac))
@@ -232,6 +231,8 @@ class PatchCoreDetector(Detector):
         except BaseException:
             self.model, self.bank = old  # a cancelled or failed fit leaves the previous state
             raise
+        finally:
+            self._cancel = None
         self.bank = bank.to(self.device)
         self.meta = {
             "backbone": backbone,
