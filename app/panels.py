@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.theme import ACCENT
 from core.detectors.config import DetectorConfig, field_type
-from core.detectors.registry import REGISTRY, detector_names
+from core.detectors.registry import REGISTRY, default_detector, detector_names
 from core.results.threshold import DEFAULT_FPR
 from core.runtime.device import DEVICE_CHOICES
 
@@ -308,6 +308,7 @@ class DetectorPanel(QWidget):
         lay.addWidget(self.progress)
         lay.addWidget(self.progress_label)
         lay.addStretch(1)
+        self.combo.setCurrentIndex(max(0, self.combo.findData(default_detector())))
         self.combo.currentIndexChanged.connect(self._combo_changed)
         self._combo_changed()
 

@@ -58,18 +58,19 @@ def has_display() -> bool:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.data.sample import default_sample_dir, generate_sample
-    from core.detectors.registry import DEFAULT_DETECTOR
+    from core.detectors.registry import default_detector
 
+    detector = default_detector()
     root = generate_sample(Path(args.dir).expanduser() if args.dir else default_sample_dir())
     info(f"sample parts in {root} (good/ for training, batch/ to inspect)", args.quiet)
     headless = args.headless or not has_display()
     if not headless:
         from app.gui import run_gui
 
-        return run_gui(folder=str(root / "batch"), good=str(root / "good"), detector=DEFAULT_DETECTOR, autorun=True)
+        return run_gui(folder=str(root / "batch"), good=str(root / "good"), detector=detector, autorun=True)
     info("no display: running the same job headless", args.quiet)
     ns = argparse.Namespace(
-        folder=str(root / "batch"), detector=DEFAULT_DETECTOR, train=str(root / "good"), model=None,
+        folder=str(root / "batch"), detector=detector, train=str(root / "good"), model=None,
         out=args.out or str(root / "results"), threshold=None, fpr=None, set=[], device=args.device,
         recursive=True, no_heatmaps=False, max_train=None, quiet=args.quiet, overwrite=False,
     )

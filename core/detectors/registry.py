@@ -12,6 +12,7 @@ from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.differnet import DifferNetDetector
 from core.detectors.ldm_zero_shot import LDMZeroShotDetector
 from core.detectors.ocsvm import OCSVMDetector
+from core.detectors.patchcore import PatchCoreDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.sanf import SANFDetector
 from core.detectors.score_resilience import ScoreResilienceDetector
@@ -26,9 +27,17 @@ REGISTRY: dict[str, type[Detector]] = {
     DifferNetDetector.name: DifferNetDetector,
     LDMZeroShotDetector.name: LDMZeroShotDetector,
     SANFDetector.name: SANFDetector,
+    PatchCoreDetector.name: PatchCoreDetector,
 }
 
-DEFAULT_DETECTOR = PixelGaussianDetector.name
+#: The no-weights fallback: it needs nothing but the good images.
+FALLBACK_DETECTOR = PixelGaussianDetector.name
+
+
+def default_detector() -> str:
+    """The GUI's and the demo's default: ``patchcore`` when its backbone weights are found
+    (they are a dependency), else the no-weights fallback ``pixel-gaussian``."""
+    return PatchCoreDetector.name if PatchCoreDetector.availability()[0] else FALLBACK_DETECTOR
 
 
 class UnknownDetectorError(KeyError):

