@@ -173,3 +173,34 @@ def test_offline_hub_id_gives_a_clear_message(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(PipelineError, match="no network"):
         load_diffusion_model("anomaly-inspector-tests/not-a-real-model")
+
+
+# --------------------------------------------------------------------------- batch-latent
+LATENT = {**TINY_BATCH, "model": "batch-latent", "latent_backbone": "tiny-random", "image_size": 16}
+
+
+def test_batch_latent_scores_in_a_frozen_encoders_standardised_feature_space():
+    """The batch model is trained on the batch's latents (a frozen encoder's map, standardised
+    with the batch's own per-channel statistics), never on labels; maps come back at image size."""
+    from core.detectors.common import to_tensor_batch
+
+    det = create_detector("ldm-zero-shot", LATENT, device="cpu")
+    imgs = [make_part(np.random.default_rng(i), size=24) for i in range(6)]
+    res = det.score(ImageSource(imgs))
+    assert sorted(res) == list(range(6)) and det.meta["variant"] == "batch-latent"
+    assert all(np.isfinite(r.score) and r.anomaly_map.shape == (24, 24) for r in res.values())
+    enc = det._encoder
+    assert not any(p.requires_grad for p in enc.parameters())
+    z = enc(to_tensor_batch(imgs, 16, 3))
+    assert z.shape == (6, enc.channels, 8, 8)  # tiny-random: stride 2
+    assert torch.allclose(z.mean((0, 2, 3)), torch.zeros(enc.channels), atol=1e-4)
+    assert torch.allclose(z.std((0, 2, 3)), torch.ones(enc.channels), atol=1e-3)
+    assert det.batch_net.shape.in_channels == enc.channels and det.batch_net.shape.sample_size == 8
+
+
+def test_batch_latent_size_must_fit_the_encoders_stride():
+    from core.detectors.registry import make_config
+
+    with pytest.raises(ConfigError, match="multiple of the encoder's stride 8"):
+        make_config("ldm-zero-shot", {"model": "batch-latent", "image_size": 100})
+    assert make_config("ldm-zero-shot", {"model": "batch-latent"}).batch_size_px() == 128

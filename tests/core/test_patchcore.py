@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from core.data.images import ImageSource
+from core.detectors import backbones as bb
 from core.detectors.patchcore import PatchCoreConfig, PatchCoreDetector
-from core.detectors.patchcore import backbones as bb
 from core.detectors.patchcore.anomaly_map import nearest, reweighted_score, stitch, tile_boxes
 from core.detectors.patchcore.coreset import greedy_coreset, random_projection
 from core.detectors.patchcore.torch_model import PatchFeatures

@@ -16,6 +16,11 @@ Two variants, chosen by the ``model`` setting, reported separately:
 - ``batch`` (the default, since no Stable Diffusion weights exist on these machines; not in the
   paper): a small pixel-space DDPM is first trained on the unlabelled batch itself, inside
   :meth:`score`, with progress and cancel (:mod:`.torch_model`); then the same scoring.
+- ``batch-latent`` (not in the paper; offline): the same small DDPM, trained on the batch's
+  latents in a frozen ImageNet encoder's feature space (EfficientNet-Lite0's stride-8 map,
+  :class:`.torch_model.FeatureLatent`) instead of its pixels — the paper's latent-diffusion
+  setting with the VAE replaced by an encoder that installs from the package registry. Default
+  working size 128 px (a 16 x 16 x 40 latent).
 
 Departures and choices where the paper is silent:
 - T (``timesteps``) default 50, the low end of the 50-100 where the paper's accuracy settles
@@ -41,35 +46,43 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, OnResult
+from core.detectors.base import Detector, FitError, OnResult
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
 from core.detectors.ldm_zero_shot.pipeline import DiffusionModel, load_diffusion_model, model_kind, quiet_hub_logging
-from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, ddpm_loss, make_scheduler
+from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, FeatureLatent, ddpm_loss, make_scheduler
 from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
 from core.grouping import METHODS
 from core.results import ScoreResult
-from core.runtime.cancel import CancelToken, cancel_inside
+from core.runtime.cancel import CancelToken, cancel_inside, check
 from core.runtime.progress import ProgressFn, SubProgress
 
 BATCH = "batch"
+BATCH_LATENT = "batch-latent"
+BATCH_MODELS = (BATCH, BATCH_LATENT)
 BATCH_DEFAULT_SIZE = 64
+LATENT_DEFAULT_SIZE = 128
+#: The frozen encoder of ``batch-latent`` and its weight set in the store.
+LATENT_BACKBONES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "tiny-random")
+#: Stride of each encoder's latent map (EfficientNet-Lite: the last stride-8 block).
+LATENT_STRIDE = {"efficientnet-lite0": 8, "efficientnet-lite1": 8, "efficientnet-lite2": 8, "tiny-random": 2}
 #: Share of the progress bar the batch fallback's training takes.
 TRAIN_SHARE = 0.8
 
 
 @dataclass
 class LDMZeroShotConfig(DetectorConfig):
-    model: str = field(default=BATCH, metadata={"help": "'batch': train a small diffusion model on the batch itself "
-                                                        "(label-free fallback); or a diffusers pipeline folder or hub "
-                                                        "id (paper: Stable Diffusion)"})
+    model: str = field(default=BATCH, metadata={"help": "'batch': train a small diffusion model on the batch's pixels "
+                                                        "(label-free fallback); 'batch-latent': the same in a frozen "
+                                                        "EfficientNet-Lite0's feature space; or a diffusers pipeline "
+                                                        "folder or hub id (paper: Stable Diffusion)"})
     timesteps: int = field(default=50, metadata={"help": "diffusion timesteps T averaged per image (paper: 50-100)",
                                                  "min": 1, "max": 1000})
     group: str = field(default="ncut", metadata={"help": "how the batch is split: normalized cut (paper), k-means "
                                                          "or a 2-component GMM", "choices": METHODS})
     image_size: int = field(default=0, metadata={"help": "working resolution in pixels (0 = the model's native size; "
-                                                         f"batch: {BATCH_DEFAULT_SIZE})", "min": 0, "max": 2048})
+                                                         f"batch: {BATCH_DEFAULT_SIZE}, batch-latent: {LATENT_DEFAULT_SIZE})", "min": 0, "max": 2048})
     unet_batch: int = field(default=32, metadata={"help": "noisy latents per U-Net call (GPU memory)", "min": 1,
                                                   "max": 4096, "advanced": True})
     epochs: int = field(default=30, metadata={"help": "batch fallback: training epochs over the batch", "min": 1,
@@ -88,28 +101,38 @@ class LDMZeroShotConfig(DetectorConfig):
                                                        "min": 1, "max": 8, "advanced": True})
     norm_num_groups: int = field(default=8, metadata={"help": "batch fallback: GroupNorm groups (divide every width)",
                                                       "min": 1, "max": 256, "advanced": True})
+    latent_backbone: str = field(default="efficientnet-lite0", metadata={
+        "help": "batch-latent: the frozen encoder whose stride-8 feature map is the latent (tiny-random: tests only)",
+        "choices": LATENT_BACKBONES, "advanced": True})
 
     def validate(self) -> None:
         super().validate()
         if self.model.strip() == "":
             raise ConfigError("model is empty: give 'batch', a pipeline folder or a hub id")
-        if self.model != BATCH:
+        if self.model not in BATCH_MODELS:
             try:
                 model_kind(self.model)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        else:
-            try:
-                self.batch_shape(3).check()
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
+            return
+        stride = self.latent_stride()
+        if self.batch_size_px() % stride:
+            raise ConfigError(f"image_size={self.batch_size_px()} must be a multiple of the encoder's stride {stride}")
+        try:
+            self.batch_shape(3).check()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def batch_size_px(self) -> int:
-        return self.image_size or BATCH_DEFAULT_SIZE
+        return self.image_size or (LATENT_DEFAULT_SIZE if self.model == BATCH_LATENT else BATCH_DEFAULT_SIZE)
+
+    def latent_stride(self) -> int:
+        """Pixels per cell of the batch model's input: 1 in pixel space, the encoder's stride in ``batch-latent``."""
+        return LATENT_STRIDE[self.latent_backbone] if self.model == BATCH_LATENT else 1
 
     def batch_shape(self, channels: int) -> BatchNetShape:
-        return BatchNetShape(channels, self.batch_size_px(), tuple(self.block_out_channels), self.layers_per_block,
-                             self.norm_num_groups)
+        return BatchNetShape(channels, self.batch_size_px() // self.latent_stride(), tuple(self.block_out_channels),
+                             self.layers_per_block, self.norm_num_groups)
 
 
 class LDMZeroShotDetector(Detector):
@@ -131,6 +154,8 @@ class LDMZeroShotDetector(Detector):
         self.batch_net: Optional[BatchNet] = None
         self._batch_scheduler = None
         self._channels = 3
+        self._encoder: Optional[FeatureLatent] = None
+        self._encoder_kind = ""
         self._noise: Optional[tuple[tuple, torch.Tensor]] = None
 
     # ------------------------------------------------------------------ scoring
@@ -138,7 +163,7 @@ class LDMZeroShotDetector(Detector):
               cancel: CancelToken | None = None, on_result: OnResult | None = None,
               skipped: list[Skipped] | None = None) -> dict[int, ScoreResult]:
         """Score the batch; with ``model=batch`` first train the fallback model on it."""
-        if self.config.model == BATCH:
+        if self.config.model in BATCH_MODELS:
             with cancel_inside(cancel):
                 self._train_on_batch(images, SubProgress(progress, 0.0, TRAIN_SHARE, "training on the batch"), cancel)
             progress = SubProgress(progress, TRAIN_SHARE, 1.0)
@@ -148,10 +173,12 @@ class LDMZeroShotDetector(Detector):
 
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         cfg = self.config
-        if cfg.model == BATCH:
+        if cfg.model in BATCH_MODELS:
             size, channels = cfg.batch_size_px(), self._channels
-            x = to_tensor_batch(images, size, channels).to(self.device).clamp_(0, 1)
-            z = x * 2.0 - 1.0
+            if cfg.model == BATCH_LATENT:
+                z = self._encoder(to_tensor_batch(images, size, 3).to(self.device).clamp_(0, 1))
+            else:
+                z = to_tensor_batch(images, size, channels).to(self.device).clamp_(0, 1) * 2.0 - 1.0
             denoise, sched = self.batch_net, self._batch_scheduler
             alphas, ptype = sched.alphas_cumprod, str(sched.config.prediction_type)
         else:
@@ -205,13 +232,19 @@ class LDMZeroShotDetector(Detector):
 
         Unreadable files are left out here and reported by the scoring pass."""
         cfg = self.config
+        latent = cfg.model == BATCH_LATENT
         cache = decode_training_cache(self.name, images, cfg.batch_size_px(), cfg.batch_size, 0,
-                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel)
+                                      SubProgress(progress, 0.0, 0.05, "reading"), cancel,
+                                      channels=3 if latent else None)
         if cache.n == 0:
             self.batch_net = None
             return
-        data = cache.data * 2.0 - 1.0
         n, channels = cache.n, cache.channels
+        if latent:
+            data = self._encode_batch(cache.data, SubProgress(progress, 0.05, 0.15, "encoding"), cancel)
+            channels = self._encoder.channels
+        else:
+            data = cache.data * 2.0 - 1.0
         del cache
         torch.manual_seed(cfg.seed)
         model = BatchNet(cfg.batch_shape(channels)).to(self.device)
@@ -223,8 +256,8 @@ class LDMZeroShotDetector(Detector):
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         bs = min(cfg.train_batch_size, n)
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
-                            max_minutes=cfg.max_minutes, budget="epoch", progress=SubProgress(progress, 0.05, 1.0),
-                            cancel=cancel)
+                            max_minutes=cfg.max_minutes, budget="epoch",
+                            progress=SubProgress(progress, 0.15 if latent else 0.05, 1.0), cancel=cancel)
 
         def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
             x = data[bidx]
@@ -236,8 +269,33 @@ class LDMZeroShotDetector(Detector):
         self.batch_net = model.eval().requires_grad_(False)
         self._batch_scheduler = sched
         self._channels = channels
-        self.meta.update({"variant": "batch", "n_batch": int(n), "batch_epochs": int(run.epochs_done),
+        self.meta.update({"variant": cfg.model, "n_batch": int(n), "batch_epochs": int(run.epochs_done),
                           "batch_seconds": round(run.seconds, 3), "batch_loss": run.final_loss})
+
+    def _encode_batch(self, pixels: torch.Tensor, progress: ProgressFn | None, cancel: CancelToken | None) -> torch.Tensor:
+        """``batch-latent``: the batch's standardised latents (the encoder's statistics are the batch's own)."""
+        from core.detectors.backbones import BACKBONE_WEIGHTS, TEST_ONLY
+        from core.io import weights as store
+
+        kind = self.config.latent_backbone
+        if self._encoder is None or self._encoder_kind != kind:
+            weights_file = None
+            if kind not in TEST_ONLY:
+                try:
+                    weights_file = store.resolve(BACKBONE_WEIGHTS[kind]).path
+                except store.WeightsError as exc:
+                    raise FitError(f"batch-latent needs the {kind} encoder: {exc}") from None
+            self._encoder = FeatureLatent(kind, weights_file).to(self.device)
+            self._encoder_kind = kind
+        enc, bs, raws = self._encoder, self.config.batch_size, []
+        for s in range(0, pixels.shape[0], bs):
+            check(cancel)
+            raws.append(enc.raw(pixels[s:s + bs].to(self.device)))
+            if progress:
+                progress(min(s + bs, pixels.shape[0]), pixels.shape[0])
+        raw = torch.cat(raws)
+        enc.fit_stats(raw)
+        return (raw - enc.z_mean) / enc.z_std
 
     # ------------------------------------------------------------------ zero-shot: nothing to fit or save
     def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - zero-shot: fit is a no-op
@@ -255,3 +313,5 @@ class LDMZeroShotDetector(Detector):
             self.pretrained.to(self.device)
         if self.batch_net is not None:
             self.batch_net.to(self.device)
+        if self._encoder is not None:
+            self._encoder.to(self.device)

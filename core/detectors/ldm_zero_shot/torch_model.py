@@ -74,3 +74,43 @@ def ddpm_loss(model: BatchNet, x: torch.Tensor, t: torch.Tensor, eps: torch.Tens
     """DDPM's simple objective: mean of ``(eps^(sqrt(a) x + sqrt(1 - a) eps, t) - eps)^2``."""
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     return (model(a.sqrt() * x + (1 - a).sqrt() * eps, t).float() - eps).pow(2).mean()
+
+
+class FeatureLatent(nn.Module):
+    """The latent space of the ``batch-latent`` fallback: a frozen ImageNet CNN's stride-8 feature
+    map (EfficientNet-Lite0's last stride-8 block: 40 channels), standardised per channel with the
+    batch's own statistics.
+
+    The paper runs its diffusion model in Stable Diffusion's VAE latent (4.2) and says any diffusion
+    model can be used (4.1). No SD weights exist offline; this frozen encoder plays the VAE's part —
+    a compact, semantically organised space where a small denoiser trained on the batch's own latents
+    (no labels, no good set) has far less to model than in pixel space. It cannot decode (nothing
+    here needs to). The per-channel standardisation is the role of SD's ``scaling_factor``: it brings
+    the latent to unit variance so the DDPM noise schedule means what it means for images.
+    """
+
+    def __init__(self, backbone: str, weights_file=None) -> None:
+        super().__init__()
+        from core.detectors.backbones import build_stages
+
+        net, mean, std = build_stages(backbone, weights_file)
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.register_buffer("z_mean", torch.zeros(1, net.channels[0], 1, 1))
+        self.register_buffer("z_std", torch.ones(1, net.channels[0], 1, 1))
+        self.channels = int(net.channels[0])
+        self.stride = int(net.strides[0])
+
+    @torch.no_grad()
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        """Unstandardised latents of images ``x`` in [0, 1], (B, 3, H, W) -> (B, C, H/8, W/8)."""
+        return self.net((x - self.mean) / self.std)[0].float()
+
+    def fit_stats(self, raw: torch.Tensor) -> None:
+        """Per-channel mean and standard deviation of the batch's latents (no labels)."""
+        self.z_mean.copy_(raw.mean((0, 2, 3), keepdim=True))
+        self.z_std.copy_(raw.std((0, 2, 3), keepdim=True).clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.raw(x) - self.z_mean) / self.z_std

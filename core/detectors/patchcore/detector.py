@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from core.data.images import Skipped, iter_batches
+from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import gaussian_blur, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.patchcore.anomaly_map import BankIndex, reweighted_score, stitch, tile_boxes
-from core.detectors.patchcore.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
 from core.detectors.patchcore.coreset import greedy_coreset
 from core.detectors.patchcore.torch_model import PatchFeatures
 from core.io import weights as store

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.detectors.patchcore.backbones import build_stages
+from core.detectors.backbones import build_stages
 
 
 def auto_feature_dim(channels: tuple[int, ...]) -> int:

@@ -1,4 +1,5 @@
-"""Frozen feature extractors for PatchCore: images -> two mid-level feature maps.
+"""Frozen feature extractors: images -> two mid-level feature maps (PatchCore's patch features,
+ldm-zero-shot's offline latent space).
 
 Paper: Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022), 3.1:
 features of a frozen ImageNet CNN from two intermediate stages ("layer2 and layer3" of a
