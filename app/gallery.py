@@ -136,7 +136,7 @@ class GalleryModel(QAbstractListModel):
         self.threshold: Optional[Threshold] = None
         self.stale = ""  # "" or e.g. "previous run (ocsvm)": scores and flags are drawn greyed
         self.verdicts: dict[str, str] = {}  # str(path) -> "ok" | "ng" | "unsure"
-        self.review_only: Optional[set[str]] = None  # the "to review" filter: these paths only
+        self.review_only: Optional[np.ndarray] = None  # the "to review" walk: these entries, in this order
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -271,8 +271,13 @@ class GalleryModel(QAbstractListModel):
         self._changed(range(len(self._entries)), [VerdictRole, Qt.ToolTipRole])
 
     def set_review_only(self, paths: Optional[list[Path]]) -> None:
-        """Show only ``paths`` (the "to review" queue); None shows every image again."""
-        self.review_only = None if paths is None else {str(p) for p in paths}
+        """Show only ``paths``, in their order (the "to review" queue, highest score first); None
+        shows every image again, in the chosen sort."""
+        if paths is None:
+            self.review_only = None
+        else:
+            index = [self._index_of.get(str(p)) for p in paths]
+            self.review_only = np.array([i for i in index if i is not None], np.int64)
         self._reorder()
 
     def has_groups(self) -> bool:
@@ -283,7 +288,7 @@ class GalleryModel(QAbstractListModel):
         if self.group_filter is not None:
             keep &= self._groups == self.group_filter
         if self.review_only is not None:
-            keep &= np.array([str(e.path) in self.review_only for e in self._entries], bool)
+            return self.review_only[keep[self.review_only]]
         idx = np.flatnonzero(keep)
         if self.by_score:  # highest first, unscored last, ties in folder order
             key = -self._scores[idx]
@@ -458,6 +463,7 @@ class GalleryPanel(QWidget):
     current_changed = Signal(object)  # Path | None
     move_requested = Signal(object, str)  # Path, group to move it to ('normal' / 'suspect')
     review_filter_toggled = Signal(bool)  # the "to review" filter was switched on / off
+    sort_changed = Signal(bool)  # by score (True) or by name
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -606,6 +612,7 @@ class GalleryPanel(QWidget):
         self.sort_combo.setCurrentIndex(1 if on else 0)
         self.sort_combo.blockSignals(False)
         self.model.set_order(by_score=on)
+        self.sort_changed.emit(bool(on))
         current = self.view.currentIndex()
         if current.isValid():
             self.view.scrollTo(current)

@@ -146,7 +146,11 @@ class HistogramPanel(QWidget):
         self.band.show()
 
     def _band_dropped(self) -> None:
-        lo, hi = (self._from_axis(v) for v in self.band.getRegion())
+        try:
+            lo, hi = (self._from_axis(v) for v in self.band.getRegion())
+        except OverflowError:  # dragged far off a log axis
+            self._place_band()
+            return
         if math.isfinite(lo) and math.isfinite(hi):
             self._band = (float(lo), float(hi))
             self.band_moved.emit(float(lo), float(hi))

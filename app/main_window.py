@@ -285,7 +285,7 @@ class MainWindow(QMainWindow):
         self.review.band_requested.connect(c.set_review_band)
         self.histogram.band_moved.connect(c.set_review_band)
         self.gallery.review_filter_toggled.connect(self._review_filter_toggled)
-        self.gallery.sort_combo.currentIndexChanged.connect(lambda i: c.remember("sort", "score" if i else "name"))
+        self.gallery.sort_changed.connect(lambda on: c.remember("sort", "score" if on else "name"))
         self.gallery.flagged_check.toggled.connect(lambda on: c.remember("flagged_only", on))
 
         self.gallery.current_changed.connect(self._current_changed)
@@ -732,6 +732,8 @@ class MainWindow(QMainWindow):
     def _review_filter_toggled(self, on: bool) -> None:
         self.gallery.model.set_review_only(self.controller.review_queue() if on else None)
         self.controller.remember("to_review", on)
+        if on and not self._restoring:
+            self.gallery.select_row(0)  # the walk starts at the highest score
 
     def _review_changed(self) -> None:
         """Verdicts, notes or the band changed: tiles, counters, the band and the queue follow."""
