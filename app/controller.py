@@ -43,6 +43,7 @@ from core.engine.session_scan import scan_into_session
 from core.engine.workflows import TrainReport
 from core.grouping import GroupingError
 from core.io.colormap import robust_range
+from core.metrics.curves import threshold_for_recall, verdict_curves
 from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate
 from core.runtime.device import describe_device, resolve_device
@@ -868,6 +869,20 @@ class Controller(QObject):
         self.log("info", f"{path.name} marked normal; {thr.describe()}")
         self.review_changed.emit()
         return True
+
+    def verdict_curves(self, recall: float = 0.95):
+        """ROC / precision-recall of the shown run from the inspector's OK / NG verdicts, and the
+        threshold that flags ``recall`` of the NG images: ``(curves | None, suggestion | None, why)``."""
+        rows = self.result.rows if self.result is not None else []
+        labelled = [(1 if self._verdicts[str(r.path)] == "ng" else 0, r.score) for r in rows
+                    if self._verdicts.get(str(r.path)) in ("ok", "ng")]
+        if not labelled:
+            return None, None, "No OK / NG verdicts on this run yet."
+        labels, scores = [y for y, _ in labelled], [s for _, s in labelled]
+        curves = verdict_curves(labels, scores)
+        suggestion = threshold_for_recall(labels, scores, recall)
+        why = "" if curves is not None else "The curves need both OK and NG verdicts."
+        return curves, suggestion, why
 
     def _store_threshold(self, value: float, reason: str) -> None:
         s = self.session

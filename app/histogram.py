@@ -27,6 +27,7 @@ class HistogramPanel(QWidget):
     threshold_moved = Signal(float)  # the value the line was dropped at
     reset_requested = Signal()
     band_moved = Signal(float, float)  # the review band's two thresholds, when a drag ends
+    curves_requested = Signal()  # "ROC / PR" from the inspector's verdicts
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -84,12 +85,17 @@ class HistogramPanel(QWidget):
         self.reset_button.setToolTip("Back to the threshold calibrated when the detector was trained")
         self.reset_button.clicked.connect(self.reset_requested)
         self.reset_button.setEnabled(False)
+        self.curves_button = QPushButton("ROC / PR…")
+        self.curves_button.setToolTip("ROC and precision-recall from your OK / NG verdicts, and the threshold "
+                                      "that reaches a chosen recall")
+        self.curves_button.clicked.connect(self.curves_requested)
 
         top = QHBoxLayout()
         top.addWidget(self.count_label, 1)
         top.addWidget(self.log_check)
         bottom = QHBoxLayout()
         bottom.addWidget(self.info_label, 1)
+        bottom.addWidget(self.curves_button)
         bottom.addWidget(self.reset_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 6)

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.controller import EXPORT_KINDS, Controller, FolderInfo
+from app.curves_dialog import CurvesDialog
 from app.gallery import GalleryPanel
 from app.grouping import GroupingPanel
 from app.histogram import HistogramPanel
@@ -115,6 +116,7 @@ class MainWindow(QMainWindow):
         self._selection_timer.setInterval(SELECTION_SAVE_MS)
         self._selection_timer.timeout.connect(self._remember_selection)
         self._restoring: dict = {}
+        self._curves: Optional[CurvesDialog] = None
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setSizes([380, 560])
@@ -284,6 +286,7 @@ class MainWindow(QMainWindow):
         self.review.normal_requested.connect(self.mark_normal)
         self.review.band_requested.connect(c.set_review_band)
         self.histogram.band_moved.connect(c.set_review_band)
+        self.histogram.curves_requested.connect(self.show_curves)
         self.gallery.review_filter_toggled.connect(self._review_filter_toggled)
         self.gallery.sort_changed.connect(lambda on: c.remember("sort", "score" if on else "name"))
         self.gallery.flagged_check.toggled.connect(lambda on: c.remember("flagged_only", on))
@@ -749,6 +752,22 @@ class MainWindow(QMainWindow):
                                   "no stored run" if c.result is None or c.session is None else "not stored")
         path = self.gallery.current_path()
         self.review.show_image(path, c.verdict(path) if path else None, c.note(path) if path else "")
+
+    def show_curves(self) -> CurvesDialog:
+        """ROC / precision-recall from the verdicts, with the threshold for a chosen recall (not modal)."""
+        if self._curves is None:
+            self._curves = CurvesDialog(self)
+            self._curves.recall_changed.connect(lambda _r: self._update_curves())
+            self._curves.apply_requested.connect(self.controller.set_threshold)
+            self.controller.review_changed.connect(self._update_curves)
+            self.controller.result_changed.connect(lambda _r: self._update_curves())
+        self._update_curves()
+        self._curves.show()
+        return self._curves
+
+    def _update_curves(self) -> None:
+        if self._curves is not None:
+            self._curves.show_curves(*self.controller.verdict_curves(self._curves.recall.value()))
 
     def review_counters(self) -> str:
         return self.review.counters.text()

@@ -241,3 +241,23 @@ def test_this_one_is_normal_recalibrates(qtbot, window, parts):
     assert c.threshold.value > before and c.threshold.method == "calibrated"
     assert "marked normal" in c.threshold_source
     assert c.session.threshold_value(c.run_id) == pytest.approx(c.threshold.value)
+
+
+def test_roc_from_verdicts_suggests_a_threshold_for_a_recall(qtbot, window, parts):
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    c = window.controller
+    dlg = window.show_curves()
+    assert not dlg.apply_button.isEnabled() and "No OK / NG verdicts" in dlg.info.text()
+    rows = sorted(c.result.rows, key=lambda r: r.score)
+    c.set_verdict(rows[0].path, "ok")
+    c.set_verdict(rows[1].path, "ng")  # a low-scoring image the inspector calls defective
+    c.set_verdict(rows[-1].path, "ng")
+    dlg.recall.setValue(1.0)
+    assert dlg.apply_button.isEnabled() and "2 NG, 1 OK" in dlg.info.text()
+    want = (rows[0].score + rows[1].score) / 2  # catches both NG images, not the OK one
+    assert dlg.suggestion.threshold == pytest.approx(want) and dlg.suggestion.fpr == 0.0
+    assert len(dlg.roc_curve.getData()[0]) == 4  # (0, 0) and one point per score
+    dlg.apply_button.click()
+    assert c.threshold.value == pytest.approx(want) and c.threshold_source == "set by hand"
+    assert c.session.threshold_value(c.run_id) == pytest.approx(want)
