@@ -786,6 +786,11 @@ class Controller(QObject):
             s.sync_images([path])
             fn()
 
+    def _name(self, path: Path) -> str:
+        """``path`` relative to the open folder (subfolders keep files of the same name apart)."""
+        root = self.folder.folder if self.folder is not None else None
+        return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
+
     def verdict(self, path: Path) -> Optional[str]:
         return self._verdicts.get(str(path))
 
@@ -805,7 +810,7 @@ class Controller(QObject):
             self._verdicts.pop(str(path), None)
         else:
             self._verdicts[str(path)] = verdict
-        self.log("info", f"{path.name}: {verdict.upper() if verdict else 'verdict cleared'}")
+        self.log("info", f"{self._name(path)}: {verdict.upper() if verdict else 'verdict cleared'}")
         self.review_changed.emit()
         return True
 
@@ -866,7 +871,7 @@ class Controller(QObject):
             self.detector.threshold = thr
         self.state.model_source = f"re-calibrated with {n} image{'s' if n != 1 else ''} marked normal"
         self._apply_threshold(None, thr)
-        self.log("info", f"{path.name} marked normal; {thr.describe()}")
+        self.log("info", f"{self._name(path)} marked normal; {thr.describe()}")
         self.review_changed.emit()
         return True
 
