@@ -110,6 +110,7 @@ class Controller(QObject):
         self.band: Optional[ReviewBand] = None
         self._session_file: Optional[Path] = None  # a session file to open with the next folder
         self._pending_session: Optional[Session] = None
+        self._source_before_restore: Optional[str] = None
         self._verdicts: dict[str, str] = {}
         self._notes: dict[str, str] = {}
         self.jobs.busy_changed.connect(self.busy_changed)
@@ -278,6 +279,7 @@ class Controller(QObject):
         results too (which are marked as a previous run until it scores them)."""
         self.detector = detector
         self.state.model_source = source
+        self._source_before_restore = None
         self.state.apply_threshold(None, detector.threshold if detector is not None else None)
         self.detector_changed.emit(detector)
         self.threshold_changed.emit(self.threshold)
@@ -451,6 +453,8 @@ class Controller(QObject):
 
     def _start_scan(self) -> None:
         det = self.detector
+        if self._source_before_restore is not None:  # the threshold comes from the model in memory again
+            self.state.model_source, self._source_before_restore = self._source_before_restore, None
         self.state.begin_scan()
         self._scan_detector = det
         session = self.session if self.session is not None and not self.session.read_only else None
@@ -686,6 +690,8 @@ class Controller(QObject):
         self.state.threshold_override = None
         if result.threshold is not None and run.threshold is not None and result.threshold.value != run.threshold.value:
             self.state.threshold_override = result.threshold  # a threshold the inspector changed, kept in the session
+        if self._source_before_restore is None:  # the model in memory's own provenance, back at the next scan
+            self._source_before_restore = self.state.model_source
         self.state.model_source = f"session run {run.id} of {run.finished_at[:16]}"
         self.band = s.review_band(run.id)
         self._set_result(result)

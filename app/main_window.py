@@ -746,7 +746,12 @@ class MainWindow(QMainWindow):
             self.gallery.model.set_review_only(c.review_queue())
         band = c.band
         self.histogram.set_band(band.low if band else None, band.high if band else None)
-        self.review.show_band(band.low if band else None, band.high if band else None)
+        if band is not None:
+            self.review.show_band(band.low, band.high)
+        elif c.result is not None and c.result.rows and c.threshold is not None:  # a start for typing one
+            scores = [r.score for r in c.result.rows]
+            margin = (max(scores) - min(scores)) * 0.05
+            self.review.show_band(c.threshold.value - margin, c.threshold.value + margin)
         status = c.review_status()
         self.review.show_counters(status.describe() if status is not None else
                                   "no stored run" if c.result is None or c.session is None else "not stored")

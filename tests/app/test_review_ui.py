@@ -261,3 +261,21 @@ def test_roc_from_verdicts_suggests_a_threshold_for_a_recall(qtbot, window, part
     dlg.apply_button.click()
     assert c.threshold.value == pytest.approx(want) and c.threshold_source == "set by hand"
     assert c.session.threshold_value(c.run_id) == pytest.approx(want)
+
+
+def test_a_restored_run_does_not_lend_its_provenance_to_the_next_scan(qtbot, window, parts):
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    c = window.controller
+    assert c.threshold_source.endswith("trained now")
+    other = parts.root / "other"
+    other.mkdir()
+    open_folder(qtbot, window, other)
+    open_folder(qtbot, window, parts.batch)  # restores run 1
+    qtbot.waitUntil(lambda: c.result is not None, timeout=15000)
+    wait_idle(qtbot, c)
+    assert "session run 1" in c.threshold_source
+    assert window.run_detector()  # the model in memory scores again (all reused)
+    qtbot.waitUntil(lambda: not c.busy and c.run_id == 2, timeout=30000)
+    wait_idle(qtbot, c)
+    assert c.threshold_source.endswith("trained now")
