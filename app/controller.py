@@ -697,7 +697,7 @@ class Controller(QObject):
         self._set_result(result)
         self.threshold_changed.emit(self.threshold)
         self.log("info", f"Restored {run.describe()}; {self.threshold_source}; {len(self._verdicts)} verdicts")
-        self.session_restored.emit(s.ui_state())
+        self.session_restored.emit({**s.ui_state(), "run_detector": run.detector, "run_settings": run.settings})
         self.review_changed.emit()
 
     def open_session_file(self, path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> bool:

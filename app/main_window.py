@@ -31,7 +31,8 @@ from app.image_view import ImageView
 from app.panels import DetectorPanel, FolderPanel, LogPanel
 from app.review_panel import NEXT_KEY, NOTE_KEY, VERDICT_KEYS, ReviewPanel
 from core.detectors.base import Detector
-from core.detectors.registry import REGISTRY
+from core.detectors.config import ConfigError
+from core.detectors.registry import REGISTRY, make_config
 from core.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from core.results import ScanResult
 from core.runtime.device import resolve_device
@@ -788,6 +789,13 @@ class MainWindow(QMainWindow):
         """Sort, filters and selection as they were when the session was last used."""
         self._restoring = state or {"restoring": True}
         try:
+            name, settings = state.get("run_detector"), state.get("run_settings") or {}
+            if name in REGISTRY and REGISTRY[name].availability()[0] and self.controller.detector is None:
+                try:  # the detector and settings of the run shown (a model in memory keeps its own)
+                    config = make_config(name, settings)
+                except (ConfigError, TypeError, ValueError):
+                    config = None
+                self.detector_panel.select_detector(name, config)
             if "sort" in state:
                 self.gallery.set_sort_by_score(state["sort"] == "score")
             if "flagged_only" in state:

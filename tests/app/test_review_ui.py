@@ -119,6 +119,8 @@ def test_restart_restores_results_threshold_verdicts_and_view(qtbot, settings, p
     window.set_verdict("ng")
     c.set_note(top, "dent")
     win2 = restart(qtbot, window, settings)
+    win2.detector_panel.form.set_value("image_size", 64)  # the panel moved on since
+    win2.select_detector("ldm-zero-shot")
     open_folder(qtbot, win2, parts.batch)
     qtbot.waitUntil(lambda: win2.controller.result is not None, timeout=15000)
     wait_idle(qtbot, win2.controller)
@@ -131,6 +133,8 @@ def test_restart_restores_results_threshold_verdicts_and_view(qtbot, settings, p
     assert win2.gallery.sort_combo.currentIndex() == 1 and win2.gallery.current_path() == top
     assert win2.review.buttons["ng"].isChecked() and win2.review.note.text() == "dent"
     assert c2.stale == "" and c2.run_id is not None
+    assert win2.detector_panel.current_name() == "pixel-gaussian"  # the run's detector and settings
+    assert win2.detector_panel.overrides().get("image_size") == 32
     # the heat maps come back too
     assert all(r.anomaly_map is not None for r in c2.result.rows)
 
