@@ -81,6 +81,7 @@ class Controller(QObject):
     stale_changed = Signal(str)  # "" or what the shown results are, e.g. "previous run (ocsvm)"
     session_changed = Signal(object)  # the open Session or None (read_only / read_only_reason on it)
     review_changed = Signal()  # verdicts, notes or the review band changed
+    maps_restored = Signal()  # the heat maps of a restored run are in its rows
     session_restored = Signal(dict)  # front-end state kept in the session (sort, filter, selection, ...)
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
@@ -233,12 +234,19 @@ class Controller(QObject):
 
     def load_image(self, path: Path) -> None:
         """Decode one image in full for the image view (only the latest request counts)."""
+        row, s, rid = self.row_for(path), self.session, self.run_id
+        # a restored run whose maps are still on their way: this one's map comes with the image
+        want_map = row is not None and row.anomaly_map is None and s is not None and rid is not None
+
         def loaded(out) -> None:
-            arr, outline = out
+            arr, outline, m = out
+            if want_map and m is not None and row.anomaly_map is None and self.row_for(path) is row:
+                row.anomaly_map = m
             self.image_loaded.emit(path, arr)
             self.outline_loaded.emit(path, outline)
 
-        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path)),
+        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path),
+                                                  s.load_map(path, rid) if want_map else None),
                                  title=f"Reading {path.name}"), "image", loaded,
                      on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
 
@@ -678,7 +686,9 @@ class Controller(QObject):
         if not runs:
             return
         run = runs[-1]
-        self._submit(CallableJob(lambda p, c, e: s.load_run(run.id, maps=True), title=f"Restoring session run {run.id}"),
+        # Scores, flags and decisions first (a fraction of a second for thousands of images); the
+        # heat maps follow off the UI thread (:meth:`_load_restored_maps`), the one on screen at once.
+        self._submit(CallableJob(lambda p, c, e: s.load_run(run.id), title=f"Restoring session run {run.id}"),
                      "restore", lambda res: self._restored(s, run, res), main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Cannot restore session run {run.id}: {msg}"))
 
@@ -699,6 +709,32 @@ class Controller(QObject):
         self.log("info", f"Restored {run.describe()}; {self.threshold_source}; {len(self._verdicts)} verdicts")
         self.session_restored.emit({**s.ui_state(), "run_detector": run.detector, "run_settings": run.settings})
         self.review_changed.emit()
+        self._load_restored_maps(s, run.id, result)
+
+    def _load_restored_maps(self, s: Session, run_id: int, result: ScanResult) -> None:
+        """Decode a restored run's heat maps in a helper job; they join the rows (and the
+        batch-wide heat-map scale is computed) when all are in."""
+        paths = [r.path for r in result.rows]
+
+        def work(p, c, e):
+            maps = []
+            for i, path in enumerate(paths):
+                c.raise_if_cancelled()
+                maps.append(s.load_map(path, run_id))
+                if i % 64 == 63:
+                    p(i + 1, len(paths), "heat maps")
+            return maps
+
+        def loaded(maps: list) -> None:
+            if self.result is not result:  # another run or folder is shown now
+                return
+            for row, m in zip(result.rows, maps):
+                if row.anomaly_map is None:
+                    row.anomaly_map = m
+            self._request_map_range()
+            self.maps_restored.emit()
+
+        self._submit(CallableJob(work, title="heat maps of the restored run"), "maps", loaded)
 
     def open_session_file(self, path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> bool:
         """Open a session file (e.g. one written by ``scan --session`` on a server) and its folder;

@@ -282,6 +282,7 @@ class MainWindow(QMainWindow):
         c.session_changed.connect(self._session_changed)
         c.session_restored.connect(self._session_restored)
         c.review_changed.connect(self._review_changed)
+        c.maps_restored.connect(self._refresh_current)
         self.review.verdict_requested.connect(self.set_verdict)
         self.review.note_edited.connect(self._note_edited)
         self.review.normal_requested.connect(self.mark_normal)

@@ -135,8 +135,10 @@ def test_restart_restores_results_threshold_verdicts_and_view(qtbot, settings, p
     assert c2.stale == "" and c2.run_id is not None
     assert win2.detector_panel.current_name() == "pixel-gaussian"  # the run's detector and settings
     assert win2.detector_panel.overrides().get("image_size") == 32
-    # the heat maps come back too
-    assert all(r.anomaly_map is not None for r in c2.result.rows)
+    # the heat maps follow off the UI thread; the one on screen comes with its image
+    qtbot.waitUntil(lambda: win2.image_view.heat_item.isVisible(), timeout=10000)
+    assert c2.row_for(top).anomaly_map is not None
+    qtbot.waitUntil(lambda: all(r.anomaly_map is not None for r in c2.result.rows), timeout=10000)
 
 
 def test_hand_move_survives_regroup_and_restart(qtbot, settings, parts, window):
