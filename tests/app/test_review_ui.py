@@ -285,3 +285,30 @@ def test_a_restored_run_does_not_lend_its_provenance_to_the_next_scan(qtbot, win
     qtbot.waitUntil(lambda: not c.busy and c.run_id == 2, timeout=30000)
     wait_idle(qtbot, c)
     assert c.threshold_source.endswith("trained now")
+
+
+def test_typing_a_note_does_not_trigger_verdict_keys(qtbot, window, parts):
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    c, g = window.controller, window.gallery
+    path = g.current_path()
+    qtbot.keyClick(g.view, Qt.Key_D)
+    qtbot.keyClick(window, Qt.Key_E, Qt.ControlModifier)  # to the note field
+    assert window.review.note.hasFocus()
+    qtbot.keyClicks(window.review.note, "cad")  # C, A and D are verdict keys elsewhere
+    qtbot.keyClick(window.review.note, Qt.Key_Return)
+    assert c.verdict(path) == "ng" and c.note(path) == "cad"
+
+
+def test_starting_the_app_offers_the_last_session(qtbot, settings, parts, window, monkeypatch):
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)
+    window.close()
+    asked: list[str] = []
+    monkeypatch.setattr(QMessageBox, "question", lambda _p, _t, text, *a, **k: asked.append(text) or QMessageBox.Yes)
+    win2 = make_window(qtbot, settings)
+    assert win2.offer_last_session()
+    qtbot.waitUntil(lambda: win2.controller.result is not None, timeout=15000)
+    wait_idle(qtbot, win2.controller)
+    assert str(parts.batch) in asked[0] and win2.controller.folder.folder == parts.batch
+    assert len(win2.controller.result.rows) == parts.n_readable
