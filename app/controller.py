@@ -469,7 +469,8 @@ class Controller(QObject):
         if session is not None:  # incremental: only new or changed images are scored
             src, thr = self.source, self.threshold_override
             job = CallableJob(lambda p, c, e: scan_into_session(session, det, src, threshold=thr, progress=p,
-                                                                cancel=c, on_row=lambda i, row: e((i, row))),
+                                                                cancel=c, on_row=lambda i, row: e((i, row)),
+                                                                keep_extras=True),
                               title=f"Scoring {len(src)} images with {det.name} into the session")
             done = self._scanned_into_session
         else:

@@ -78,6 +78,7 @@ def scan_into_session(
     store_maps: bool = True,
     keep_partial: bool = False,
     on_row: Optional[Callable[[int, ScanRow], None]] = None,
+    keep_extras: bool = False,
 ) -> SessionScan:
     """Scan the files of ``source`` into ``session`` as a new run, reusing stored scores.
 
@@ -85,7 +86,9 @@ def scan_into_session(
     Only file-backed sources can be stored (a session records files). With ``keep_partial`` a
     cancelled scan returns the rows scored so far (``result.interrupted``) and stores no run,
     instead of raising ``Cancelled``. ``on_row(i, row)`` is called for every row as it is known
-    (reused rows first, then each scored one), so a front end can show them as they come.
+    (reused rows first, then each scored one), so a front end can show them as they come;
+    ``keep_extras`` keeps the detector's side images (reconstructions) on newly scored rows (the
+    session does not store them, so reused rows have none).
     """
     paths = [source.path(i) for i in range(len(source))]
     if any(p is None for p in paths):
@@ -118,7 +121,7 @@ def scan_into_session(
 
     def collect(j: int, res: ScoreResult) -> None:
         i = todo[j]
-        rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr)
+        rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr, keep_extras=keep_extras)
         origin[i] = None
         if on_row is not None:
             on_row(i, rows[i])
