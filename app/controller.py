@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
 import time
 from pathlib import Path
 from typing import Optional
@@ -38,12 +39,16 @@ from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, create_detector, load_model, make_config
 from core.engine.jobs import CallableJob, FitJob, FitOutcome, ScanJob
 from core.engine.qt_bridge import JobRunner
+from core.engine.session_scan import scan_into_session
 from core.engine.workflows import TrainReport
 from core.grouping import GroupingError
 from core.io.colormap import robust_range
+from core.metrics.curves import threshold_for_recall, verdict_curves
 from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate
 from core.runtime.device import describe_device, resolve_device
+from core.session import ReviewBand, ReviewStatus, Session, SessionError, default_session_path, open_session
+from core.session.report import write_report
 
 __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
 
@@ -74,6 +79,10 @@ class Controller(QObject):
     grouping_changed = Signal(object)  # the ScanResult whose groups (and flags) changed
     device_described = Signal(str)
     stale_changed = Signal(str)  # "" or what the shown results are, e.g. "previous run (ocsvm)"
+    session_changed = Signal(object)  # the open Session or None (read_only / read_only_reason on it)
+    review_changed = Signal()  # verdicts, notes or the review band changed
+    maps_restored = Signal()  # the heat maps of a restored run are in its rows
+    session_restored = Signal(dict)  # front-end state kept in the session (sort, filter, selection, ...)
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -94,6 +103,17 @@ class Controller(QObject):
         self._range_timer = QTimer(self)
         self._range_timer.setSingleShot(True)
         self._range_timer.timeout.connect(self._request_map_range)
+        #: Whether opening a folder opens its session (the window's default; a bare controller in
+        #: tests of other rooms works without one).
+        self.use_sessions = True
+        self.session: Optional[Session] = None
+        self.run_id: Optional[int] = None  # the session's run shown (None: not stored)
+        self.band: Optional[ReviewBand] = None
+        self._session_file: Optional[Path] = None  # a session file to open with the next folder
+        self._pending_session: Optional[Session] = None
+        self._source_before_restore: Optional[str] = None
+        self._verdicts: dict[str, str] = {}
+        self._notes: dict[str, str] = {}
         self.jobs.busy_changed.connect(self.busy_changed)
         self.jobs.busy_changed.connect(lambda _title: self._sync_stale())
         self.jobs.progressed.connect(self.progressed)
@@ -134,7 +154,10 @@ class Controller(QObject):
     def shutdown(self, timeout_ms: int = 30000) -> bool:
         """Cancel every job and wait for their threads (the window calls this on close)."""
         self._range_timer.stop()
-        return self.jobs.shutdown(timeout_ms)
+        done = self.jobs.shutdown(timeout_ms)
+        if done:
+            self._close_session()
+        return done
 
     # ================================================================ shown state (see ViewState)
     @property
@@ -182,6 +205,7 @@ class Controller(QObject):
         self.skipped = {}
         self._set_result(None)
         self.state.previous = None
+        self._open_session(info.folder)
         where = " (including subfolders)" if info.recursive else ""
         if info.paths:
             self.log("info", f"Opened {info.folder}{where}: {len(info.paths)} images")
@@ -193,6 +217,7 @@ class Controller(QObject):
             self._submit(CallableJob(lambda p, c, e, ps=list(info.paths): decode_thumbnails(ps, p, c, e),
                                      title="thumbnails"), "thumbnails", lambda _n: None,
                          on_partial=self._thumbs_decoded)
+        self._restore_latest_run()
 
     def _thumbs_decoded(self, partials: list) -> None:
         bad = [(i, reason) for i, thumb, reason in partials if thumb is None]
@@ -209,12 +234,19 @@ class Controller(QObject):
 
     def load_image(self, path: Path) -> None:
         """Decode one image in full for the image view (only the latest request counts)."""
+        row, s, rid = self.row_for(path), self.session, self.run_id
+        # a restored run whose maps are still on their way: this one's map comes with the image
+        want_map = row is not None and row.anomaly_map is None and s is not None and rid is not None
+
         def loaded(out) -> None:
-            arr, outline = out
+            arr, outline, m = out
+            if want_map and m is not None and row.anomaly_map is None and self.row_for(path) is row:
+                row.anomaly_map = m
             self.image_loaded.emit(path, arr)
             self.outline_loaded.emit(path, outline)
 
-        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path)),
+        self._submit(CallableJob(lambda p, c, e: (to_uint8(read_image(path)), read_outline(path),
+                                                  s.load_map(path, rid) if want_map else None),
                                  title=f"Reading {path.name}"), "image", loaded,
                      on_failure=lambda msg, tb: self.image_failed.emit(path, msg))
 
@@ -255,6 +287,7 @@ class Controller(QObject):
         results too (which are marked as a previous run until it scores them)."""
         self.detector = detector
         self.state.model_source = source
+        self._source_before_restore = None
         self.state.apply_threshold(None, detector.threshold if detector is not None else None)
         self.detector_changed.emit(detector)
         self.threshold_changed.emit(self.threshold)
@@ -428,10 +461,22 @@ class Controller(QObject):
 
     def _start_scan(self) -> None:
         det = self.detector
+        if self._source_before_restore is not None:  # the threshold comes from the model in memory again
+            self.state.model_source, self._source_before_restore = self._source_before_restore, None
         self.state.begin_scan()
         self._scan_detector = det
-        job = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True)
-        self._submit(job, "scan", self._scanned, main=True, on_partial=self._scan_rows,
+        session = self.session if self.session is not None and not self.session.read_only else None
+        if session is not None:  # incremental: only new or changed images are scored
+            src, thr = self.source, self.threshold_override
+            job = CallableJob(lambda p, c, e: scan_into_session(session, det, src, threshold=thr, progress=p,
+                                                                cancel=c, on_row=lambda i, row: e((i, row)),
+                                                                keep_extras=True),
+                              title=f"Scoring {len(src)} images with {det.name} into the session")
+            done = self._scanned_into_session
+        else:
+            job, done = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True), self._scanned
+        self.run_id = None
+        self._submit(job, "scan", done, main=True, on_partial=self._scan_rows,
                      on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
                      on_cancel=lambda: self._scan_ended("Scan cancelled", "warning"))
         self.scan_started.emit(len(self.source))
@@ -455,6 +500,14 @@ class Controller(QObject):
             thr = f"not grouped: {result.grouping_note}"
         self.log("info", f"Scanned {len(result.rows)} images with {result.detector} in {result.seconds:.1f} s: "
                          f"{len(result.flagged)} flagged; {thr}; {len(result.skipped)} skipped")
+
+    def _scanned_into_session(self, out) -> None:
+        self.run_id = out.run_id
+        if self.threshold_override is not None and self.session is not None and out.run_id is not None:
+            self._store_threshold(self.threshold_override.value, "set by hand")
+        self._scanned(out.result)
+        self.log("info", f"Session run {out.run_id}: {out.describe()} ({self.session.path})")
+        self.review_changed.emit()
 
     def _scan_ended(self, what: str, level: str) -> None:
         """A scan that did not complete: its partial rows are discarded, never shown as final."""
@@ -545,6 +598,7 @@ class Controller(QObject):
     def set_threshold(self, value: float) -> None:
         """Set the decision threshold by hand; every shown row is re-flagged."""
         self._apply_threshold(Threshold.explicit(float(value)))
+        self._store_threshold(float(value), "set by hand")
         rows = self.rows()
         self.log("info", f"Threshold set by hand to {value:.6g}: {sum(bool(r.flagged) for r in rows)} of "
                          f"{len(rows)} flagged")
@@ -552,7 +606,11 @@ class Controller(QObject):
     def reset_threshold(self) -> None:
         """Back to the detector's calibrated threshold."""
         thr = self.detector.threshold if self.detector is not None else None
+        if thr is None and self.run_id is not None and self.session is not None:
+            thr = self.session.run(self.run_id).threshold  # a restored run: its own threshold
         self._apply_threshold(None, thr)
+        if thr is not None:
+            self._store_threshold(thr.value, "reset")
         self.log("info", f"Threshold reset: {thr.describe() if thr else 'no threshold'}")
 
     def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
@@ -561,7 +619,7 @@ class Controller(QObject):
 
     # ================================================================ grouping (zero-shot scans)
     def regroup(self, method: str) -> bool:
-        """Split the shown zero-shot scan again with ``method`` (hand moves are dropped)."""
+        """Split the shown zero-shot scan again with ``method``; the session's hand moves stay on top."""
         res = self.result
         if res is None or res.grouping is None or self.busy:
             return False
@@ -571,6 +629,8 @@ class Controller(QObject):
         except GroupingError as exc:
             self.log("error", f"Cannot group: {exc}")
             return False
+        if self.session is not None and self.run_id is not None:
+            self.session.apply_decisions(res, self.run_id)
         self.log("info", f"Regrouped: {g.describe()}")
         self.grouping_changed.emit(res)
         return True
@@ -586,8 +646,311 @@ class Controller(QObject):
         if group is None:
             group = "normal" if res.rows[index].columns.get("group") == "suspect" else "suspect"
         move_to_group(res, index, group)
+        self._decide(lambda s: s.move_to_group(res.rows[index].path, group))
         self.log("info", f"Moved {Path(path).name} to the {group} group ({res.grouping.describe()})")
         self.grouping_changed.emit(res)
+        return True
+
+    # ================================================================ session and review
+    def _open_session(self, folder: Path) -> None:
+        """Open (or create) the session of ``folder``: the one asked for by :meth:`open_session_file`,
+        else the app's own for that folder. Another process writing it: opened read-only."""
+        pending, self._pending_session = self._pending_session, None
+        self._close_session()
+        if pending is not None and (pending.folder is None or pending.folder.resolve() != folder.resolve()):
+            pending.close()
+            pending = None
+        if pending is None and not self.use_sessions:
+            return
+        try:
+            s = pending or open_session(default_session_path(folder), folder=folder, mode="auto")
+        except (SessionError, OSError) as exc:
+            self.log("error", f"Cannot open the session of {folder}: {exc}. Results will not be kept.")
+            return
+        self.session = s
+        self._verdicts = {str(p): d.value for p, d in s.verdicts().items()}
+        self._notes = {str(p): d.value for p, d in s.notes().items()}
+        if s.read_only:
+            self.log("warning", f"Session {s.path} is read-only ({s.read_only_reason}): decisions are not recorded.")
+        self.session_changed.emit(s)
+
+    def _close_session(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session, self.run_id, self.band = None, None, None
+        self._verdicts, self._notes = {}, {}
+        self.session_changed.emit(None)
+
+    def _restore_latest_run(self) -> None:
+        s = self.session
+        runs = s.runs() if s is not None else []
+        if not runs:
+            return
+        run = runs[-1]
+        # Scores, flags and decisions first (a fraction of a second for thousands of images); the
+        # heat maps follow off the UI thread (:meth:`_load_restored_maps`), the one on screen at once.
+        self._submit(CallableJob(lambda p, c, e: s.load_run(run.id), title=f"Restoring session run {run.id}"),
+                     "restore", lambda res: self._restored(s, run, res), main=True,
+                     on_failure=lambda msg, tb: self.log("error", f"Cannot restore session run {run.id}: {msg}"))
+
+    def _restored(self, s: Session, run, result: ScanResult) -> None:
+        if self.session is not s:  # another folder was opened meanwhile
+            return
+        self.run_id = run.id
+        self.state.previous = None
+        self.state.threshold_override = None
+        if result.threshold is not None and run.threshold is not None and result.threshold.value != run.threshold.value:
+            self.state.threshold_override = result.threshold  # a threshold the inspector changed, kept in the session
+        if self._source_before_restore is None:  # the model in memory's own provenance, back at the next scan
+            self._source_before_restore = self.state.model_source
+        self.state.model_source = f"session run {run.id} of {run.finished_at[:16]}"
+        self.band = s.review_band(run.id)
+        self._set_result(result)
+        self.threshold_changed.emit(self.threshold)
+        self.log("info", f"Restored {run.describe()}; {self.threshold_source}; {len(self._verdicts)} verdicts")
+        self.session_restored.emit({**s.ui_state(), "run_detector": run.detector, "run_settings": run.settings})
+        self.review_changed.emit()
+        self._load_restored_maps(s, run.id, result)
+
+    def _load_restored_maps(self, s: Session, run_id: int, result: ScanResult) -> None:
+        """Decode a restored run's heat maps in a helper job; they join the rows (and the
+        batch-wide heat-map scale is computed) when all are in."""
+        paths = [r.path for r in result.rows]
+
+        def work(p, c, e):
+            maps = []
+            for i, path in enumerate(paths):
+                c.raise_if_cancelled()
+                maps.append(s.load_map(path, run_id))
+                if i % 64 == 63:
+                    p(i + 1, len(paths), "heat maps")
+            return maps
+
+        def loaded(maps: list) -> None:
+            if self.result is not result:  # another run or folder is shown now
+                return
+            for row, m in zip(result.rows, maps):
+                if row.anomaly_map is None:
+                    row.anomaly_map = m
+            self._request_map_range()
+            self.maps_restored.emit()
+
+        self._submit(CallableJob(work, title="heat maps of the restored run"), "maps", loaded)
+
+    def open_session_file(self, path: str | os.PathLike, folder: Optional[str | os.PathLike] = None) -> bool:
+        """Open a session file (e.g. one written by ``scan --session`` on a server) and its folder;
+        ``folder`` where its images are on this machine (default: the folder it records)."""
+        if self._refuse_if_busy():
+            return False
+        try:
+            s = open_session(path, folder=folder, mode="auto", create=False)
+        except (SessionError, OSError) as exc:
+            self.log("error", f"Cannot open the session: {exc}")
+            return False
+        if s.folder is None or not s.folder.is_dir():
+            self.log("error", f"The images of session {s.path} are not here ({s.folder}): open it giving their folder.")
+            s.close()
+            return False
+        self._pending_session = s
+        self.open_folder(s.folder)
+        return True
+
+    def save_session_as(self, dest: str | os.PathLike) -> bool:
+        """Copy the open session to ``dest`` (replaced; the caller asks first) and go on in the copy."""
+        s, dest = self.session, Path(dest).expanduser()
+        if s is None or self.folder is None:
+            self.log("error", "No session is open: open a folder first.")
+            return False
+        if self._refuse_if_busy():
+            return False
+        if dest.exists() and dest.resolve() == s.path.resolve():
+            return True
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            tmp.unlink(missing_ok=True)
+            out = sqlite3.connect(str(tmp))
+            try:
+                s.conn.backup(out)
+            finally:
+                out.close()
+            os.replace(tmp, dest)
+            for side in ("-wal", "-shm"):
+                Path(str(dest) + side).unlink(missing_ok=True)
+            copy = open_session(dest, folder=self.folder.folder, mode="auto", create=False)
+        except (OSError, sqlite3.Error, SessionError) as exc:
+            self.log("error", f"Could not save the session to {dest}: {exc}")
+            return False
+        run_id, band = self.run_id, self.band
+        self._close_session()
+        self.session, self.run_id, self.band = copy, run_id, band
+        self._verdicts = {str(p): d.value for p, d in copy.verdicts().items()}
+        self._notes = {str(p): d.value for p, d in copy.notes().items()}
+        self.session_changed.emit(copy)
+        self.log("info", f"Session saved as {dest}; decisions now go there.")
+        return True
+
+    def unsaved(self) -> str:
+        """What opening another folder or closing would lose, in words ("" when nothing)."""
+        if self.result is None:
+            return ""
+        what = f"the results of {self.result.detector} on {len(self.result.rows)} images"
+        if self.session is None:
+            return f"{what} (no session is open to keep them)"
+        if self.session.read_only:
+            return f"{what} (the session is read-only: {self.session.read_only_reason})"
+        if self.run_id is None:
+            return f"{what} (not stored in the session)"
+        return ""
+
+    def remember(self, key: str, value) -> None:
+        """Front-end state (sort, filter, selection, detector) kept in the session for reopening."""
+        s = self.session
+        if s is not None and not s.read_only:
+            s.set_ui_state(key, value)
+
+    def _decide(self, fn) -> bool:
+        """Record one decision in the session (committed at once); False, said in the log, when it cannot be."""
+        s = self.session
+        if s is None:
+            self.log("warning", "No session is open: this decision is not kept.")
+            return False
+        if s.read_only:
+            self.log("warning", f"The session is read-only ({s.read_only_reason}): this decision is not recorded.")
+            return False
+        fn(s)
+        return True
+
+    @staticmethod
+    def _on_image(s: Session, path: Path, fn) -> None:
+        try:
+            fn()
+        except SessionError:  # an image the session has not seen yet (no run covered it)
+            s.sync_images([path])
+            fn()
+
+    def _name(self, path: Path) -> str:
+        """``path`` relative to the open folder (subfolders keep files of the same name apart)."""
+        root = self.folder.folder if self.folder is not None else None
+        return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
+
+    def verdict(self, path: Path) -> Optional[str]:
+        return self._verdicts.get(str(path))
+
+    def verdicts(self) -> dict[str, str]:
+        """The inspector's verdicts, keyed by ``str(path)``."""
+        return dict(self._verdicts)
+
+    def note(self, path: Path) -> str:
+        return self._notes.get(str(path), "")
+
+    def set_verdict(self, path: Path, verdict: Optional[str]) -> bool:
+        """OK / NG / unsure (``None`` clears) for ``path``; committed to the session at once."""
+        path = Path(path)
+        if not self._decide(lambda s: self._on_image(s, path, lambda: s.set_verdict(path, verdict))):
+            return False
+        if verdict is None:
+            self._verdicts.pop(str(path), None)
+        else:
+            self._verdicts[str(path)] = verdict
+        self.log("info", f"{self._name(path)}: {verdict.upper() if verdict else 'verdict cleared'}")
+        self.review_changed.emit()
+        return True
+
+    def set_note(self, path: Path, text: str) -> bool:
+        path = Path(path)
+        if text == self.note(path):
+            return True
+        if not self._decide(lambda s: self._on_image(s, path, lambda: s.set_note(path, text))):
+            return False
+        self._notes[str(path)] = text
+        self.review_changed.emit()
+        return True
+
+    def set_review_band(self, low: Optional[float], high: Optional[float]) -> bool:
+        """Two thresholds: at or below ``low`` passes, above ``high`` fails, between is to review
+        (``None, None`` removes the band). Kept with the session's run shown."""
+        if (low is None) != (high is None):
+            raise ValueError("a review band needs both thresholds (or neither)")
+        if low is not None and low > high:
+            low, high = high, low
+        if self.run_id is None:
+            self.log("warning", "Run the detector first: the review band belongs to a stored run.")
+            return False
+        if not self._decide(lambda s: s.set_review_band(self.run_id, low, high)):
+            return False
+        self.band = None if low is None else ReviewBand(float(low), float(high))
+        self.log("info", f"Review band: {low:.6g} .. {high:.6g}" if low is not None else "Review band removed")
+        self.review_changed.emit()
+        return True
+
+    def review_queue(self) -> list[Path]:
+        """Unreviewed images in the band or flagged, highest score first (the "to review" walk)."""
+        if self.session is None or self.run_id is None or self.result is None:
+            return []
+        return self.session.review_queue(self.run_id, result=self.result)
+
+    def review_status(self) -> Optional[ReviewStatus]:
+        if self.session is None or self.run_id is None or self.result is None:
+            return None
+        return self.session.review_status(self.run_id, result=self.result)
+
+    def mark_normal(self, path: Path) -> bool:
+        """"This one is normal": the image joins the session's good set and the run's threshold is
+        re-calibrated with it (no re-scoring)."""
+        path, rid = Path(path), self.run_id
+        if rid is None:
+            self.log("warning", "Run the detector first: 'this one is normal' re-calibrates a stored run.")
+            return False
+        if not self._decide(lambda s: self._on_image(s, path, lambda: s.mark_normal(path))):
+            return False
+        try:
+            thr = self.session.recalibrate_with_good_set(rid)
+        except SessionError as exc:
+            self.log("warning", f"{path.name} added to the good set; the threshold is unchanged: {exc}")
+            return True
+        n = len(self.session.good_set())
+        if self.detector is not None and self.state.scored_by is self.detector:
+            self.detector.threshold = thr
+        self.state.model_source = f"re-calibrated with {n} image{'s' if n != 1 else ''} marked normal"
+        self._apply_threshold(None, thr)
+        self.log("info", f"{self._name(path)} marked normal; {thr.describe()}")
+        self.review_changed.emit()
+        return True
+
+    def verdict_curves(self, recall: float = 0.95):
+        """ROC / precision-recall of the shown run from the inspector's OK / NG verdicts, and the
+        threshold that flags ``recall`` of the NG images: ``(curves | None, suggestion | None, why)``."""
+        rows = self.result.rows if self.result is not None else []
+        labelled = [(1 if self._verdicts[str(r.path)] == "ng" else 0, r.score) for r in rows
+                    if self._verdicts.get(str(r.path)) in ("ok", "ng")]
+        if not labelled:
+            return None, None, "No OK / NG verdicts on this run yet."
+        labels, scores = [y for y, _ in labelled], [s for _, s in labelled]
+        curves = verdict_curves(labels, scores)
+        suggestion = threshold_for_recall(labels, scores, recall)
+        why = "" if curves is not None else "The curves need both OK and NG verdicts."
+        return curves, suggestion, why
+
+    def _store_threshold(self, value: float, reason: str) -> None:
+        s = self.session
+        if s is not None and not s.read_only and self.run_id is not None:
+            s.set_threshold(self.run_id, value, reason)
+
+    def export_report(self, out: str | os.PathLike) -> bool:
+        """Write the HTML report of the session's run shown (:func:`core.session.report.write_report`)
+        to the file ``out`` (the caller asks before replacing it)."""
+        if self._refuse_if_busy():
+            return False
+        s, rid = self.session, self.run_id
+        if s is None or rid is None:
+            self.log("error", "No stored run to report on: run the detector on a folder with a session first.")
+            return False
+        self.operation += 1
+        target = Path(out)
+        self._submit(CallableJob(lambda p, c, e: write_report(s, target, rid), title=f"Writing report {target}"),
+                     "export", lambda path: self._exported(Path(path).parent, f"the report {Path(path).name}"),
+                     main=True, on_failure=lambda msg, tb: self.log("error", f"Report failed: {msg}"))
         return True
 
     # ================================================================ export

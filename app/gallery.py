@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from app.theme import ACCENT, MUTED, SELECTION, TILE_BG
 from core.results import ScanRow
 from core.results.threshold import Threshold
+from core.session import disagrees
 
 PathRole = Qt.UserRole + 1
 ScoreRole = Qt.UserRole + 2
@@ -42,6 +43,11 @@ FlaggedRole = Qt.UserRole + 3
 ThumbRole = Qt.UserRole + 4
 ErrorRole = Qt.UserRole + 5
 NameRole = Qt.UserRole + 6
+VerdictRole = Qt.UserRole + 7
+
+#: The inspector's verdicts as drawn on a tile: (label, fill colour).
+VERDICT_CHIPS = {"ok": ("OK", "#2e9d5b"), "ng": ("NG", "#d0463b"), "unsure": ("?", "#c9a227")}
+DISAGREE = "#ffd23f"  # the mark of a verdict that contradicts the detector's flag
 
 THUMB_DEFAULT = 100  # thumbnail box, pixels (Ctrl+wheel changes it)
 THUMB_MIN, THUMB_MAX = 56, 240
@@ -129,6 +135,8 @@ class GalleryModel(QAbstractListModel):
         self.detector_name = ""
         self.threshold: Optional[Threshold] = None
         self.stale = ""  # "" or e.g. "previous run (ocsvm)": scores and flags are drawn greyed
+        self.verdicts: dict[str, str] = {}  # str(path) -> "ok" | "ng" | "unsure"
+        self.review_only: Optional[np.ndarray] = None  # the "to review" walk: these entries, in this order
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -150,6 +158,8 @@ class GalleryModel(QAbstractListModel):
             return e.thumb
         if role == ErrorRole:
             return e.error
+        if role == VerdictRole:
+            return self.verdicts.get(str(e.path))
         if role == Qt.ToolTipRole:
             return self._tooltip(e)
         return None
@@ -162,6 +172,10 @@ class GalleryModel(QAbstractListModel):
             state = "FLAGGED" if e.flagged else "not flagged" if e.flagged is not None else "no threshold"
             lines.append(f"score {e.score:.6g} ({state}) by {self.detector_name or 'detector'}"
                          + (f", {self.stale}" if self.stale else ""))
+            v = self.verdicts.get(str(e.path))
+            if v is not None:
+                lines.append(f"inspector's verdict: {v.upper()}" + (" — disagrees with the detector"
+                                                                    if disagrees(v, e.flagged) else ""))
             if e.group:
                 lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
             else:
@@ -252,6 +266,20 @@ class GalleryModel(QAbstractListModel):
         self.group_filter = group
         self._reorder()
 
+    def set_verdicts(self, verdicts: dict[str, str]) -> None:
+        self.verdicts = dict(verdicts)
+        self._changed(range(len(self._entries)), [VerdictRole, Qt.ToolTipRole])
+
+    def set_review_only(self, paths: Optional[list[Path]]) -> None:
+        """Show only ``paths``, in their order (the "to review" queue, highest score first); None
+        shows every image again, in the chosen sort."""
+        if paths is None:
+            self.review_only = None
+        else:
+            index = [self._index_of.get(str(p)) for p in paths]
+            self.review_only = np.array([i for i in index if i is not None], np.int64)
+        self._reorder()
+
     def has_groups(self) -> bool:
         return bool((self._groups >= 0).any())
 
@@ -259,6 +287,8 @@ class GalleryModel(QAbstractListModel):
         keep = self._flags.copy() if self.flagged_only else np.ones(len(self._entries), bool)
         if self.group_filter is not None:
             keep &= self._groups == self.group_filter
+        if self.review_only is not None:
+            return self.review_only[keep[self.review_only]]
         idx = np.flatnonzero(keep)
         if self.by_score:  # highest first, unscored last, ties in folder order
             key = -self._scores[idx]
@@ -337,6 +367,12 @@ class TileDelegate(QStyledItemDelegate):
             p.setOpacity(0.4)
         if score is not None:
             self._badge(p, option.font, box, score, index.data(FlaggedRole))
+        p.setOpacity(1.0)
+        verdict = index.data(VerdictRole)
+        if verdict in VERDICT_CHIPS:
+            self._verdict_chip(p, option.font, box, verdict, disagrees(verdict, index.data(FlaggedRole)))
+        if self._model.stale:
+            p.setOpacity(0.4)
         if flagged:
             p.setBrush(Qt.NoBrush)
             p.setPen(QPen(QColor(ACCENT), 3))
@@ -346,6 +382,24 @@ class TileDelegate(QStyledItemDelegate):
             p.setPen(QPen(QColor(SELECTION), 2))
             p.drawRoundedRect(QRectF(r).adjusted(1, 1, -1, -1), 6, 6)
         p.restore()
+
+    def _verdict_chip(self, p: QPainter, base: QFont, box: QRect, verdict: str, disagree: bool) -> None:
+        """The inspector's verdict at the thumbnail's bottom right; a verdict that contradicts the
+        detector's flag gets a yellow ring and a '≠'."""
+        label, fill = VERDICT_CHIPS[verdict]
+        text = f"≠ {label}" if disagree else label
+        font = QFont(base)
+        font.setBold(True)
+        p.setFont(font)
+        fm = QFontMetrics(font)
+        w, h = fm.horizontalAdvance(text) + 10, fm.height() + 4
+        chip = QRect(box.right() - w - 2, box.bottom() - h - 2, w, h)
+        p.setPen(QPen(QColor(DISAGREE), 2) if disagree else QPen(QColor(0, 0, 0, 160), 1))
+        p.setBrush(QColor(fill))
+        p.drawRoundedRect(chip, 4, 4)
+        p.setPen(QColor("#ffffff"))
+        p.drawText(chip, Qt.AlignCenter, text)
+        p.setFont(base)
 
     def _badge(self, p: QPainter, base: QFont, box: QRect, score: float, flagged: Optional[bool]) -> None:
         color, text_color = badge_colors(flagged)
@@ -408,6 +462,8 @@ class GalleryPanel(QWidget):
 
     current_changed = Signal(object)  # Path | None
     move_requested = Signal(object, str)  # Path, group to move it to ('normal' / 'suspect')
+    review_filter_toggled = Signal(bool)  # the "to review" filter was switched on / off
+    sort_changed = Signal(bool)  # by score (True) or by name
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -427,6 +483,10 @@ class GalleryPanel(QWidget):
         self.flagged_check = QCheckBox("Flagged only")
         self.flagged_check.setToolTip("Show only the images above the threshold (F)")
         self.flagged_check.toggled.connect(lambda on: self.model.set_order(flagged_only=on))
+        self.review_check = QCheckBox("To review")
+        self.review_check.setToolTip("Show only the unreviewed images in the review band or flagged, highest "
+                                     "score first; each verdict takes its image off the list (R)")
+        self.review_check.toggled.connect(self.review_filter_toggled)
         self.group_combo = QComboBox()
         self.group_combo.addItems(["All groups", "Normal group", "Suspect group"])
         self.group_combo.setToolTip("Zero-shot scans: show one group of the normal / suspect split")
@@ -451,6 +511,7 @@ class GalleryPanel(QWidget):
         bar.addWidget(self.sort_combo)
         bar.addSpacing(8)
         bar.addWidget(self.flagged_check)
+        bar.addWidget(self.review_check)
         bar.addWidget(self.group_combo)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -551,6 +612,7 @@ class GalleryPanel(QWidget):
         self.sort_combo.setCurrentIndex(1 if on else 0)
         self.sort_combo.blockSignals(False)
         self.model.set_order(by_score=on)
+        self.sort_changed.emit(bool(on))
         current = self.view.currentIndex()
         if current.isValid():
             self.view.scrollTo(current)
@@ -604,7 +666,7 @@ class GalleryPanel(QWidget):
             text += f" · loading thumbnails {self.model.thumbs_done} / {n}"
         if scored:
             text += f" · {scored} scored · {flagged} flagged"
-        if self.model.flagged_only or self.model.group_filter is not None:
+        if self.model.flagged_only or self.model.group_filter is not None or self.model.review_only is not None:
             text += f" · showing {visible}"
         if self.model.stale and scored:
             text += f" · {self.model.stale}, greyed until the new results arrive"

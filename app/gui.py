@@ -151,6 +151,8 @@ def _run_window(app: QApplication, window: MainWindow, folder: str | None, good:
         window.set_good_folder(good)
     if folder:
         window.open_folder(folder)
+    elif not screenshot and not autorun:
+        QTimer.singleShot(0, window.offer_last_session)  # starting the app offers the last session
     elif screenshot:
         QTimer.singleShot(0, lambda: pilot._finish(0 if not autorun else 1))
     code = app.exec()

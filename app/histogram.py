@@ -26,6 +26,8 @@ LOG_SPAN = 100.0  # max/min score ratio above which the axis goes logarithmic by
 class HistogramPanel(QWidget):
     threshold_moved = Signal(float)  # the value the line was dropped at
     reset_requested = Signal()
+    band_moved = Signal(float, float)  # the review band's two thresholds, when a drag ends
+    curves_requested = Signal()  # "ROC / PR" from the inspector's verdicts
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -57,6 +59,15 @@ class HistogramPanel(QWidget):
                                     label="", labelOpts={"position": 0.93, "color": "#ffffff",
                                                          "fill": (30, 30, 30, 200), "movable": False})
         self.line.hide()
+        # The review band: at or below its left edge passes, above its right edge fails, between is to review.
+        self.band = pg.LinearRegionItem(brush=pg.mkBrush(255, 210, 63, 40), hoverBrush=pg.mkBrush(255, 210, 63, 70),
+                                        pen=pg.mkPen("#ffd23f", width=2, style=pg.QtCore.Qt.DashLine))
+        self.band.setZValue(-5)
+        self.band.setToolTip("Review band: drag its edges; scores between them are to review")
+        self.band.hide()
+        self.band.sigRegionChangeFinished.connect(self._band_dropped)
+        self.plot.addItem(self.band)
+        self._band: Optional[tuple[float, float]] = None
         for item in (self.normal_bars, self.flag_bars, self.calib, self.line):
             self.plot.addItem(item)
         self.line.sigPositionChanged.connect(self._line_dragging)
@@ -74,12 +85,17 @@ class HistogramPanel(QWidget):
         self.reset_button.setToolTip("Back to the threshold calibrated when the detector was trained")
         self.reset_button.clicked.connect(self.reset_requested)
         self.reset_button.setEnabled(False)
+        self.curves_button = QPushButton("ROC / PR…")
+        self.curves_button.setToolTip("ROC and precision-recall from your OK / NG verdicts, and the threshold "
+                                      "that reaches a chosen recall")
+        self.curves_button.clicked.connect(self.curves_requested)
 
         top = QHBoxLayout()
         top.addWidget(self.count_label, 1)
         top.addWidget(self.log_check)
         bottom = QHBoxLayout()
         bottom.addWidget(self.info_label, 1)
+        bottom.addWidget(self.curves_button)
         bottom.addWidget(self.reset_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 6)
@@ -115,9 +131,35 @@ class HistogramPanel(QWidget):
             self.line.show()
             self.line.setToolTip(f"{threshold.describe()}\nDrag to change it; release to apply.")
         self._redraw(rescale)
+        self._place_band()
 
     def clear(self) -> None:
         self.set_scores([], None)
+        self.set_band(None, None)
+
+    def set_band(self, low: Optional[float], high: Optional[float]) -> None:
+        """Show the review band (``None, None`` hides it)."""
+        self._band = None if low is None or high is None else (float(low), float(high))
+        self._place_band()
+
+    def _place_band(self) -> None:
+        if self._band is None:
+            self.band.hide()
+            return
+        self.band.blockSignals(True)
+        self.band.setRegion([self._to_axis(self._band[0]), self._to_axis(self._band[1])])
+        self.band.blockSignals(False)
+        self.band.show()
+
+    def _band_dropped(self) -> None:
+        try:
+            lo, hi = (self._from_axis(v) for v in self.band.getRegion())
+        except OverflowError:  # dragged far off a log axis
+            self._place_band()
+            return
+        if math.isfinite(lo) and math.isfinite(hi):
+            self._band = (float(lo), float(hi))
+            self.band_moved.emit(float(lo), float(hi))
 
     def set_source(self, source: str) -> None:
         """Where the threshold in force came from (e.g. "calibrated at FPR 0.01 on 12 …, from the model m")."""
@@ -238,6 +280,7 @@ class HistogramPanel(QWidget):
         self._log_forced = on
         self._log = on
         self.set_threshold(self.threshold, rescale=True)
+        self._place_band()
 
     def flagged_text(self) -> str:
         return self.count_label.text()

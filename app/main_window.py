@@ -10,6 +10,7 @@ from typing import Optional
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
+    QDialog,
     QDockWidget,
     QFileDialog,
     QLabel,
@@ -17,17 +18,21 @@ from PySide6.QtWidgets import (
     QMessageBox,
     QScrollArea,
     QSplitter,
+    QVBoxLayout,
     QWidget,
 )
 
 from app.controller import EXPORT_KINDS, Controller, FolderInfo
+from app.curves_dialog import CurvesDialog
 from app.gallery import GalleryPanel
 from app.grouping import GroupingPanel
 from app.histogram import HistogramPanel
 from app.image_view import ImageView
 from app.panels import DetectorPanel, FolderPanel, LogPanel
+from app.review_panel import NEXT_KEY, NOTE_KEY, VERDICT_KEYS, ReviewPanel
 from core.detectors.base import Detector
-from core.detectors.registry import REGISTRY
+from core.detectors.config import ConfigError
+from core.detectors.registry import REGISTRY, make_config
 from core.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from core.results import ScanResult
 from core.runtime.device import resolve_device
@@ -36,6 +41,24 @@ APP_NAME = "Anomaly Inspector"
 MAX_RECENT = 8
 STATE_VERSION = 1
 ROWS_REFRESH_MS = 250  # the gallery and histogram follow a running scan at about 4 updates a second
+SELECTION_SAVE_MS = 600  # the selection is kept in the session once it has rested this long
+
+#: Every key of the window, for Help > Keyboard shortcuts (the menus show the same keys).
+SHORTCUTS = [
+    ("Arrows, PageUp / PageDown, Home / End", "move through the gallery"),
+    (VERDICT_KEYS["ok"], "verdict OK (the part is good)"),
+    (VERDICT_KEYS["ng"], "verdict NG (the part is defective)"),
+    (VERDICT_KEYS["unsure"], "verdict unsure"),
+    (VERDICT_KEYS[None], "clear the verdict"),
+    (NOTE_KEY, "write a note on the image"),
+    (NEXT_KEY, "'to review' filter: unreviewed images in the review band or flagged"),
+    ("F", "flagged images only"),
+    ("S / N", "sort by score / by name"),
+    ("H / G", "heat map / ground-truth outline"),
+    ("+ / - / 0 / 1", "zoom in / out, fit, 1:1"),
+    ("Ctrl+R or F5 / Ctrl+T", "run / train the detector"),
+    ("Esc", "cancel the running task (asks first)"),
+]
 
 
 def default_settings() -> QSettings:
@@ -48,6 +71,9 @@ class MainWindow(QMainWindow):
     #: Closing while a task runs asks first and then lets it wind down with the window still
     #: drawing; False cancels and waits at once (tests that close a busy window use it).
     confirm_close_when_busy = True
+    #: Opening another folder or closing with results no session keeps asks first (tests of other
+    #: rooms switch it off; the prompt itself is tested with it on).
+    ask_before_discarding = True
 
     def __init__(self, settings: Optional[QSettings] = None, controller: Optional[Controller] = None,
                  cuda_available: Optional[bool] = None, parent: Optional[QWidget] = None) -> None:
@@ -78,7 +104,20 @@ class MainWindow(QMainWindow):
         self.splitter = QSplitter(Qt.Vertical)
         self.splitter.setObjectName("centralSplitter")
         self.splitter.addWidget(self.gallery)
-        self.splitter.addWidget(self.image_view)
+        self.review = ReviewPanel()
+        viewer = QWidget()
+        vlay = QVBoxLayout(viewer)
+        vlay.setContentsMargins(0, 0, 0, 0)
+        vlay.setSpacing(0)
+        vlay.addWidget(self.image_view, 1)
+        vlay.addWidget(self.review)
+        self.splitter.addWidget(viewer)
+        self._selection_timer = QTimer(self)
+        self._selection_timer.setSingleShot(True)
+        self._selection_timer.setInterval(SELECTION_SAVE_MS)
+        self._selection_timer.timeout.connect(self._remember_selection)
+        self._restoring: dict = {}
+        self._curves: Optional[CurvesDialog] = None
         self.splitter.setStretchFactor(0, 2)
         self.splitter.setStretchFactor(1, 3)
         self.splitter.setSizes([380, 560])
@@ -139,6 +178,11 @@ class MainWindow(QMainWindow):
         m = mb.addMenu("&File")
         self._action(m, "&Open folder…", self.open_folder, QKeySequence.Open, "Open a folder of images to inspect")
         self.recent_menu = m.addMenu("Open &recent")
+        self._action(m, "Open s&ession file…", self.open_session_file, tip="Open a session (.db), e.g. one "
+                     "written by 'scan --session' on a server, with its folder")
+        self.reopen_action = self._action(m, "Reopen &last session", self.reopen_last_session)
+        self.save_session_action = self._action(m, "Save session &as…", self.save_session_as, "Ctrl+Shift+S",
+                                                "Copy the session (results and decisions) to a file and go on there")
         m.addSeparator()
         self._action(m, "Open &model…", self.open_model, "Ctrl+Shift+O", "Load a saved detector")
         self.save_model_action = self._action(m, "&Save model…", self.save_model, QKeySequence.Save,
@@ -162,6 +206,19 @@ class MainWindow(QMainWindow):
         self._action(m, "Sort by &name", lambda: self.gallery.set_sort_by_score(False), "N")
         m.addSeparator()
         self._action(m, "&Reset layout", lambda: self.restoreState(self._default_state, STATE_VERSION))
+
+        m = mb.addMenu("&Review")
+        self.review_actions = [
+            self._action(m, "Verdict &OK", lambda: self.set_verdict("ok"), VERDICT_KEYS["ok"]),
+            self._action(m, "Verdict &NG", lambda: self.set_verdict("ng"), VERDICT_KEYS["ng"]),
+            self._action(m, "Verdict &unsure", lambda: self.set_verdict("unsure"), VERDICT_KEYS["unsure"]),
+            self._action(m, "&Clear verdict", lambda: self.set_verdict(None), VERDICT_KEYS[None]),
+        ]
+        self._action(m, "&Note…", lambda: self.review.note.setFocus(), NOTE_KEY)
+        m.addSeparator()
+        self._action(m, "&To review", self.toggle_to_review, NEXT_KEY,
+                     "Only the unreviewed images in the review band or flagged, highest score first")
+        self._action(m, "This one is &normal", self.mark_normal)
 
         m = mb.addMenu("&Detector")
         self.detector_group = QActionGroup(self)
@@ -188,11 +245,15 @@ class MainWindow(QMainWindow):
             "results": self._action(m, "Full &results…", lambda: self.export("results"),
                                     tip="results.csv, flagged.txt, skipped.csv and heat maps"),
         }
+        self.report_action = self._action(m, "&Report (HTML)…", self.export_report,
+                                          tip="One self-contained HTML file: counts, histogram, ROC of the "
+                                              "verdicts, flagged and disagreeing images with notes")
         m.addSeparator()
         self.open_export_action = self._action(m, "&Open last export folder", self.open_export_folder)
         self.open_export_action.setEnabled(False)
 
         m = mb.addMenu("&Help")
+        self._action(m, "&Keyboard shortcuts", self.show_shortcuts, "F1")
         self._action(m, "&About", self.about)
         self._sync_actions()
 
@@ -218,6 +279,19 @@ class MainWindow(QMainWindow):
         c.device_described.connect(self._device_described)
         c.grouping_changed.connect(self._grouping_changed)
         c.stale_changed.connect(self._stale_changed)
+        c.session_changed.connect(self._session_changed)
+        c.session_restored.connect(self._session_restored)
+        c.review_changed.connect(self._review_changed)
+        c.maps_restored.connect(self._refresh_current)
+        self.review.verdict_requested.connect(self.set_verdict)
+        self.review.note_edited.connect(self._note_edited)
+        self.review.normal_requested.connect(self.mark_normal)
+        self.review.band_requested.connect(c.set_review_band)
+        self.histogram.band_moved.connect(c.set_review_band)
+        self.histogram.curves_requested.connect(self.show_curves)
+        self.gallery.review_filter_toggled.connect(self._review_filter_toggled)
+        self.gallery.sort_changed.connect(lambda on: c.remember("sort", "score" if on else "name"))
+        self.gallery.flagged_check.toggled.connect(lambda on: c.remember("flagged_only", on))
 
         self.gallery.current_changed.connect(self._current_changed)
         self.gallery.current_changed.connect(self.grouping.set_current)
@@ -301,7 +375,20 @@ class MainWindow(QMainWindow):
             folder = QFileDialog.getExistingDirectory(self, "Open a folder of images", start)
             if not folder:
                 return
+        if not self.confirm_discard(f"Open {folder}"):
+            return
         self.controller.open_folder(folder, recursive)
+
+    def confirm_discard(self, action: str) -> bool:
+        """Whether work that is not kept in a session may be dropped for ``action``: asks when
+        there is some (never silently), True when there is none."""
+        what = self.controller.unsaved()
+        if not what or not self.ask_before_discarding:
+            return True
+        answer = QMessageBox.question(self, "Discard unsaved work?",
+                                      f"{action}: {what} would be lost.\n\nDiscard them?",
+                                      QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Cancel)
+        return answer == QMessageBox.Discard
 
     def _subfolders_clicked(self, on: bool) -> None:
         if self.controller.folder is not None:
@@ -438,7 +525,8 @@ class MainWindow(QMainWindow):
                           "and inspect anomaly heat maps, the score histogram and the flagged parts.</p>"
                           "<p>Keys: arrows / PageUp / PageDown move through the gallery; H toggles the heat "
                           "map, G the ground-truth outline; + / - zoom, 0 fits, 1 shows 1:1; F shows only flagged images; S / N sort by score / name; "
-                          "Esc cancels the running task.</p>")
+                          "Esc cancels the running task; A / D / U / C give the verdict OK / NG / unsure / none. "
+                          "Help > Keyboard shortcuts (F1) lists every key.</p>")
 
     # ================================================================== controller -> views
     def _folder_opened(self, info: FolderInfo) -> None:
@@ -453,6 +541,9 @@ class MainWindow(QMainWindow):
 
     def _current_changed(self, path: Optional[Path]) -> None:
         c = self.controller
+        self.review.show_image(path, c.verdict(path) if path else None, c.note(path) if path else "")
+        if path is not None and not self._restoring:
+            self._selection_timer.start()
         if path is None:
             self.image_view.clear()
             return
@@ -510,6 +601,7 @@ class MainWindow(QMainWindow):
             self.docks["grouping"].show()
             self.docks["grouping"].raise_()
         self._refresh_current()
+        self._review_changed()
         self._sync_actions()
 
     def _grouping_changed(self, result: ScanResult) -> None:
@@ -602,6 +694,9 @@ class MainWindow(QMainWindow):
             act.setEnabled(has_result)
         self.save_model_action.setEnabled(c.detector is not None and not c.busy)
         self.cancel_action.setEnabled(c.busy)
+        stored = c.session is not None and c.run_id is not None and not c.busy
+        self.report_action.setEnabled(stored)
+        self.save_session_action.setEnabled(c.session is not None and not c.busy)
 
     def _logged(self, level: str, message: str) -> None:
         self.log_panel.add(level, message)
@@ -617,6 +712,180 @@ class MainWindow(QMainWindow):
         self.settings.setValue("export/last_dir", folder)
         self.open_export_action.setEnabled(True)
         self._sync_actions()
+
+    # ================================================================== review
+    def set_verdict(self, verdict: Optional[str]) -> bool:
+        """The verdict keys and buttons: ``verdict`` for the image shown."""
+        path = self.gallery.current_path()
+        if path is None:
+            return False
+        return self.controller.set_verdict(path, verdict)
+
+    def _note_edited(self, text: str) -> None:
+        path = self.review.path
+        if path is not None:
+            self.controller.set_note(path, text)
+
+    def mark_normal(self) -> bool:
+        path = self.gallery.current_path()
+        return path is not None and self.controller.mark_normal(path)
+
+    def toggle_to_review(self) -> None:
+        self.gallery.review_check.setChecked(not self.gallery.review_check.isChecked())
+        self.gallery.view.setFocus()
+
+    def _review_filter_toggled(self, on: bool) -> None:
+        self.gallery.model.set_review_only(self.controller.review_queue() if on else None)
+        self.controller.remember("to_review", on)
+        if on and not self._restoring:
+            self.gallery.select_row(0)  # the walk starts at the highest score
+
+    def _review_changed(self) -> None:
+        """Verdicts, notes or the band changed: tiles, counters, the band and the queue follow."""
+        c = self.controller
+        self.gallery.model.set_verdicts(c.verdicts())
+        if self.gallery.review_check.isChecked():
+            self.gallery.model.set_review_only(c.review_queue())
+        band = c.band
+        self.histogram.set_band(band.low if band else None, band.high if band else None)
+        if band is not None:
+            self.review.show_band(band.low, band.high)
+        elif c.result is not None and c.result.rows and c.threshold is not None:  # a start for typing one
+            scores = [r.score for r in c.result.rows]
+            margin = (max(scores) - min(scores)) * 0.05
+            self.review.show_band(c.threshold.value - margin, c.threshold.value + margin)
+        status = c.review_status()
+        self.review.show_counters(status.describe() if status is not None else
+                                  "no stored run" if c.result is None or c.session is None else "not stored")
+        path = self.gallery.current_path()
+        self.review.show_image(path, c.verdict(path) if path else None, c.note(path) if path else "")
+
+    def show_curves(self) -> CurvesDialog:
+        """ROC / precision-recall from the verdicts, with the threshold for a chosen recall (not modal)."""
+        if self._curves is None:
+            self._curves = CurvesDialog(self)
+            self._curves.recall_changed.connect(lambda _r: self._update_curves())
+            self._curves.apply_requested.connect(self.controller.set_threshold)
+            self.controller.review_changed.connect(self._update_curves)
+            self.controller.result_changed.connect(lambda _r: self._update_curves())
+        self._update_curves()
+        self._curves.show()
+        return self._curves
+
+    def _update_curves(self) -> None:
+        if self._curves is not None:
+            self._curves.show_curves(*self.controller.verdict_curves(self._curves.recall.value()))
+
+    def review_counters(self) -> str:
+        return self.review.counters.text()
+
+    def _session_changed(self, session) -> None:
+        self.review.set_read_only(session.read_only_reason if session is not None and session.read_only else "")
+        if session is not None:
+            self.settings.setValue("session/last", str(session.path))
+            self.settings.setValue("session/last_folder", str(session.folder or ""))
+        self._sync_actions()
+
+    def _session_restored(self, state: dict) -> None:
+        """Sort, filters and selection as they were when the session was last used."""
+        self._restoring = state or {"restoring": True}
+        try:
+            name, settings = state.get("run_detector"), state.get("run_settings") or {}
+            if name in REGISTRY and REGISTRY[name].availability()[0] and self.controller.detector is None:
+                try:  # the detector and settings of the run shown (a model in memory keeps its own)
+                    config = make_config(name, settings)
+                except (ConfigError, TypeError, ValueError):
+                    config = None
+                self.detector_panel.select_detector(name, config)
+            if "sort" in state:
+                self.gallery.set_sort_by_score(state["sort"] == "score")
+            if "flagged_only" in state:
+                self.gallery.set_flagged_only(bool(state["flagged_only"]))
+            if "to_review" in state:
+                self.gallery.review_check.setChecked(bool(state["to_review"]))
+            if state.get("selection"):
+                self.gallery.select_path(Path(state["selection"]))
+        finally:
+            self._restoring = {}
+
+    def _remember_selection(self) -> None:
+        self._selection_timer.stop()
+        path = self.gallery.current_path()
+        if path is not None:
+            self.controller.remember("selection", str(path))
+
+    def open_session_file(self, path: Optional[str] = None, folder: Optional[str] = None) -> bool:
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(self, "Open a session", str(Path.home()), "Sessions (*.db)")
+            if not path:
+                return False
+        if not self.confirm_discard(f"Open {path}"):
+            return False
+        return self.controller.open_session_file(path, folder)
+
+    def reopen_last_session(self) -> bool:
+        """Open the session used last (the app offers it when it starts)."""
+        folder = self.settings.value("session/last_folder", "", type=str)
+        if not folder or not Path(folder).is_dir():
+            self.controller.log("warning", "No last session to reopen.")
+            return False
+        if not self.confirm_discard(f"Reopen {folder}"):
+            return False
+        last = self.settings.value("session/last", "", type=str)
+        if last and Path(last).is_file():
+            return self.controller.open_session_file(last, folder)
+        self.controller.open_folder(folder)
+        return True
+
+    def offer_last_session(self) -> bool:
+        """At start: offer to reopen the last session; True when it is being reopened."""
+        folder = self.settings.value("session/last_folder", "", type=str)
+        if not folder or not Path(folder).is_dir():
+            return False
+        answer = QMessageBox.question(self, "Reopen the last session?",
+                                      f"Reopen the session of {folder} (results, threshold, verdicts and notes)?",
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
+        return answer == QMessageBox.Yes and self.reopen_last_session()
+
+    def save_session_as(self, path: Optional[str] = None) -> bool:
+        c = self.controller
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save session as", str(Path.home() / "session.db"),
+                                                  "Sessions (*.db)")
+            if not path:
+                return False  # the file dialog asked before replacing
+        return c.save_session_as(path)
+
+    def export_report(self, path: Optional[str] = None, overwrite: Optional[bool] = None) -> bool:
+        c = self.controller
+        if path is None:
+            start = self.settings.value("export/last_dir", str(Path.home()), type=str)
+            path, _ = QFileDialog.getSaveFileName(self, "Write the HTML report", str(Path(start) / "report.html"),
+                                                  "HTML (*.html)")
+            if not path:
+                return False
+            overwrite = True  # the file dialog asked
+        target = Path(path)
+        if target.exists() and not overwrite:
+            if overwrite is None and self._ask_overwrite("the report", target.parent, [target]):
+                return c.export_report(target)
+            c.log("info", f"Report not written: {target} exists.")
+            return False
+        return c.export_report(target)
+
+    def show_shortcuts(self) -> QDialog:
+        """Help > Keyboard shortcuts: every key of the window (not modal)."""
+        dlg = QDialog(self)
+        dlg.setWindowTitle("Keyboard shortcuts")
+        rows = "".join(f"<tr><td style='padding-right:16px'><b>{k}</b></td><td>{what}</td></tr>"
+                       for k, what in SHORTCUTS)
+        label = QLabel(f"<table>{rows}</table>")
+        label.setObjectName("shortcutsTable")
+        lay = QVBoxLayout(dlg)
+        lay.addWidget(label)
+        dlg.show()
+        self._shortcuts_dialog = dlg
+        return dlg
 
     # ================================================================== closing
     def closeEvent(self, event: QCloseEvent) -> None:
@@ -635,8 +904,12 @@ class MainWindow(QMainWindow):
             event.ignore()
             self._begin_shutdown(c.busy_title)
             return
+        if not winding_down and not c.busy and not self.confirm_discard("Close"):
+            event.ignore()
+            return
         if winding_down and not self._shutdown_done:
             self._shutdown_timer.stop()  # closed again: wait here for the last jobs
+        self._remember_selection()
         self.save_settings()
         c.shutdown()
         super().closeEvent(event)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -76,13 +77,18 @@ def scan_into_session(
     cancel: CancelToken | None = None,
     store_maps: bool = True,
     keep_partial: bool = False,
+    on_row: Optional[Callable[[int, ScanRow], None]] = None,
+    keep_extras: bool = False,
 ) -> SessionScan:
     """Scan the files of ``source`` into ``session`` as a new run, reusing stored scores.
 
     ``threshold`` overrides the detector's own, as in :func:`core.engine.workflows.scan_images`.
     Only file-backed sources can be stored (a session records files). With ``keep_partial`` a
     cancelled scan returns the rows scored so far (``result.interrupted``) and stores no run,
-    instead of raising ``Cancelled``.
+    instead of raising ``Cancelled``. ``on_row(i, row)`` is called for every row as it is known
+    (reused rows first, then each scored one), so a front end can show them as they come;
+    ``keep_extras`` keeps the detector's side images (reconstructions) on newly scored rows (the
+    session does not store them, so reused rows have none).
     """
     paths = [source.path(i) for i in range(len(source))]
     if any(p is None for p in paths):
@@ -110,11 +116,15 @@ def scan_into_session(
         rows[i] = ScanRow(Path(paths[i]), s.score, None if thr is None else thr.flags(s.score), (s.height, s.width),
                           m, dict(s.columns))
         origin[i] = s.run_id
+        if on_row is not None:
+            on_row(i, rows[i])
 
     def collect(j: int, res: ScoreResult) -> None:
         i = todo[j]
-        rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr)
+        rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr, keep_extras=keep_extras)
         origin[i] = None
+        if on_row is not None:
+            on_row(i, rows[i])
 
     interrupted = False
     if todo:

@@ -69,6 +69,7 @@ def settings(tmp_path):
 def make_window(qtbot, settings) -> MainWindow:
     win = MainWindow(settings=settings, cuda_available=False)
     win.confirm_close_when_busy = False  # teardown closes windows: never wait on a dialog there
+    win.ask_before_discarding = False  # nor on the discard prompt (tested on its own)
     qtbot.addWidget(win)  # closed (which cancels and waits for jobs) at teardown
     # the GUI tests drive the cheap baseline (the window's default is patchcore where its weights are)
     win.select_detector("pixel-gaussian")

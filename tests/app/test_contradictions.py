@@ -160,9 +160,14 @@ def test_4_previous_groups_are_marked_while_a_new_scan_runs(qtbot):
 
 
 # ---------------------------------------------------------------- 5. Esc and closing while busy
+#: One image per batch; a blur of its own, so that the folder's session holds no scores of these
+#: settings to reuse and every image is really scored (slowly).
+SLOW = {"batch_size": 1, "blur_sigma": 1.1}
+
+
 def start_slow_scan(qtbot, win, good, delay=0.3):
-    win.controller.set_detector(trained(SlowGaussian, good, delay=delay, batch_size=1))
-    set_form(win, batch_size=1)
+    win.controller.set_detector(trained(SlowGaussian, good, delay=delay, **SLOW))
+    set_form(win, **SLOW)
     with qtbot.waitSignal(win.controller.rows_arrived, timeout=10000):
         assert win.run_detector()
 

@@ -22,10 +22,15 @@ def gallery_scores(win) -> dict[str, float | None]:
     return {m.path_at(i).name: m.index(i).data(ScoreRole) for i in range(m.rowCount())}
 
 
+#: One image per batch; a blur of its own, so that the folder's session holds no scores of these
+#: settings to reuse and every image is really scored (slowly).
+SLOW = {"batch_size": 1, "blur_sigma": 1.1}
+
+
 def start_slow_scan(qtbot, win, good, delay: float) -> None:
     """A scan with a detector that sleeps ``delay`` s per image; returns once rows arrive."""
-    win.controller.set_detector(trained(SlowGaussian, good, delay=delay, batch_size=1))
-    set_form(win, batch_size=1)
+    win.controller.set_detector(trained(SlowGaussian, good, delay=delay, **SLOW))
+    set_form(win, **SLOW)
     with qtbot.waitSignal(win.controller.rows_arrived, timeout=10000):
         assert win.run_detector()
 

@@ -177,3 +177,30 @@ def test_an_interrupted_session_scan_keeps_what_was_scored_and_stores_no_run(tin
             scan_into_session(s, det, ImageSource.from_folder(batch), progress=progress, cancel=token)
         assert s.runs() == []
         assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_new == 8  # nothing half-stored to reuse
+
+
+def test_rows_are_reported_as_known_and_side_images_kept_on_request(tiny_parts, tmp_path):
+    import dataclasses
+
+    det = _trained(tiny_parts)
+    original = det.score
+
+    def score(images, progress=None, cancel=None, on_result=None, **k):  # a detector with a side image
+        def with_extra(j, res):
+            on_result(j, dataclasses.replace(res, extras={"reconstruction": np.zeros((4, 4), np.float32)}))
+        return original(images, progress, cancel, on_result=with_extra, **k)
+
+    det.score = score
+    batch = tiny_parts / "batch"
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        seen: list[int] = []
+        first = scan_into_session(s, det, ImageSource.from_folder(batch), on_row=lambda i, row: seen.append(i),
+                                  keep_extras=True)
+        assert sorted(seen) == list(range(8))
+        assert all("reconstruction" in r.extras for r in first.result.rows)
+        write_png(batch / "new1.png", make_part(np.random.default_rng(3)))
+        seen.clear()
+        second = scan_into_session(s, det, ImageSource.from_folder(batch), on_row=lambda i, row: seen.append(i))
+        new = [i for i, r in enumerate(second.result.rows) if r.path.name == "new1.png"]
+        assert sorted(seen) == list(range(9)) and seen[-1] == new[0]  # the reused rows first, then the scored one
+        assert not any(r.extras for r in second.result.rows)  # not asked for
