@@ -66,13 +66,15 @@ def settings(tmp_path):
     return QSettings(str(tmp_path / "settings.ini"), QSettings.IniFormat)
 
 
-def make_window(qtbot, settings) -> MainWindow:
+def make_window(qtbot, settings, detector: str | None = "pixel-gaussian") -> MainWindow:
     win = MainWindow(settings=settings, cuda_available=False)
     win.confirm_close_when_busy = False  # teardown closes windows: never wait on a dialog there
     win.ask_before_discarding = False  # nor on the discard prompt (tested on its own)
     qtbot.addWidget(win)  # closed (which cancels and waits for jobs) at teardown
-    # the GUI tests drive the cheap baseline (the window's default is patchcore where its weights are)
-    win.select_detector("pixel-gaussian")
+    # the GUI tests drive the cheap baseline (the window's default is patchcore where its weights are);
+    # detector=None keeps what the window restored from its settings
+    if detector is not None:
+        win.select_detector(detector)
     win.show()
     return win
 

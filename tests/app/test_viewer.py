@@ -149,7 +149,7 @@ def test_detector_settings_are_kept_per_detector_and_across_restarts(qtbot, sett
     assert p.overrides()["blur_sigma"] == 2.5  # back and forth: kept
     win.select_detector("ocsvm")
     win.close()
-    again = make_window(qtbot, settings)
+    again = make_window(qtbot, settings, detector=None)  # as restarted: no detector chosen by the test
     q = again.detector_panel
     assert q.current_name() == "ocsvm" and q.overrides()["image_size"] == 48
     again.select_detector("pixel-gaussian")
