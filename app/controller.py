@@ -15,6 +15,7 @@ import dataclasses
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -187,13 +188,16 @@ class Controller(QObject):
         self._submit(CallableJob(lambda p, c, e: describe_device(resolve_device("auto")), title="device"),
                      "device", self.device_described.emit)
 
-    def open_folder(self, folder: str | os.PathLike, recursive: Optional[bool] = None) -> None:
-        """List the image files of ``folder`` off the UI thread, then show them."""
+    def open_folder(self, folder: str | os.PathLike, recursive: Optional[bool] = None,
+                    include: Sequence[str] = (), exclude: Sequence[str] = ()) -> None:
+        """List the image files of ``folder`` off the UI thread (``include`` / ``exclude``:
+        file-name patterns), then show them."""
         if self.scanning:
             self.log("warning", "A scan is running: cancel it before opening another folder.")
             return
         path = Path(folder).expanduser()
-        self._submit(CallableJob(lambda p, c, e: list_folder(path, recursive), title=f"Listing {path}"), "list",
+        inc, exc = tuple(include), tuple(exclude)
+        self._submit(CallableJob(lambda p, c, e: list_folder(path, recursive, inc, exc), title=f"Listing {path}"), "list",
                      self._folder_listed,
                      on_failure=lambda msg, tb: self.log("error", f"Cannot open folder: {msg}"))
 
@@ -207,8 +211,11 @@ class Controller(QObject):
         self.state.previous = None
         self._open_session(info.folder)
         where = " (including subfolders)" if info.recursive else ""
+        filters = "; ".join([*(f"only {p}" for p in info.include), *(f"not {p}" for p in info.exclude)])
+        where += f" [{filters}]" if filters else ""
         if info.paths:
-            self.log("info", f"Opened {info.folder}{where}: {len(info.paths)} images")
+            self.log("info", f"Opened {info.folder}{where}: {len(info.paths)} images"
+                             + (f"; {info.left_out}" if info.left_out else ""))
         else:
             self.log("warning", f"{info.folder} holds no image files (png, jpg, bmp, tif, webp)")
         self.folder_opened.emit(info)

@@ -303,6 +303,7 @@ class MainWindow(QMainWindow):
         self.histogram.reset_requested.connect(c.reset_threshold)
         self.folder_panel.open_clicked.connect(self.open_folder)
         self.folder_panel.subfolders_check.clicked.connect(self._subfolders_clicked)
+        self.folder_panel.patterns_changed.connect(self._patterns_changed)
         p = self.detector_panel
         p.train_clicked.connect(self.train)
         p.run_clicked.connect(self.run_detector)
@@ -377,7 +378,8 @@ class MainWindow(QMainWindow):
                 return
         if not self.confirm_discard(f"Open {folder}"):
             return
-        self.controller.open_folder(folder, recursive)
+        include, exclude = self.folder_panel.patterns()
+        self.controller.open_folder(folder, recursive, include, exclude)
 
     def confirm_discard(self, action: str) -> bool:
         """Whether work that is not kept in a session may be dropped for ``action``: asks when
@@ -392,7 +394,13 @@ class MainWindow(QMainWindow):
 
     def _subfolders_clicked(self, on: bool) -> None:
         if self.controller.folder is not None:
-            self.controller.open_folder(self.controller.folder.folder, recursive=on)
+            self.controller.open_folder(self.controller.folder.folder, on, *self.folder_panel.patterns())
+
+    def _patterns_changed(self) -> None:
+        """The include / exclude patterns changed: list the open folder again with them."""
+        info = self.controller.folder
+        if info is not None and self.confirm_discard(f"List {info.folder} again"):
+            self.controller.open_folder(info.folder, info.recursive, *self.folder_panel.patterns())
 
     def set_good_folder(self, folder: Optional[str]) -> None:
         """Use ``folder`` for training and show it; one that cannot be used is shown as such and

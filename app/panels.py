@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.theme import ACCENT
+from app.workers import split_patterns
 from core.detectors.config import DetectorConfig, field_type
 from core.detectors.registry import REGISTRY, default_detector, detector_names
 from core.results.threshold import DEFAULT_FPR
@@ -163,6 +164,7 @@ class ConfigForm(QWidget):
 # ====================================================================== folder
 class FolderPanel(QWidget):
     open_clicked = Signal()
+    patterns_changed = Signal()  # include / exclude edited and confirmed (Enter, focus out)
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -174,6 +176,16 @@ class FolderPanel(QWidget):
         self.subfolders_check = QCheckBox("Include subfolders")
         self.subfolders_check.setToolTip("Also list images in subfolders (turned on by itself when the folder "
                                          "holds only subfolders)")
+        self.include_edit = QLineEdit()
+        self.include_edit.setPlaceholderText("only files matching, e.g. *.png; cam1/*")
+        self.include_edit.setToolTip("File-name patterns (separated by ; or ,) an image must match to be listed; "
+                                     "matched against the name and the path inside the folder")
+        self.exclude_edit = QLineEdit()
+        self.exclude_edit.setPlaceholderText("leave out files matching, e.g. *_ref.*")
+        self.exclude_edit.setToolTip("File-name patterns (separated by ; or ,) of images to leave out")
+        self._patterns = ("", "")
+        for edit in (self.include_edit, self.exclude_edit):
+            edit.editingFinished.connect(self._patterns_edited)
         open_button = QPushButton("Open folder…")
         open_button.clicked.connect(self.open_clicked)
         grid = QGridLayout()
@@ -189,7 +201,21 @@ class FolderPanel(QWidget):
         row.addWidget(open_button)
         row.addWidget(self.subfolders_check, 1)
         lay.addLayout(row)
+        filters = QFormLayout()
+        filters.addRow("include", self.include_edit)
+        filters.addRow("exclude", self.exclude_edit)
+        lay.addLayout(filters)
         self.setMinimumHeight(self.sizeHint().height())
+
+    def patterns(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(include, exclude) file-name patterns as typed."""
+        return split_patterns(self.include_edit.text()), split_patterns(self.exclude_edit.text())
+
+    def _patterns_edited(self) -> None:
+        now = (self.include_edit.text(), self.exclude_edit.text())
+        if now != self._patterns:  # editingFinished also fires on a mere focus change
+            self._patterns = now
+            self.patterns_changed.emit()
 
     def show_folder(self, folder: Path, n_images: int, recursive: bool) -> None:
         self.path_label.setText(str(folder))

@@ -8,6 +8,8 @@ plain Python / numpy values, so it can be tested and reused without a window or 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from core.data.images import ImageReadError, list_images, read_thumbnail
+from core.data.images import ImageReadError, read_thumbnail
 from core.data.layouts import mask_for_image
+from core.data.listing import list_folder as core_list_folder
 from core.io.export import (
     FLAGGED_NAME,
     HEATMAP_DIR,
@@ -39,6 +42,10 @@ class FolderInfo:
     folder: Path
     paths: list[Path]
     recursive: bool
+    #: What the listing left out and why ("left out 83 mask files, ..."), else "".
+    left_out: str = ""
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
@@ -73,15 +80,27 @@ def decode_thumbnails(paths: list[Path], progress, cancel, emit) -> int:
     return n
 
 
-def list_folder(folder: Path, recursive: Optional[bool]) -> FolderInfo:
-    """Image files of ``folder``; with ``recursive=None`` subfolders are searched when the
-    folder itself holds no image (e.g. an MVTec ``test/`` folder of defect types)."""
+def list_folder(folder: Path, recursive: Optional[bool], include: Sequence[str] = (),
+                exclude: Sequence[str] = ()) -> FolderInfo:
+    """Image files of ``folder`` through the one listing of ``core.data.listing`` (masks of a
+    dataset layout, hidden files and scan outputs left out; ``include`` / ``exclude`` file-name
+    patterns as on ``scan``); with ``recursive=None`` subfolders are searched when the folder
+    itself holds no image (e.g. an MVTec ``test/`` folder of defect types)."""
+    inc, exc = tuple(include), tuple(exclude)
+
+    def info(rec: bool) -> FolderInfo:
+        listing = core_list_folder(folder, recursive=rec, include=inc, exclude=exc)
+        return FolderInfo(folder, listing.images, rec, listing.describe(), inc, exc)
+
     if recursive is None:
-        paths = list_images(folder, recursive=False)
-        if paths:
-            return FolderInfo(folder, paths, False)
-        return FolderInfo(folder, list_images(folder, recursive=True), True)
-    return FolderInfo(folder, list_images(folder, recursive=recursive), recursive)
+        flat = info(False)
+        return flat if flat.paths else info(True)
+    return info(recursive)
+
+
+def split_patterns(text: str) -> tuple[str, ...]:
+    """``"*.png; cam1/*"`` -> ``("*.png", "cam1/*")``: patterns separated by ``;`` or ``,``."""
+    return tuple(p.strip() for p in re.split(r"[;,]", text or "") if p.strip())
 
 
 # ------------------------------------------------------------------ heat-map scales

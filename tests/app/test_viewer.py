@@ -252,3 +252,30 @@ def test_long_status_texts_never_widen_the_window(qtbot, window):
     window.image_view.readout.setText("x 1000  y 1000  RGB 255,255,255  map 12345.6 " * 3)
     qtbot.wait(50)
     assert window.width() == 1600
+
+
+def test_include_and_exclude_patterns_filter_the_folder(qtbot, window, tmp_path):
+    """The folder panel's patterns reach the one core listing: typing them re-lists the open
+    folder, the log names the patterns in force, and they stay for the next folder."""
+    from tests.conftest import make_part, write_png
+
+    rng = np.random.default_rng(0)
+    for name in ("cam1/a.png", "cam1/b.png", "cam2/a.png", "cam2/ref_a.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_png(tmp_path / name, make_part(rng, size=24))
+    logged = []
+    window.controller.logged.connect(lambda level, msg: logged.append(msg))
+    with qtbot.waitSignal(window.controller.folder_opened, timeout=10000):
+        window.open_folder(str(tmp_path), recursive=True)
+    assert len(window.controller.folder.paths) == 4
+    panel = window.folder_panel
+    panel.exclude_edit.setText("ref_*")
+    with qtbot.waitSignal(window.controller.folder_opened, timeout=10000):
+        panel.exclude_edit.editingFinished.emit()
+    assert [p.name for p in window.controller.folder.paths] == ["a.png", "b.png", "a.png"]
+    panel.include_edit.setText("cam1/*; nothing")
+    with qtbot.waitSignal(window.controller.folder_opened, timeout=10000):
+        panel.include_edit.editingFinished.emit()
+    assert [str(p.relative_to(tmp_path)) for p in window.controller.folder.paths] == ["cam1/a.png", "cam1/b.png"]
+    assert any("[only cam1/*; only nothing; not ref_*]" in m and "2 images" in m for m in logged)
+    assert window.folder_panel.images_label.text() == "2"
