@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from core.data.images import iter_batches
-from core.detectors.base import FitError
+from core.detectors.base import FitError, WeightRequirement
 from core.detectors.common import infer_channels, to_tensor_batch
 from core.detectors.config import ConfigError
 from core.io import weights as store
@@ -251,6 +251,27 @@ def decode_training_cache(name: str, images: Sequence[np.ndarray], size: int, ba
 
 
 # ----------------------------------------------------------------------------- pretrained weights
+def weights_requirement(preferred: Sequence[str], fallback: str) -> list[WeightRequirement]:
+    """What a detector with pretrained parts needs: the first of ``preferred`` weight sets (the
+    paper's) found in the store, else ``fallback`` (the offline default), unavailable with the
+    store's message when that is missing too."""
+    for name in preferred:
+        if store.locate(name) is not None:
+            return [WeightRequirement(name, True)]
+    found = store.locate(fallback) is not None
+    return [WeightRequirement(fallback, found, "" if found else store.missing_message(fallback))]
+
+
+def backbone_weights_available(kind: str, weight_sets: dict[str, str], test_only: Sequence[str] = ()) -> tuple[bool, str]:
+    """Whether backbone ``kind`` can be built here (its weight set is in the store), and why not."""
+    if kind in test_only or kind == "auto":
+        return True, ""
+    name = weight_sets[kind]
+    if store.locate(name) is None:
+        return False, store.missing_message(name)
+    return True, ""
+
+
 def pinned_weights(weights: tuple[str, store.Location] | None) -> dict[str, Any] | None:
     """The record a model keeps of the pretrained weights it was trained on (name, SHA-256,
     where they were found); ``None`` for a backbone without a weight set."""

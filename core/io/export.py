@@ -68,7 +68,8 @@ def flagged_line(path) -> str:
     return text + "\n"
 
 
-def _fmt(v) -> str:
+def csv_value(v) -> str:
+    """One CSV cell: empty for None, true/false, floats to 8 significant digits."""
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -86,7 +87,7 @@ def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> st
             if k not in extra:
                 extra.append(k)
     header = ["path", "score", "flagged", *extra, *(["heatmap"] if heatmaps is not None else [])]
-    body = ([display_path(r.path), _fmt(r.score), _fmt(r.flagged), *(_fmt(r.columns.get(k)) for k in extra),
+    body = ([display_path(r.path), csv_value(r.score), csv_value(r.flagged), *(csv_value(r.columns.get(k)) for k in extra),
              *([heatmaps[i]] if heatmaps is not None else [])] for i, r in enumerate(rows))
     return _csv_text(header, body)
 
@@ -106,7 +107,7 @@ def write_flagged(out_dir: str | os.PathLike, rows: list[ScanRow], with_scores: 
     flagged = [r for r in rows if r.flagged]
     _write_text(out / FLAGGED_NAME, "".join(flagged_line(r.path) for r in flagged))
     if with_scores:
-        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([display_path(r.path), _fmt(r.score)] for r in flagged)))
+        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([display_path(r.path), csv_value(r.score)] for r in flagged)))
     return out / FLAGGED_NAME
 
 

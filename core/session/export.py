@@ -18,22 +18,12 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from core.io.export import write_flagged, write_heatmaps, write_skipped
+from core.io.export import csv_value, write_flagged, write_heatmaps, write_skipped
 from core.session.identity import app_version, now
 from core.session.store import Session, disagrees
 
 RESULTS_NAME = "results.csv"
 PROVENANCE_NAME = "provenance.json"
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.8g}"
-    return str(v)
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -95,10 +85,10 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        w.writerow([str(r.path), _fmt(r.score), _fmt(r.flagged), d.value if d else "",
-                    _fmt(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
-                    d.at if d else "", *(_fmt(r.columns.get(k)) for k in extra),
-                    *(_fmt(prov[k]) for k in prov_cols)])
+        w.writerow([str(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
+                    csv_value(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
+                    d.at if d else "", *(csv_value(r.columns.get(k)) for k in extra),
+                    *(csv_value(prov[k]) for k in prov_cols)])
     written = {"results": out / RESULTS_NAME}
     _atomic_text(written["results"], buf.getvalue())
     written["flagged"] = write_flagged(out, result.rows)

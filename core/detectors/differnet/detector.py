@@ -60,6 +60,7 @@ from core.detectors.training import (
     decode_training_cache,
     pinned_weights,
     shuffled_batches,
+    weights_requirement,
 )
 from core.io import weights as store
 from core.results import ScoreResult
@@ -140,11 +141,7 @@ class DifferNetDetector(Detector):
     @classmethod
     def requirements(cls) -> list[WeightRequirement]:
         """AlexNet (paper) when found, else EfficientNet-Lite0; unavailable only if neither is."""
-        if store.locate("alexnet-imagenet") is not None:
-            return [WeightRequirement("alexnet-imagenet", True)]
-        name = "efficientnet-lite0-imagenet"
-        found = store.locate(name) is not None
-        return [WeightRequirement(name, found, "" if found else store.missing_message(name))]
+        return weights_requirement(["alexnet-imagenet"], "efficientnet-lite0-imagenet")
 
     def _build(self, backbone: str, feature_dim_check: int | None = None) -> DifferNet:
         cfg = self.config

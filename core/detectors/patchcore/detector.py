@@ -52,6 +52,12 @@ from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.patchcore.anomaly_map import BankIndex, reweighted_score, stitch, tile_boxes
 from core.detectors.patchcore.coreset import greedy_coreset
 from core.detectors.patchcore.torch_model import PatchFeatures
+from core.detectors.training import (
+    backbone_weights_available,
+    check_pinned_weights,
+    pinned_weights,
+    weights_requirement,
+)
 from core.io import weights as store
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -121,22 +127,12 @@ class PatchCoreDetector(Detector):
     @classmethod
     def requirements(cls) -> list[WeightRequirement]:
         """The paper's backbone when found, else the offline default; unavailable only if it is missing."""
-        paper = BACKBONE_WEIGHTS[PAPER_BACKBONE]
-        if store.locate(paper) is not None:
-            return [WeightRequirement(paper, True)]
-        name = BACKBONE_WEIGHTS[OFFLINE_DEFAULT]
-        found = store.locate(name) is not None
-        return [WeightRequirement(name, found, "" if found else store.missing_message(name))]
+        return weights_requirement([BACKBONE_WEIGHTS[PAPER_BACKBONE]], BACKBONE_WEIGHTS[OFFLINE_DEFAULT])
 
     @staticmethod
     def backbone_availability(kind: str) -> tuple[bool, str]:
         """Whether one backbone can be built here, and why not."""
-        if kind in TEST_ONLY or kind == "auto":
-            return True, ""
-        name = BACKBONE_WEIGHTS[kind]
-        if store.locate(name) is None:
-            return False, store.missing_message(name)
-        return True, ""
+        return backbone_weights_available(kind, BACKBONE_WEIGHTS, TEST_ONLY)
 
     def _build(self, backbone: str) -> PatchFeatures:
         cfg = self.config
@@ -247,9 +243,7 @@ class PatchCoreDetector(Detector):
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
         if self._weights is not None:
-            name, loc = self._weights
-            self.meta["weights"] = {"name": name, "sha256": store.verify(loc.path, store.get_weight_set(name)),
-                                    "source": loc.source}
+            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: bank of {bank.shape[0]} patches x {bank.shape[1]} ({backbone})")
 
@@ -312,12 +306,7 @@ class PatchCoreDetector(Detector):
         if model.feature_dim != int(meta["feature_dim"]) or tensors["memory_bank"].shape[1] != model.feature_dim:
             raise ValueError(f"backbone features of dimension {model.feature_dim} differ from the saved "
                              f"bank's {tuple(tensors['memory_bank'].shape)}")
-        saved = (meta.get("weights") or {}).get("sha256")
-        if saved and self._weights is not None:
-            name, loc = self._weights
-            if store.verify(loc.path, store.get_weight_set(name)) != saved:
-                raise store.ChecksumError(f"the '{name}' weights found at {loc.path} differ from those this model "
-                                          f"was trained with (SHA-256 {saved[:16]}...); retrain or restore them")
+        check_pinned_weights(self._weights, meta.get("weights"))
         if model.kind in TEST_ONLY:
             model.stages.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, strict=True)
         self.model = model.to(self.device).eval()

@@ -44,7 +44,14 @@ from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, TokenExtractor
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
-from core.detectors.training import TrainingLoop, check_pinned_weights, pinned_weights, shuffled_batches
+from core.detectors.training import (
+    TrainingLoop,
+    backbone_weights_available,
+    check_pinned_weights,
+    pinned_weights,
+    shuffled_batches,
+    weights_requirement,
+)
 from core.io import weights as store
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -156,21 +163,14 @@ class SANFDetector(Detector):
     @classmethod
     def requirements(cls) -> list[WeightRequirement]:
         """The paper's ViTs when found, else the offline default; unavailable only if it is missing."""
-        for kind in ("vit-l16", "vit-b16"):
-            if store.locate(BACKBONE_WEIGHTS[kind]) is not None:
-                return [WeightRequirement(BACKBONE_WEIGHTS[kind], True)]
-        name = BACKBONE_WEIGHTS[OFFLINE_DEFAULT]
-        found = store.locate(name) is not None
-        return [WeightRequirement(name, found, "" if found else store.missing_message(name))]
+        return weights_requirement([BACKBONE_WEIGHTS[k] for k in ("vit-l16", "vit-b16")], BACKBONE_WEIGHTS[OFFLINE_DEFAULT])
 
     @staticmethod
     def backbone_availability(kind: str) -> tuple[bool, str]:
         """Whether one backbone can be built here, and why not (for the form and the CLI)."""
-        if kind in TEST_ONLY or kind == "auto":
-            return True, ""
-        name = BACKBONE_WEIGHTS[kind]
-        if store.locate(name) is None:
-            return False, store.missing_message(name)
+        ok, why = backbone_weights_available(kind, BACKBONE_WEIGHTS, TEST_ONLY)
+        if not ok:
+            return ok, why
         if kind == "dinov2-vits14-imgfocus":
             from core.detectors.sanf.importer import onnx_available
 
