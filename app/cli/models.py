@@ -155,7 +155,14 @@ def _load_for_scan(args: argparse.Namespace):
 def cmd_scan(args: argparse.Namespace) -> int:
     # The output rules (fresh folder, lock, incomplete marker, never scanning the output) live
     # in core/engine/scan_run.py and core/io/run_folder.py; README "scan" says what they are.
-    from core.engine.scan_run import ExportError, NoImagesError, OutputFolderError, list_for_scan, scan_to_folder
+    from core.engine.scan_run import (
+        ExportError,
+        NoImagesError,
+        OutputFolderError,
+        ResumeError,
+        list_for_scan,
+        scan_to_folder,
+    )
     from core.results.threshold import Threshold
 
     folder = existing_dir(args.folder, "folder")
@@ -202,8 +209,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     try:
         outcome = scan_to_folder(listing, out_dir, prepare, threshold=threshold, heatmaps=not args.no_heatmaps,
                                  overwrite=getattr(args, "overwrite", False), progress=bar,
-                                 log=lambda m: info(m, args.quiet), **({"scan": scan} if scan else {}))
-    except OutputFolderError as exc:
+                                 log=lambda m: info(m, args.quiet), workers=getattr(args, "workers", None),
+                                 resume=getattr(args, "resume", None), **({"scan": scan} if scan else {}))
+    except (OutputFolderError, ResumeError) as exc:
         raise UsageError(str(exc)) from None
     except ExportError as exc:
         err(str(exc))
@@ -213,7 +221,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result, written = outcome.result, outcome.written
     for s in result.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
-    n, nf = len(result.rows), len(result.flagged)
+    n, nf = outcome.scored, outcome.flagged
     thr = result.threshold.describe() if result.threshold else "no threshold"
     if result.grouping is not None:
         thr = f"groups by {result.grouping.describe()} (flagged = suspect group)"
@@ -276,6 +284,11 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--exclude", action="append", metavar="GLOB", help="leave out files matching GLOB (repeatable)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the content of a non-empty --out that holds no earlier results")
+    s.add_argument("--workers", type=positive_int, metavar="N",
+                   help="threads decoding images ahead of the model (default: the cores, at most 4)")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="continue the interrupted run of the same model in --out (default: when there is one); "
+                        "--resume requires one, --no-resume starts afresh")
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
                         "(default: the detector's 'group' setting, ncut)")
