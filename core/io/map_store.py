@@ -56,10 +56,10 @@ class MapStore:
         self._hist = np.zeros(65536, dtype=np.int64)
         self._lo = np.inf
         self._hi_max = -np.inf
-        self._files: dict[int, str] = {}
+        self._count = 0  # the file names are read back from the folder: nothing per image in memory
 
     def __len__(self) -> int:
-        return len(self._files)
+        return self._count
 
     def _account(self, m16: np.ndarray) -> None:
         with np.errstate(invalid="ignore"):
@@ -75,7 +75,7 @@ class MapStore:
         m16 = np.ascontiguousarray(m, dtype=np.float16)
         name = f"{index:09d}_{int(shape[0])}x{int(shape[1])}.npy"
         np.save(self.folder / name, m16, allow_pickle=False)
-        self._files[index] = name
+        self._count += 1
         self._account(m16)
 
     def adopt(self, other: str | os.PathLike, keep: set[int] | None = None) -> int:
@@ -95,22 +95,14 @@ class MapStore:
                 os.link(p, self.folder / p.name)
             except OSError:
                 shutil.copyfile(p, self.folder / p.name)
-            self._files[int(hit.group(1))] = p.name
+            self._count += 1
             self._account(m16)
             n += 1
         return n
 
-    @staticmethod
-    def indices_in(folder: str | os.PathLike) -> dict[int, str]:
-        """``{index: file name}`` of a store folder (empty if there is none)."""
-        f = Path(folder)
-        if not f.is_dir():
-            return {}
-        return {int(h.group(1)): p.name for p in f.iterdir() if (h := _NAME.match(p.name))}
-
     def scale(self) -> tuple[float, float]:
         """(lo, hi) exactly as :func:`core.io.colormap.robust_range` gives it for all the maps."""
-        if not self._files or not np.isfinite(self._lo):
+        if not self._count or not np.isfinite(self._lo):
             return 0.0, 1.0
         lo = float(self._lo)
         counts = self._hist[_SORTED_CODES.astype(np.int64)]
@@ -131,11 +123,10 @@ class MapStore:
 
     def items(self) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
         """``(index, map float32, (H, W))`` in index order, one at a time."""
-        for index in sorted(self._files):
-            name = self._files[index]
+        for name in sorted(p.name for p in self.folder.iterdir() if _NAME.match(p.name)):  # zero-padded: index order
             hit = _NAME.match(name)
             assert hit is not None
-            yield index, np.load(self.folder / name, allow_pickle=False).astype(np.float32), (
+            yield int(hit.group(1)), np.load(self.folder / name, allow_pickle=False).astype(np.float32), (
                 int(hit.group(2)), int(hit.group(3)))
 
     def remove(self) -> None:
