@@ -205,12 +205,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return detector
 
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
+    engine = _ray_engine(args) if getattr(args, "engine", "local") == "ray" else None
     bar = ProgressBar("scan", quiet=args.quiet)
     try:
         outcome = scan_to_folder(listing, out_dir, prepare, threshold=threshold, heatmaps=not args.no_heatmaps,
                                  overwrite=getattr(args, "overwrite", False), progress=bar,
                                  log=lambda m: info(m, args.quiet), workers=getattr(args, "workers", None),
-                                 resume=getattr(args, "resume", None), **({"scan": scan} if scan else {}))
+                                 resume=getattr(args, "resume", None), engine=engine,
+                                 **({"scan": scan} if scan else {}))
     except (OutputFolderError, ResumeError) as exc:
         raise UsageError(str(exc)) from None
     except ExportError as exc:
@@ -240,6 +242,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
         err(f"none of the {len(listing.images)} image files in {folder} could be read (see {written['skipped']})")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _ray_engine(args: argparse.Namespace):
+    """``--engine ray``: checked before any work; the saved model is what every actor loads."""
+    from core.engine.ray_scan import EXTRA_HINT, RayEngine, ray_available
+
+    if not ray_available():
+        raise UsageError(f"--engine ray needs Ray, which is not installed: {EXTRA_HINT}")
+    if not args.model:
+        raise UsageError("--engine ray needs --model MODEL_DIR (a saved model every Ray node can read at that path); "
+                         "train one with 'anomaly-inspector train'")
+    if getattr(args, "session", None):
+        raise UsageError("--engine ray does not scan into a session; leave out --session")
+    from core.detectors.registry import UnknownDetectorError, get_detector_class
+
+    try:
+        if get_detector_class(args.detector).zero_shot:
+            raise UsageError(f"--engine ray scores trained detectors; {args.detector} is zero-shot")
+    except UnknownDetectorError as exc:
+        raise UsageError(str(exc)) from None
+    overrides = parse_sets(args.set)
+    model = Path(args.model).expanduser().resolve()
+    return lambda detector, cancel: RayEngine(model, overrides, address=args.ray_address,
+                                              batch_size=detector.config.batch_size, cancel=cancel)
 
 
 def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = True) -> None:
@@ -286,6 +312,11 @@ def add_parsers(sub: Any) -> None:
                    help="replace the content of a non-empty --out that holds no earlier results")
     s.add_argument("--workers", type=positive_int, metavar="N",
                    help="threads decoding images ahead of the model (default: the cores, at most 4)")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="score here (default) or with Ray Data actors (needs the 'distributed' extra and --model)")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: the cluster to join ('auto', HOST:6379, ray://HOST:10001); default: a Ray "
+                        "instance on this machine")
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue the interrupted run of the same model in --out (default: when there is one); "
                         "--resume requires one, --no-resume starts afresh")

@@ -103,7 +103,7 @@ def scan_to_folder(
     log: Callable[[str], None] | None = None,
     workers: int | None = None,
     resume: Optional[bool] = None,
-    engine: Callable[[Detector], Callable] | None = None,
+    engine: Callable[[Detector, CancelToken], Callable] | None = None,
 ) -> ScanOutcome:
     """Scan ``listing.images`` with the detector ``prepare()`` returns (called once ``out``
     is checked and locked) and write the results to ``out``; see the module docstring.
@@ -112,7 +112,7 @@ def scan_to_folder(
     ``workers`` threads, rows written as they come, memory flat, resumable); ``resume`` None
     continues an interrupted run of the same model found in ``out`` (a run of another model
     is replaced), True requires one (:class:`ResumeError` otherwise), False never resumes.
-    ``engine(detector)`` gives the streamed scan's event source (the Ray engine); by default
+    ``engine(detector, cancel)`` gives the streamed scan's event source (the Ray engine); by default
     the images are scored here. ``scan`` replaces all that with an in-memory scoring
     function (a session scan reuses stored scores); zero-shot detectors always take the
     in-memory path, since grouping needs the whole batch.
@@ -168,7 +168,7 @@ def _export_error(exc: OSError, out: Path) -> ExportError:
 
 def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *, threshold: Optional[Threshold],
               heatmaps: bool, progress: ProgressFn | None, say: Callable[[str], None], workers: int | None,
-              resume: Optional[bool], engine: Callable[[Detector], Callable] | None) -> ScanOutcome:
+              resume: Optional[bool], engine: Callable[[Detector, CancelToken], Callable] | None) -> ScanOutcome:
     assert run.temp is not None
     thr = threshold if threshold is not None else detector.threshold
     fingerprint = run_fingerprint(detector, thr, heatmaps)
@@ -204,7 +204,7 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
         with cancel_on_signals(token, on_signal):
             res = stream_scan(detector, listing.images, run.temp, threshold=thr, heatmaps=heatmaps, workers=workers,
                               progress=progress, cancel=token, partial=partial,
-                              events=engine(detector) if engine else None)
+                              events=engine(detector, token) if engine else None)
     except OSError as exc:
         raise _export_error(exc, out) from None
     skipped = [*listing.problems, *res.skipped]
