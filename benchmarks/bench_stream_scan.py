@@ -64,10 +64,11 @@ def run_cli(argv: list[str], root: Path, env: dict | None = None) -> tuple[int, 
     return proc.returncode, wall, usage.ru_maxrss / 1024.0, err
 
 
-def train(model: Path, good: Path, root: Path) -> None:
+def train(model: Path, good: Path, root: Path, sets: list[str] = ()) -> None:
     if (model / "config.json").exists():
         return
-    rc, _, _, err = run_cli(["train", str(good), "--detector", "pixel-gaussian", "--model", str(model), "-q"], root)
+    rc, _, _, err = run_cli(["train", str(good), "--detector", "pixel-gaussian", "--model", str(model), "-q",
+                             *(a for kv in sets for a in ("--set", kv))], root)
     if rc:
         raise SystemExit(f"training failed: {err}")
 
@@ -92,18 +93,19 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=REPO, help="checkout whose code runs the scan")
     ap.add_argument("--label", default="after")
     ap.add_argument("--extra", default="", help="more scan options, e.g. '--workers 2' or '--engine ray'")
+    ap.add_argument("--image-size", type=int, help="the model's working resolution (default: the detector's, 256)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     extra = args.extra.split()
     good = make_images(args.data / "good", 50, args.size, seed=1)
-    model = args.data / "model"
-    train(model, good, REPO)
+    model = args.data / ("model" if args.image_size is None else f"model-{args.image_size}")
+    train(model, good, REPO, [] if args.image_size is None else [f"image_size={args.image_size}"])
     rows = []
     for n in args.counts:
         folder = make_images(args.data / f"n{n}", n, args.size, seed=2)
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             res = scan(folder, model, Path(tmp) / "out", args.root.resolve(), extra)
-        res.update(count=n, label=args.label, size=args.size, extra=args.extra)
+        res.update(count=n, label=args.label, size=args.size, extra=args.extra, model_image_size=args.image_size or 256)
         rows.append(res)
         print(json.dumps(res), flush=True)
     if args.json:

@@ -216,8 +216,10 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
             written["skipped"] = write_skipped(run.temp, skipped)
             if res.colour is not None and res.colour():
                 written["heatmaps"] = run.temp / "heatmaps"
-            if complete and res.store is not None:
-                res.store.remove()  # kept only by an interrupted run, for a resume
+            if res.store is not None:
+                res.store.close()
+                if complete:
+                    res.store.remove()  # kept only by an interrupted run, for a resume
             n_unscored = sum(1 for s in res.skipped if s.reason == NOT_SCORED)
             note = (f"Stopped by {stopped[0]} after {res.scored} of {len(listing.images)} images; "
                     f"the {n_unscored} not reached are listed in skipped.csv. Run the same scan into this "

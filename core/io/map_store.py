@@ -6,9 +6,9 @@ of all pixels), and ``heatmap_scale.json`` says what it is. A scale anchored at 
 would be known before the scan, but the threshold is on the *image score*, which is a map's
 maximum for some detectors and a mean or a likelihood for others, so it says nothing general
 about map values. Instead each scored image's map (already reduced to at most
-:data:`~core.results.MAP_STORE_SIZE` pixels a side, float16) goes to one small ``.npy`` file
-here as it comes, and the two numbers of the scale are accumulated on the way in, in memory
-that does not grow with the number of images:
+:data:`~core.results.MAP_STORE_SIZE` pixels a side, float16) is appended to one file here as
+it comes, and the two numbers of the scale are accumulated on the way in, in memory that does
+not grow with the number of images:
 
 - the minimum is a running minimum;
 - the percentile is read from a histogram of float16 values (65,536 possible bit patterns, one
@@ -24,7 +24,6 @@ interrupted one keeps it so that a resumed scan can colour every image on one sc
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 STORE_NAME = ".maps"
-_NAME = re.compile(r"^(\d+)_(\d+)x(\d+)\.npy$")
 #: float16 bit patterns in increasing order of value, NaNs left out (they do not count).
 _CODES = np.arange(65536, dtype=np.uint32).astype(np.uint16)
 _VALUES = _CODES.view(np.float16).astype(np.float32)
@@ -46,17 +44,32 @@ def _subsample(m: np.ndarray) -> np.ndarray:
     return m[:: max(1, m.shape[0] // 64), :: max(1, m.shape[1] // 64)].ravel()
 
 
+#: One record of the index file per map: listing index, image H and W, map h and w, byte offset.
+_RECORD = np.dtype([("index", "<i8"), ("ih", "<i4"), ("iw", "<i4"), ("mh", "<i4"), ("mw", "<i4"), ("offset", "<i8")])
+DATA_NAME, INDEX_NAME = "maps.f16", "maps.idx"
+
+
 class MapStore:
-    """Maps by listing index, with the batch-wide scale accumulated as they are added."""
+    """Maps by listing index, with the batch-wide scale accumulated as they are added.
+
+    On disk: ``maps.f16`` (the float16 maps, appended one after another) and ``maps.idx`` (one
+    fixed-size record per map, appended); two files however many images, and nothing per image
+    kept in memory.
+    """
 
     def __init__(self, folder: str | os.PathLike, upper_percentile: float = 99.9) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.upper = upper_percentile
         self._hist = np.zeros(65536, dtype=np.int64)
+        self._pending: list[np.ndarray] = []  # sub-samples not yet counted into the histogram
+        self._pending_n = 0
         self._lo = np.inf
         self._hi_max = -np.inf
-        self._count = 0  # the file names are read back from the folder: nothing per image in memory
+        self._count = 0
+        self._data = open(self.folder / DATA_NAME, "wb")
+        self._index = open(self.folder / INDEX_NAME, "wb")
+        self._offset = 0
 
     def __len__(self) -> int:
         return self._count
@@ -67,41 +80,79 @@ class MapStore:
                 return
             self._lo = min(self._lo, float(np.nanmin(m16)))
             self._hi_max = max(self._hi_max, float(np.nanmax(m16)))
-        self._hist += np.bincount(_subsample(m16).view(np.uint16), minlength=65536)
+        sub = _subsample(m16).view(np.uint16)
+        self._pending.append(sub)
+        self._pending_n += sub.size
+        if self._pending_n > 1 << 20:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        if self._pending:
+            self._hist += np.bincount(np.concatenate(self._pending), minlength=65536)
+            self._pending, self._pending_n = [], 0
 
     def add(self, index: int, m: np.ndarray, shape: tuple[int, int]) -> None:
         """Keep ``m`` (float16, as :func:`core.results.compact_map` gives it) for image ``index``
         of ``shape`` (H, W)."""
         m16 = np.ascontiguousarray(m, dtype=np.float16)
-        name = f"{index:09d}_{int(shape[0])}x{int(shape[1])}.npy"
-        np.save(self.folder / name, m16, allow_pickle=False)
+        buf = m16.tobytes()
+        self._data.write(buf)
+        rec = np.array([(index, shape[0], shape[1], m16.shape[0], m16.shape[1], self._offset)], dtype=_RECORD)
+        self._index.write(rec.tobytes())
+        self._offset += len(buf)
         self._count += 1
         self._account(m16)
 
+    def flush(self) -> None:
+        self._data.flush()
+        self._index.flush()
+
+    def close(self) -> None:
+        if not self._data.closed:
+            self._data.close()
+            self._index.close()
+
+    @staticmethod
+    def _records(folder: Path) -> np.ndarray:
+        try:
+            raw = (folder / INDEX_NAME).read_bytes()
+        except OSError:
+            return np.zeros(0, dtype=_RECORD)
+        return np.frombuffer(raw[: len(raw) - len(raw) % _RECORD.itemsize], dtype=_RECORD)
+
+    @staticmethod
+    def _read(fh, rec) -> np.ndarray:
+        fh.seek(int(rec["offset"]))
+        n = int(rec["mh"]) * int(rec["mw"])
+        m = np.frombuffer(fh.read(2 * n), dtype=np.float16)
+        if m.size != n:
+            raise OSError(f"map store truncated at image {int(rec['index'])}")
+        return m.reshape(int(rec["mh"]), int(rec["mw"]))
+
     def adopt(self, other: str | os.PathLike, keep: set[int] | None = None) -> int:
-        """Take over the maps of an earlier, interrupted run's store, those whose index is in
-        ``keep`` (all when None); returns how many. Files are hard-linked (copied where links
-        are not possible), so the earlier run stays whole if this one never completes."""
-        n = 0
+        """Take over the maps of an earlier, interrupted run's store (copied: that run stays
+        whole if this one never completes), those whose index is in ``keep`` (all when None);
+        returns how many."""
         src = Path(other)
-        if not src.is_dir():
+        recs = self._records(src)
+        n = 0
+        if not len(recs):
             return 0
-        for p in sorted(src.iterdir()):
-            hit = _NAME.match(p.name)
-            if not hit or (keep is not None and int(hit.group(1)) not in keep):
-                continue
-            m16 = np.load(p, allow_pickle=False)
-            try:
-                os.link(p, self.folder / p.name)
-            except OSError:
-                shutil.copyfile(p, self.folder / p.name)
-            self._count += 1
-            self._account(m16)
-            n += 1
+        with open(src / DATA_NAME, "rb") as fh:
+            for rec in recs:
+                if keep is not None and int(rec["index"]) not in keep:
+                    continue
+                try:
+                    m = self._read(fh, rec)
+                except OSError:
+                    break  # the interrupted run's last map was cut short: it is scored again
+                self.add(int(rec["index"]), m, (int(rec["ih"]), int(rec["iw"])))
+                n += 1
         return n
 
     def scale(self) -> tuple[float, float]:
         """(lo, hi) exactly as :func:`core.io.colormap.robust_range` gives it for all the maps."""
+        self._count_pending()
         if not self._count or not np.isfinite(self._lo):
             return 0.0, 1.0
         lo = float(self._lo)
@@ -122,12 +173,14 @@ class MapStore:
         return lo, hi
 
     def items(self) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
-        """``(index, map float32, (H, W))`` in index order, one at a time."""
-        for name in sorted(p.name for p in self.folder.iterdir() if _NAME.match(p.name)):  # zero-padded: index order
-            hit = _NAME.match(name)
-            assert hit is not None
-            yield int(hit.group(1)), np.load(self.folder / name, allow_pickle=False).astype(np.float32), (
-                int(hit.group(2)), int(hit.group(3)))
+        """``(index, map float32, (H, W))`` in the order they were added (index order for a
+        scan, whose rows come in listing order), one at a time."""
+        self.flush()
+        recs = self._records(self.folder)
+        with open(self.folder / DATA_NAME, "rb") as fh:
+            for rec in recs:
+                yield int(rec["index"]), self._read(fh, rec).astype(np.float32), (int(rec["ih"]), int(rec["iw"]))
 
     def remove(self) -> None:
+        self.close()
         shutil.rmtree(self.folder, ignore_errors=True)
