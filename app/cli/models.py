@@ -155,7 +155,14 @@ def _load_for_scan(args: argparse.Namespace):
 def cmd_scan(args: argparse.Namespace) -> int:
     # The output rules (fresh folder, lock, incomplete marker, never scanning the output) live
     # in core/engine/scan_run.py and core/io/run_folder.py; README "scan" says what they are.
-    from core.engine.scan_run import ExportError, NoImagesError, OutputFolderError, list_for_scan, scan_to_folder
+    from core.engine.scan_run import (
+        ExportError,
+        NoImagesError,
+        OutputFolderError,
+        ResumeError,
+        list_for_scan,
+        scan_to_folder,
+    )
     from core.results.threshold import Threshold
 
     folder = existing_dir(args.folder, "folder")
@@ -198,12 +205,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return detector
 
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
+    engine = _ray_engine(args) if getattr(args, "engine", "local") == "ray" else None
     bar = ProgressBar("scan", quiet=args.quiet)
     try:
         outcome = scan_to_folder(listing, out_dir, prepare, threshold=threshold, heatmaps=not args.no_heatmaps,
                                  overwrite=getattr(args, "overwrite", False), progress=bar,
-                                 log=lambda m: info(m, args.quiet), **({"scan": scan} if scan else {}))
-    except OutputFolderError as exc:
+                                 log=lambda m: info(m, args.quiet), workers=getattr(args, "workers", None),
+                                 resume=getattr(args, "resume", None), engine=engine,
+                                 **({"scan": scan} if scan else {}))
+    except (OutputFolderError, ResumeError) as exc:
         raise UsageError(str(exc)) from None
     except ExportError as exc:
         err(str(exc))
@@ -213,7 +223,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     result, written = outcome.result, outcome.written
     for s in result.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
-    n, nf = len(result.rows), len(result.flagged)
+    n, nf = outcome.scored, outcome.flagged
     thr = result.threshold.describe() if result.threshold else "no threshold"
     if result.grouping is not None:
         thr = f"groups by {result.grouping.describe()} (flagged = suspect group)"
@@ -232,6 +242,30 @@ def cmd_scan(args: argparse.Namespace) -> int:
         err(f"none of the {len(listing.images)} image files in {folder} could be read (see {written['skipped']})")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _ray_engine(args: argparse.Namespace):
+    """``--engine ray``: checked before any work; the saved model is what every actor loads."""
+    from core.engine.ray_scan import EXTRA_HINT, RayEngine, ray_available
+
+    if not ray_available():
+        raise UsageError(f"--engine ray needs Ray, which is not installed: {EXTRA_HINT}")
+    if not args.model:
+        raise UsageError("--engine ray needs --model MODEL_DIR (a saved model every Ray node can read at that path); "
+                         "train one with 'anomaly-inspector train'")
+    if getattr(args, "session", None):
+        raise UsageError("--engine ray does not scan into a session; leave out --session")
+    from core.detectors.registry import UnknownDetectorError, get_detector_class
+
+    try:
+        if get_detector_class(args.detector).zero_shot:
+            raise UsageError(f"--engine ray scores trained detectors; {args.detector} is zero-shot")
+    except UnknownDetectorError as exc:
+        raise UsageError(str(exc)) from None
+    overrides = parse_sets(args.set)
+    model = Path(args.model).expanduser().resolve()
+    return lambda detector, cancel: RayEngine(model, overrides, address=args.ray_address,
+                                              batch_size=detector.config.batch_size, cancel=cancel)
 
 
 def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = True) -> None:
@@ -276,6 +310,16 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--exclude", action="append", metavar="GLOB", help="leave out files matching GLOB (repeatable)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the content of a non-empty --out that holds no earlier results")
+    s.add_argument("--workers", type=positive_int, metavar="N",
+                   help="threads decoding images ahead of the model (default: the cores, at most 4)")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="score here (default) or with Ray Data actors (needs the 'distributed' extra and --model)")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="--engine ray: the cluster to join ('auto', HOST:6379, ray://HOST:10001); default: a Ray "
+                        "instance on this machine")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
+                   help="continue the interrupted run of the same model in --out (default: when there is one); "
+                        "--resume requires one, --no-resume starts afresh")
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
                         "(default: the detector's 'group' setting, ncut)")

@@ -121,15 +121,20 @@ def write_skipped(out_dir: str | os.PathLike, skipped: list[Skipped]) -> Path:
 
 def heatmap_names(rows: list[ScanRow]) -> list[str]:
     """``<stem>.png`` per row; stems that repeat (recursive folders) get their parent folders prefixed."""
-    stems = [r.path.stem for r in rows]
+    return heatmap_names_for([r.path for r in rows])
+
+
+def heatmap_names_for(paths: list[Path]) -> list[str]:
+    """:func:`heatmap_names` for a list of paths (a streamed scan names every listed image first)."""
+    stems = [p.stem for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
     names, used = [], set()
-    for r, s in zip(rows, stems):
+    for path, s in zip(paths, stems):
         name = s
         if counts[s] > 1:
-            parts = [p for p in r.path.parent.parts[-3:] if p not in ("/", "\\")]
+            parts = [p for p in path.parent.parts[-3:] if p not in ("/", "\\")]
             name = "__".join([*parts, s])
         name = re.sub(r"[^\w.\-]+", "_", name)
         base, k = name, 1
@@ -155,19 +160,88 @@ def write_heatmaps(out_dir: str | os.PathLike, rows: list[ScanRow],
     folder.mkdir(parents=True, exist_ok=True)
     lo, hi = value_range or robust_range([r.anomaly_map.astype(np.float32) for r in with_maps])
     for r, name in zip(with_maps, heatmap_names(with_maps)):
-        m = r.anomaly_map.astype(np.float32)
-        h, w = r.image_shape if r.image_shape[0] > 0 else m.shape
-        if m.shape != (h, w):
-            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-        rgb = colorize(m, lo, hi)
-        ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
-        if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
-            raise OSError(f"could not encode heat map for {r.path}")
-        tmp = folder / f".{name}.tmp"
-        buf.tofile(str(tmp))
-        os.replace(tmp, folder / name)
-    _write_text(folder.parent / SCALE_NAME, json.dumps({"colormap": COLORMAP_NAME, "min": lo, "max": hi}, indent=2))
+        write_heatmap(folder, name, r.anomaly_map, r.image_shape, lo, hi)
+    write_scale(folder.parent, lo, hi)
     return folder, len(with_maps)
+
+
+def write_heatmap(folder: Path, name: str, m: np.ndarray, image_shape: tuple[int, int], lo: float, hi: float) -> Path:
+    """One colour heat map ``folder/name`` at the image's size (H, W), on the scale [lo, hi]."""
+    m = m.astype(np.float32)
+    h, w = image_shape if image_shape[0] > 0 else m.shape
+    if m.shape != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    rgb = colorize(m, lo, hi)
+    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
+        raise OSError(f"could not encode heat map {name}")
+    tmp = folder / f".{name}.tmp"
+    buf.tofile(str(tmp))
+    os.replace(tmp, folder / name)
+    return folder / name
+
+
+def write_scale(out_dir: Path, lo: float, hi: float) -> Path:
+    """``heatmap_scale.json``: the colormap and the values of its two ends."""
+    path = Path(out_dir) / SCALE_NAME
+    _write_text(path, json.dumps({"colormap": COLORMAP_NAME, "min": lo, "max": hi}, indent=2))
+    return path
+
+
+class ResultsAppender:
+    """``results.csv`` and ``flagged.txt`` written row by row, flushed as they come (a streamed scan).
+
+    The header is that of :func:`results_csv`: ``path,score,flagged``, the detector's columns
+    as the first row has them (a detector gives the same columns for every image), and
+    ``heatmap`` when ``heatmaps`` is true and the first row has a map. ``header`` presets it
+    (a resumed scan keeps the header of the run it continues).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, heatmaps: bool, header: Optional[list[str]] = None) -> None:
+        out = Path(out_dir)
+        self.heatmaps = heatmaps
+        self.header: Optional[list[str]] = list(header) if header else None
+        self._csv_fh = open(out / RESULTS_NAME, "w", encoding="utf-8", newline="")
+        self._flag_fh = open(out / FLAGGED_NAME, "w", encoding="utf-8", newline="")
+        self._csv = csv.writer(self._csv_fh, lineterminator="\n")
+        if self.header:
+            self._csv.writerow(self.header)
+        self.rows = 0
+        self.flagged = 0
+
+    def _start(self, row: ScanRow) -> list[str]:
+        if self.header is None:
+            with_map = self.heatmaps and row.anomaly_map is not None
+            self.header = ["path", "score", "flagged", *row.columns, *(["heatmap"] if with_map else [])]
+            self._csv.writerow(self.header)
+        return self.header
+
+    def add(self, row: ScanRow, heatmap: str = "") -> None:
+        header = self._start(row)
+        values = {"path": display_path(row.path), "score": _fmt(row.score), "flagged": _fmt(row.flagged),
+                  "heatmap": heatmap if row.anomaly_map is not None else ""}
+        self.add_fields({k: values[k] if k in values else _fmt(row.columns.get(k)) for k in header})
+
+    def add_fields(self, fields: dict[str, str]) -> None:
+        """A row given as text per column (a row carried over from an interrupted run)."""
+        if self.header is None:
+            self.header = list(fields)
+            self._csv.writerow(self.header)
+        self._csv.writerow([fields.get(k, "") for k in self.header])
+        self.rows += 1
+        if fields.get("flagged") == "true":
+            self._flag_fh.write(flagged_line(fields["path"]))
+            self.flagged += 1
+
+    def flush(self) -> None:
+        self._csv_fh.flush()
+        self._flag_fh.flush()
+
+    def close(self) -> None:
+        if self.header is None:  # no row at all: still a valid, empty table
+            self._csv.writerow(["path", "score", "flagged"])
+        self._csv_fh.close()
+        self._flag_fh.close()
 
 
 def export_scan(out_dir: str | os.PathLike, result: ScanResult, heatmaps: bool = True) -> dict[str, Path]:

@@ -218,3 +218,27 @@ def test_every_sub_command_is_listed():
     helptext = build_parser().format_help()
     for name in ("gui", "detectors", "train", "scan", "demo", "bench", "weights"):
         assert name in helptext
+
+
+def test_engine_ray_without_ray_exits_2_naming_the_extra(tiny_parts, tmp_path, monkeypatch, capsys):
+    import core.engine.ray_scan as ray_scan
+
+    monkeypatch.setattr(ray_scan, "ray_available", lambda: False)
+    model = tmp_path / "model"
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model),
+                 "--set", "image_size=16", "-q"]) == 0
+    capsys.readouterr()
+    code = main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(model),
+                 "--out", str(tmp_path / "out"), "--engine", "ray", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "[distributed]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_engine_ray_needs_a_saved_model(tiny_parts, tmp_path, monkeypatch, capsys):
+    import core.engine.ray_scan as ray_scan
+
+    monkeypatch.setattr(ray_scan, "ray_available", lambda: True)  # the check, not Ray itself
+    code = main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--train", str(tiny_parts / "good"),
+                 "--out", str(tmp_path / "out"), "--engine", "ray", "-q"])
+    assert code == 2 and "--model" in capsys.readouterr().err

@@ -175,7 +175,7 @@ def test_finding10_full_disk_names_the_path_and_leaves_no_tmp(tiny_parts, tmp_pa
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.png"))
 
-    monkeypatch.setattr(export, "write_heatmaps", full)
+    monkeypatch.setattr(export, "write_heatmap", full)  # one heat map: the streamed scan writes them one by one
     assert scan(tiny_parts / "batch", tiny_parts / "good", out) == 1
     err = capsys.readouterr().err
     assert "No space left" in err and str(out) in err
