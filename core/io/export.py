@@ -218,9 +218,9 @@ class ResultsAppender:
 
     def add(self, row: ScanRow, heatmap: str = "") -> None:
         header = self._start(row)
-        values = {"path": display_path(row.path), "score": _fmt(row.score), "flagged": _fmt(row.flagged),
+        values = {"path": display_path(row.path), "score": csv_value(row.score), "flagged": csv_value(row.flagged),
                   "heatmap": heatmap if row.anomaly_map is not None else ""}
-        self.add_fields({k: values[k] if k in values else _fmt(row.columns.get(k)) for k in header})
+        self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
 
     def add_fields(self, fields: dict[str, str]) -> None:
         """A row given as text per column (a row carried over from an interrupted run)."""
