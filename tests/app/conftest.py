@@ -15,6 +15,7 @@ from app.main_window import MainWindow
 from core.data.images import ImageSource
 from core.detectors.pixel_gaussian import PixelGaussianConfig, PixelGaussianDetector
 from core.engine.workflows import train_detector
+from core.runtime.cancel import check
 from tests.conftest import make_part, write_png
 
 #: Detector settings small enough for 32 px images and quick tests.
@@ -34,6 +35,19 @@ class SlowGaussian(PixelGaussianDetector):
         self.scoring_threads.add(threading.current_thread().name)
         time.sleep(self.delay)
         return super()._score_batch(images)
+
+
+class SlowFit(PixelGaussianDetector):
+    """pixel-gaussian whose training sleeps ``fit_steps`` x 20 ms first, checking cancel at each step."""
+
+    name = "slow-fit"
+    fit_steps = 200
+
+    def _fit(self, images, progress, cancel, skipped):
+        for _ in range(self.fit_steps):
+            time.sleep(0.02)
+            check(cancel)
+        super()._fit(images, progress, cancel, skipped)
 
 
 def trained(cls=PixelGaussianDetector, good: Path | None = None, delay: float | None = None, **overrides):

@@ -5,19 +5,16 @@ One test per numbered contradiction of the issue; each failed before its fix.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from PySide6.QtWidgets import QMessageBox
 
 from app.grouping import GroupingPanel
-from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.registry import REGISTRY
 from core.io.checkpoint import read_header
 from core.results import ScanResult, ScanRow
-from core.runtime.cancel import check
-from tests.app.conftest import SlowGaussian, make_window, open_folder, scan, set_form, trained, wait_idle
+from tests.app.conftest import SlowFit, SlowGaussian, make_window, open_folder, scan, set_form, trained, wait_idle
 from tests.app.test_grouping_ui import TINY_LDM
 
 
@@ -30,16 +27,11 @@ def wait_done(qtbot, win, timeout: int = 30000) -> None:
     wait_idle(qtbot, win.controller)
 
 
-class SlowFitGaussian(PixelGaussianDetector):
+class SlowFitGaussian(SlowFit):
     """pixel-gaussian whose training takes about two seconds and checks cancel often."""
 
     name = "slow-fit-gaussian"
-
-    def _fit(self, images, progress, cancel, skipped):
-        for _ in range(100):
-            time.sleep(0.02)
-            check(cancel)
-        super()._fit(images, progress, cancel, skipped)
+    fit_steps = 100
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QMessageBox
 
 from app.gallery import ScoreRole
-from core.detectors.pixel_gaussian import PixelGaussianDetector
 from core.detectors.registry import REGISTRY
-from core.runtime.cancel import check
-from tests.app.conftest import SlowGaussian, make_window, open_folder, scan, set_form, trained, wait_idle
+from tests.app.conftest import SlowFit, SlowGaussian, make_window, open_folder, scan, set_form, trained, wait_idle
 
 
 def gallery_scores(win) -> dict[str, float | None]:
@@ -109,15 +107,6 @@ def test_closing_the_window_cancels_and_waits_for_jobs(qtbot, settings, parts):
     assert not runner.is_running()
     assert time.perf_counter() - t0 < 5.0
 
-
-class SlowFit(PixelGaussianDetector):
-    name = "slow-fit"
-
-    def _fit(self, images, progress, cancel, skipped):
-        for _ in range(200):
-            time.sleep(0.02)
-            check(cancel)
-        super()._fit(images, progress, cancel, skipped)
 
 
 def test_cancelled_training_keeps_the_previous_model(qtbot, window, parts, monkeypatch):
