@@ -78,3 +78,31 @@ def test_full_length_script_parses_and_refuses_an_unknown_group(tmp_path: Path) 
     proc = subprocess.run(["bash", str(script), "no-such-group", str(tmp_path), str(tmp_path / "out")],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": "true"})
     assert proc.returncode == 2 and "unknown group: no-such-group" in proc.stderr
+
+
+def test_curves_script_runs_a_curve_from_one_training(tmp_path: Path) -> None:
+    """benchmarks/curves.sh on a tiny MVTec tree: one training saves the snapshots, each snapshot
+    and the final model is evaluated into its own JSON; an unknown group exits 2."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.core.test_bench import make_tree
+
+    make_tree(tmp_path / "data" / "mvtec_ad", category="bottle")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "curves.sh"
+    env = {**os.environ, "DATA": str(tmp_path / "data"), "MODELS": str(tmp_path / "models"),
+           "RESULTS": str(tmp_path / "out"), "MINUTES": "0.02", "SNAPS": "0.001", "THREADS": "1",
+           "PY_OVERRIDE": sys.executable, "PY": sys.executable,
+           "EXTRA": "--set image_size=32 --set train_crop=16 --set hidden=8 --set n_embeddings=16 --set embedding_dim=8"}
+    proc = subprocess.run(["bash", str(script), "vqvae-bottle", "--device", "cpu"], cwd=script.parents[1],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    assert out == ["bottle-vqvae-256px-crop128-0.02min-0.001min-cpu.json", "bottle-vqvae-256px-crop128-0.02min-final-cpu.json"]
+    snap = json.loads((tmp_path / "out" / out[0]).read_text())
+    final = json.loads((tmp_path / "out" / out[1]).read_text())
+    assert snap["config"]["train_crop"] == 16 and snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
+    bad = subprocess.run(["bash", str(script), "no-such-group"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "unknown group: no-such-group" in bad.stderr

@@ -20,6 +20,19 @@ LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
 _seed = int_at_least(0)
 
 
+def _number_list(kind: type) -> Any:
+    """argparse type: comma-separated positive numbers, e.g. ``10,30``."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or any(not math.isfinite(v) or v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+        return values
+    return parse
+
+
 def add_parsers(sub: Any) -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
@@ -47,6 +60,11 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
                    help="evaluate a model saved by --save-model instead of training one; --set may change "
                         "settings not baked into the weights (the threshold is re-calibrated when they "
                         "change the scores)")
+    b.add_argument("--snapshot-minutes", type=_number_list(float), default=(), metavar="M[,M...]",
+                   help="with --save-model: also save the model as it stood after M minutes of training "
+                        "(MODEL_DIR-<M>min), for a learning curve from one run; evaluate each with --model")
+    b.add_argument("--snapshot-epochs", type=_number_list(int), default=(), metavar="E[,E...]",
+                   help="with --save-model: also save the model after epoch E (MODEL_DIR-<E>ep)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(handler=cmd_bench)
@@ -122,13 +140,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except UnknownDetectorError as exc:
         raise UsageError(str(exc)) from None
     sets = parse_sets(args.set)
+    if (args.snapshot_minutes or args.snapshot_epochs) and not args.save_model:
+        raise UsageError("--snapshot-minutes / --snapshot-epochs need --save-model (the snapshots are saved beside it)")
     skipped: list = []
     bar = ProgressBar("bench", quiet=args.quiet)
     try:
         res = run_bench(args.dataset, args.detector, layout=args.layout, category=args.category,
                         device=args.device, overrides=sets, max_train=args.max_train, max_test=args.max_test,
                         seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
-                        save_model=args.save_model)
+                        save_model=args.save_model, snapshot_minutes=args.snapshot_minutes,
+                        snapshot_epochs=args.snapshot_epochs)
     except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -142,6 +163,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   "are not known for this dataset, so accuracy and recall are n/a", args.quiet)
     if args.save_model:
         info(f"saved the trained model to {args.save_model}", args.quiet)
+        from core.engine.bench import snapshot_folder, snapshot_labels
+
+        for label in snapshot_labels(args.snapshot_minutes, args.snapshot_epochs):
+            folder = snapshot_folder(args.save_model, label)
+            if folder.is_dir():
+                info(f"saved the snapshot after {label} of training to {folder}", args.quiet)
+            else:
+                info(f"no snapshot after {label}: training ended before it", args.quiet)
     print(format_table(res), flush=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

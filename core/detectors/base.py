@@ -86,6 +86,12 @@ class Detector(ABC):
         self.fitted = self.zero_shot
         self.meta: dict[str, Any] = {}
         self._scoring: _ScoringStep | None = None
+        #: Learning-curve snapshots (see :meth:`_snapshots`): training-clock minutes and epochs
+        #: at which ``on_snapshot(detector, label)`` gets the detector as it would be if
+        #: training stopped there (it typically saves it). Not a setting: never saved.
+        self.snapshot_minutes: tuple[float, ...] = ()
+        self.snapshot_epochs: tuple[int, ...] = ()
+        self.on_snapshot: Callable[[Detector, str], None] | None = None
 
     # ----------------------------------------------------------------- availability
     @classmethod
@@ -169,6 +175,27 @@ class Detector(ABC):
             pos = step.start + int(step.size * min(1.0, done / of))
             step.progress(pos, step.total, f"scored {step.scored} of {step.total}" + (f" ({what})" if what else ""))
 
+    def _snapshots(self, make: Callable[[], tuple[Any, dict[str, Any]]]) -> dict[str, Any]:
+        """Keyword arguments for :class:`~core.detectors.training.TrainingLoop` that fire
+        ``on_snapshot``. ``make()`` returns ``(model, meta)`` of the training state as a finished
+        fit would leave it (for an EMA model: the averaged copy); while ``on_snapshot`` runs they
+        are this detector's model and meta, and the training state is put back after."""
+        if self.on_snapshot is None or not (self.snapshot_minutes or self.snapshot_epochs):
+            return {}
+        callback = self.on_snapshot
+
+        def fire(label: str) -> None:
+            model, meta = make()
+            saved = (getattr(self, "model", None), self.meta, self.fitted)
+            self.model, self.meta, self.fitted = model, {**meta, "snapshot": label}, True
+            try:
+                callback(self, label)
+            finally:
+                self.model, self.meta, self.fitted = saved
+
+        return {"snapshot_minutes": self.snapshot_minutes, "snapshot_epochs": self.snapshot_epochs,
+                "on_snapshot": fire}
+
     def save(self, folder: str | os.PathLike) -> Path:
         if not self.fitted:
             raise NotFittedError(f"{self.name} has not been trained; nothing to save")
@@ -221,9 +248,11 @@ class Detector(ABC):
     def change_settings(self, overrides: dict[str, Any], hint: str = "train a new one") -> None:
         """Apply ``overrides`` (``--set`` values) to a trained model's config; raises
         :class:`ConfigError` for a field baked into the weights (metadata ``fixed``), an
-        unknown field or a bad value. ``hint`` ends the message about baked-in fields."""
+        unknown field or a bad value. ``hint`` ends the message about baked-in fields; a baked-in
+        field given the value it already has is no change and passes (a script may repeat the
+        settings it trained with)."""
         fixed = self.fixed_fields()
-        frozen = sorted(k for k in overrides if k in fixed)
+        frozen = sorted(k for k in overrides if k in fixed and not self.config.has_value(k, overrides[k]))
         if frozen:
             raise ConfigError(f"cannot change {', '.join(frozen)} of a trained model ({hint})")
         self.config = self.config.with_overrides(overrides)

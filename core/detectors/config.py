@@ -75,6 +75,17 @@ class DetectorConfig:
                 if "max" in md and v > md["max"]:
                     raise ConfigError(f"{f.name}={v} is above its maximum {md['max']}")
 
+    def has_value(self, key: str, value: Any) -> bool:
+        """Whether field ``key`` already holds ``value`` (a string from ``--set`` is coerced
+        first); False for an unknown field or a value that does not parse."""
+        known = {f.name: f for f in fields(self)}
+        if key not in known:
+            return False
+        try:
+            return coerce(type(self), known[key], value) == getattr(self, key)
+        except (ConfigError, TypeError, ValueError):
+            return False
+
     def with_overrides(self, overrides: dict[str, Any]) -> DetectorConfig:
         """A copy with ``overrides`` applied; values may be strings (from ``--set``)."""
         known = {f.name: f for f in fields(self)}

@@ -72,13 +72,26 @@ class TrainingLoop:
     ``report_every`` seconds (reading the loss synchronises with a GPU, so it is not read at
     every step) and at the end of each epoch; a loss that is not finite at one of those reads
     raises :class:`FitError` naming the epoch.
+
+    Snapshots (for learning curves): ``on_snapshot(label)`` is called, with ``module`` in
+    evaluation mode, after the first step at which the training clock passes each of
+    ``snapshot_minutes`` (label ``"10min"``) and after each epoch listed in ``snapshot_epochs``
+    (label ``"24ep"``). The time spent inside ``on_snapshot`` (saving a model) is taken off the
+    training clock, so it neither eats the time budget nor moves a time-based schedule.
     """
 
     def __init__(self, name: str, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int,
                  max_minutes: float = 0.0, budget: str = "step", progress: ProgressFn | None = None,
-                 cancel: CancelToken | None = None, report_every: float = 0.2) -> None:
+                 cancel: CancelToken | None = None, report_every: float = 0.2,
+                 snapshot_minutes: Sequence[float] = (), snapshot_epochs: Sequence[int] = (),
+                 on_snapshot: Callable[[str], None] | None = None) -> None:
         if budget not in ("step", "epoch"):
             raise ValueError(f"budget must be 'step' or 'epoch', not {budget!r}")
+        self.snapshot_minutes = sorted(float(m) for m in snapshot_minutes) if on_snapshot else []
+        self.snapshot_epochs = set(int(e) for e in snapshot_epochs) if on_snapshot else set()
+        self.on_snapshot = on_snapshot
+        self._paused = 0.0
+        self._module: torch.nn.Module | None = None
         self.name = name
         self.optimizer = optimizer
         self.epochs = int(epochs)
@@ -90,12 +103,32 @@ class TrainingLoop:
         self.report_every = report_every
         self._t0 = 0.0
 
+    @property
+    def paused(self) -> float:
+        """Seconds spent in ``on_snapshot`` so far."""
+        return self._paused
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (time spent saving snapshots not counted)."""
+        return time.perf_counter() - self._t0 - self._paused
+
     def fraction(self, step: int) -> float:
         """How much of the budget (steps, or time when that runs out first) is spent."""
         frac = step / self.total_steps
         if self.max_s > 0:
-            frac = max(frac, (time.perf_counter() - self._t0) / self.max_s)
+            frac = max(frac, self.elapsed() / self.max_s)
         return min(1.0, frac)
+
+    def _snapshot(self, label: str) -> None:
+        t = time.perf_counter()
+        if self._module is not None:
+            self._module.eval()
+        try:
+            self.on_snapshot(label)
+        finally:
+            if self._module is not None:
+                self._module.train()
+            self._paused += time.perf_counter() - t
 
     def _report(self, step: int, epoch: int, mean_loss: float, extra: str = "") -> None:
         if not math.isfinite(mean_loss):
@@ -103,7 +136,7 @@ class TrainingLoop:
         if self.progress is None:
             return
         frac = self.fraction(step)
-        elapsed = time.perf_counter() - self._t0
+        elapsed = self.elapsed()
         eta = elapsed * (1.0 - frac) / frac if frac > 0 else 0.0
         lr = self.optimizer.param_groups[0]["lr"]
         msg = (f"epoch {epoch}/{self.epochs} loss {mean_loss:.4f} lr {lr:.1e} "
@@ -119,6 +152,7 @@ class TrainingLoop:
         ``after_step()`` after each optimizer step (an EMA), ``on_epoch_end(epoch, mean_loss)``
         after each epoch and may return text for the progress message. ``module`` is put in
         training mode for the run and back in evaluation mode after it (also when it fails)."""
+        self._module = module
         if module is not None:
             module.train()
         try:
@@ -130,6 +164,8 @@ class TrainingLoop:
     def _run(self, batches, step, before_step, after_step, on_epoch_end) -> TrainResult:
         res = TrainResult()
         self._t0 = time.perf_counter()
+        self._paused = 0.0
+        minutes = list(self.snapshot_minutes)
         last_report = -1e9
         epoch = 0
         while epoch < self.epochs:
@@ -139,7 +175,7 @@ class TrainingLoop:
             for batch in batches(epoch):
                 check(self.cancel)
                 if self.budget == "step" and self.max_s > 0 and res.steps > 0 \
-                        and time.perf_counter() - self._t0 >= self.max_s:
+                        and self.elapsed() >= self.max_s:
                     res.stopped_by = "time"
                     break
                 if before_step is not None:
@@ -158,6 +194,8 @@ class TrainingLoop:
                 if now - last_report >= self.report_every:
                     last_report = now
                     self._report(res.steps, epoch, float(loss_sum) / seen)
+                while minutes and self.elapsed() >= minutes[0] * 60.0:
+                    self._snapshot(f"{minutes.pop(0):g}min")
             if seen:
                 check(self.cancel)  # nothing more is reported once Cancel was pressed
                 mean = float(loss_sum) / seen
@@ -165,16 +203,18 @@ class TrainingLoop:
                 extra = on_epoch_end(epoch, mean) if on_epoch_end is not None else None
                 self._report(res.steps, epoch, mean, extra or "")
                 last_report = time.perf_counter()
+                if epoch in self.snapshot_epochs and epoch < self.epochs:
+                    self._snapshot(f"{epoch}ep")
             if res.stopped_by == "time":
                 if not seen:  # an epoch stopped before its first step does not count
                     epoch -= 1
                 break
-            if self.budget == "epoch" and self.max_s > 0 and time.perf_counter() - self._t0 >= self.max_s:
+            if self.budget == "epoch" and self.max_s > 0 and self.elapsed() >= self.max_s:
                 res.stopped_by = "time"
                 break
         check(self.cancel)
         res.epochs_done = epoch
-        res.seconds = time.perf_counter() - self._t0
+        res.seconds = self.elapsed()
         return res
 
 

@@ -160,6 +160,17 @@ def stratified_subset(samples: Sequence[Sample], max_n: int | None, seed: int) -
     return sorted(chosen)
 
 
+def snapshot_labels(minutes: Sequence[float] = (), epochs: Sequence[int] = ()) -> list[str]:
+    """The labels of learning-curve snapshots, as :class:`~core.detectors.training.TrainingLoop` names them."""
+    return [f"{float(m):g}min" for m in minutes] + [f"{int(e)}ep" for e in epochs]
+
+
+def snapshot_folder(save_model: str | os.PathLike, label: str) -> Path:
+    """Where ``run_bench`` saves the snapshot ``label`` of a model saved to ``save_model``."""
+    p = Path(save_model)
+    return p.with_name(f"{p.name}-{label}")
+
+
 def _load_bench_model(model_dir: str | os.PathLike, detector_name: str, overrides: dict[str, Any],
                       device: str | torch.device) -> Detector:
     detector = load_model(model_dir, device=device)
@@ -200,6 +211,8 @@ def run_bench(
     skipped: Optional[list] = None,
     model_dir: str | os.PathLike | None = None,
     save_model: str | os.PathLike | None = None,
+    snapshot_minutes: Sequence[float] = (),
+    snapshot_epochs: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -218,6 +231,13 @@ def run_bench(
     ``fit_seconds`` of a loaded model is the training time it was saved with (``None`` if
     unknown).
 
+    ``snapshot_minutes`` / ``snapshot_epochs`` (with ``save_model``, for learning curves): the
+    model as it stood after that much training (training clock, see
+    :class:`~core.detectors.training.TrainingLoop`) is saved beside ``save_model`` as
+    ``<save_model>-<label>`` (labels ``10min``, ``24ep``; see :func:`snapshot_folder`), each
+    ready for ``model_dir``; its ``fit_seconds`` is its training time, and it is calibrated
+    when evaluated.
+
     Raises :class:`DatasetError` for a missing or unusable dataset, and the registry's
     ``UnknownDetectorError`` / ``ConfigError`` / ``DeviceError`` for a bad detector, setting
     or device, ``CheckpointError`` for an unusable ``model_dir``.
@@ -226,8 +246,12 @@ def run_bench(
         raise ValueError("max-train must be at least 1")
     if model_dir is not None and save_model is not None:
         raise ValueError("give either a model to evaluate or a folder to save the trained model in, not both")
+    if (snapshot_minutes or snapshot_epochs) and save_model is None:
+        raise ValueError("snapshots need a folder to save the trained model in (save_model)")
     if save_model is not None:
         check_save_target(save_model)
+        for label in snapshot_labels(snapshot_minutes, snapshot_epochs):
+            check_save_target(snapshot_folder(save_model, label))
     if model_dir is not None:
         detector = _load_bench_model(model_dir, detector_name, overrides or {}, device)
     else:
@@ -255,13 +279,20 @@ def run_bench(
         saved = dict(detector.meta.get("bench") or {})
         fit_seconds = saved.get("fit_seconds")
         n_train = int(detector.meta.get("n_train", 0)) + (detector.threshold.n_calibration if detector.threshold else 0)
-        if detector.threshold_mismatch():
+        if detector.threshold is None or detector.threshold_mismatch():
             if {k: saved.get(k) for k in origin} == origin and dataset.train:
                 recalibrate(detector, ImageSource(dataset.train), max_train=saved.get("max_train"),
                             progress=SubProgress(progress, 0.0, 0.45, "re-calibrating"), cancel=cancel)
             else:
                 detector.threshold = None  # its scale is not these scores': no decisions
     elif not detector.zero_shot:
+        if save_model is not None and (snapshot_minutes or snapshot_epochs):
+            def save_snapshot(det: Detector, label: str) -> None:
+                det.meta["bench"] = {**origin, "fit_seconds": det.meta.get("train_seconds")}
+                det.save(snapshot_folder(save_model, label))
+            detector.snapshot_minutes = tuple(snapshot_minutes)
+            detector.snapshot_epochs = tuple(snapshot_epochs)
+            detector.on_snapshot = save_snapshot
         _sync(dev)
         t0 = time.perf_counter()
         report = train_detector(detector, ImageSource(dataset.train), max_train=max_train,

@@ -91,6 +91,7 @@ def test_bench_detector_without_maps_shows_na(root: Path, capsys: pytest.Capture
     (["{root}", "--detector", "pixel-gaussian", "--category", "nope"], "nope"),
     (["{root}", "--detector", "pixel-gaussian", "--json", "{root}"], "--json"),
     (["{root}", "--detector", "pixel-gaussian", "--device", "tpu"], "device"),
+    (["{root}", "--detector", "pixel-gaussian", "--snapshot-minutes", "10"], "need --save-model"),
 ])
 def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                    argv: list[str], fragment: str) -> None:
@@ -102,7 +103,9 @@ def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.Ca
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("extra", [["--max-train", "0"], ["--max-test", "x"], ["--seed", "-1"], ["--layout", "odd"]])
+@pytest.mark.parametrize("extra", [["--max-train", "0"], ["--max-test", "x"], ["--seed", "-1"], ["--layout", "odd"],
+                                   ["--snapshot-minutes", "10,x"], ["--snapshot-epochs", "0"],
+                                   ["--snapshot-minutes", "nan"], ["--snapshot-epochs", ","]])
 def test_bench_bad_option_values_exit_2(root: Path, extra: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", str(root), "--detector", "pixel-gaussian", *extra])

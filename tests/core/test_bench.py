@@ -283,3 +283,42 @@ def test_saved_model_errors(tree: Path, tmp_path: Path) -> None:
         run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=full)
     with pytest.raises(ValueError):
         run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, save_model=tmp_path / "x")
+
+
+def test_snapshots_are_saved_beside_the_model_and_evaluate_with_decisions(tree: Path, tmp_path: Path) -> None:
+    """One training, a learning curve: the snapshot after epoch 1 is saved as MODEL-1ep; evaluated
+    with model_dir it is calibrated on the model's own held-out images (it was saved before any
+    calibration) and reports its own training time."""
+    from core.engine.bench import snapshot_folder, snapshot_labels
+    from tests.core.test_detectors import TINY
+
+    sets = {**{k: str(v) if not isinstance(v, tuple) else ",".join(map(str, v)) for k, v in TINY["vqvae"].items()},
+            "epochs": "3", "image_size": "32"}
+    model = tmp_path / "m"
+    final = run_bench(tree, "vqvae", device="cpu", overrides=sets, save_model=model, snapshot_epochs=(1, 2, 7))
+    assert snapshot_labels((10, 2.5), (1,)) == ["10min", "2.5min", "1ep"]
+    assert snapshot_folder(model, "1ep") == tmp_path / "m-1ep"
+    assert (tmp_path / "m-1ep").is_dir() and (tmp_path / "m-2ep").is_dir()
+    assert not (tmp_path / "m-7ep").exists()  # training ended first
+    snap = run_bench(tree, "vqvae", device="cpu", model_dir=tmp_path / "m-1ep")
+    assert snap["metrics"]["accuracy"] is not None and snap["metrics"]["image_auroc"] is not None
+    assert 0 < snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
+    with pytest.raises(ValueError, match="snapshots need"):
+        run_bench(tree, "vqvae", device="cpu", overrides=sets, snapshot_epochs=(1,))
+    (tmp_path / "busy-1ep").mkdir()
+    (tmp_path / "busy-1ep" / "notes.txt").write_text("mine")
+    from core.io.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not empty"):  # checked before training
+        run_bench(tree, "vqvae", device="cpu", overrides=sets, save_model=tmp_path / "busy", snapshot_epochs=(1,))
+
+
+def test_a_saved_model_accepts_its_own_baked_in_settings_again(tree: Path, tmp_path: Path) -> None:
+    """A script that repeats the settings it trained with (a fixed field at its saved value) is
+    not changing the model; another value is still refused."""
+    model = tmp_path / "model"
+    saved = run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=model)
+    again = run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"image_size": "32"})
+    assert again["metrics"] == saved["metrics"]
+    with pytest.raises(ConfigError, match="cannot change image_size"):
+        run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"image_size": "24"})

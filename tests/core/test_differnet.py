@@ -232,3 +232,28 @@ def test_real_efficientnet_lite0_features():
     latent_nll(z).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in model.extractor.parameters())
+
+
+def test_cached_features_train_exactly_like_the_paper_for_the_cached_epochs():
+    """train_copies = K caches the features of the first K epochs' transforms (the backbone is
+    frozen), so those epochs give the paper's (uncached) training: same losses, same flow. After
+    K epochs the cache repeats, and the losses part."""
+    grey = [p.mean(axis=2, keepdims=True) for p in parts(6)]  # grey: jitter on, every transform used
+    runs = {}
+    for k in (0, 2):
+        det = DifferNetDetector(DifferNetConfig(**{**TINY, "epochs": 3, "train_copies": k}), device="cpu")
+        det.fit(ImageSource(grey))
+        runs[k] = det
+    h0, h2 = runs[0].meta["loss_history"], runs[2].meta["loss_history"]
+    assert h2[:2] == pytest.approx(h0[:2], rel=1e-5)
+    assert h2[2] != pytest.approx(h0[2], rel=1e-5)  # epoch 3 reuses epoch 1's transforms
+
+
+def test_cached_features_with_k_at_least_epochs_are_the_paper_training():
+    imgs = parts(5)
+    scores = []
+    for k in (0, 4):
+        det = DifferNetDetector(DifferNetConfig(**{**TINY, "epochs": 2, "train_copies": k}), device="cpu")
+        det.fit(ImageSource(imgs))
+        scores.append(det.score(ImageSource(parts(2, seed=3)))[0].score)
+    assert scores[0] == pytest.approx(scores[1], rel=1e-4)

@@ -159,3 +159,68 @@ def test_crop_training_scores_whole_images_of_another_size(name):
     assert res[0].anomaly_map.shape == (50, 70) and res[1].anomaly_map.shape == (40, 40)
     assert all(np.isfinite(r.score) and np.isfinite(r.anomaly_map).all() for r in res.values())
     assert cropped.meta["loss_history"] != whole.meta["loss_history"]
+
+
+def test_snapshots_after_epochs_and_minutes_see_the_model_in_eval_mode():
+    _, _, opt, step = _problem()
+    module = torch.nn.Linear(1, 1)
+    seen = []
+    loop = TrainingLoop("t", opt, epochs=5, steps_per_epoch=2, snapshot_epochs=(2, 4, 5),
+                        snapshot_minutes=(0.0,), on_snapshot=lambda label: seen.append((label, module.training)))
+    res = loop.run(lambda e: range(2), step, module=module)
+    # minutes: after the first step past the mark; epochs: after that epoch, never after the last
+    # one (that is the finished model); the module trains again after each snapshot.
+    assert seen == [("0min", False), ("2ep", False), ("4ep", False)]
+    assert res.epochs_done == 5 and not module.training
+
+
+def test_snapshot_time_is_off_the_training_clock():
+    """Saving a snapshot neither eats the time budget nor moves a time-based schedule."""
+    _, _, opt, step = _problem()
+
+    def slow_step(b):
+        time.sleep(0.01)
+        return step(b)
+
+    fractions = []
+    loop = TrainingLoop("t", opt, epochs=1000, steps_per_epoch=1, max_minutes=0.3 / 60,
+                        snapshot_minutes=(0.1 / 60,), on_snapshot=lambda label: time.sleep(0.6))
+    res = loop.run(lambda e: range(1), slow_step, before_step=fractions.append)
+    assert res.stopped_by == "time"
+    assert loop.paused >= 0.6
+    assert 0.25 <= res.seconds < 0.6  # the 0.6 s snapshot is not counted
+    assert max(fractions) <= 1.0 and fractions == sorted(fractions)
+
+
+def test_no_snapshots_without_a_callback():
+    _, _, opt, step = _problem()
+    loop = TrainingLoop("t", opt, epochs=3, steps_per_epoch=1, snapshot_epochs=(1,))
+    assert loop.run(lambda e: range(1), step).epochs_done == 3
+
+
+@pytest.mark.parametrize("name", ["vqvae", "score-resilience", "differnet"])
+def test_detector_snapshots_score_like_a_model_trained_that_long(name, tmp_path):
+    """A snapshot after epoch 1 of a 2-epoch fit is the model a 1-epoch fit gives (same seed):
+    it saves, loads and scores to the same numbers; the detector's own model is untouched."""
+    from core.detectors.registry import create_detector, load_model
+    from tests.core.test_detectors import TINY, images
+
+    cfg = {**TINY[name], "epochs": 2}
+    if name == "score-resilience":
+        cfg["lr_schedule"] = "constant"  # a step schedule depends on the total length
+        cfg["max_minutes"] = 0
+    det = create_detector(name, cfg, device="cpu")
+    det.snapshot_epochs = (1,)
+    det.on_snapshot = lambda d, label: d.save(tmp_path / label)
+    train = ImageSource(images(6))
+    det.fit(train)
+    assert det.meta.get("snapshot") is None and det.meta.get("epochs_done", 2) == 2
+    snap = load_model(tmp_path / "1ep", device="cpu")
+    assert snap.meta["snapshot"] == "1ep" and snap.meta["train_seconds"] > 0
+    one = create_detector(name, {**cfg, "epochs": 1}, device="cpu")
+    one.fit(train)
+    test = ImageSource(images(2, seed=5))
+    a, b = snap.score(test), one.score(test)
+    for i in a:
+        assert a[i].score == pytest.approx(b[i].score, rel=1e-4, abs=1e-6)
+    assert det.score(test)[0].score != pytest.approx(a[0].score, rel=1e-6)

@@ -141,9 +141,18 @@ class ScoreResilienceDetector(Detector):
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator(device=self.device).manual_seed(cfg.seed)
         bs = min(cfg.batch_size, n)
+
+        def ema_model() -> ScoreNet:
+            """5.3: the EMA weights are the ones kept (and saved)."""
+            final = ScoreNet(cfg.shape(channels))
+            ema.copy_to(final)
+            return final.to(self.device).eval()
+
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
                             max_minutes=cfg.max_minutes, budget="step",
-                            progress=SubProgress(progress, 0.05, 0.99, "training"), cancel=cancel)
+                            progress=SubProgress(progress, 0.05, 0.99, "training"), cancel=cancel,
+                            **self._snapshots(lambda: (ema_model(), {"channels": int(channels), "n_train": int(n),
+                                                                     "train_seconds": time.perf_counter() - t0 - loop.paused})))
 
         def set_lr(frac: float) -> None:
             lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr
@@ -165,10 +174,8 @@ class ScoreResilienceDetector(Detector):
                        after_step=lambda: ema.update(model))
         history, epoch, step_count, stopped_by = run.history, run.epochs_done, run.steps, run.stopped_by
 
-        # 5.3: the EMA weights are the ones kept (and saved).
-        final = ScoreNet(cfg.shape(channels))
-        ema.copy_to(final)
-        self.model = final.to(self.device).eval()  # only now: a cancelled fit leaves no model behind
+        final = ema_model()
+        self.model = final  # only now: a cancelled fit leaves no model behind
         self._eps_cache = None
         self.meta = {
             "channels": int(channels),

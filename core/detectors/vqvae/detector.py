@@ -52,6 +52,7 @@ class VQVAEConfig(DetectorConfig):
     map: str = field(default="ssim_am", metadata={"help": "anomaly map: SSIM x alignment map (ssim_am) or SSIM alone (ssim)", "choices": MAP_CHOICES})
     score_reduce: str = field(default="mean", metadata={"help": "image score from the map: mean (paper, CIFAR-10) or max", "choices": REDUCE_CHOICES})
     epochs: int = field(default=100, metadata={"neutral": True, "help": "training epochs (the paper gives no number; ours)", "min": 1, "max": 10000})
+    max_minutes: float = field(default=0.0, metadata={"neutral": True, "help": "training time limit in minutes, checked before each step (0 = none; training stops at epochs or max_minutes, whichever first)", "min": 0.0, "max": 100000.0})
     lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (the paper gives none; ours)", "min": 1e-7, "max": 1.0})
     beta: float = field(default=0.25, metadata={"neutral": True, "help": "commitment weight beta of the loss (eq. 4)", "min": 0.0, "max": 10.0})
     hidden: int = field(default=256, metadata={"fixed": True, "help": "depth of every convolution (paper: 256)", "min": 1, "max": 1024, "advanced": True})
@@ -136,7 +137,10 @@ class VQVAEDetector(Detector):
         bs = max(2, cfg.batch_size)  # batch norm needs two samples where the latent grid is 1x1
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs,
                             steps_per_epoch=len(_batches(n, bs, torch.Generator().manual_seed(0))),
-                            progress=SubProgress(progress, 0.05, 0.97, "training"), cancel=cancel)
+                            max_minutes=cfg.max_minutes, budget="step",
+                            progress=SubProgress(progress, 0.05, 0.97, "training"), cancel=cancel,
+                            **self._snapshots(lambda: (model, {"channels": int(channels), "n_train": int(n),
+                                                               "train_seconds": time.perf_counter() - t0 - loop.paused})))
         # Per-epoch bookkeeping of the two loss terms and of codebook use (for dead-code re-seeding).
         epoch_state: dict[str, Any] = {}
         parts_history: list[tuple[float, float]] = []  # (reconstruction NLL, alignment term) per epoch
