@@ -92,6 +92,7 @@ class TrainingLoop:
         self.on_snapshot = on_snapshot
         self._paused = 0.0
         self._module: torch.nn.Module | None = None
+        self._res: TrainResult | None = None
         self.name = name
         self.optimizer = optimizer
         self.epochs = int(epochs)
@@ -102,6 +103,11 @@ class TrainingLoop:
         self.cancel = cancel
         self.report_every = report_every
         self._t0 = 0.0
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken so far in the current (or last) run."""
+        return self._res.steps if self._res is not None else 0
 
     @property
     def paused(self) -> float:
@@ -162,7 +168,7 @@ class TrainingLoop:
                 module.eval()
 
     def _run(self, batches, step, before_step, after_step, on_epoch_end) -> TrainResult:
-        res = TrainResult()
+        res = self._res = TrainResult()
         self._t0 = time.perf_counter()
         self._paused = 0.0
         minutes = list(self.snapshot_minutes)

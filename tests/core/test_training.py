@@ -219,6 +219,7 @@ def test_detector_snapshots_score_like_a_model_trained_that_long(name, tmp_path)
     assert snap.meta["snapshot"] == "1ep" and snap.meta["train_seconds"] > 0
     one = create_detector(name, {**cfg, "epochs": 1}, device="cpu")
     one.fit(train)
+    assert snap.meta["steps"] == one.meta.get("steps", snap.meta["steps"]) > 0
     test = ImageSource(images(2, seed=5))
     a, b = snap.score(test), one.score(test)
     for i in a:

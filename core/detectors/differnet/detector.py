@@ -277,7 +277,7 @@ class DifferNetDetector(Detector):
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
                             progress=SubProgress(progress, 0.35 if bank is not None else 0.05, 0.99, "training"),
                             cancel=cancel,
-                            **self._snapshots(lambda: (model, {**base_meta, "train_seconds": time.perf_counter() - t0 - loop.paused})))
+                            **self._snapshots(lambda: (model, {**base_meta, "train_seconds": time.perf_counter() - t0 - loop.paused, "steps": loop.steps})))
         shuffle = shuffled_batches(n, bs, gen)
         current: dict[str, Any] = {}
 

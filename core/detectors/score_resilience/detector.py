@@ -152,7 +152,7 @@ class ScoreResilienceDetector(Detector):
                             max_minutes=cfg.max_minutes, budget="step",
                             progress=SubProgress(progress, 0.05, 0.99, "training"), cancel=cancel,
                             **self._snapshots(lambda: (ema_model(), {"channels": int(channels), "n_train": int(n),
-                                                                     "train_seconds": time.perf_counter() - t0 - loop.paused})))
+                                                                     "train_seconds": time.perf_counter() - t0 - loop.paused, "steps": loop.steps})))
 
         def set_lr(frac: float) -> None:
             lr = cfg.lr * (0.1 ** min(2, int(frac * 3))) if cfg.lr_schedule == "step" else cfg.lr

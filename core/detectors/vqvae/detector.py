@@ -140,7 +140,7 @@ class VQVAEDetector(Detector):
                             max_minutes=cfg.max_minutes, budget="step",
                             progress=SubProgress(progress, 0.05, 0.97, "training"), cancel=cancel,
                             **self._snapshots(lambda: (model, {"channels": int(channels), "n_train": int(n),
-                                                               "train_seconds": time.perf_counter() - t0 - loop.paused})))
+                                                               "train_seconds": time.perf_counter() - t0 - loop.paused, "steps": loop.steps})))
         # Per-epoch bookkeeping of the two loss terms and of codebook use (for dead-code re-seeding).
         epoch_state: dict[str, Any] = {}
         parts_history: list[tuple[float, float]] = []  # (reconstruction NLL, alignment term) per epoch
