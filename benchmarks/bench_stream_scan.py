@@ -1,7 +1,8 @@
 """``scan`` throughput and peak memory on large synthetic folders (issue 18).
 
 Generates N small synthetic part images (PNG, not committed; kept under --data for re-use),
-trains a ``pixel-gaussian`` model once, then runs ``anomaly-inspector scan --model`` in a
+trains a model once (``--detector``, default ``pixel-gaussian``; ``patchcore`` needs its
+backbone's weights), then runs ``anomaly-inspector scan --model`` in a
 subprocess per count and reads the child's peak RSS from the kernel (``os.wait4``). With
 ``--root`` another checkout's code does the scan (``--root /work/main`` is "before").
 
@@ -64,17 +65,17 @@ def run_cli(argv: list[str], root: Path, env: dict | None = None) -> tuple[int, 
     return proc.returncode, wall, usage.ru_maxrss / 1024.0, err
 
 
-def train(model: Path, good: Path, root: Path, sets: list[str] = ()) -> None:
+def train(model: Path, good: Path, root: Path, sets: list[str] = (), detector: str = "pixel-gaussian") -> None:
     if (model / "config.json").exists():
         return
-    rc, _, _, err = run_cli(["train", str(good), "--detector", "pixel-gaussian", "--model", str(model), "-q",
+    rc, _, _, err = run_cli(["train", str(good), "--detector", detector, "--model", str(model), "-q",
                              *(a for kv in sets for a in ("--set", kv))], root)
     if rc:
         raise SystemExit(f"training failed: {err}")
 
 
-def scan(folder: Path, model: Path, out: Path, root: Path, extra: list[str] = ()) -> dict:
-    rc, wall, rss, err = run_cli(["scan", str(folder), "--detector", "pixel-gaussian", "--model", str(model),
+def scan(folder: Path, model: Path, out: Path, root: Path, extra: list[str] = (), detector: str = "pixel-gaussian") -> dict:
+    rc, wall, rss, err = run_cli(["scan", str(folder), "--detector", detector, "--model", str(model),
                                   "--out", str(out), *extra], root)
     if rc:
         raise SystemExit(f"scan failed ({rc}): {err[-2000:]}")
@@ -92,20 +93,22 @@ def main() -> None:
                     help="where the synthetic images and the model are kept between runs")
     ap.add_argument("--root", type=Path, default=REPO, help="checkout whose code runs the scan")
     ap.add_argument("--label", default="after")
+    ap.add_argument("--detector", default="pixel-gaussian", help="detector to train and scan with (default pixel-gaussian)")
     ap.add_argument("--extra", default="", help="more scan options, e.g. '--workers 2' or '--engine ray'")
     ap.add_argument("--image-size", type=int, help="the model's working resolution (default: the detector's, 256)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     extra = args.extra.split()
     good = make_images(args.data / "good", 50, args.size, seed=1)
-    model = args.data / ("model" if args.image_size is None else f"model-{args.image_size}")
-    train(model, good, REPO, [] if args.image_size is None else [f"image_size={args.image_size}"])
+    name = "model" if args.detector == "pixel-gaussian" else f"model-{args.detector}"
+    model = args.data / (name if args.image_size is None else f"{name}-{args.image_size}")
+    train(model, good, REPO, [] if args.image_size is None else [f"image_size={args.image_size}"], args.detector)
     rows = []
     for n in args.counts:
         folder = make_images(args.data / f"n{n}", n, args.size, seed=2)
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
-            res = scan(folder, model, Path(tmp) / "out", args.root.resolve(), extra)
-        res.update(count=n, label=args.label, size=args.size, extra=args.extra, model_image_size=args.image_size or 256)
+            res = scan(folder, model, Path(tmp) / "out", args.root.resolve(), extra, args.detector)
+        res.update(count=n, label=args.label, detector=args.detector, size=args.size, extra=args.extra, model_image_size=args.image_size or 256)
         rows.append(res)
         print(json.dumps(res), flush=True)
     if args.json:

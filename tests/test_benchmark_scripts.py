@@ -100,7 +100,7 @@ def test_curves_script_runs_a_curve_from_one_training(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
-    assert out == ["bottle-vqvae-256px-crop128-0.02min-0.001min-cpu.json", "bottle-vqvae-256px-crop128-0.02min-final-cpu.json"]
+    assert out == ["bottle-vqvae-256px-crop96-0.02min-0.001min-cpu.json", "bottle-vqvae-256px-crop96-0.02min-final-cpu.json"]
     snap = json.loads((tmp_path / "out" / out[0]).read_text())
     final = json.loads((tmp_path / "out" / out[1]).read_text())
     assert snap["config"]["train_crop"] == 16 and snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
