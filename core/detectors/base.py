@@ -74,6 +74,8 @@ class Detector(ABC):
     min_train_images: ClassVar[int] = 1
     #: Bumped by a detector whenever its saved tensors change meaning.
     state_version: ClassVar[int] = 1
+    #: Whether its training loop hands out learning-curve snapshots (see :meth:`_snapshots`).
+    snapshots: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto") -> None:
         cfg = config if config is not None else self.config_class()

@@ -40,7 +40,8 @@ import torch
 from core.data.images import ImageSource
 from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
 from core.detectors.base import Detector
-from core.detectors.registry import create_detector, load_model
+from core.detectors.config import ConfigError
+from core.detectors.registry import create_detector, detector_names, get_detector_class, load_model
 from core.engine.workflows import recalibrate, scan_images, train_detector
 from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
@@ -258,6 +259,9 @@ def run_bench(
         settings = dict(overrides or {})
         settings.setdefault("seed", seed)
         detector = create_detector(detector_name, settings, device)
+    if (snapshot_minutes or snapshot_epochs) and not detector.snapshots:
+        able = [n for n in detector_names() if get_detector_class(n).snapshots]
+        raise ConfigError(f"{detector.name} has no training loop to take snapshots of (snapshots: {', '.join(able)})")
     dev = detector.device
     dataset = load_bench_dataset(dataset_root, layout, category, seed)
     if not dataset.test:
@@ -286,7 +290,7 @@ def run_bench(
             else:
                 detector.threshold = None  # its scale is not these scores': no decisions
     elif not detector.zero_shot:
-        if save_model is not None and (snapshot_minutes or snapshot_epochs):
+        if snapshot_minutes or snapshot_epochs:
             def save_snapshot(det: Detector, label: str) -> None:
                 det.meta["bench"] = {**origin, "fit_seconds": det.meta.get("train_seconds")}
                 det.save(snapshot_folder(save_model, label))

@@ -305,6 +305,8 @@ def test_snapshots_are_saved_beside_the_model_and_evaluate_with_decisions(tree: 
     assert 0 < snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
     with pytest.raises(ValueError, match="snapshots need"):
         run_bench(tree, "vqvae", device="cpu", overrides=sets, snapshot_epochs=(1,))
+    with pytest.raises(ConfigError, match="pixel-gaussian has no training loop.*differnet.*sanf"):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, save_model=tmp_path / "pg", snapshot_epochs=(1,))
     (tmp_path / "busy-1ep").mkdir()
     (tmp_path / "busy-1ep" / "notes.txt").write_text("mine")
     from core.io.checkpoint import CheckpointError

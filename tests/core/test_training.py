@@ -198,7 +198,14 @@ def test_no_snapshots_without_a_callback():
     assert loop.run(lambda e: range(1), step).epochs_done == 3
 
 
-@pytest.mark.parametrize("name", ["vqvae", "score-resilience", "differnet"])
+def test_which_detectors_take_snapshots():
+    from core.detectors.registry import detector_names, get_detector_class
+
+    assert {n for n in detector_names() if get_detector_class(n).snapshots} == {
+        "vqvae", "score-resilience", "differnet", "sanf"}
+
+
+@pytest.mark.parametrize("name", ["vqvae", "score-resilience", "differnet", "sanf"])
 def test_detector_snapshots_score_like_a_model_trained_that_long(name, tmp_path):
     """A snapshot after epoch 1 of a 2-epoch fit is the model a 1-epoch fit gives (same seed):
     it saves, loads and scores to the same numbers; the detector's own model is untouched."""

@@ -134,6 +134,7 @@ class DifferNetDetector(Detector):
     produces_maps = True
     config_class = DifferNetConfig
     min_train_images = 2
+    snapshots = True
 
     config: DifferNetConfig
 

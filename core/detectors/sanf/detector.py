@@ -151,6 +151,7 @@ class SANFDetector(Detector):
     produces_maps = True
     config_class = SANFConfig
     min_train_images = 2
+    snapshots = True
 
     config: SANFConfig
 
@@ -234,8 +235,19 @@ class SANFDetector(Detector):
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = cfg.train_batch_size
+        base_meta = {
+            "backbone": backbone,
+            "class_dim": int(model.extractor.dim),
+            "token_shape": list(model.extractor.token_shape),
+            "n_train": int(n),
+            "map": MAP_NOTE if cfg.caff else "",
+        }
+        if self._weights is not None:
+            base_meta["weights"] = pinned_weights(self._weights)
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs, steps_per_epoch=math.ceil(n / bs),
-                            progress=SubProgress(progress, 0.4, 0.99, "training"), cancel=cancel)
+                            progress=SubProgress(progress, 0.4, 0.99, "training"), cancel=cancel,
+                            **self._snapshots(lambda: (model, {**base_meta, "steps": loop.steps,
+                                                               "train_seconds": time.perf_counter() - t0 - loop.paused})))
 
         def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
             loss, _ = model.flow_nll(sem[bidx].to(self.device), tok[bidx].to(self.device))
@@ -245,18 +257,12 @@ class SANFDetector(Detector):
         history = run.history
         self.model = model  # only now: a cancelled fit leaves no half-trained model behind
         self.meta = {
-            "backbone": backbone,
-            "class_dim": int(model.extractor.dim),
-            "token_shape": list(model.extractor.token_shape),
-            "n_train": int(n),
+            **base_meta,
             "epochs": int(cfg.epochs),
             **run.record(),
             "flow_parameters": int(sum(p.numel() for p in params)),
             "fit_seconds": time.perf_counter() - t0,
-            "map": MAP_NOTE if cfg.caff else "",
         }
-        if self._weights is not None:
-            self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: loss {history[-1]:.4f} ({backbone}, {model.extractor.dim} channels)")
 

@@ -109,6 +109,7 @@ class ScoreResilienceDetector(Detector):
     produces_maps = True
     config_class = ScoreResilienceConfig
     min_train_images = 2
+    snapshots = True
 
     config: ScoreResilienceConfig
 

@@ -101,6 +101,7 @@ class VQVAEDetector(Detector):
     produces_maps = True
     config_class = VQVAEConfig
     min_train_images = 2
+    snapshots = True
 
     config: VQVAEConfig
 
