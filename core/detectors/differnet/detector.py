@@ -11,7 +11,9 @@ Departures and our choices (each one a setting unless noted):
   (320 channels -> 3 x 320 = 960 flow inputs, close to AlexNet's 3 x 256 = 768), not the
   1280-channel 1x1 head expansion (``efficientnet_features=head``): with 3 x 1280 = 3840
   inputs and 2048-wide subnets the flow would have about 320 M parameters instead of ~180 M.
-  ``tiny-random`` is a seeded random CNN for tests only.
+  ``efficientnet-lite1`` / ``-lite2`` (larger, same registry route) are selectable, to separate
+  the backbone's share from the training length's on MTD. ``tiny-random`` is a seeded random
+  CNN for tests only.
 - Smaller scales are area averages of the largest (the authors' code: nearest neighbour).
 - Test transforms (3.2) are deterministic so that a saved model scores identically: T
   rotations evenly spaced over ``rotation_range`` (T = 1 is the untransformed image), and,
@@ -72,7 +74,7 @@ from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
 from core.runtime.progress import ProgressFn, SubProgress
 
-BACKBONE_CHOICES = ("auto", "efficientnet-lite0", "alexnet", "tiny-random")
+BACKBONE_CHOICES = ("auto", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "alexnet", "tiny-random")
 JITTER_CHOICES = ("auto", "on", "off")
 SCORE_CHOICES = ("latent", "nll")
 FEATURE_CHOICES = ("blocks", "head")
@@ -99,7 +101,7 @@ class DifferNetConfig(DetectorConfig):
     clamp_alpha: float = field(default=3.0, metadata={"fixed": True, "help": "soft clamping alpha, eq. 2 (paper: 3)", "min": 0.1, "max": 20.0, "advanced": True})
     subnet_width: int = field(default=2048, metadata={"fixed": True, "help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
     subnet_layers: int = field(default=3, metadata={"fixed": True, "help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
-    efficientnet_features: str = field(default="blocks", metadata={"fixed": True, "help": "EfficientNet-Lite0 map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
+    efficientnet_features: str = field(default="blocks", metadata={"fixed": True, "help": "EfficientNet-Lite map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
     map_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
     score_term: str = field(default="latent", metadata={"help": "score: -log p_Z(z) (eq. 5, paper) or the full NLL with log-det", "choices": SCORE_CHOICES, "advanced": True})
 
@@ -110,8 +112,8 @@ class DifferNetConfig(DetectorConfig):
             raise ConfigError(f"image_size={self.image_size} must be a multiple of 2^(n_scales-1) = {step}")
         if self.image_size // step < 8:
             raise ConfigError(f"image_size={self.image_size} is too small for {self.n_scales} scales (smallest < 8 px)")
-        if self.weights_path and self.backbone not in ("alexnet", "efficientnet-lite0"):
-            raise ConfigError("weights_path needs backbone=alexnet or backbone=efficientnet-lite0")
+        if self.weights_path and self.backbone in ("auto", "tiny-random"):
+            raise ConfigError("weights_path needs a named backbone (alexnet or efficientnet-lite0/1/2)")
 
 
 #: Rotated copies scored per forward pass; Cancel waits for at most one chunk.

