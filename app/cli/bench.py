@@ -65,6 +65,10 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
                         "(MODEL_DIR-<M>min), for a learning curve from one run; evaluate each with --model")
     b.add_argument("--snapshot-epochs", type=_number_list(int), default=(), metavar="E[,E...]",
                    help="with --save-model: also save the model after epoch E (MODEL_DIR-<E>ep)")
+    b.add_argument("--batch", default="test", choices=("test", "all"),
+                   help="zero-shot detectors: score the test split alone (default) or the whole dataset, training "
+                        "and test images together as one unlabelled batch (the zero-shot paper's protocol; the "
+                        "training images count as good)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(handler=cmd_bench)
@@ -90,7 +94,8 @@ def format_table(res: dict[str, Any]) -> str:
         ("dataset", res["dataset"] + (f" (category {res['category']})" if res["category"] else "")),
         ("device", res["device"]),
         ("config", cfg),
-        ("images", f"{res['n_train']} train, {res['n_test']} test"),
+        ("images", f"{res['n_train']} train, {res['n_test']} test"
+                   + (" (the batch: training and test images together)" if res.get("batch") == "train+test" else "")),
         ("", ""),
         ("image AUROC", _fmt(m["image_auroc"])),
         ("pixel AUROC", _fmt(m["pixel_auroc"])),
@@ -149,7 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         device=args.device, overrides=sets, max_train=args.max_train, max_test=args.max_test,
                         seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
                         save_model=args.save_model, snapshot_minutes=args.snapshot_minutes,
-                        snapshot_epochs=args.snapshot_epochs)
+                        snapshot_epochs=args.snapshot_epochs, zero_shot_batch=args.batch)
     except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:

@@ -58,8 +58,8 @@ def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.
     assert "image AUROC" in captured.out and "pixel AUROC" in captured.out and "images/s" in captured.out
     assert "bench:" in captured.err  # progress goes to stderr
     res = json.loads(out.read_text(encoding="utf-8"))
-    assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "metrics",
-                        "timing", "version"}
+    assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
+                        "metrics", "timing", "version"}
     assert res["category"] == "part" and res["device"] == "cpu" and res["n_test"] == 6
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
         assert math.isfinite(res["metrics"][key])
@@ -92,6 +92,7 @@ def test_bench_detector_without_maps_shows_na(root: Path, capsys: pytest.Capture
     (["{root}", "--detector", "pixel-gaussian", "--json", "{root}"], "--json"),
     (["{root}", "--detector", "pixel-gaussian", "--device", "tpu"], "device"),
     (["{root}", "--detector", "pixel-gaussian", "--snapshot-minutes", "10"], "need --save-model"),
+    (["{root}", "--detector", "pixel-gaussian", "--batch", "all"], "zero-shot"),
 ])
 def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                    argv: list[str], fragment: str) -> None:

@@ -71,8 +71,8 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert tuple(result) == RESULT_KEYS
     assert tuple(result["metrics"]) == METRIC_KEYS
     assert tuple(result["timing"]) == TIMING_KEYS
-    assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "metrics",
-                           "timing", "version"}
+    assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
+                           "metrics", "timing", "version"}
     assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
     assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb",
                                      "peak_gpu_mb"}
@@ -229,6 +229,23 @@ def test_zero_shot_detector(tree: Path, monkeypatch: pytest.MonkeyPatch, with_gr
     # A zero-shot scan is always split into groups (core.grouping, normalized cut by default), so
     # accuracy and recall are measured with or without a detector-made group column.
     assert res["metrics"]["accuracy"] == pytest.approx(1.0) and res["metrics"]["recall"] == pytest.approx(1.0)
+    assert res["batch"] == "test" and res["n_test"] == 8
+
+
+def test_zero_shot_batch_of_the_whole_dataset(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zero-shot paper's protocol: training and test images scored as one batch, the training
+    images counting as good (12 train + 8 test here, 4 defective: a defective minority)."""
+    from core.detectors import registry
+
+    cls = _zero_shot_class(True)
+    monkeypatch.setitem(registry.REGISTRY, cls.name, cls)
+    res = run_bench(tree, cls.name, device="cpu", zero_shot_batch="all")
+    assert res["batch"] == "train+test" and res["n_test"] == 20 and res["n_train"] == 0
+    assert res["metrics"]["image_auroc"] == pytest.approx(1.0) and res["metrics"]["recall"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="cannot also be in the batch"):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, zero_shot_batch="all")
+    with pytest.raises(ValueError, match="zero_shot_batch"):
+        run_bench(tree, cls.name, device="cpu", zero_shot_batch="train")
 
 
 # ------------------------------------------------------------------ saved models
