@@ -242,6 +242,8 @@ def test_zero_shot_batch_of_the_whole_dataset(tree: Path, monkeypatch: pytest.Mo
     res = run_bench(tree, cls.name, device="cpu", zero_shot_batch="all")
     assert res["batch"] == "train+test" and res["n_test"] == 20 and res["n_train"] == 0
     assert res["metrics"]["image_auroc"] == pytest.approx(1.0) and res["metrics"]["recall"] == pytest.approx(1.0)
+    few = run_bench(tree, cls.name, device="cpu", zero_shot_batch="all", max_train=5)
+    assert few["n_test"] == 13
     with pytest.raises(ConfigError, match="cannot also be in the batch"):
         run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, zero_shot_batch="all")
     with pytest.raises(ValueError, match="zero_shot_batch"):
