@@ -44,6 +44,7 @@ ThumbRole = Qt.UserRole + 4
 ErrorRole = Qt.UserRole + 5
 NameRole = Qt.UserRole + 6
 VerdictRole = Qt.UserRole + 7
+LabelRole = Qt.UserRole + 8  # the name as a tile shows it (see label_names)
 
 #: The inspector's verdicts as drawn on a tile: (label, fill colour).
 VERDICT_CHIPS = {"ok": ("OK", "#2e9d5b"), "ng": ("NG", "#d0463b"), "unsure": ("?", "#c9a227")}
@@ -99,10 +100,36 @@ def _relative_names(paths: list[Path], root: Optional[Path]) -> list[str]:
     return out
 
 
+def label_names(names: list[str]) -> list[str]:
+    """Tile labels for relative names: a folder that every image has at the same depth tells no
+    image apart, so it becomes ``…`` (MTD's ``MT_Blowhole/Imgs/exp1.jpg`` shows as
+    ``MT_Blowhole/…/exp1.jpg``, keeping the defect folder that the middle-elision would cut).
+    Only where every name has that many folders; the full name stays in the tooltip."""
+    parts = [n.split("/") for n in names]
+    if not parts:
+        return []
+    depth = min(len(p) for p in parts) - 1  # folder levels every name has
+    constant = [d for d in range(depth) if len({p[d] for p in parts}) == 1]
+    if not constant:
+        return list(names)
+    out = []
+    for p in parts:
+        shown: list[str] = []
+        for d, part in enumerate(p):
+            if d in constant and d < len(p) - 1:
+                if not shown or shown[-1] != "…":
+                    shown.append("…")
+            else:
+                shown.append(part)
+        out.append("/".join(shown))
+    return out
+
+
 @dataclass
 class _Entry:
     path: Path
     name: str
+    label: str = ""
     thumb: Optional[QImage] = None
     error: str = ""
     score: Optional[float] = None
@@ -148,6 +175,8 @@ class GalleryModel(QAbstractListModel):
         e = self._entries[int(self._view[index.row()])]
         if role in (Qt.DisplayRole, NameRole):
             return e.name
+        if role == LabelRole:
+            return e.label or e.name
         if role == PathRole:
             return e.path
         if role == ScoreRole:
@@ -187,7 +216,8 @@ class GalleryModel(QAbstractListModel):
         """Entries for ``paths``; names are relative to ``root`` (subfolders keep files apart)."""
         self.beginResetModel()
         paths = [p if isinstance(p, Path) else Path(p) for p in paths]
-        self._entries = [_Entry(p, n) for p, n in zip(paths, _relative_names(paths, root))]
+        names = _relative_names(paths, root)
+        self._entries = [_Entry(p, n, lab) for p, n, lab in zip(paths, names, label_names(names))]
         self._index_of = {str(p): i for i, p in enumerate(paths)}
         self.thumbs_done = 0  # entries whose thumbnail (or reason it failed) has arrived
         self._scores = np.full(len(paths), np.nan)
@@ -361,7 +391,7 @@ class TileDelegate(QStyledItemDelegate):
         p.setPen(QColor("#e6e6e6") if selected else QColor("#c8cbd0"))
         fm = QFontMetrics(option.font)
         p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter,
-                   elide_name(str(index.data(NameRole)), fm, name_rect.width()))
+                   elide_name(str(index.data(LabelRole)), fm, name_rect.width()))
         score = index.data(ScoreRole)
         if self._model.stale:  # results of a previous run: greyed until the new ones arrive
             p.setOpacity(0.4)

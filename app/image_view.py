@@ -84,6 +84,7 @@ class ImageView(QWidget):
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         self.path: Optional[Path] = None
+        self.name_root: Optional[Path] = None  # the open folder: names are shown relative to it
         self.row: Optional[ScanRow] = None
         self.threshold: Optional[Threshold] = None
         self.detector_name = ""
@@ -386,10 +387,21 @@ class ImageView(QWidget):
         p = self.vb.mapSceneToView(pos)
         self.readout.setText(self.readout_at(p.x(), p.y()))
 
+    def display_name(self) -> str:
+        """The image's name relative to the open folder (the gallery's name: ``MT_Blowhole/Imgs/x.jpg``),
+        or ``parent/file`` for an image outside it."""
+        root = self.name_root
+        if root is not None:
+            try:
+                return self.path.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        return f"{self.path.parent.name}/{self.path.name}"
+
     # ------------------------------------------------------------------ internals
     def _update_labels(self) -> None:
         row, thr = self.row, self.threshold
-        self.name_label.setText(f"{self.path.parent.name}/{self.path.name}" if self.path else "No image selected")
+        self.name_label.setText(self.display_name() if self.path else "No image selected")
         self.name_label.setToolTip(str(self.path) if self.path else "")
         if row is None:
             self.score_label.setText("not scored" if self.path else "")

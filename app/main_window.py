@@ -543,6 +543,7 @@ class MainWindow(QMainWindow):
         self.histogram.clear()
         self.image_view.clear()
         self.gallery.set_paths(info.paths, info.folder)
+        self.image_view.name_root = info.folder
         self._remember_folder(info.folder)
         self.gallery.view.setFocus()
         self._sync_actions()

@@ -9,7 +9,7 @@ import pytest
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QWheelEvent
 
-from app.gallery import badge_colors, elide_name
+from app.gallery import badge_colors, elide_name, label_names
 from app.image_view import ImageView, anchored_lut
 from app.theme import ACCENT
 from app.workers import HeatScale, anchored_scale
@@ -100,6 +100,18 @@ def test_gallery_names_keep_the_file_and_elide_the_folder_in_its_middle():
     assert out.endswith("/000.png") and "…" in out and out.startswith("br") and fm.horizontalAdvance(out) <= width
     assert elide_name(name, fm, 1000) == name
     assert elide_name("a_very_long_file_name_000.png", fm, 60).endswith("png")
+
+
+def test_tile_labels_drop_a_folder_every_image_shares():
+    """MTD's tiles: the category folder, not the ``Imgs`` every image sits in, must survive."""
+    mtd = ["MT_Blowhole/Imgs/exp1_num_4.jpg", "MT_Free/Imgs/exp0_num_743.jpg"]
+    assert label_names(mtd) == ["MT_Blowhole/…/exp1_num_4.jpg", "MT_Free/…/exp0_num_743.jpg"]
+    mvtec = ["test/broken_large/000.png", "train/good/000.png", "test/good/001.png"]
+    assert label_names(mvtec) == mvtec  # every folder level tells some images apart
+    assert label_names(["a.png", "sub/b.png"]) == ["a.png", "sub/b.png"]  # not every name has the folder
+    assert label_names(["batch/x/1.png", "batch/y/2.png"]) == ["…/x/1.png", "…/y/2.png"]
+    assert label_names(["r/s/1.png", "r/s/2.png"]) == ["…/1.png", "…/2.png"]
+    assert label_names([]) == []
 
 
 def test_ctrl_wheel_sizes_the_tiles_and_more_than_ten_show(qtbot, window, many_parts):
@@ -279,3 +291,27 @@ def test_include_and_exclude_patterns_filter_the_folder(qtbot, window, tmp_path)
     assert [str(p.relative_to(tmp_path)) for p in window.controller.folder.paths] == ["cam1/a.png", "cam1/b.png"]
     assert any("[only cam1/*; only nothing; not ref_*]" in m and "2 images" in m for m in logged)
     assert window.folder_panel.images_label.text() == "2"
+
+
+def test_the_image_title_is_the_name_within_the_open_folder(qtbot, window, tmp_path):
+    """MTD-like folders: the title names the defect folder (``MT_Blowhole/Imgs/x.png``), not just
+    the ``Imgs`` parent every image shares; the gallery's tile label drops the shared folder."""
+    from app.gallery import LabelRole
+    from tests.conftest import make_part, write_png
+
+    rng = np.random.default_rng(0)
+    for name in ("MT_Blowhole/Imgs/exp1.png", "MT_Free/Imgs/exp2.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        write_png(tmp_path / name, make_part(rng, size=24))
+    with qtbot.waitSignal(window.controller.folder_opened, timeout=10000):
+        window.open_folder(str(tmp_path), recursive=True)
+    view = window.image_view
+    view.path = tmp_path / "MT_Free" / "Imgs" / "exp2.png"
+    view._update_labels()
+    assert view.name_label.text() == "MT_Free/Imgs/exp2.png"
+    view.path = tmp_path.parent / "elsewhere.png"
+    view._update_labels()
+    assert view.name_label.text() == f"{tmp_path.parent.name}/elsewhere.png"
+    model = window.gallery.model
+    assert sorted(model.index(i).data(LabelRole) for i in range(model.rowCount())) == [
+        "MT_Blowhole/…/exp1.png", "MT_Free/…/exp2.png"]
