@@ -15,7 +15,7 @@
 #                            cached; snapshots after 24/48/96 epochs, scored with T = $T (16)
 #   differnet-bottle         the same on bottle, scored with T = 64 and gradient maps
 #
-# Environment: MINUTES (time budget, default 90), SNAPS (snapshot minutes, default 10,30),
+# Environment: PY (the interpreter; default .venv/bin/python, else python3), MINUTES (time budget, default 90), SNAPS (snapshot minutes, default 10,30),
 # EPOCHS / EPOCH_SNAPS / COPIES / T (DifferNet), THREADS (torch threads; 1 lets two curves
 # share the 2-core machine), MODELS (where models go, default /tmp/ai-curves), RESULTS (JSON,
 # default docs/bench), DATA (default ../shared/datasets), EXTRA (more bench arguments, last
@@ -32,8 +32,7 @@ RESULTS=${RESULTS:-docs/bench}
 MINUTES=${MINUTES:-90}
 SNAPS=${SNAPS:-10,30}
 TAG=${TAG:-$DEVICE}
-PY=${PY:-python3}
-[[ -x .venv/bin/python ]] && PY=${PY_OVERRIDE:-.venv/bin/python}
+if [[ -z "${PY:-}" ]]; then PY=python3; [[ -x .venv/bin/python ]] && PY=.venv/bin/python; fi
 export PYTHONUNBUFFERED=1
 if [[ -n "${THREADS:-}" ]]; then export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS; fi
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"

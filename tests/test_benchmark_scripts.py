@@ -94,7 +94,7 @@ def test_curves_script_runs_a_curve_from_one_training(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "curves.sh"
     env = {**os.environ, "DATA": str(tmp_path / "data"), "MODELS": str(tmp_path / "models"),
            "RESULTS": str(tmp_path / "out"), "MINUTES": "0.02", "SNAPS": "0.001", "THREADS": "1",
-           "PY_OVERRIDE": sys.executable, "PY": sys.executable,
+           "PY": sys.executable,
            "EXTRA": "--set image_size=32 --set train_crop=16 --set hidden=8 --set n_embeddings=16 --set embedding_dim=8"}
     proc = subprocess.run(["bash", str(script), "vqvae-bottle", "--device", "cpu"], cwd=script.parents[1],
                           capture_output=True, text=True, env=env, timeout=600)
