@@ -116,7 +116,7 @@ def label_names(names: list[str]) -> list[str]:
     for p in parts:
         shown: list[str] = []
         for d, part in enumerate(p):
-            if d in constant and d < len(p) - 1:
+            if d in constant:  # d < depth: always a folder, never the file
                 if not shown or shown[-1] != "…":
                     shown.append("…")
             else:

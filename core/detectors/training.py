@@ -63,6 +63,16 @@ class TrainResult:
 StepFn = Callable[[Any], tuple[torch.Tensor, int]]
 
 
+def minutes_label(minutes: float) -> str:
+    """The label of a snapshot after ``minutes`` of training (``10min``, ``2.5min``)."""
+    return f"{float(minutes):g}min"
+
+
+def epoch_label(epoch: int) -> str:
+    """The label of a snapshot after epoch ``epoch`` (``24ep``)."""
+    return f"{int(epoch)}ep"
+
+
 class TrainingLoop:
     """Epochs of ``optimizer`` steps over the batches a detector hands out.
 
@@ -201,7 +211,7 @@ class TrainingLoop:
                     last_report = now
                     self._report(res.steps, epoch, float(loss_sum) / seen)
                 while minutes and self.elapsed() >= minutes[0] * 60.0:
-                    self._snapshot(f"{minutes.pop(0):g}min")
+                    self._snapshot(minutes_label(minutes.pop(0)))
             if seen:
                 check(self.cancel)  # nothing more is reported once Cancel was pressed
                 mean = float(loss_sum) / seen
@@ -210,7 +220,7 @@ class TrainingLoop:
                 self._report(res.steps, epoch, mean, extra or "")
                 last_report = time.perf_counter()
                 if epoch in self.snapshot_epochs and epoch < self.epochs:
-                    self._snapshot(f"{epoch}ep")
+                    self._snapshot(epoch_label(epoch))
             if res.stopped_by == "time":
                 if not seen:  # an epoch stopped before its first step does not count
                     epoch -= 1

@@ -43,6 +43,7 @@ from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
 from core.detectors.registry import create_detector, detector_names, get_detector_class, load_model
+from core.detectors.training import epoch_label, minutes_label
 from core.engine.workflows import recalibrate, scan_images, train_detector
 from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
@@ -166,7 +167,7 @@ def stratified_subset(samples: Sequence[Sample], max_n: int | None, seed: int) -
 
 def snapshot_labels(minutes: Sequence[float] = (), epochs: Sequence[int] = ()) -> list[str]:
     """The labels of learning-curve snapshots, as :class:`~core.detectors.training.TrainingLoop` names them."""
-    return [f"{float(m):g}min" for m in minutes] + [f"{int(e)}ep" for e in epochs]
+    return [minutes_label(m) for m in minutes] + [epoch_label(e) for e in epochs]
 
 
 def snapshot_folder(save_model: str | os.PathLike, label: str) -> Path:
