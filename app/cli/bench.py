@@ -70,6 +70,8 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
                         "and test images together as one unlabelled batch (the zero-shot paper's protocol; the "
                         "training images count as good)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
+    b.add_argument("--scores", metavar="OUT.csv",
+                   help="write every scored image's path, label (1 = defective), score and group to this CSV file")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(handler=cmd_bench)
     return b
@@ -103,6 +105,7 @@ def format_table(res: dict[str, Any]) -> str:
         ("F1-max", _fmt(m["f1_max"])),
         ("accuracy", _fmt(m["accuracy"])),
         ("recall", _fmt(m["recall"])),
+        *_grouping_rows(res.get("groupings")),
         ("", ""),
         ("fit", fit),
         ("scoring", f"{t['score_seconds']:.2f} s ({_fmt(ips, 1)} images/s)"),
@@ -114,16 +117,46 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
 
 
-def _json_target(text: str | None) -> Path | None:
+def _grouping_rows(groupings: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """One line per grouping method of a zero-shot batch (the paper's Table 2 comparison)."""
+    if not groupings:
+        return []
+    rows = []
+    for method, g in groupings.items():
+        if g.get("error"):
+            text = f"could not split: {g['error']}"
+        else:
+            text = (f"{g['normal']} normal, {g['suspect']} suspect; accuracy {_fmt(g['accuracy'])}, "
+                    f"recall {_fmt(g['recall'])}")
+        rows.append((f"  {method} groups", text))
+    return rows
+
+
+def _out_target(text: str | None, option: str) -> Path | None:
     if not text:
         return None
     path = Path(text).expanduser()
     if path.is_dir():
-        raise UsageError(f"--json must be a file, not a folder: {path}")
+        raise UsageError(f"{option} must be a file, not a folder: {path}")
     parent = path.parent
     if parent.exists() and not parent.is_dir():
-        raise UsageError(f"--json: {parent} is not a folder")
+        raise UsageError(f"{option}: {parent} is not a folder")
     return path
+
+
+def write_scores(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-image scores of a bench run as CSV (:data:`core.engine.bench.PER_IMAGE_KEYS`)."""
+    import csv
+
+    from core.engine.bench import PER_IMAGE_KEYS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=PER_IMAGE_KEYS)
+        w.writeheader()
+        for row in rows:
+            w.writerow({k: ("" if row[k] is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
+                        for k in PER_IMAGE_KEYS})
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -134,7 +167,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from core.io.checkpoint import CheckpointError
     from core.runtime.device import DeviceError
 
-    out = _json_target(args.json)
+    out = _out_target(args.json, "--json")
+    scores_out = _out_target(args.scores, "--scores")
     dataset = Path(args.dataset).expanduser()
     if not dataset.exists():
         raise UsageError(f"dataset folder not found: {dataset}")
@@ -148,13 +182,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if (args.snapshot_minutes or args.snapshot_epochs) and not args.save_model:
         raise UsageError("--snapshot-minutes / --snapshot-epochs need --save-model (the snapshots are saved beside it)")
     skipped: list = []
+    per_image: list = []
     bar = ProgressBar("bench", quiet=args.quiet)
     try:
         res = run_bench(args.dataset, args.detector, layout=args.layout, category=args.category,
                         device=args.device, overrides=sets, max_train=args.max_train, max_test=args.max_test,
                         seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
                         save_model=args.save_model, snapshot_minutes=args.snapshot_minutes,
-                        snapshot_epochs=args.snapshot_epochs, zero_shot_batch=args.batch)
+                        snapshot_epochs=args.snapshot_epochs, zero_shot_batch=args.batch,
+                        per_image=per_image)
     except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:
@@ -181,4 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         info(f"wrote {out}", args.quiet)
+    if scores_out is not None:
+        write_scores(scores_out, per_image)
+        info(f"wrote the scores of {len(per_image)} images to {scores_out}", args.quiet)
     return EXIT_OK

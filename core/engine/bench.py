@@ -6,9 +6,16 @@ writes)::
 
     {"detector", "dataset", "category", "device", "config": {...}, "n_train", "n_test", "batch",
      "metrics": {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"},
+     "groupings": {"ncut" | "kmeans" | "gmm": {"normal", "suspect", "accuracy", "recall", "error"}} | None,
      "timing": {"fit_seconds", "score_seconds", "score_images_per_second",
                 "peak_rss_mb", "peak_gpu_mb"},
      "version"}
+
+``groupings`` (zero-shot detectors only, else ``None``): the same scores split by each grouping
+method (the zero-shot paper's Table 2 compares normalized cut, k-means and GMM on one set of
+noise errors): group sizes and the accuracy and recall of the suspect group, or ``error`` where
+the method could not split the batch. ``metrics.accuracy`` / ``recall`` are those of the
+detector's own ``group`` setting, as a scan would group the batch.
 
 ``batch`` is what was scored: ``"test"`` (the test split) or, for a zero-shot detector asked for
 it, ``"train+test"`` (see ``zero_shot_batch``). A value that does not apply (pixel metrics of a detector without maps, GPU memory on the
@@ -57,7 +64,9 @@ EVAL_SIZE = 256
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
 TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb", "peak_gpu_mb")
 RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch", "metrics",
-               "timing", "version")
+               "groupings", "timing", "version")
+#: Per-image columns handed to ``run_bench(per_image=...)`` (``bench --scores``).
+PER_IMAGE_KEYS = ("path", "label", "score", "group")
 #: What a zero-shot detector may be given to score (``run_bench(zero_shot_batch=...)``).
 BATCH_CHOICES = ("test", "all")
 
@@ -200,6 +209,26 @@ def _finite_or_none(v: Any) -> Any:
     return v
 
 
+def compare_groupings(labels: np.ndarray, scores: np.ndarray, seed: int) -> dict[str, dict[str, Any]]:
+    """Each grouping method's split of one batch of scores: sizes and the suspect group's
+    accuracy and recall against ``labels`` (1 = defective), or the reason it could not split."""
+    from core.grouping import METHODS, SUSPECT, GroupingError, group_scores
+    from core.metrics import accuracy_recall
+
+    out: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        try:
+            g = group_scores(scores, method, seed=seed)
+        except GroupingError as exc:
+            out[method] = {"normal": None, "suspect": None, "accuracy": None, "recall": None, "error": str(exc)}
+            continue
+        acc, rec = accuracy_recall(labels, g.labels == SUSPECT)
+        normal, suspect = g.sizes
+        out[method] = {"normal": normal, "suspect": suspect, "accuracy": _finite_or_none(acc),
+                       "recall": _finite_or_none(rec), "error": None}
+    return out
+
+
 # --------------------------------------------------------------------------- the harness
 def run_bench(
     dataset_root: str | os.PathLike,
@@ -219,6 +248,7 @@ def run_bench(
     snapshot_minutes: Sequence[float] = (),
     snapshot_epochs: Sequence[int] = (),
     zero_shot_batch: str = "test",
+    per_image: Optional[list] = None,
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -251,6 +281,10 @@ def run_bench(
     ``<save_model>-<label>`` (labels ``10min``, ``24ep``; see :func:`snapshot_folder`), each
     ready for ``model_dir``; its ``fit_seconds`` is its training time, and it is calibrated
     when evaluated.
+
+    ``per_image``: a list that gets one dict per scored image (:data:`PER_IMAGE_KEYS`: path,
+    label 0/1, score, group or ``None``), in the order scored, for a look at the scores
+    themselves (``bench --scores OUT.csv``).
 
     Raises :class:`DatasetError` for a missing or unusable dataset, and the registry's
     ``UnknownDetectorError`` / ``ConfigError`` / ``DeviceError`` for a bad detector, setting
@@ -378,6 +412,10 @@ def run_bench(
         maps = [_map_for_metrics(r) for r in scored]
         masks = [read_mask(s.mask, (EVAL_SIZE, EVAL_SIZE)) if s.mask is not None else None for s in samples]
     metrics = compute_all(labels, scores, predicted, masks, maps, size=EVAL_SIZE)
+    groupings = compare_groupings(labels, scores, detector.config.seed) if detector.zero_shot else None
+    if per_image is not None:
+        per_image.extend({"path": str(s.path), "label": int(s.label), "score": float(r.score),
+                          "group": r.columns.get("group")} for s, r in zip(samples, scored))
     if progress:
         progress(1000, 1000, "done")
 
@@ -392,6 +430,7 @@ def run_bench(
         "n_test": int(n_test),
         "batch": "train+test" if zero_shot_batch == "all" else "test",
         "metrics": {k: _finite_or_none(None if metrics[k] is None else float(metrics[k])) for k in METRIC_KEYS},
+        "groupings": groupings,
         "timing": {
             "fit_seconds": fit_seconds,
             "score_seconds": score_seconds,

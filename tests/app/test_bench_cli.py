@@ -59,7 +59,8 @@ def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.
     assert "bench:" in captured.err  # progress goes to stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                        "metrics", "timing", "version"}
+                        "metrics", "groupings", "timing", "version"}
+    assert res["groupings"] is None  # a trained detector's batch is not grouped
     assert res["category"] == "part" and res["device"] == "cpu" and res["n_test"] == 6
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
         assert math.isfinite(res["metrics"][key])
@@ -90,6 +91,7 @@ def test_bench_detector_without_maps_shows_na(root: Path, capsys: pytest.Capture
     (["{root}", "--detector", "pixel-gaussian", "--layout", "mtd"], "MTD"),
     (["{root}", "--detector", "pixel-gaussian", "--category", "nope"], "nope"),
     (["{root}", "--detector", "pixel-gaussian", "--json", "{root}"], "--json"),
+    (["{root}", "--detector", "pixel-gaussian", "--scores", "{root}"], "--scores"),
     (["{root}", "--detector", "pixel-gaussian", "--device", "tpu"], "device"),
     (["{root}", "--detector", "pixel-gaussian", "--snapshot-minutes", "10"], "need --save-model"),
     (["{root}", "--detector", "pixel-gaussian", "--batch", "all"], "zero-shot"),
@@ -164,3 +166,39 @@ def test_bench_save_model_then_evaluate_it_with_other_settings(root: Path, tmp_p
     assert "cannot change image_size" in capsys.readouterr().err
     assert main(["bench", str(root), "--detector", "pixel-gaussian", "--model", str(tmp_path)]) == 2
     assert "anomaly-inspector:" in capsys.readouterr().err
+
+
+def test_bench_scores_csv_has_every_scored_image(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import csv
+
+    out = tmp_path / "deep" / "scores.csv"
+    js = tmp_path / "b.json"
+    rc = main(["bench", str(root / "part"), "--detector", "pixel-gaussian", "--scores", str(out), "--json", str(js),
+               *FAST])
+    assert rc == 0 and "wrote the scores of 6 images" in capsys.readouterr().err
+    with out.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["label"] for r in rows].count("1") == 3 and len(rows) == 6
+    assert all(Path(r["path"]).is_file() and math.isfinite(float(r["score"])) and r["group"] == "" for r in rows)
+    # the same scores the metrics were computed from: AUROC from the CSV equals the JSON's
+    from core.metrics import image_auroc
+
+    res = json.loads(js.read_text(encoding="utf-8"))
+    auc = image_auroc([int(r["label"]) for r in rows], [float(r["score"]) for r in rows])
+    assert auc == pytest.approx(res["metrics"]["image_auroc"])
+
+
+def test_bench_table_lists_each_grouping_method() -> None:
+    from app.cli.bench import format_table
+
+    res = {"detector": "z", "dataset": "d", "category": None, "device": "cpu", "config": {}, "n_train": 0,
+           "n_test": 4, "batch": "train+test",
+           "metrics": dict.fromkeys(("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")),
+           "groupings": {"ncut": {"normal": 3, "suspect": 1, "accuracy": 0.75, "recall": 0.5, "error": None},
+                         "gmm": {"normal": None, "suspect": None, "accuracy": None, "recall": None,
+                                 "error": "all scores are equal"}},
+           "timing": {"fit_seconds": None, "score_seconds": 1.0, "score_images_per_second": 4.0,
+                      "peak_rss_mb": None, "peak_gpu_mb": None}, "version": "x"}
+    lines = [" ".join(line.split()) for line in format_table(res).splitlines()]
+    assert "ncut groups 3 normal, 1 suspect; accuracy 0.7500, recall 0.5000" in lines
+    assert "gmm groups could not split: all scores are equal" in lines

@@ -72,7 +72,7 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert tuple(result["metrics"]) == METRIC_KEYS
     assert tuple(result["timing"]) == TIMING_KEYS
     assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                           "metrics", "timing", "version"}
+                           "metrics", "groupings", "timing", "version"}
     assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
     assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb",
                                      "peak_gpu_mb"}
@@ -343,3 +343,38 @@ def test_a_saved_model_accepts_its_own_baked_in_settings_again(tree: Path, tmp_p
     assert again["metrics"] == saved["metrics"]
     with pytest.raises(ConfigError, match="cannot change image_size"):
         run_bench(tree, "pixel-gaussian", device="cpu", model_dir=model, overrides={"image_size": "24"})
+
+
+def test_zero_shot_bench_compares_every_grouping_method_on_one_set_of_scores(
+        tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The paper's Table 2 on one scoring: each method's sizes, accuracy and recall, the
+    detector's own method matching ``metrics``; per-image rows for ``bench --scores``."""
+    from core.detectors import registry
+    from core.grouping import METHODS, group_scores
+
+    cls = _zero_shot_class(False)
+    monkeypatch.setitem(registry.REGISTRY, cls.name, cls)
+    rows: list = []
+    res = run_bench(tree, cls.name, device="cpu", zero_shot_batch="all", per_image=rows)
+    g = res["groupings"]
+    assert tuple(g) == METHODS
+    for method, entry in g.items():
+        assert entry["error"] is None and entry["normal"] + entry["suspect"] == res["n_test"]
+        labels = np.array([r["label"] for r in rows])
+        suspect = group_scores([r["score"] for r in rows], method, seed=0).labels == 1
+        assert entry["suspect"] == int(suspect.sum())
+        assert entry["recall"] == pytest.approx(suspect[labels == 1].mean())
+        assert entry["accuracy"] == pytest.approx((suspect == (labels == 1)).mean())
+    assert g["ncut"]["accuracy"] == res["metrics"]["accuracy"] and g["ncut"]["recall"] == res["metrics"]["recall"]
+    assert len(rows) == res["n_test"] and [r["group"] for r in rows].count("suspect") == g["ncut"]["suspect"]
+    assert sum(r["label"] for r in rows) == 4 and all(Path(r["path"]).is_file() for r in rows)
+
+
+def test_groupings_are_null_for_a_trained_detector_and_name_a_batch_that_cannot_split(result: dict) -> None:
+    from core.engine.bench import compare_groupings
+
+    assert result["groupings"] is None
+    same = compare_groupings(np.array([0, 1, 0]), np.array([1.0, 1.0, 1.0]), seed=0)
+    one = compare_groupings(np.array([1]), np.array([0.5]), seed=0)
+    assert all(e["error"] and e["accuracy"] is None for e in one.values())
+    assert set(same) == {"ncut", "kmeans", "gmm"}
