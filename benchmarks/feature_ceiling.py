@@ -61,11 +61,17 @@ def extractor(kind: str, settings: dict):
     return cfg.to_dict(), feats
 
 
-def features_of(paths, feats, batch_size: int) -> np.ndarray:
+def features_of(paths, feats, batch_size: int, what: str = "images") -> np.ndarray:
     out, skipped = [], []
+    paths = list(paths)
+    t0, done = time.perf_counter(), 0
     with torch.inference_mode():
-        for _idx, batch in iter_batches(ImageSource(list(paths)), batch_size, skipped, None):
+        for _idx, batch in iter_batches(ImageSource(paths), batch_size, skipped, None):
             out.append(feats(batch).float().numpy())
+            done += len(batch)
+            print(f"\r{what}: {done}/{len(paths)} ({done / (time.perf_counter() - t0):.1f} images/s)",
+                  end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
     if skipped:
         raise SystemExit(f"unreadable images would misalign the labels: {[str(s.path) for s in skipped][:5]}")
     return np.concatenate(out)
@@ -79,12 +85,12 @@ def ceilings(train: np.ndarray, test: np.ndarray) -> dict[str, np.ndarray]:
     d = test - mu
     maha = np.einsum("ij,jk,ik->i", d, lw.precision_, d)
     # nearest training image (euclidean, standardised features), in chunks
+    # (a broadcast difference of 256 x 762 x ~3000 float64 would take 4.7 GB a chunk: use the
+    # expansion |b - a|^2 = |b|^2 + |a|^2 - 2 b.a, one matrix product)
     sd = train.std(0) + 1e-6
     a, b = train / sd, test / sd
-    nn = np.empty(len(b))
-    for s in range(0, len(b), 256):
-        diff = ((b[s:s + 256, None, :] - a[None, :, :]) ** 2).sum(-1)
-        nn[s:s + 256] = np.sqrt(diff.min(1))
+    d2 = (b * b).sum(1)[:, None] + (a * a).sum(1)[None, :] - 2.0 * b @ a.T
+    nn = np.sqrt(np.maximum(d2.min(1), 0.0))
     return {"mahalanobis": maha, "nearest_neighbour": nn}
 
 
@@ -99,8 +105,8 @@ def main() -> None:
     data = load_bench_dataset(args.dataset, seed=0)
     settings, feats = extractor(args.features, dict(kv.split("=", 1) for kv in args.set))
     t0 = time.perf_counter()
-    train = features_of(data.train, feats, args.batch_size)
-    test = features_of([s.path for s in data.test], feats, args.batch_size)
+    train = features_of(data.train, feats, args.batch_size, "training images")
+    test = features_of([s.path for s in data.test], feats, args.batch_size, "test images")
     seconds = time.perf_counter() - t0
     labels = np.array([s.label for s in data.test])
     result = {"machine": machine(), "command": " ".join(sys.argv), "dataset": str(args.dataset),

@@ -106,3 +106,19 @@ def test_curves_script_runs_a_curve_from_one_training(tmp_path: Path) -> None:
     assert snap["config"]["train_crop"] == 16 and snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
     bad = subprocess.run(["bash", str(script), "no-such-group"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown group: no-such-group" in bad.stderr
+
+
+def test_feature_ceilings_nearest_neighbour_and_gaussian() -> None:
+    """The nearest-image distance from the matrix expansion equals the brute-force one, and both
+    training-free estimates rank an off-distribution feature vector above in-distribution ones."""
+    from benchmarks.feature_ceiling import ceilings
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (60, 8))
+    test = np.concatenate([rng.normal(0, 1, (5, 8)), rng.normal(6, 1, (1, 8))])
+    out = ceilings(train, test)
+    sd = train.std(0) + 1e-6
+    brute = np.sqrt((((test / sd)[:, None, :] - (train / sd)[None]) ** 2).sum(-1).min(1))
+    np.testing.assert_allclose(out["nearest_neighbour"], brute, rtol=1e-9, atol=1e-9)
+    for v in out.values():
+        assert v.shape == (6,) and np.argmax(v) == 5
