@@ -122,3 +122,25 @@ def test_feature_ceilings_nearest_neighbour_and_gaussian() -> None:
     np.testing.assert_allclose(out["nearest_neighbour"], brute, rtol=1e-9, atol=1e-9)
     for v in out.values():
         assert v.shape == (6,) and np.argmax(v) == 5
+
+
+def test_grouping_widths_reads_bench_scores_and_checks_splits_on_synthetic_batches(tmp_path: Path) -> None:
+    """The measured finding behind the ldm grouping default: on a bulk + tail + one extreme
+    score, the product's normalized cut cuts off the extreme image alone; k-means keeps the tail."""
+    from benchmarks.grouping_widths import main
+
+    rng = np.random.default_rng(3)
+    scores = np.r_[rng.normal(0, 1, 40), 4 + rng.exponential(1.0, 8)]
+    path = tmp_path / "s.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "score", "group"])
+        for i, s in enumerate(scores):
+            w.writerow([f"x{i}.png", int(i >= 40), repr(float(s)), ""])
+    res = main([f"toy={path}", "--seeds", "2", "--json", str(tmp_path / "w.json")])
+    toy = res["batches"]["toy"]
+    assert toy["n"] == 48 and toy["defective"] == 8
+    assert toy["splits"]["kmeans"]["recall"] == 1.0 and toy["splits"]["kmeans"]["suspect"] <= 10
+    syn = res["synthetic_good_splits"]
+    assert syn["kmeans"] == 2 and syn["ncut (product: one width, neighbour median)"] == 0
+    assert (tmp_path / "w.json").is_file()
