@@ -259,3 +259,23 @@ def test_cached_features_with_k_at_least_epochs_are_the_paper_training():
         det.fit(ImageSource(imgs))
         scores.append(det.score(ImageSource(parts(2, seed=3)))[0].score)
     assert scores[0] == pytest.approx(scores[1], rel=1e-4)
+
+
+def test_channels_last_extractor_gives_the_plain_layouts_features() -> None:
+    """The frozen backbone runs in channels_last (a CPU lever); features and input gradients
+    (the maps of 3.3) are those of the ordinary layout."""
+    import torch.nn.functional as F
+
+    from core.detectors.differnet.torch_model import MultiScaleFeatures, tiny_random_backbone
+
+    ext = MultiScaleFeatures(tiny_random_backbone(), 8, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    assert ext.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = tiny_random_backbone()  # same seed: same weights, ordinary layout
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    got = ext(x)
+    z = (x - 0.5) / 0.25
+    want = torch.cat([plain(F.avg_pool2d(z, 2 ** s) if s else z).mean(dim=(2, 3)) for s in range(3)], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    g1, = torch.autograd.grad(got.sum(), x)
+    g2, = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
