@@ -58,3 +58,43 @@ def test_ray_scan_is_the_local_scan(ray_instance, folder, tmp_path):
     maps = sorted(p.name for p in (tmp_path / "ray" / "heatmaps").iterdir())
     assert maps == sorted(p.name for p in (tmp_path / "local" / "heatmaps").iterdir()) and len(maps) == 9
     assert ray_instance.is_initialized()  # a Ray instance the scan did not start is left running
+
+
+@pytest.mark.skipif(__import__("os").name != "posix", reason="POSIX signals")
+def test_a_scan_interrupted_by_sigint_is_finished_by_the_ray_engine(ray_instance, folder, tmp_path, capsys):
+    """Resume across engines: the rows a local scan wrote before SIGINT are kept, Ray scores only
+    the images not reached, and the folder ends as an uninterrupted scan's (rows in listing order,
+    skipped files, heat maps on the batch-wide scale)."""
+    import json
+    import signal
+
+    from core.data.listing import RUN_MARKER
+    from tests.app.test_interrupts import Scan, make_batch, scoring_started
+    from tests.app.test_resume import _content
+
+    batch = make_batch(tmp_path / "batch", 24)
+    (batch / "p999_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    model = folder / "model"
+    assert main(["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out",
+                 str(tmp_path / "whole"), "--set", "batch_size=1", "-q"]) == 0
+    out = tmp_path / "out"
+    s = Scan(batch, out, model, delay_score=0.15)
+    s.wait_for(scoring_started)
+    s.proc.send_signal(signal.SIGINT)
+    rc, err = s.finish()
+    assert rc == 130, err
+    done = len(_rows(out / "results.csv"))
+    assert 1 <= done < 24
+    capsys.readouterr()
+    assert main(["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(out),
+                 "--set", "batch_size=1", "--engine", "ray"]) == 0
+    assert f"resuming the interrupted run in {out}: {done} images scored" in capsys.readouterr().err
+    marker = json.loads((out / RUN_MARKER).read_text())
+    assert marker["complete"] is True and marker["resumed"] == done
+    whole, resumed = _content(tmp_path / "whole"), _content(out)
+    assert set(resumed) == set(whole)
+    got, want = _rows(out / "results.csv"), _rows(tmp_path / "whole" / "results.csv")
+    assert [(r["path"], r["flagged"], r["heatmap"]) for r in got] == [(r["path"], r["flagged"], r["heatmap"])
+                                                                     for r in want]
+    np.testing.assert_allclose([float(r["score"]) for r in got], [float(r["score"]) for r in want], atol=1e-5)
+    assert resumed["skipped.csv"] == whole["skipped.csv"] and resumed["flagged.txt"] == whole["flagged.txt"]
