@@ -322,7 +322,7 @@ def add_parsers(sub: Any) -> None:
                         "--resume requires one, --no-resume starts afresh")
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
-                        "(default: the detector's 'group' setting, ncut)")
+                        "(default: the detector's 'group' setting, kmeans; ncut is the paper's)")
     add_model_options(s)
     from app.cli.sessions import add_session_option
 

@@ -24,7 +24,7 @@ import torch
 
 from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector
-from core.grouping import GroupingError
+from core.grouping import DEFAULT_METHOD, GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import Threshold
 from core.runtime.cancel import Cancelled, CancelToken
@@ -142,7 +142,7 @@ def scan_into_session(
         row.columns.pop("group", None)  # regrouped below over the whole batch
     if detector.zero_shot:
         try:
-            regroup(result, getattr(detector.config, "group", "ncut"), seed=detector.config.seed)
+            regroup(result, getattr(detector.config, "group", DEFAULT_METHOD), seed=detector.config.seed)
         except GroupingError as exc:
             result.grouping_note = str(exc)
     result.seconds = time.perf_counter() - t0

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector, FitError
-from core.grouping import GroupingError
+from core.grouping import DEFAULT_METHOD, GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
 from core.runtime.cancel import Cancelled, CancelToken, check
@@ -224,7 +224,7 @@ def scan_images(
     ordered = [rows[i] for i in sorted(rows)]
     result = ScanResult(detector.name, ordered, skipped, thr, time.perf_counter() - t0, interrupted=interrupted)
     if detector.zero_shot:
-        method = getattr(detector.config, "group", "ncut")
+        method = getattr(detector.config, "group", DEFAULT_METHOD)
         try:
             regroup(result, method, seed=detector.config.seed)
         except GroupingError as exc:

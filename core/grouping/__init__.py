@@ -4,7 +4,16 @@ Paper: zero-shot-latent-diffusion-normalized-cut (Zavala-Jimenez et al.), sectio
 The scores of a mixed, unlabelled batch are clustered into two groups: the normalized cut of
 Shi & Malik (:mod:`.ncut`, the paper's choice), k-means (:mod:`.kmeans`) or a two-component
 Gaussian mixture (:mod:`.gmm`), the paper's Table 2 alternatives. As in 4.2, the *larger*
-cluster is taken as normal and the smaller one as suspect. Where the two are the same size
+cluster is taken as normal and the smaller one as suspect.
+
+The default (:data:`DEFAULT_METHOD`) is k-means, not the paper's normalized cut: measured on the
+paper's batches (training and test images together, docs/benchmarks.md "Grouping the paper's
+batch"), our normalized cut of one score per image cuts off the single most extreme image (1 of 63
+defects caught on MVTec AD bottle, 1 of 392 on MTD), while k-means catches 42 of 63 at 92.1 %
+accuracy on bottle and 197 of 392 at 60.0 % on MTD, and splits synthetic bulk-plus-tail batches
+correctly in 20 of 20 seeds where the cut does in none (``benchmarks/grouping_widths.py``).
+Anomaly scores are a dense bulk and a sparse tail; the cut's Gaussian graph falls apart along
+the tail and isolates its end. ``group=ncut`` remains the paper's method. Where the two are the same size
 (the paper does not say) the cluster with the higher mean score is suspect.
 
 :func:`group_scores` is the one entry point; it raises :class:`GroupingError` with a message
@@ -19,6 +28,8 @@ from typing import Optional
 import numpy as np
 
 METHODS = ("ncut", "kmeans", "gmm")
+#: The method a zero-shot scan uses unless told otherwise (see the module docstring for why not ncut).
+DEFAULT_METHOD = "kmeans"
 NORMAL, SUSPECT = 0, 1
 GROUP_NAMES = ("normal", "suspect")
 
@@ -98,7 +109,7 @@ def orient(clusters: np.ndarray, x: np.ndarray) -> np.ndarray:
     return (c == suspect).astype(np.int8)
 
 
-def group_scores(scores, method: str = "ncut", seed: int = 0, sigma: Optional[float] = None) -> Grouping:
+def group_scores(scores, method: str = DEFAULT_METHOD, seed: int = 0, sigma: Optional[float] = None) -> Grouping:
     """Split a batch by its ``scores`` (one value, or one vector, per image) into two groups.
 
     ``method`` is ``ncut`` (normalized cut, the paper's), ``kmeans`` or ``gmm``; ``seed`` seeds
@@ -123,4 +134,4 @@ def group_scores(scores, method: str = "ncut", seed: int = 0, sigma: Optional[fl
     return Grouping(orient(gmm_two(x, seed), x), method, None)
 
 
-__all__ = ["GROUP_NAMES", "METHODS", "NORMAL", "SUSPECT", "Grouping", "GroupingError", "group_scores"]
+__all__ = ["DEFAULT_METHOD", "GROUP_NAMES", "METHODS", "NORMAL", "SUSPECT", "Grouping", "GroupingError", "group_scores"]

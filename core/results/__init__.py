@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from core.data.images import Skipped
-from core.grouping import GROUP_NAMES, SUSPECT, Grouping, GroupingError, group_scores
+from core.grouping import DEFAULT_METHOD, GROUP_NAMES, SUSPECT, Grouping, GroupingError, group_scores
 from core.results.threshold import Threshold
 
 #: Anomaly maps kept in a scan result are stored at most this many pixels on the long side
@@ -119,7 +119,7 @@ def apply_grouping(result: ScanResult, grouping: Grouping) -> None:
         row.flagged = bool(label == SUSPECT)
 
 
-def regroup(result: ScanResult, method: str = "ncut", seed: int = 0) -> Grouping:
+def regroup(result: ScanResult, method: str = DEFAULT_METHOD, seed: int = 0) -> Grouping:
     """Split the scan's rows into normal / suspect by their scores with ``method``
     (``ncut``, ``kmeans`` or ``gmm``); replaces any earlier grouping, hand moves included."""
     grouping = group_scores([r.score for r in result.rows], method, seed=seed)

@@ -1,4 +1,4 @@
-"""The grouping dock after a zero-shot scan: sizes and cut value, the group filter, moving an
+"""The grouping dock after a zero-shot scan: sizes, method (and the cut value of ncut), the group filter, moving an
 image to the other group (flags, view and export follow), another method."""
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ def zero_shot_scan(qtbot, win, folder) -> ScanResult:
 def test_grouping_dock_filter_move_and_export(qtbot, window, parts, tmp_path):
     res = zero_shot_scan(qtbot, window, parts.batch)
     g = res.grouping
-    assert g is not None and g.method == "ncut" and sum(g.sizes) == parts.n_readable
+    assert g is not None and g.method == "kmeans" and sum(g.sizes) == parts.n_readable  # the default split
     panel, gallery = window.grouping, window.gallery
     normal, suspect = g.sizes
     assert panel.sizes_label.text() == f"normal: {normal}   suspect: {suspect}"
-    assert "cut value" in panel.info_label.text()
+    assert panel.info_label.text().startswith("k-means · ") and "cut value" not in panel.info_label.text()
     assert window.histogram.count_label.text() == f"suspect group: {suspect} / {parts.n_readable}"
     assert len(panel.points.data) == parts.n_readable and window.docks["grouping"].isVisible()
     assert gallery.group_combo.isVisible()
@@ -67,10 +67,10 @@ def test_grouping_dock_filter_move_and_export(qtbot, window, parts, tmp_path):
     # the context menu's signal moves it back; another method regroups (hand moves dropped)
     window.gallery.move_requested.emit(path, before)
     assert res.rows[0].columns["group"] == before and res.grouping.moved == []
-    panel.method_combo.setCurrentIndex(panel.method_combo.findData("kmeans"))
-    panel.method_changed.emit("kmeans")
-    assert res.grouping.method == "kmeans" and "k-means" in panel.info_label.text()
-    assert "cut value" not in panel.info_label.text()
+    panel.method_combo.setCurrentIndex(panel.method_combo.findData("ncut"))
+    panel.method_changed.emit("ncut")
+    assert res.grouping.method == "ncut" and "normalized cut" in panel.info_label.text()
+    assert "cut value" in panel.info_label.text()
 
 
 def test_panel_without_groups_explains_itself(qtbot):

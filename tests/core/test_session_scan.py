@@ -145,7 +145,7 @@ def test_zero_shot_runs_score_every_image_and_keep_hand_moves(tiny_parts, tmp_pa
 
         html = build_report(s)  # a grouped run: no threshold line, the grouping in the provenance
         assert "threshold (run)</th><td class='mono'>none (zero-shot: grouped)" in html
-        assert "grouping</th><td class='mono'>ncut: " in html and html.count("<svg") == 1
+        assert "grouping</th><td class='mono'>kmeans: " in html and html.count("<svg") == 1
 
 
 def test_an_interrupted_session_scan_keeps_what_was_scored_and_stores_no_run(tiny_parts, tmp_path):
