@@ -120,6 +120,8 @@ def group_scores(scores, method: str = DEFAULT_METHOD, seed: int = 0, sigma: Opt
         raise GroupingError(f"unknown grouping method '{method}' (known: {', '.join(METHODS)})")
     x = as_features(scores)
     check_scores(x)
+    if np.ptp(x, axis=0).max() == 0:  # all images score the same: one group, nothing is suspect
+        return Grouping(np.zeros(len(x), dtype=np.int8), method, None)
     if method == "ncut":
         from core.grouping.ncut import normalized_cut
 

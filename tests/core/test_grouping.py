@@ -91,6 +91,13 @@ def test_unknown_method_and_identical_scores():
     assert g.sizes == (3, 0) and g.cut_value is None  # nothing to cut
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_identical_scores_are_one_normal_group_for_every_method_without_warnings(method, recwarn):
+    g = group_scores([0.5, 0.5, 0.5, 0.5], method)
+    assert g.sizes == (4, 0) and g.method == method
+    assert not [w for w in recwarn if "cluster" in str(w.message).lower()]  # no sklearn ConvergenceWarning
+
+
 def _result(scores) -> ScanResult:
     rows = [ScanRow(Path(f"p{i}.png"), s, None, (8, 8)) for i, s in enumerate(scores)]
     return ScanResult("ldm-zero-shot", rows, [], None)
