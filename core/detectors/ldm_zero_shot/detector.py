@@ -144,8 +144,9 @@ class LDMZeroShotConfig(DetectorConfig):
 class LDMZeroShotDetector(Detector):
     name = "ldm-zero-shot"
     title = "Zero-shot latent diffusion + normalized cut"
-    summary = ("No training data: a diffusion model's noise-prediction error scores each image and a normalized cut "
-               "splits the batch into normal and suspect groups. model=batch trains a small model on the batch.")
+    summary = ("No training data: a diffusion model's noise-prediction error scores each image and the batch is split "
+               "into normal and suspect groups (k-means; group=ncut for the paper's normalized cut). model=batch "
+               "trains a small model on the batch.")
     paper = "zero-shot-latent-diffusion-normalized-cut"
     zero_shot = True
     produces_maps = True
