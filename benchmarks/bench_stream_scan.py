@@ -65,6 +65,14 @@ def run_cli(argv: list[str], root: Path, env: dict | None = None) -> tuple[int, 
     return proc.returncode, wall, usage.ru_maxrss / 1024.0, err
 
 
+def model_size(model: Path) -> int | None:
+    """The saved model's working resolution (its ``image_size`` setting), if it has one."""
+    try:
+        return json.loads((model / "config.json").read_text())["config"]["image_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def train(model: Path, good: Path, root: Path, sets: list[str] = (), detector: str = "pixel-gaussian") -> None:
     if (model / "config.json").exists():
         return
@@ -95,7 +103,8 @@ def main() -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--detector", default="pixel-gaussian", help="detector to train and scan with (default pixel-gaussian)")
     ap.add_argument("--extra", default="", help="more scan options, e.g. '--workers 2' or '--engine ray'")
-    ap.add_argument("--image-size", type=int, help="the model's working resolution (default: the detector's, 256)")
+    ap.add_argument("--image-size", type=int, help="the model's working resolution (default: the detector's own: "
+                    "256 for pixel-gaussian, 224 for patchcore)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     extra = args.extra.split()
@@ -108,7 +117,7 @@ def main() -> None:
         folder = make_images(args.data / f"n{n}", n, args.size, seed=2)
         with tempfile.TemporaryDirectory(dir=args.data) as tmp:
             res = scan(folder, model, Path(tmp) / "out", args.root.resolve(), extra, args.detector)
-        res.update(count=n, label=args.label, detector=args.detector, size=args.size, extra=args.extra, model_image_size=args.image_size or 256)
+        res.update(count=n, label=args.label, detector=args.detector, size=args.size, extra=args.extra, model_image_size=args.image_size or model_size(model))
         rows.append(res)
         print(json.dumps(res), flush=True)
     if args.json:
