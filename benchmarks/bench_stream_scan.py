@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: benchmarks._common must import at the end (--json)
+    sys.path.insert(0, str(REPO))
 RUN = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

@@ -144,3 +144,21 @@ def test_grouping_widths_reads_bench_scores_and_checks_splits_on_synthetic_batch
     syn = res["synthetic_good_splits"]
     assert syn["kmeans"] == 2 and syn["ncut (product: one width, neighbour median)"] == 0
     assert (tmp_path / "w.json").is_file()
+
+
+def test_stream_scan_benchmark_runs_as_a_script_and_writes_its_json(tmp_path: Path) -> None:
+    """Run as ``python benchmarks/bench_stream_scan.py`` (not as a module): the --json write at
+    the end imports benchmarks._common, which failed before the script put the repo on sys.path."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "s.json"
+    proc = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_stream_scan.py"), "--counts", "6",
+                           "--size", "32", "--image-size", "32", "--data", str(tmp_path / "data"), "--json", str(out)],
+                          cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["runs"][0]["rows"]
+    assert rows[0]["scored"] == 6 and rows[0]["model_image_size"] == 32 and rows[0]["peak_rss_mib"] > 0
