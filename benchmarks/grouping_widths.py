@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.grouping import SUSPECT, group_scores, orient  # noqa: E402
-from core.grouping.ncut import normalized_cut  # noqa: E402
+from core.grouping.ncut import cut_graph, normalized_cut  # noqa: E402
 
 WIDTHS = (0.5, 1.0, 2.0, 5.0)
 
@@ -48,25 +48,14 @@ def _standardised(s: np.ndarray) -> np.ndarray:
 
 def per_image_width_cut(s: np.ndarray) -> np.ndarray:
     """Normalized cut with per-image widths sigma_i (distance to the ceil(sqrt(n))-th
-    neighbour), w_ij = exp(-d^2 / (2 sigma_i sigma_j)); the same split search as the product's."""
+    neighbour), w_ij = exp(-d^2 / (2 sigma_i sigma_j)); the product's split search."""
     z = _standardised(s)
     n = len(z)
     d = np.abs(z - z.T)
     k = min(n - 1, max(1, int(np.ceil(np.sqrt(n)))))
     sig = np.sort(d, axis=1)[:, k]
     sig = np.where(sig > 0, sig, np.median(sig[sig > 0]) if (sig > 0).any() else 1.0)
-    w = np.exp(-d ** 2 / (2.0 * sig[:, None] * sig[None, :]))
-    inv = 1.0 / np.sqrt(w.sum(1))
-    _, vecs = np.linalg.eigh(np.eye(n) - inv[:, None] * w * inv[None, :])
-    order = np.argsort(inv * vecs[:, 1], kind="stable")
-    ws = w[np.ix_(order, order)]
-    deg = ws.sum(1)
-    assoc_a = np.cumsum(deg)[:-1]
-    cut = np.maximum(assoc_a - np.cumsum(2.0 * np.tril(ws, -1).sum(1) + np.diag(ws))[:-1], 0.0)
-    values = cut / assoc_a + cut / (deg.sum() - assoc_a)
-    labels = np.zeros(n, dtype=np.int8)
-    labels[order[int(np.argmin(values)) + 1:]] = 1
-    return labels
+    return cut_graph(np.exp(-d ** 2 / (2.0 * sig[:, None] * sig[None, :])))[0]
 
 
 def splits() -> dict[str, Callable[[np.ndarray], np.ndarray]]:

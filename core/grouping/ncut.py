@@ -74,10 +74,15 @@ def normalized_cut(x: np.ndarray, sigma: Optional[float] = None) -> tuple[np.nda
     When all rows are equal there is nothing to cut: one cluster, value ``None``.
     """
     x = np.asarray(x, dtype=np.float64)
-    n = len(x)
     if np.ptp(x, axis=0).max() == 0:
-        return np.zeros(n, dtype=np.int8), None
-    w = similarity(x, sigma)
+        return np.zeros(len(x), dtype=np.int8), None
+    return cut_graph(similarity(x, sigma))
+
+
+def cut_graph(w: np.ndarray) -> tuple[np.ndarray, float]:
+    """Shi & Malik's two-way cut of the similarity graph ``w`` (n x n, symmetric, positive
+    diagonal): (0/1 labels, Ncut value of the split)."""
+    n = len(w)
     d = w.sum(1)
     inv_sqrt = 1.0 / np.sqrt(d)
     lap = np.eye(n) - inv_sqrt[:, None] * w * inv_sqrt[None, :]
