@@ -379,3 +379,6 @@ def test_groupings_are_null_for_a_trained_detector_and_name_a_batch_that_cannot_
     one = compare_groupings(np.array([1]), np.array([0.5]), seed=0)
     assert all(e["error"] and e["accuracy"] is None for e in one.values())
     assert set(same) == {"ncut", "kmeans", "gmm"}
+    for e in same.values():  # nothing to split: everything normal, the defect missed
+        assert (e["normal"], e["suspect"], e["recall"], e["error"]) == (3, 0, 0.0, None)
+        assert e["accuracy"] == pytest.approx(2 / 3)
