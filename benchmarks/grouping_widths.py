@@ -37,7 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.grouping import SUSPECT, group_scores, orient  # noqa: E402
-from core.grouping.ncut import cut_graph, normalized_cut  # noqa: E402
+from core.grouping.ncut import cut_graph, neighbour_distances, normalized_cut  # noqa: E402
 
 WIDTHS = (0.5, 1.0, 2.0, 5.0)
 
@@ -50,10 +50,8 @@ def per_image_width_cut(s: np.ndarray) -> np.ndarray:
     """Normalized cut with per-image widths sigma_i (distance to the ceil(sqrt(n))-th
     neighbour), w_ij = exp(-d^2 / (2 sigma_i sigma_j)); the product's split search."""
     z = _standardised(s)
-    n = len(z)
     d = np.abs(z - z.T)
-    k = min(n - 1, max(1, int(np.ceil(np.sqrt(n)))))
-    sig = np.sort(d, axis=1)[:, k]
+    sig = neighbour_distances(d)
     sig = np.where(sig > 0, sig, np.median(sig[sig > 0]) if (sig > 0).any() else 1.0)
     return cut_graph(np.exp(-d ** 2 / (2.0 * sig[:, None] * sig[None, :])))[0]
 

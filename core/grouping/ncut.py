@@ -45,11 +45,18 @@ def similarity(x: np.ndarray, sigma: Optional[float] = None) -> np.ndarray:
     return np.exp(-d2 / (2.0 * sigma * sigma))
 
 
+def neighbour_distances(dist: np.ndarray) -> np.ndarray:
+    """Each image's distance to its ``ceil(sqrt(n))``-th nearest neighbour (column 0 of a sorted
+    row is the image itself)."""
+    n = len(dist)
+    k = min(n - 1, max(1, int(np.ceil(np.sqrt(n)))))
+    return np.sort(dist, axis=1)[:, k]
+
+
 def local_scale(dist: np.ndarray) -> float:
     """Median distance of an image to its ``ceil(sqrt(n))``-th nearest neighbour (> 0)."""
     n = len(dist)
-    k = min(n - 1, max(1, int(np.ceil(np.sqrt(n)))))
-    kth = np.sort(dist, axis=1)[:, k]  # column 0 is the image itself
+    kth = neighbour_distances(dist)
     pos = kth[kth > 0]
     if pos.size:
         return float(np.median(pos))
