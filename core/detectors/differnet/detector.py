@@ -63,6 +63,7 @@ from core.detectors.differnet.torch_model import (
 )
 from core.detectors.training import (
     TrainingLoop,
+    adam,
     check_pinned_weights,
     decode_training_cache,
     pinned_weights,
@@ -267,7 +268,7 @@ class DifferNetDetector(Detector):
 
         # 3.1.2 / 4.2: maximise the likelihood (minimise eq. 4) of transformed training images.
         params = [p for p in model.flow.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         base_meta = {
             "backbone": backbone,
             "feature_dim": int(model.feature_dim),

@@ -56,7 +56,7 @@ from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
 from core.detectors.ldm_zero_shot.pipeline import DiffusionModel, load_diffusion_model, model_kind, quiet_hub_logging
 from core.detectors.ldm_zero_shot.torch_model import BatchNet, BatchNetShape, FeatureLatent, ddpm_loss, make_scheduler
-from core.detectors.training import TrainingLoop, decode_training_cache, shuffled_batches
+from core.detectors.training import TrainingLoop, adam, decode_training_cache, shuffled_batches
 from core.grouping import DEFAULT_METHOD, METHODS
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, cancel_inside, check
@@ -258,7 +258,7 @@ class LDMZeroShotDetector(Detector):
         sched = make_scheduler(cfg.train_timesteps)
         alphas = sched.alphas_cumprod.to(self.device)
         data = data.to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        opt = adam(model.parameters(), decoupled=True, lr=cfg.lr)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         bs = min(cfg.train_batch_size, n)

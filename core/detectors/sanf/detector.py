@@ -46,6 +46,7 @@ from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, To
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
 from core.detectors.training import (
     TrainingLoop,
+    adam,
     backbone_weights_available,
     check_pinned_weights,
     pinned_weights,
@@ -232,7 +233,7 @@ class SANFDetector(Detector):
 
         # 2.4 / 3.2: minimise eq. 14 with Adam (betas 0.8, 0.8, weight decay 1e-5, lr 5e-5, batch 32).
         params = [p for p in model.flow.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+        opt = adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = cfg.train_batch_size
         base_meta = {

@@ -52,7 +52,14 @@ from core.detectors.common import to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
-from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops, shuffled_batches
+from core.detectors.training import (
+    TrainingLoop,
+    adam,
+    check_crop,
+    decode_training_cache,
+    random_crops,
+    shuffled_batches,
+)
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken
 from core.runtime.progress import ProgressFn, SubProgress
@@ -137,7 +144,7 @@ class ScoreResilienceDetector(Detector):
             data = data.to(self.device)  # small enough (bottle at 192 px: 70 MB)
 
         model = ScoreNet(cfg.shape(channels)).to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+        opt = adam(model.parameters(), decoupled=True, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
         ema = EMA(model, cfg.ema_decay, cfg.ema_warmup)
         shuffle = torch.Generator().manual_seed(cfg.seed)
         noise = torch.Generator(device=self.device).manual_seed(cfg.seed)

@@ -39,7 +39,7 @@ from core.data.images import Skipped
 from core.detectors.base import Detector
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.training import TrainingLoop, check_crop, decode_training_cache, random_crops
+from core.detectors.training import TrainingLoop, adam, check_crop, decode_training_cache, random_crops
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
 from core.results import ScoreResult
@@ -137,7 +137,7 @@ class VQVAEDetector(Detector):
         data, channels, n = cache.data, cache.channels, cache.n
 
         model = VQVAE(self._shape(channels)).to(self.device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        opt = adam(model.parameters(), lr=cfg.lr)
         gen = torch.Generator().manual_seed(cfg.seed)
         bs = max(2, cfg.batch_size)  # batch norm needs two samples where the latent grid is 1x1
         loop = TrainingLoop(self.name, opt, epochs=cfg.epochs,
