@@ -273,3 +273,54 @@ def test_adam_falls_back_to_the_default_kernel_where_fused_is_refused(monkeypatc
     monkeypatch.setattr(training.torch.optim, "Adam", NoFused)
     opt = training.adam([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
     assert isinstance(opt, NoFused) and not opt.defaults.get("fused")
+
+
+def test_training_autocast_is_bf16_only_where_asked() -> None:
+    from core.detectors.training import training_autocast
+
+    cpu = torch.device("cpu")
+    with training_autocast(cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    with training_autocast(cpu, cpu=True):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert torch.nn.Linear(4, 3)(torch.randn(2, 4)).dtype == torch.bfloat16
+    with training_autocast(cpu, cuda=True, cpu=False):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "score-resilience"])
+def test_amp_cpu_trains_in_bf16_and_scores_in_float32(kind: str) -> None:
+    """``amp_cpu``: the training forward passes run in bfloat16 on the CPU, the scores and maps
+    stay float32 and finite; without it training is float32 (the default)."""
+    from core.detectors.registry import create_detector
+
+    tiny = {"vqvae": dict(image_size=16, hidden=8, n_embeddings=16, embedding_dim=8, epochs=2, batch_size=4),
+            "score-resilience": dict(image_size=16, batch_size=4, block_out_channels=(4, 8), norm_num_groups=4,
+                                     layers_per_block=1, epochs=2, smooth_size=3)}[kind]
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(0.35, 0.65, (16, 16, 3)).astype(np.float32) for _ in range(6)]
+    for amp in (False, True):
+        det = create_detector(kind, {**tiny, "amp_cpu": amp}, device="cpu")
+        seen: list[torch.dtype] = []
+        orig = torch.nn.Conv2d.forward
+
+        def spy(self, x, _orig=orig):
+            out = _orig(self, x)
+            seen.append(out.dtype)
+            return out
+
+        torch.nn.Conv2d.forward = spy
+        try:
+            det.fit(images)
+            fit_dtypes = set(seen)
+            seen.clear()
+            res = det.score(images[:2])
+        finally:
+            torch.nn.Conv2d.forward = orig
+        # (with amp, float32 convolutions outside the step may remain, e.g. vqvae's code re-seeding)
+        assert (torch.bfloat16 in fit_dtypes) == amp
+        if not amp:
+            assert fit_dtypes == {torch.float32}
+        assert set(seen) == {torch.float32}
+        for r in res.values():
+            assert np.isfinite(r.score) and r.anomaly_map.dtype == np.float32 and np.isfinite(r.anomaly_map).all()

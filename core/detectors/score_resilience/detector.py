@@ -21,7 +21,8 @@ Departures and choices where the paper is silent (each is a setting or stated he
   diffusers ``UNet2DModel`` with widths (64, 128, 256, 256), 2 residual blocks per level,
   no attention (for speed; ``attention=true`` adds it at the two lowest levels).
 - EMA warm-up ``min(decay, (1 + t) / (10 + t))`` (``ema_warmup``; see :class:`.torch_model.EMA`).
-- bfloat16 autocast for training on CUDA only (``amp``); scoring always runs in float32.
+- bfloat16 autocast for training on CUDA (``amp``) and, when asked, on the CPU (``amp_cpu``,
+  off by default); scoring always runs in float32.
 - Scoring is deterministic: the N noise draws come from a CPU generator seeded with
   ``seed``, the same draws for every image (so scores do not depend on batch composition or
   device), and the N draws of an image run as one batch (Algorithm 1, "parallel processing").
@@ -59,6 +60,7 @@ from core.detectors.training import (
     decode_training_cache,
     random_crops,
     shuffled_batches,
+    training_autocast,
 )
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken
@@ -87,6 +89,7 @@ class ScoreResilienceConfig(DetectorConfig):
     attention: bool = field(default=False, metadata={"fixed": True, "help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
     train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
     amp: bool = field(default=True, metadata={"neutral": True, "help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
+    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (faster a step where the CPU has bf16 instructions; see docs/benchmarks.md); scoring stays float32", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -125,10 +128,6 @@ class ScoreResilienceDetector(Detector):
         self.model: ScoreNet | None = None
         self._eps_cache: tuple[tuple, torch.Tensor] | None = None
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.config.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast(self.device.type, enabled=False)
 
     # ------------------------------------------------------------------ fit
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
@@ -174,7 +173,7 @@ class ScoreResilienceDetector(Detector):
             # 4.3 / 5.3: k ~ U(0, 1] (1 - U[0, 1)), eps ~ N(0, I).
             k = 1.0 - torch.rand(x.shape[0], generator=noise, device=self.device)
             eps = torch.randn(x.shape, generator=noise, device=self.device)
-            with self._autocast():
+            with training_autocast(self.device, cuda=cfg.amp, cpu=cfg.amp_cpu):
                 loss = dsm_loss(model, x, k, eps, cfg.sigma)
             return loss, x.shape[0]
 

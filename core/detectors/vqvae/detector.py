@@ -22,7 +22,8 @@ Our choices where the paper is silent (each is a setting):
   they cost most of the quality (same steps at 64 px: pixel AUROC 91.7 whole, 45.1 on 32 px crops;
   ``benchmarks/crop_agreement.py``): batch norm and the codebook learnt on pieces of a centred part
   do not describe the whole. On a CPU, train whole images at a lower ``image_size`` instead.
-Training uses bfloat16 autocast on CUDA only; the CPU path and all scoring run in float32.
+Training uses bfloat16 autocast on CUDA; on the CPU only with ``amp_cpu`` (off by default: float32).
+All scoring runs in float32.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from core.data.images import Skipped
 from core.detectors.base import Detector
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.training import TrainingLoop, adam, check_crop, decode_training_cache, random_crops
+from core.detectors.training import (
+    TrainingLoop,
+    adam,
+    check_crop,
+    decode_training_cache,
+    random_crops,
+    training_autocast,
+)
 from core.detectors.vqvae.anomaly_map import anomaly_maps
 from core.detectors.vqvae.torch_model import VQVAE, VQVAEShape, cb_mean, vqvae_loss
 from core.results import ScoreResult
@@ -70,6 +78,7 @@ class VQVAEConfig(DetectorConfig):
     am_dilation: int = field(default=3, metadata={"help": "grey dilation of the alignment map, latent cells a side (1 = none)", "min": 1, "max": 31, "advanced": True})
     sm_dilation: int = field(default=1, metadata={"help": "grey dilation of the SSIM map, pixels a side (1 = none; paper: UCSD only)", "min": 1, "max": 127, "advanced": True})
     train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images. Measured on bottle: crops cost most of the quality (prefer a lower image_size)", "min": 0, "max": 1024, "advanced": True})
+    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (faster a step where the CPU has bf16 instructions; see docs/benchmarks.md); scoring stays float32", "advanced": True})
     reinit_dead_codes: bool = field(default=True, metadata={"neutral": True, "help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
 
     def validate(self) -> None:
@@ -119,11 +128,6 @@ class VQVAEDetector(Detector):
         return VQVAEShape(in_channels=channels, hidden=c.hidden, n_embeddings=c.n_embeddings,
                           embedding_dim=c.embedding_dim, n_residual=c.n_residual, downsamplings=c.downsamplings)
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return torch.autocast("cpu", enabled=False)
-
     # ------------------------------------------------------------------ fit
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
@@ -159,7 +163,7 @@ class VQVAEDetector(Detector):
 
         def step(bidx: torch.Tensor) -> tuple[torch.Tensor, int]:
             x = random_crops(data, bidx, cfg.train_crop, crops).to(self.device, non_blocking=True)
-            with self._autocast():
+            with training_autocast(self.device, cpu=cfg.amp_cpu):
                 out = model(x)
             loss, parts = vqvae_loss(out, x, cfg.beta)
             epoch_state["rec"] += parts["rec"] * x.shape[0]
