@@ -162,3 +162,28 @@ def test_stream_scan_benchmark_runs_as_a_script_and_writes_its_json(tmp_path: Pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["runs"][0]["rows"]
     assert rows[0]["scored"] == 6 and rows[0]["model_image_size"] == 32 and rows[0]["peak_rss_mib"] > 0
+
+
+def test_differnet_curve_scores_cached_test_features_as_the_product_does(tmp_path: Path) -> None:
+    """benchmarks/differnet_curve.py evaluates the flow on test features computed once; every
+    test image's score from that path must equal Detector.score's (``--check`` all of them), and
+    the curve has a row per evaluated epoch plus the last, with training time growing."""
+    import json
+
+    from benchmarks.differnet_curve import main
+    from tests.core.test_bench import make_tree
+
+    cat = make_tree(tmp_path / "mvtec", n_train=6, n_good=3, n_bad=3)
+    out = tmp_path / "c.json"
+    res = main([str(cat.parent), "--epochs", "3", "--copies", "2", "--t", "3", "--eval-epochs", "1,2,7",
+                "--check", "6", "--json", str(out),
+                "--set", "backbone=tiny-random", "--set", "image_size=32", "--set", "subnet_width=16",
+                "--set", "n_coupling_blocks=2", "--set", "train_batch_size=4"])
+    assert [r["epoch"] for r in res["curve"]] == [1, 2, 3]
+    assert res["check_images"] == 6 and res["check_max_abs_diff"] < 1e-5
+    secs = [r["train_seconds"] for r in res["curve"]]
+    assert secs == sorted(secs) and secs[0] > 0
+    for r in res["curve"]:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("image_auroc", "image_auroc_t1", "image_auroc_nll"))
+    assert len(res["loss_history"]) == 3 and res["settings"]["train_copies"] == 2
+    assert json.loads(out.read_text())["curve"] == res["curve"]
