@@ -183,6 +183,8 @@ def test_differnet_curve_scores_cached_test_features_as_the_product_does(tmp_pat
     assert res["check_images"] == 6 and res["check_max_abs_diff"] < 1e-5
     secs = [r["train_seconds"] for r in res["curve"]]
     assert secs == sorted(secs) and secs[0] > 0
+    # the last row is on the training clock too: the evaluations inside the fit are not counted
+    assert secs[-1] <= res["fit_wall_seconds"] - res["test_feature_seconds"] + 0.2
     for r in res["curve"]:
         assert all(0.0 <= r[k] <= 1.0 for k in ("image_auroc", "image_auroc_t1", "image_auroc_nll"))
     assert len(res["loss_history"]) == 3 and res["settings"]["train_copies"] == 2
