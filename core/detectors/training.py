@@ -251,8 +251,9 @@ def adam(params: Iterable[torch.nn.Parameter], *, decoupled: bool = False, **kwa
 def training_autocast(device: torch.device, *, cuda: bool = True, cpu: bool = False):
     """The context a training step's forward pass runs in: bfloat16 autocast on CUDA when
     ``cuda``, on the CPU when ``cpu``, else a disabled autocast (float32). Scoring never uses it.
-    On the 2-core CPU here bf16 autocast made a VQ-VAE step 1.79x and a score U-Net step 1.95x
-    faster (docs/benchmarks.md, "CPU levers"); what it does to quality is measured there too."""
+    On the 2-core AVX2 CPU here (no AVX-512 / bf16 instructions) bf16 autocast made a VQ-VAE step
+    1.79x and a score U-Net step 1.95x faster, yet EfficientNet-Lite0 at 448 px 6.6x slower
+    (docs/benchmarks.md, "CPU levers"): a per-model choice, measured, not a blanket default."""
     if device.type == "cuda" and cuda:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and cpu:
