@@ -220,3 +220,27 @@ def test_dead_codes_are_reseeded_on_encoder_outputs():
     assert torch.equal(after[:3], before[:3])  # used codes stay
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 8)
     assert all((flat == row).all(1).any() for row in after[3:])  # dead ones sit on encoder outputs
+
+
+def test_quantizer_picks_the_float32_nearest_code_under_bf16_autocast() -> None:
+    """The nearest-code search (eq. 2) must not run in bfloat16 when training under autocast.
+
+    ``|z|^2 - 2 z.e + |e|^2`` cancels: with latents of norm ~100 and codes 0.05 apart, bf16's
+    8-bit mantissa makes the distances noise. A bf16 matmul picked wrong codes, the codebook
+    collapsed and a 64 px bottle model trained with ``amp_cpu`` scored pixel AUROC 45 instead of
+    92 (docs/bench/bottle-vqvae-64px-whole-10min-bf16-quantizer-bug-cpu.json).
+    """
+    from core.detectors.vqvae.torch_model import VectorQuantizer
+
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 8)
+    centre = torch.full((8,), 30.0)
+    with torch.no_grad():
+        q.codebook.weight.copy_(centre + 0.05 * torch.randn(16, 8))
+    z = (centre + 0.05 * torch.randn(2, 4, 4, 8)).permute(0, 3, 1, 2).contiguous()
+    ref_z, ref_codes, ref_align = q(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, codes, align = q(z)
+    assert torch.equal(codes, ref_codes)
+    assert z_q.dtype == torch.float32 and align.dtype == torch.float32
+    assert torch.allclose(align, ref_align)
