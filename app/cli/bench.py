@@ -108,13 +108,37 @@ def format_table(res: dict[str, Any]) -> str:
         *_grouping_rows(res.get("groupings")),
         ("", ""),
         ("fit", fit),
+        *_training_rows(res.get("training")),
         ("scoring", f"{t['score_seconds']:.2f} s ({_fmt(ips, 1)} images/s)"),
         ("peak RSS", "n/a" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']:.0f} MB (process)"),
         ("peak GPU", "n/a" if t["peak_gpu_mb"] is None else f"{t['peak_gpu_mb']:.0f} MB"),
+        *_machine_rows(res.get("machine")),
         ("version", res["version"]),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
+
+
+def _training_rows(training: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """How far a trained model got (``12 epochs, 156 steps, time budget reached``); nothing for others."""
+    if not training:
+        return []
+    parts = [f"{training[k]} {label}" for k, label in (("epochs_done", "epochs"), ("steps", "steps")) if k in training]
+    if training.get("stopped_by") == "time":
+        parts.append("time budget reached")
+    return [("trained", ", ".join(parts))] if parts else []
+
+
+def _machine_rows(machine: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The CPU a row's timing belongs to: model, threads, vector capability, bf16 instructions."""
+    if not machine:
+        return []
+    cpu = f"{machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, {machine.get('torch_threads')} torch threads"
+    if machine.get("cpu_capability"):
+        cpu += f", {machine['cpu_capability']}"
+    if machine.get("bf16_instructions") is not None:
+        cpu += ", bf16 instructions" if machine["bf16_instructions"] else ", no bf16 instructions"
+    return [("machine", cpu)]
 
 
 def _grouping_rows(groupings: dict[str, Any] | None) -> list[tuple[str, str]]:

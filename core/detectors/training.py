@@ -54,8 +54,10 @@ class TrainResult:
         return self.history[-1] if self.history else None
 
     def record(self) -> dict[str, Any]:
-        """The loss record a fitted model keeps in its ``meta``."""
-        return {"loss_history": [round(v, 6) for v in self.history], "final_loss": self.final_loss}
+        """The training record a fitted model keeps in its ``meta``: the loss of every epoch, how
+        many epochs and steps ran and why the loop stopped (``"epochs"`` or ``"time"``)."""
+        return {"loss_history": [round(v, 6) for v in self.history], "final_loss": self.final_loss,
+                "epochs_done": int(self.epochs_done), "steps": int(self.steps), "stopped_by": self.stopped_by}
 
 
 #: ``step(batch) -> (loss, n)``: the loss of one batch (a scalar tensor that requires grad) and
@@ -251,9 +253,11 @@ def adam(params: Iterable[torch.nn.Parameter], *, decoupled: bool = False, **kwa
 def training_autocast(device: torch.device, *, cuda: bool = True, cpu: bool = False):
     """The context a training step's forward pass runs in: bfloat16 autocast on CUDA when
     ``cuda``, on the CPU when ``cpu``, else a disabled autocast (float32). Scoring never uses it.
-    On the 2-core AVX2 CPU here (no AVX-512 / bf16 instructions) bf16 autocast made a VQ-VAE step
-    1.79x and a score U-Net step 1.95x faster, yet EfficientNet-Lite0 at 448 px 6.6x slower
-    (docs/benchmarks.md, "CPU levers"): a per-model choice, measured, not a blanket default."""
+    On a 2-core CPU with bf16 instructions (AVX-512 BF16) bf16 autocast made a VQ-VAE step 1.76x
+    and a score U-Net step 1.93x faster; on one with AVX2 only bf16 is emulated and can be several
+    times slower (docs/benchmarks.md, "bf16 autocast"): hence off on the CPU unless asked. It changes the
+    numerics, so each model's quality is checked by benchmark before it is offered, and parts that
+    cancel (the VQ-VAE's nearest-code search) opt out of it themselves."""
     if device.type == "cuda" and cuda:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     if device.type == "cpu" and cpu:

@@ -9,6 +9,9 @@ writes)::
      "groupings": {"ncut" | "kmeans" | "gmm": {"normal", "suspect", "accuracy", "recall", "error"}} | None,
      "timing": {"fit_seconds", "score_seconds", "score_images_per_second",
                 "peak_rss_mb", "peak_gpu_mb"},
+     "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
+     "machine": {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
+                 "gpu", "torch"},
      "version"}
 
 ``groupings`` (zero-shot detectors only, else ``None``): the same scores split by each grouping
@@ -56,6 +59,7 @@ from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
 from core.results import ScanRow
 from core.runtime.cancel import CancelToken, check
+from core.runtime.device import machine_info
 from core.runtime.progress import ProgressFn, SubProgress
 
 #: Resolution (a side) at which the pixel metrics compare maps and masks.
@@ -64,7 +68,9 @@ EVAL_SIZE = 256
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
 TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb", "peak_gpu_mb")
 RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch", "metrics",
-               "groupings", "timing", "version")
+               "groupings", "timing", "training", "machine", "version")
+#: What a trained model's ``meta`` says about its training, copied into the result's ``training``.
+TRAINING_KEYS = ("epochs_done", "steps", "stopped_by")
 #: Per-image columns handed to ``run_bench(per_image=...)`` (``bench --scores``).
 PER_IMAGE_KEYS = ("path", "label", "score", "group")
 #: What a zero-shot detector may be given to score (``run_bench(zero_shot_batch=...)``).
@@ -438,5 +444,7 @@ def run_bench(
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu,
         },
+        "training": {k: detector.meta[k] for k in TRAINING_KEYS if k in detector.meta} or None,
+        "machine": machine_info(dev),
         "version": package_version(),
     }

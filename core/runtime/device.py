@@ -30,3 +30,53 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"
+
+
+def _cpuinfo(text: str | None = None) -> tuple[str, set[str]]:
+    """(model name, flags) of the first CPU in ``/proc/cpuinfo`` (or ``text``); ("", set()) elsewhere."""
+    if text is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as fh:
+                text = fh.read(65536)
+        except OSError:
+            return "", set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def machine_info(device: torch.device | None = None, cpuinfo: str | None = None) -> dict[str, object]:
+    """What a benchmark ran on, for its JSON: CPU model, logical CPUs, torch threads, the CPU's
+    vector capability as torch dispatches it, whether it has bfloat16 instructions, and the GPU.
+
+    Our machines are not all alike (2-core EPYCs with AVX2 only on one day, with AVX-512 BF16 on
+    another), and a lever such as bf16 autocast runs on native instructions on one and is emulated
+    on the other: a row's speed is only comparable with the machine named (docs/benchmarks.md,
+    "CPU levers").
+    """
+    import os
+    import platform
+
+    model, flags = _cpuinfo(cpuinfo)
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = None
+    gpu = None
+    if device is not None and device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": capability,
+        "bf16_instructions": bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None,
+        "gpu": gpu,
+        "torch": torch.__version__,
+    }

@@ -59,7 +59,8 @@ def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.
     assert "bench:" in captured.err  # progress goes to stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                        "metrics", "groupings", "timing", "version"}
+                        "metrics", "groupings", "timing", "training", "machine", "version"}
+    assert "machine" in captured.out
     assert res["groupings"] is None  # a trained detector's batch is not grouped
     assert res["category"] == "part" and res["device"] == "cpu" and res["n_test"] == 6
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):
@@ -202,3 +203,23 @@ def test_bench_table_lists_each_grouping_method() -> None:
     lines = [" ".join(line.split()) for line in format_table(res).splitlines()]
     assert "ncut groups 3 normal, 1 suspect; accuracy 0.7500, recall 0.5000" in lines
     assert "gmm groups could not split: all scores are equal" in lines
+
+
+def test_bench_table_says_how_far_training_got_and_on_what_machine() -> None:
+    from app.cli.bench import format_table
+
+    res = {"detector": "vqvae", "dataset": "d", "category": None, "device": "cpu", "config": {}, "n_train": 8,
+           "n_test": 4, "batch": "test", "metrics": dict.fromkeys(("image_auroc", "pixel_auroc", "aupro", "f1_max",
+                                                                   "accuracy", "recall")),
+           "groupings": None,
+           "timing": {"fit_seconds": 600.0, "score_seconds": 1.0, "score_images_per_second": 4.0,
+                      "peak_rss_mb": None, "peak_gpu_mb": None},
+           "training": {"epochs_done": 245, "steps": 3185, "stopped_by": "time"},
+           "machine": {"cpu": "AMD EPYC", "logical_cpus": 2, "torch_threads": 2, "cpu_capability": "AVX2",
+                       "bf16_instructions": False, "gpu": None, "torch": "2"},
+           "version": "x"}
+    lines = [" ".join(line.split()) for line in format_table(res).splitlines()]
+    assert "trained 245 epochs, 3185 steps, time budget reached" in lines
+    assert "machine AMD EPYC, 2 logical CPUs, 2 torch threads, AVX2, no bf16 instructions" in lines
+    old = {k: v for k, v in res.items() if k not in ("training", "machine")}  # JSON written before these keys
+    assert not any(line.startswith(("trained", "machine")) for line in format_table(old).splitlines())

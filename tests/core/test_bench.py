@@ -72,7 +72,11 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert tuple(result["metrics"]) == METRIC_KEYS
     assert tuple(result["timing"]) == TIMING_KEYS
     assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                           "metrics", "groupings", "timing", "version"}
+                           "metrics", "groupings", "timing", "training", "machine", "version"}
+    assert result["training"] is None  # pixel-gaussian has no training loop
+    assert set(result["machine"]) == {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
+                                      "gpu", "torch"}
+    assert result["machine"]["torch_threads"] >= 1 and result["machine"]["gpu"] is None
     assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
     assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb",
                                      "peak_gpu_mb"}
@@ -322,6 +326,9 @@ def test_snapshots_are_saved_beside_the_model_and_evaluate_with_decisions(tree: 
     snap = run_bench(tree, "vqvae", device="cpu", model_dir=tmp_path / "m-1ep")
     assert snap["metrics"]["accuracy"] is not None and snap["metrics"]["image_auroc"] is not None
     assert 0 < snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
+    # How far each model got: the final one ran its 3 epochs, the snapshot a third of the steps.
+    assert final["training"]["epochs_done"] == 3 and final["training"]["stopped_by"] == "epochs"
+    assert 0 < snap["training"]["steps"] * 3 == final["training"]["steps"]
     with pytest.raises(ValueError, match="snapshots need"):
         run_bench(tree, "vqvae", device="cpu", overrides=sets, snapshot_epochs=(1,))
     with pytest.raises(ConfigError, match="pixel-gaussian has no training loop.*differnet.*sanf"):

@@ -89,7 +89,7 @@ class ScoreResilienceConfig(DetectorConfig):
     attention: bool = field(default=False, metadata={"fixed": True, "help": "self-attention in the two lowest U-Net levels (slower)", "advanced": True})
     train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images", "min": 0, "max": 1024, "advanced": True})
     amp: bool = field(default=True, metadata={"neutral": True, "help": "bfloat16 mixed precision for training on CUDA", "advanced": True})
-    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (measured 1.8-1.95x faster a step on a 2-core AVX2 CPU, quality in docs/benchmarks.md); scoring stays float32", "advanced": True})
+    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (measured 1.8-1.9x faster a step on a 2-core CPU with bf16 instructions; emulated, and slower, on CPUs without them; quality in docs/benchmarks.md); scoring stays float32", "advanced": True})
 
     def validate(self) -> None:
         super().validate()
@@ -187,10 +187,7 @@ class ScoreResilienceDetector(Detector):
         self.meta = {
             "channels": int(channels),
             "n_train": int(n),
-            "epochs_done": int(epoch),
-            "steps": int(step_count),
-            "stopped_by": stopped_by,
-            **run.record(),
+            **run.record(),  # epochs_done, steps, stopped_by, loss history
             "ema_rate_final": ema.rate(),
             "fit_seconds": time.perf_counter() - t0,
             "parameters": int(sum(p.numel() for p in final.parameters())),

@@ -78,7 +78,7 @@ class VQVAEConfig(DetectorConfig):
     am_dilation: int = field(default=3, metadata={"help": "grey dilation of the alignment map, latent cells a side (1 = none)", "min": 1, "max": 31, "advanced": True})
     sm_dilation: int = field(default=1, metadata={"help": "grey dilation of the SSIM map, pixels a side (1 = none; paper: UCSD only)", "min": 1, "max": 127, "advanced": True})
     train_crop: int = field(default=0, metadata={"neutral": True, "help": "train on random crops of this many pixels of the working-size images (0 = whole images, the paper); scoring always sees whole images. Measured on bottle: crops cost most of the quality (prefer a lower image_size)", "min": 0, "max": 1024, "advanced": True})
-    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (measured 1.8-1.95x faster a step on a 2-core AVX2 CPU, quality in docs/benchmarks.md); scoring stays float32", "advanced": True})
+    amp_cpu: bool = field(default=False, metadata={"neutral": True, "help": "bfloat16 autocast for training on the CPU too (measured 1.8-1.9x faster a step on a 2-core CPU with bf16 instructions; emulated, and slower, on CPUs without them; quality in docs/benchmarks.md); scoring stays float32", "advanced": True})
     reinit_dead_codes: bool = field(default=True, metadata={"neutral": True, "help": "re-seed unused codebook vectors after each epoch (not in the paper; off = paper)", "advanced": True})
 
     def validate(self) -> None:
