@@ -25,8 +25,14 @@ def machine() -> str:
                     break
     except OSError:
         pass
+    from core.runtime.device import machine_info
+
+    info = machine_info()
+    isa = info["cpu_capability"] or "?"
+    if info["bf16_instructions"] is not None:
+        isa += ", bf16 instructions" if info["bf16_instructions"] else ", no bf16 instructions"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
+    return (f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}")
 
 

@@ -8,6 +8,7 @@ the offline backbone of differnet, sanf and patchcore) under each lever:
 - ``default``: float32, contiguous (NCHW) tensors, the process's thread count;
 - ``channels_last``: model and inputs in NHWC memory format (oneDNN prefers it for convolutions);
 - ``bf16``: ``torch.autocast("cpu", dtype=torch.bfloat16)``;
+- ``channels_last+bf16``: both (not in the default set: opt in with ``--levers``);
 - ``compile``: ``torch.compile(model)`` (the first call, which compiles, is not timed);
 - ``threads=1``: one intra-op thread instead of all.
 
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import machine  # noqa: E402
 
 LEVERS = ("default", "channels_last", "bf16", "compile", "threads=1")
+KNOWN_LEVERS = (*LEVERS, "channels_last+bf16")
 
 
 def _vqvae(size: int):
@@ -85,11 +87,11 @@ def time_case(name: str, lever: str, device: torch.device, warmup: int, repeat: 
     model, loss_fn, shape, train = CASES[name]()
     model = model.to(device)
     x = torch.rand(shape, device=device)
-    if lever == "channels_last":
+    if lever in ("channels_last", "channels_last+bf16"):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     run_model = torch.compile(model) if lever == "compile" else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if lever == "bf16" else contextlib.nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if lever.endswith("bf16") else contextlib.nullcontext()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4) if train else None
     threads = torch.get_num_threads()
     if lever == "threads=1":
@@ -134,6 +136,9 @@ def main() -> int:
     device = torch.device(args.device)
     cases = [c for c in args.only.split(",") if c] or list(CASES)
     levers = [lv for lv in args.levers.split(",") if lv]
+    unknown = sorted(set(levers) - set(KNOWN_LEVERS)) + sorted(set(cases) - set(CASES))
+    if unknown:
+        ap.error(f"unknown lever or case {', '.join(unknown)}: levers {', '.join(KNOWN_LEVERS)}; cases {', '.join(CASES)}")
     print(f"# CPU levers: {machine()}")
     print(f"{'case':<30} {'lever':<14} {'median s':>9} {'vs default':>10}")
     out = {"machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": []}
