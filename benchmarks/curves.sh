@@ -19,7 +19,9 @@
 # EPOCHS / EPOCH_SNAPS / COPIES / T (DifferNet), THREADS (torch threads; 1 lets two curves
 # share the 2-core machine), MODELS (where models go, default /tmp/ai-curves), RESULTS (JSON,
 # default docs/bench), DATA (default ../shared/datasets), EXTRA (more bench arguments, last
-# so they win, e.g. "--max-train 12 --max-test 8" for a smoke run). The same command with --device cuda runs on
+# so they win, e.g. "--max-train 12 --max-test 8" for a smoke run; "--set amp_cpu=true" trains vqvae and
+# score-resilience under bf16 autocast, worth it only on a CPU with bf16 instructions: docs/benchmarks.md,
+# "bf16 autocast"), TAG (the JSON names' suffix, default the device). The same command with --device cuda runs on
 # a GPU (there MINUTES is the GPU's budget: pick it to fit the machine's command limit).
 set -euo pipefail
 
@@ -53,8 +55,9 @@ curve() {  # curve NAME DATASET DETECTOR "SNAP LABELS" [train args...] -- [eval 
   while [[ $# -gt 0 && "$1" != "--" ]]; do train+=("$1"); shift; done
   [[ $# -gt 0 ]] && shift
   eval=("$@")
-  local model=$MODELS/$name
-  rm -rf "$model" "$model"-*
+  local model=$MODELS/$name-$TAG  # a curve of another TAG (bf16, another machine) keeps its models
+  rm -rf "$model"
+  for label in $labels; do rm -rf "$model-$label"; done
   bench "$name-final-$TAG" "$data" "$det" "${train[@]}" "${eval[@]}" --save-model "$model"
   for label in $labels; do
     if [[ -d "$model-$label" ]]; then

@@ -104,6 +104,17 @@ def test_curves_script_runs_a_curve_from_one_training(tmp_path: Path) -> None:
     snap = json.loads((tmp_path / "out" / out[0]).read_text())
     final = json.loads((tmp_path / "out" / out[1]).read_text())
     assert snap["config"]["train_crop"] == 16 and snap["timing"]["fit_seconds"] < final["timing"]["fit_seconds"]
+    assert final["training"]["stopped_by"] == "time" and final["machine"]["torch_threads"] == 1
+    # The models are kept per TAG: a bf16 curve does not delete the float32 one's models.
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["bottle-vqvae-256px-crop96-0.02min-cpu",
+                                                       "bottle-vqvae-256px-crop96-0.02min-cpu-0.001min"]
+    proc = subprocess.run(["bash", str(script), "vqvae-bottle", "--device", "cpu"], cwd=script.parents[1],
+                          capture_output=True, text=True, env={**env, "TAG": "bf16-cpu", "SNAPS": "5"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no snapshot 5min" in proc.stdout
+    assert (models / "bottle-vqvae-256px-crop96-0.02min-cpu-0.001min").is_dir()
+    assert (models / "bottle-vqvae-256px-crop96-0.02min-bf16-cpu").is_dir()
     bad = subprocess.run(["bash", str(script), "no-such-group"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "unknown group: no-such-group" in bad.stderr
 
