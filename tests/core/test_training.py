@@ -304,9 +304,9 @@ def test_amp_cpu_trains_in_bf16_and_scores_in_float32(kind: str) -> None:
         seen: list[torch.dtype] = []
         orig = torch.nn.Conv2d.forward
 
-        def spy(self, x, _orig=orig):
+        def spy(self, x, _orig=orig, _seen=seen):
             out = _orig(self, x)
-            seen.append(out.dtype)
+            _seen.append(out.dtype)
             return out
 
         torch.nn.Conv2d.forward = spy
