@@ -16,24 +16,10 @@ DATASETS = Path(os.environ.get("AI_DATASETS", REPO.parent / "shared" / "datasets
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from core.runtime.device import machine_info
+    from core.runtime.device import describe_machine, machine_info
 
-    info = machine_info()
-    isa = info["cpu_capability"] or "?"
-    if info["bf16_instructions"] is not None:
-        isa += ", bf16 instructions" if info["bf16_instructions"] else ", no bf16 instructions"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu} ({isa}), {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), {gpu}, Python {platform.python_version()}")
+    return f"{describe_machine(machine_info())}, torch {torch.__version__}, {gpu}, Python {platform.python_version()}"
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:

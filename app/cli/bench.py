@@ -131,14 +131,9 @@ def _training_rows(training: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 def _machine_rows(machine: dict[str, Any] | None) -> list[tuple[str, str]]:
     """The CPU a row's timing belongs to: model, threads, vector capability, bf16 instructions."""
-    if not machine:
-        return []
-    cpu = f"{machine.get('cpu')}, {machine.get('logical_cpus')} logical CPUs, {machine.get('torch_threads')} torch threads"
-    if machine.get("cpu_capability"):
-        cpu += f", {machine['cpu_capability']}"
-    if machine.get("bf16_instructions") is not None:
-        cpu += ", bf16 instructions" if machine["bf16_instructions"] else ", no bf16 instructions"
-    return [("machine", cpu)]
+    from core.runtime.device import describe_machine
+
+    return [("machine", describe_machine(machine))] if machine else []
 
 
 def _grouping_rows(groupings: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -80,3 +80,15 @@ def machine_info(device: torch.device | None = None, cpuinfo: str | None = None)
         "gpu": gpu,
         "torch": torch.__version__,
     }
+
+
+def describe_machine(info: dict[str, object]) -> str:
+    """One line of :func:`machine_info` (or a JSON's ``machine``): ``AMD EPYC, 2 logical CPUs,
+    2 torch threads, AVX512, bf16 instructions``; what a record lacks is left out."""
+    parts = [str(info.get("cpu") or "unknown CPU"), f"{info.get('logical_cpus')} logical CPUs",
+             f"{info.get('torch_threads')} torch threads"]
+    if info.get("cpu_capability"):
+        parts.append(str(info["cpu_capability"]))
+    if info.get("bf16_instructions") is not None:
+        parts.append("bf16 instructions" if info["bf16_instructions"] else "no bf16 instructions")
+    return ", ".join(parts)

@@ -23,3 +23,13 @@ def test_machine_info_of_this_machine_is_plain_json() -> None:
     info = machine_info(torch.device("cpu"))
     assert json.loads(json.dumps(info)) == info
     assert info["logical_cpus"] >= 1 and info["torch"] == torch.__version__
+
+
+def test_describe_machine_is_one_line_and_leaves_out_what_is_unknown() -> None:
+    from core.runtime.device import describe_machine
+
+    info = machine_info(cpuinfo=AVX2)
+    info.update(cpu_capability="AVX2", torch_threads=2, logical_cpus=2)
+    assert describe_machine(info) == "AMD EPYC 7B13, 2 logical CPUs, 2 torch threads, AVX2, no bf16 instructions"
+    info.update(cpu_capability=None, bf16_instructions=None)
+    assert describe_machine(info) == "AMD EPYC 7B13, 2 logical CPUs, 2 torch threads"
