@@ -46,15 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
+    from core.runtime.device import machine_info
+
+    info = machine_info()
+    return (f"{info['cpu']}, {info['logical_cpus']} logical CPUs, Python {platform.python_version()}, "
+            f"SQLite {__import__('sqlite3').sqlite_version}")
 
 
 def synthetic_maps(k: int, size: int, seed: int = 0) -> list[np.ndarray]:
