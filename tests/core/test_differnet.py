@@ -1,4 +1,4 @@
-"""DifferNet: the flow (invertibility, log-det against a numerical Jacobian, finite NLL), the
+"""DifferNet: the flow (invertibility, log-det against autograd's Jacobian, finite NLL), the
 transforms and gradient maps, weights handling and save -> load. Tiny models on the CPU; the
 one test that needs the real EfficientNet-Lite0 file is skipped when its package is absent."""
 
@@ -24,6 +24,7 @@ from core.detectors.differnet.torch_model import (
 from core.detectors.registry import load_model
 from core.io import weights as store
 from tests.conftest import make_part
+from tests.flow_checks import assert_log_det_matches_autograd
 
 TINY = dict(backbone="tiny-random", image_size=32, n_scales=2, batch_size=4, train_batch_size=4, epochs=4, lr=1e-3, subnet_width=16,
             n_coupling_blocks=2, n_transforms_test=4, map_sigma=1.0)
@@ -64,29 +65,21 @@ def test_flow_is_invertible(trained_flow):
     assert not torch.allclose(z, x)
 
 
-def test_log_det_matches_numerical_jacobian(trained_flow):
+def test_log_det_matches_autograd_jacobian(trained_flow):
     x = torch.randn(3, 6, dtype=torch.float64)
-    torch.set_grad_enabled(False)
-    try:
-        _check_log_det(trained_flow, x)
-    finally:
-        torch.set_grad_enabled(True)
+    with torch.no_grad():
+        _, log_jac = trained_flow(x)
+    assert_log_det_matches_autograd(lambda v, i: trained_flow(v.unsqueeze(0))[0][0], x, log_jac)
 
 
-def _check_log_det(trained_flow, x):
-    _, log_jac = trained_flow(x)
-    for i in range(3):
-        xi = x[i:i + 1]
-        eps = 1e-6
-        cols = []
-        for d in range(6):
-            e = torch.zeros_like(xi)
-            e[0, d] = eps
-            cols.append((trained_flow(xi + e)[0] - trained_flow(xi - e)[0])[0] / (2 * eps))
-        jac = torch.stack(cols, dim=1)
-        sign, logabs = torch.linalg.slogdet(jac)
-        assert sign != 0
-        assert float(logabs) == pytest.approx(float(log_jac[i]), abs=1e-5)
+def test_log_det_check_catches_a_wrong_log_det(trained_flow):
+    """The reference is independent of the block's own formula: a log-det off by far less than the
+    old finite-difference tolerance (1e-5) is caught."""
+    x = torch.randn(2, 6, dtype=torch.float64)
+    with torch.no_grad():
+        _, log_jac = trained_flow(x)
+    with pytest.raises(AssertionError):
+        assert_log_det_matches_autograd(lambda v, i: trained_flow(v.unsqueeze(0))[0][0], x, log_jac + 1e-6)
 
 
 def test_nll_is_finite_and_matches_eq4(trained_flow):
