@@ -200,3 +200,37 @@ def test_differnet_curve_scores_cached_test_features_as_the_product_does(tmp_pat
         assert all(0.0 <= r[k] <= 1.0 for k in ("image_auroc", "image_auroc_t1", "image_auroc_nll"))
     assert len(res["loss_history"]) == 3 and res["settings"]["train_copies"] == 2
     assert json.loads(out.read_text())["curve"] == res["curve"]
+
+
+def test_unaligned_variant_moves_each_mask_with_its_image_and_is_seeded(tmp_path: Path) -> None:
+    from benchmarks.unaligned import draw, make_variant
+
+    src = tmp_path / "src" / "part"
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        _png(src / "train" / "good" / f"{i:03d}.png", rng.integers(0, 60, (64, 80, 3), dtype=np.uint8))
+    _png(src / "test" / "good" / "000.png", rng.integers(0, 60, (64, 80, 3), dtype=np.uint8))
+    img = rng.integers(0, 60, (64, 80, 3), dtype=np.uint8)
+    img[20:34, 30:44] = 255  # the "defect": a bright square, exactly where the mask is
+    mask = np.zeros((64, 80), np.uint8)
+    mask[20:34, 30:44] = 255
+    _png(src / "test" / "crack" / "000.png", img)
+    _png(src / "ground_truth" / "crack" / "000_mask.png", mask)
+
+    out = tmp_path / "variant"
+    manifest = make_variant(src, out, seed=3, max_shift=0.1)
+    data = load_dataset(out, "mvtec")
+    assert len(data.train) == 3 and [(s.label, s.defect_type) for s in data.test] == [(1, "crack"), (0, "good")]
+    moved = cv2.imread(str(out / "test" / "crack" / "000.png"))
+    moved_mask = cv2.imread(str(out / "ground_truth" / "crack" / "000_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert moved.shape == img.shape and moved_mask.shape == mask.shape
+    rec = next(r for r in manifest["images"] if r["source"] == "test/crack/000.png")
+    assert 0 <= rec["angle"] < 360 and max(abs(v) for v in rec["shift"]) <= 0.1
+    assert not np.array_equal(moved_mask, mask)  # it moved
+    inside = moved_mask > 0
+    assert inside.sum() > 0.8 * (mask > 0).sum()  # the square is not lost to the border here
+    # the bright square went where the mask went
+    assert moved[inside].mean() > 200 and moved[~inside].mean() < 80
+    # the draw depends on the seed and the image's path only
+    assert draw(3, "test/crack/000.png", 0.1) == draw(3, "test/crack/000.png", 0.1)
+    assert draw(3, "test/crack/000.png", 0.1) != draw(4, "test/crack/000.png", 0.1)
