@@ -8,6 +8,8 @@ field's contract with a trained model, declared where the field is:
   cannot be changed on a loaded model (``--set`` on ``scan --model`` refuses it).
 - ``neutral``: does not change an image's score (training-only settings, batch sizes, map-only
   settings), so a calibrated threshold still applies after it changes.
+- ``legacy``: the value a model saved before the field existed behaves as (see :meth:`from_dict`);
+  give it whenever a new field's default differs from the old behaviour, or may come to.
 
 Every other field may be changed on a trained model and counts as changing the score scale.
 ``tests/core/test_detectors.py::test_every_field_of_a_trained_model`` changes every field of every
@@ -49,8 +51,14 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> tuple[DetectorConfig, list[str]]:
-        """Build from saved values; returns the config and the keys it did not know."""
+        """Build from saved values; returns the config and the keys it did not know.
+
+        A field the saved values lack takes its ``legacy`` metadata value where it has one: what
+        models saved before the field existed did (a changed default of a ``fixed`` field must not
+        change how an older model's weights are read), else its default."""
         known = {f.name: f for f in fields(cls)}
+        data = {**{f.name: f.metadata["legacy"] for f in fields(cls) if "legacy" in f.metadata and f.name not in data},
+                **data}
         kwargs, unknown = {}, []
         for key, value in data.items():
             if key not in known:

@@ -95,8 +95,8 @@ def test_detector_map_is_nearest_distance_to_bank():
     _, h, w, d = f.shape
     bank = det.bank.double().numpy()
     ref = np.linalg.norm(f.reshape(-1, d).double().numpy()[:, None] - bank[None], axis=2).min(1).reshape(h, w)
-    _, grid = det._patch_scores(f)
-    assert np.allclose(grid[0].numpy(), ref, atol=1e-4)
+    grid, _ = det._distances(f[0])
+    assert np.allclose(grid.numpy(), ref, atol=1e-4)
     assert det.bank.shape[0] == 3 * h * w  # ratio 1 keeps every training patch
 
 
@@ -239,10 +239,10 @@ def test_cancel_mid_score():
     calls = []
     orig = det._features
 
-    def features(crops):
+    def features(crops, raw=False):
         calls.append(len(crops))
         token.cancel()  # cancelled while the batch is being scored
-        return orig(crops)
+        return orig(crops, raw)
 
     det._features = features
     with pytest.raises(Cancelled):

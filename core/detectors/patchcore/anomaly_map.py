@@ -3,8 +3,11 @@
 - Nearest-neighbour search: exact. On the CPU with ``faiss-cpu``'s flat L2 index (measured 1.4
   to 2 times faster here than our chunked matrix products, ``benchmarks/patchcore_nn.py`` and
   docs/benchmarks.md); on a GPU, or where faiss is not installed, with chunked torch products.
-- Image score: eq. 6-7, the largest patch distance s* re-weighted by how isolated its nearest
-  bank patch m* is among its own b nearest bank neighbours.
+- Image score (``image_score``, :data:`SCORE_RULES`): eq. 6-7 (``reweighted``), the largest patch
+  distance s* re-weighted by how isolated its nearest bank patch m* is among its own b nearest
+  bank neighbours; or the plain maximum s* (``max``), the maximum of the blurred map
+  (``blurred_max``), or the mean of the largest patch distances (``top_mean``: AnomalyDINO's mean
+  of the top 1 %, Damm et al. 2024). Measured against each other in docs/benchmarks.md.
 - Map: patch distances on the feature grid, upsampled bilinearly to the working resolution and
   blurred with a Gaussian of sigma 4 (3.3 / 4.2).
 """
@@ -100,6 +103,22 @@ def reweighted_score(patch_dist: torch.Tensor, patch_idx: torch.Tensor, queries:
     d = torch.linalg.vector_norm(bank[nb] - queries[t][None], dim=1).double()
     w = 1.0 - torch.exp(s_star - torch.logsumexp(d, dim=0))
     return float(w * s_star)
+
+
+SCORE_RULES = ("reweighted", "max", "blurred_max", "top_mean")
+
+
+def top_count(top: float, n: int) -> int:
+    """How many of ``n`` patch distances ``top_mean`` averages: ``top`` >= 1 is a count, below 1
+    a fraction (rounded up); at least 1, at most ``n``."""
+    k = int(top) if top >= 1 else int(math.ceil(top * n))
+    return max(1, min(n, k))
+
+
+def top_mean(values: torch.Tensor, top: float) -> float:
+    """Mean of the ``top_count(top, n)`` largest of ``values`` (any shape)."""
+    v = values.flatten()
+    return float(torch.topk(v, top_count(top, v.numel())).values.double().mean())
 
 
 # ----------------------------------------------------------------------------- tiling

@@ -47,11 +47,29 @@ import torch.nn.functional as F
 from core.data.images import Skipped, iter_batches
 from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
 from core.detectors.base import Detector, FitError, WeightRequirement
-from core.detectors.common import gaussian_blur, map_to_input, to_tensor_batch
+from core.detectors.common import gaussian_blur, map_to_input
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.patchcore.anomaly_map import BankIndex, reweighted_score, stitch, tile_boxes
+from core.detectors.patchcore.anomaly_map import (
+    SCORE_RULES,
+    BankIndex,
+    reweighted_score,
+    stitch,
+    tile_boxes,
+    top_mean,
+)
 from core.detectors.patchcore.coreset import greedy_coreset
-from core.detectors.patchcore.torch_model import PatchFeatures
+from core.detectors.patchcore.foreground import check_model, fit_foreground, foreground_mask
+from core.detectors.patchcore.inputs import (
+    AUGMENTS,
+    RESIZE_RULES,
+    Frame,
+    augment_views,
+    n_views,
+    to_frame,
+    valid_grid,
+    working_frame,
+)
+from core.detectors.patchcore.torch_model import WEIGHTINGS, PatchFeatures
 from core.detectors.training import (
     backbone_weights_available,
     check_pinned_weights,
@@ -66,6 +84,10 @@ from core.runtime.progress import ProgressFn, SubProgress
 PAPER_BACKBONE = "wide-resnet50-2"
 OFFLINE_DEFAULT = "efficientnet-lite0"
 BACKBONE_CHOICES = ("auto",) + BACKBONES
+DISTANCES = ("l2", "cosine")
+BANK_SAMPLINGS = ("coreset", "random")
+#: training crops (the first ones) whose whole feature grids teach the foreground split
+FOREGROUND_CROPS = 16
 
 
 @dataclass
@@ -73,15 +95,23 @@ class PatchCoreConfig(DetectorConfig):
     batch_size: int = field(default=8, metadata={"neutral": True, "help": "images per batch", "min": 1, "max": 4096})
     backbone: str = field(default="auto", metadata={"fixed": True, "help": "frozen CNN: auto = WideResNet-50 if in the weights store (paper), else the offline default EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
     weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
-    image_size: int = field(default=224, metadata={"fixed": True, "help": "working resolution, pixels a side (paper: 224)", "min": 16, "max": 1024})
-    feature_dim: int = field(default=0, metadata={"fixed": True, "help": "patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
+    image_size: int = field(default=224, metadata={"fixed": True, "help": "working resolution, pixels a side of the square (paper: 224); resize=keep keeps its area", "min": 16, "max": 1024})
+    resize: str = field(default="square", metadata={"fixed": True, "legacy": "square", "help": "how an image becomes the working frame: square (paper, without its crop), keep (aspect kept, the square's area), pad (aspect kept, padded to the square; padding never scored)", "choices": RESIZE_RULES})
+    stage_weighting: str = field(default="pool", metadata={"fixed": True, "legacy": "pool", "help": "how the two stages share a patch feature: pool (authors' code: equal shares of feature_dim), concat (channels as they are), standardize (each channel standardised on the training patches, each stage the same weight)", "choices": WEIGHTINGS, "advanced": True})
+    feature_dim: int = field(default=0, metadata={"fixed": True, "help": "stage_weighting=pool: patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
     patch_size: int = field(default=3, metadata={"fixed": True, "help": "neighbourhood aggregated into each patch feature (paper: 3)", "min": 1, "max": 9, "advanced": True})
-    coreset_ratio: float = field(default=0.01, metadata={"fixed": True, "help": "fraction of training patches kept in the memory bank by greedy coreset subsampling (paper: 0.1 or 0.01; 1 = all)", "min": 1e-4, "max": 1.0})
+    distance: str = field(default="l2", metadata={"fixed": True, "legacy": "l2", "help": "patch distance: l2 (paper) or cosine (features scaled to unit length first)", "choices": DISTANCES, "advanced": True})
+    augment: str = field(default="none", metadata={"fixed": True, "legacy": "none", "help": "training copies in the memory bank: none, flip, rot4 (right-angle rotations), rot4+flip, rot8 (every 45 degrees), for parts that are not held in a fixture", "choices": AUGMENTS})
+    bank_sampling: str = field(default="coreset", metadata={"fixed": True, "legacy": "coreset", "help": "how the memory bank keeps coreset_ratio of the training patches: coreset (paper: greedy k-center) or random (seeded)", "choices": BANK_SAMPLINGS, "advanced": True})
+    coreset_ratio: float = field(default=0.01, metadata={"fixed": True, "help": "fraction of training patches kept in the memory bank (paper: 0.1 or 0.01; 1 = all)", "min": 1e-4, "max": 1.0})
     min_bank: int = field(default=2048, metadata={"fixed": True, "help": "smallest memory bank (patches) whatever coreset_ratio says, so that few-shot training (8-16 images) keeps enough patches", "min": 1, "max": 10_000_000, "advanced": True})
     max_patches: int = field(default=200_000, metadata={"fixed": True, "help": "bound on the training patches given to the coreset (its time grows with patches x bank size); above it each image gives a random subset", "min": 1, "max": 100_000_000, "advanced": True})
     projection_dim: int = field(default=128, metadata={"fixed": True, "help": "random projection dimension for the coreset's distances (paper: 128; 0 = none)", "min": 0, "max": 4096, "advanced": True})
     memory_mb: int = field(default=1024, metadata={"fixed": True, "help": "bound on the training patches held before subsampling (MB); above it each image gives a random subset", "min": 1, "max": 1_000_000, "advanced": True})
+    image_score: str = field(default="reweighted", metadata={"help": "image score from the patch distances: reweighted (paper, eq. 6-7), max, blurred_max (largest value of the blurred map), top_mean (mean of the largest, see top)", "choices": SCORE_RULES})
+    top: float = field(default=0.01, metadata={"help": "image_score=top_mean: the fraction (below 1) or the number (1 or more) of largest patch distances averaged (AnomalyDINO: 0.01)", "min": 1e-4, "max": 100_000, "advanced": True})
     neighbours: int = field(default=9, metadata={"help": "b, the bank neighbourhood of the re-weighting, eq. 7 (1 = plain maximum)", "min": 1, "max": 1000, "advanced": True})
+    foreground: bool = field(default=False, metadata={"help": "score only the part's patches when the training images show an object on a plain background (AnomalyDINO's masking; found automatically, see the model's summary)"})
     blur_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the map at the working resolution, pixels (paper: 4)", "min": 0.0, "max": 64.0})
     tile_size: int = field(default=0, metadata={"fixed": True, "help": "tiling: tile side in input pixels for large images (0 = off: the whole image at the working resolution)", "min": 0, "max": 100_000})
     tile_overlap: float = field(default=0.25, metadata={"help": "tiling: overlap of neighbouring tiles, a fraction of a tile", "min": 0.0, "max": 0.9, "advanced": True})
@@ -92,6 +122,9 @@ class PatchCoreConfig(DetectorConfig):
             raise ConfigError(f"weights_path needs one of the backbones {', '.join(BACKBONE_WEIGHTS)}")
         if self.feature_dim % 2:
             raise ConfigError(f"feature_dim={self.feature_dim} must be even (two stages share it)")
+        if self.feature_dim and self.stage_weighting != "pool":
+            raise ConfigError(f"feature_dim applies to stage_weighting=pool only ({self.stage_weighting} keeps the "
+                              "stages' channels); leave it at 0")
 
 
 def resolve_backbone(cfg: PatchCoreConfig) -> str:
@@ -103,15 +136,25 @@ def resolve_backbone(cfg: PatchCoreConfig) -> str:
     return OFFLINE_DEFAULT
 
 
+@dataclass
+class _Crop:
+    """One crop's patch features (h, w, D), already cropped to its frame's valid grid."""
+
+    feats: torch.Tensor
+    frame: Frame
+
+
 class PatchCoreDetector(Detector):
     name = "patchcore"
     title = "PatchCore (memory bank of pretrained patch features)"
-    summary = ("Nearest-neighbour distance of each patch's pretrained CNN features to a coreset of the good "
-               "images' patches; score = largest (re-weighted) patch distance; map = patch distances, blurred.")
+    summary = ("Nearest-neighbour distance of each patch's pretrained CNN features to a memory bank of the good "
+               "images' patches; score = the patch distances reduced by the chosen rule; map = patch distances, blurred.")
     paper = "patchcore"
     produces_maps = True
     config_class = PatchCoreConfig
     min_train_images = 2
+    #: 2: optional standardization and foreground tensors beside the memory bank
+    state_version = 2
 
     config: PatchCoreConfig
 
@@ -119,6 +162,7 @@ class PatchCoreDetector(Detector):
         super().__init__(config, device)
         self.model: PatchFeatures | None = None
         self.bank: torch.Tensor | None = None
+        self.fg_model: dict[str, torch.Tensor] | None = None
         self._weights: tuple[str, store.Location] | None = None
         self._cancel: CancelToken | None = None
         self._index: BankIndex | None = None
@@ -144,7 +188,7 @@ class PatchCoreDetector(Detector):
             loc = store.resolve(BACKBONE_WEIGHTS[backbone], cfg.weights_path or None)
             weights_file = loc.path
             self._weights = (BACKBONE_WEIGHTS[backbone], loc)
-        return PatchFeatures(backbone, weights_file, cfg.feature_dim, cfg.patch_size)
+        return PatchFeatures(backbone, weights_file, cfg.feature_dim, cfg.patch_size, cfg.stage_weighting)
 
     # ------------------------------------------------------------------ features
     def _crops(self, img: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
@@ -156,15 +200,43 @@ class PatchCoreDetector(Detector):
         boxes = tile_boxes(h, w, tile, self.config.tile_overlap)
         return [img[t:b, left:r] for t, left, b, r in boxes], boxes
 
-    def _features(self, crops: list[np.ndarray]) -> torch.Tensor:
-        """(n, h, w, D) patch features of crops, in sub-batches of ``batch_size``."""
-        out = []
+    def _frame(self, crop: np.ndarray) -> Frame:
+        return working_frame(int(crop.shape[0]), int(crop.shape[1]), self.config.image_size, self.config.resize,
+                             self.model.frame_stride)
+
+    def _features(self, crops: list[np.ndarray], raw: bool = False) -> list[_Crop]:
+        """Each crop's patch features in its working frame, cropped to the frame's valid grid
+        (the padding of ``resize=pad`` is never scored). Crops whose frames have the same shape
+        go through the backbone together, ``batch_size`` at a time. ``raw``: before the
+        standardization and the cosine scaling (fit learns the standardization from them)."""
+        frames = [self._frame(c) for c in crops]
+        by_shape: dict[tuple[int, int], list[int]] = {}
+        for i, fr in enumerate(frames):
+            by_shape.setdefault(fr.shape, []).append(i)
+        out: list[_Crop | None] = [None] * len(crops)
         bs = self.config.batch_size
-        for start in range(0, len(crops), bs):
-            x = to_tensor_batch(crops[start:start + bs], self.config.image_size, 3).clamp_(0.0, 1.0)
-            out.append(self.model(x.to(self.device)))
-            check(self._cancel)
-        return torch.cat(out)
+        for idx in by_shape.values():
+            for start in range(0, len(idx), bs):
+                sub = idx[start:start + bs]
+                x = torch.from_numpy(np.stack([to_frame(crops[i], frames[i]) for i in sub]))
+                f = self.model(x.to(self.device), raw=True)
+                for j, i in enumerate(sub):
+                    g = f[j]
+                    if frames[i].valid != frames[i].shape:
+                        gh, gw = valid_grid(frames[i], self.model.stride)
+                        g = g[:gh, :gw]
+                    out[i] = _Crop(g if raw else self._finish(g), frames[i])
+                check(self._cancel)
+        return out  # type: ignore[return-value]
+
+    def _finish(self, feats: torch.Tensor) -> torch.Tensor:
+        """Raw features to the bank's space: standardised (stage_weighting=standardize) and scaled
+        to unit length (distance=cosine, where the L2 distance of unit vectors orders patches as
+        the cosine distance does)."""
+        feats = self.model.standardize(feats)
+        if self.config.distance == "cosine":
+            feats = F.normalize(feats, dim=-1)
+        return feats
 
     # ------------------------------------------------------------------ fit
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
@@ -179,73 +251,105 @@ class PatchCoreDetector(Detector):
             model = self._build(backbone).to(self.device).eval()
         except store.WeightsError as exc:
             raise FitError(str(exc)) from None
-        old = (self.model, self.bank)
+        old = (self.model, self.bank, self.fg_model)
         self.model = model
 
         feat = SubProgress(progress, 0.0, 0.6, "extracting patch features")
         gen = torch.Generator().manual_seed(cfg.seed)
         pool: list[torch.Tensor] = []
+        fg_grids: list[torch.Tensor] = []
         n_images = n_crops = 0
-        keep_frac = 1.0
-        grid: tuple[int, int] | None = None
+        keep_frac: float | None = None
+        views = n_views(cfg.augment)
         try:
             with torch.inference_mode():
                 for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-                    crops = [c for img in batch for c in self._crops(img)[0]]
-                    f = self._features(crops)
-                    n, h, w, d = f.shape
-                    if grid is None:  # the bounds, from the first batch's patches per image
-                        grid = (h, w)
-                        patches_per_image = h * w * max(1.0, len(crops) / len(batch))  # tiles: several crops
+                    crops = [v for img in batch for c in self._crops(img)[0] for v in augment_views(c, cfg.augment)]
+                    feats = self._features(crops, raw=True)
+                    d = feats[0].feats.shape[-1]
+                    if keep_frac is None:  # the bounds, from the first batch's patches per image
+                        patches_per_image = sum(c.feats.shape[0] * c.feats.shape[1] for c in feats) / len(batch)
                         keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (patches_per_image * d * 4 * total),
                                         cfg.max_patches / (patches_per_image * total))
-                    f = f.reshape(n, h * w, d)
-                    if keep_frac < 1.0:  # DEPARTURE: a seeded random subset of each crop's patches
-                        k = max(1, int(h * w * keep_frac))
-                        sel = torch.stack([torch.randperm(h * w, generator=gen)[:k] for _ in range(n)])
-                        f = torch.gather(f, 1, sel.to(f.device)[..., None].expand(-1, -1, d))
-                    pool.append(f.reshape(-1, d).float().cpu())
+                    for c in feats:
+                        f = c.feats.reshape(-1, d)
+                        if len(fg_grids) < FOREGROUND_CROPS:
+                            fg_grids.append(c.feats.float().cpu())
+                        if keep_frac < 1.0:  # DEPARTURE: a seeded random subset of each crop's patches
+                            k = max(1, int(f.shape[0] * keep_frac))
+                            f = f[torch.randperm(f.shape[0], generator=gen)[:k].to(f.device)]
+                        pool.append(f.float().cpu())
                     n_images += len(batch)
-                    n_crops += n
+                    n_crops += len(crops)
                     feat(idx[-1] + 1, total)
                     check(cancel)
-            if n_images < self.min_train_images:
-                raise FitError(f"patchcore needs at least {self.min_train_images} readable good images, got {n_images}")
-            features = torch.cat(pool)
-            del pool
-            n_patches = features.shape[0]
-            n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
-            core = SubProgress(progress, 0.6, 0.99, "coreset subsampling")
-            t1 = time.perf_counter()
-            extract_seconds = t1 - t0
-            sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, core, cancel)
-            bank = features[sel.cpu()].contiguous()
-            del features
+                if n_images < self.min_train_images:
+                    raise FitError(f"patchcore needs at least {self.min_train_images} readable good images, got {n_images}")
+                features = torch.cat(pool)
+                del pool
+                if cfg.stage_weighting == "standardize":
+                    model.set_standardization(features)
+                features = self._finish(features)
+                fg_grids = [self._finish(g) for g in fg_grids]
+                n_patches = features.shape[0]
+                n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
+                core = SubProgress(progress, 0.6, 0.99, "memory bank")
+                t1 = time.perf_counter()
+                extract_seconds = t1 - t0
+                if cfg.bank_sampling == "coreset":
+                    sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, core, cancel).cpu()
+                else:  # seeded random subset (the plain baseline's bank)
+                    sel = torch.randperm(n_patches, generator=gen)[:n_keep].sort().values
+                bank = features[sel].contiguous()
+                del features
+                fg_model = fit_foreground(fg_grids, cfg.seed)
         except BaseException:
-            self.model, self.bank = old  # a cancelled or failed fit leaves the previous state
+            self.model, self.bank, self.fg_model = old  # a cancelled or failed fit leaves the previous state
             raise
         finally:
             self._cancel = None
         self.bank = bank.to(self.device)
+        self.fg_model = fg_model
         self.meta = {
             "backbone": backbone,
             "feature_dim": int(bank.shape[1]),
             "stage_channels": list(model.channels),
-            "grid": list(grid),
+            "resize": cfg.resize,
+            "grid": list(fg_grids[0].shape[:2]),
             "n_train": int(n_images),
             "n_crops": int(n_crops),
+            "views_per_crop": int(views),
             "n_patches": int(n_patches),
-            "patches_kept_per_crop": float(keep_frac),
+            "patches_kept_per_crop": float(keep_frac or 1.0),
             "bank_size": int(bank.shape[0]),
             "bank_mb": round(bank.numel() * 4 / 2 ** 20, 2),
+            "foreground_found": int(fg_model["side"]) != 0,
+            "foreground_clarity": round(float(fg_model["clarity"]), 3),
             "extract_seconds": round(extract_seconds, 3),
-            "coreset_seconds": round(time.perf_counter() - t1, 3),
+            "bank_seconds": round(time.perf_counter() - t1, 3),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
         if self._weights is not None:
             self.meta["weights"] = pinned_weights(self._weights)
         if progress:
             progress(1000, 1000, f"fitted: bank of {bank.shape[0]} patches x {bank.shape[1]} ({backbone})")
+
+    def describe_model(self) -> str:
+        """What the model is, in one line for the model panel and ``train`` (no scores)."""
+        m, cfg = self.meta, self.config
+        parts = [f"{m.get('backbone', cfg.backbone)}"]
+        shape = {"square": f"{cfg.image_size} x {cfg.image_size} square",
+                 "keep": f"aspect kept at {cfg.image_size}² px", "pad": f"aspect kept, padded to {cfg.image_size} px"}
+        parts.append(shape.get(cfg.resize, cfg.resize))
+        if cfg.tile_size:
+            parts.append(f"tiles of {cfg.tile_size} px")
+        if cfg.augment != "none":
+            parts.append(f"bank with {cfg.augment} copies")
+        if "bank_size" in m:
+            parts.append(f"bank of {m['bank_size']} patches")
+        if cfg.foreground:
+            parts.append("foreground only" if m.get("foreground_found") else "foreground: no plain background found, every patch counts")
+        return ", ".join(parts)
 
     # ------------------------------------------------------------------ score
     def score(self, images, progress=None, cancel=None, on_result=None, skipped=None):
@@ -255,47 +359,71 @@ class PatchCoreDetector(Detector):
         finally:
             self._cancel = None
 
-    def _patch_scores(self, feats: torch.Tensor) -> tuple[list[float], torch.Tensor]:
-        """Image scores (eq. 6-7) and (n, h, w) nearest-neighbour distance maps of (n, h, w, D) features."""
-        n, h, w, d = feats.shape
-        bank = self.bank
-        if self._index is None or self._index.bank is not bank:
-            self._index = BankIndex(bank)
-        scores, maps = [], []
-        for q in feats.reshape(n, h * w, d).float():
-            dist, idx = self._index.search(q, 1)
-            dist, idx = dist[:, 0], idx[:, 0]
-            scores.append(reweighted_score(dist, idx, q, bank, self.config.neighbours))
-            maps.append(dist.reshape(h, w))
-            check(self._cancel)
-        return scores, torch.stack(maps)
+    def _distances(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each patch's distance to, and index of, its nearest bank patch: ((h, w), (h, w))."""
+        h, w, d = feats.shape
+        if self._index is None or self._index.bank is not self.bank:
+            self._index = BankIndex(self.bank)
+        dist, idx = self._index.search(feats.reshape(h * w, d).float(), 1)
+        return dist[:, 0].reshape(h, w), idx[:, 0].reshape(h, w)
 
-    def _working_maps(self, grid_maps: torch.Tensor) -> torch.Tensor:
-        """3.3: patch distances upsampled (bilinear) to the working resolution, Gaussian-blurred."""
-        s = self.config.image_size
-        up = F.interpolate(grid_maps[:, None], size=(s, s), mode="bilinear", align_corners=False)[:, 0]
-        return gaussian_blur(up, self.config.blur_sigma)
+    def _scored(self, crop: _Crop) -> tuple[float, torch.Tensor]:
+        """(the crop's image score, its map in the valid part of its working frame)."""
+        cfg = self.config
+        dist, idx = self._distances(crop.feats)
+        vh, vw = crop.frame.valid
+        # 3.3: patch distances upsampled (bilinear) to the working frame, Gaussian-blurred
+        up = F.interpolate(dist[None, None], size=(vh, vw), mode="bilinear", align_corners=False)[0]
+        amap = gaussian_blur(up, cfg.blur_sigma)[0]
+        allowed = None
+        if cfg.foreground:
+            if self.fg_model is None:
+                raise ConfigError("foreground needs a model trained by this version: train it again")
+            allowed = foreground_mask(crop.feats, self.fg_model)
+        rule = cfg.image_score
+        if rule == "blurred_max":
+            if allowed is not None:
+                mask = F.interpolate(allowed[None, None].float(), size=(vh, vw), mode="nearest")[0, 0] > 0
+                return float(amap[mask].max()), amap
+            return float(amap.max()), amap
+        values = dist if allowed is None else dist[allowed]
+        if rule == "max":
+            return float(values.max()), amap
+        if rule == "top_mean":
+            return top_mean(values, cfg.top), amap
+        # reweighted (eq. 6-7), its s* taken among the allowed patches
+        flat_d = dist.flatten() if allowed is None else dist.masked_fill(~allowed, -1.0).flatten()
+        q = crop.feats.reshape(-1, crop.feats.shape[-1]).float()
+        return reweighted_score(flat_d, idx.flatten(), q, self.bank, cfg.neighbours), amap
 
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         results = []
         tiled = [self._crops(img) for img in images]
         crops = [c for cs, _ in tiled for c in cs]
-        scores, grid_maps = self._patch_scores(self._features(crops))
-        maps = self._working_maps(grid_maps).cpu().numpy()
+        feats = self._features(crops)
         k = 0
         for img, (cs, boxes) in zip(images, tiled):
-            tile_maps = [map_to_input(maps[k + j], (b - t, r - left)) for j, (t, left, b, r) in enumerate(boxes)]
-            tile_scores = scores[k:k + len(cs)]
+            tile_scores, tile_maps = [], []
+            for j, (t, left, b, r) in enumerate(boxes):
+                score, amap = self._scored(feats[k + j])
+                tile_scores.append(score)
+                tile_maps.append(map_to_input(amap.cpu().numpy(), (b - t, r - left)))
+                check(self._cancel)
             k += len(cs)
             amap = tile_maps[0] if len(boxes) == 1 else stitch(tile_maps, boxes, img.shape[:2])
-            score = float(max(tile_scores))
-            results.append(ScoreResult(score=score, anomaly_map=amap.astype(np.float32),
+            results.append(ScoreResult(score=float(max(tile_scores)), anomaly_map=amap.astype(np.float32),
                                        columns={"tiles": len(boxes)} if len(boxes) > 1 else {}))
         return results
 
     # ------------------------------------------------------------------ save / load
     def _state(self) -> dict[str, torch.Tensor]:
         out = {"memory_bank": self.bank.detach().cpu().contiguous()}
+        if self.config.stage_weighting == "standardize":
+            out["standardize.shift"] = self.model.shift.detach().cpu().contiguous()
+            out["standardize.scale"] = self.model.scale.detach().cpu().contiguous()
+        if self.fg_model is not None:
+            out.update({f"foreground.{k}": v.detach().cpu().reshape(-1).contiguous() if v.ndim else v.detach().cpu().reshape(1)
+                        for k, v in self.fg_model.items()})
         if self.model.kind in TEST_ONLY:  # random test backbones travel with the model
             out.update({f"stages.{k}": v.detach().cpu().contiguous() for k, v in self.model.stages.state_dict().items()})
         return out
@@ -303,17 +431,32 @@ class PatchCoreDetector(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = None
         model = self._build(str(meta["backbone"]))
-        if model.feature_dim != int(meta["feature_dim"]) or tensors["memory_bank"].shape[1] != model.feature_dim:
+        bank = tensors["memory_bank"]
+        if model.feature_dim != int(meta["feature_dim"]) or bank.ndim != 2 or bank.shape[1] != model.feature_dim:
             raise ValueError(f"backbone features of dimension {model.feature_dim} differ from the saved "
-                             f"bank's {tuple(tensors['memory_bank'].shape)}")
+                             f"bank's {tuple(bank.shape)}")
+        if not bank.is_floating_point() or bank.shape[0] < 1 or not bool(torch.isfinite(bank).all()):
+            raise ValueError("the memory bank is empty, not floating point or not finite")
         check_pinned_weights(self._weights, meta.get("weights"))
         if model.kind in TEST_ONLY:
             model.stages.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, strict=True)
+        if self.config.stage_weighting == "standardize":
+            model.load_standardization(tensors["standardize.shift"], tensors["standardize.scale"])
+        fg = None
+        if "foreground.side" in tensors:
+            fg = {"mean": tensors["foreground.mean"].float(), "direction": tensors["foreground.direction"].float(),
+                  "threshold": tensors["foreground.threshold"].float().reshape(()),
+                  "side": tensors["foreground.side"].long().reshape(()),
+                  "clarity": tensors["foreground.clarity"].float().reshape(())}
+            check_model(fg, model.feature_dim)
         self.model = model.to(self.device).eval()
-        self.bank = tensors["memory_bank"].float().to(self.device)
+        self.bank = bank.float().to(self.device)
+        self.fg_model = fg
+        self._index = None
 
     def _moved(self) -> None:
         if self.model is not None:
             self.model = self.model.to(self.device)
         if self.bank is not None:
             self.bank = self.bank.to(self.device)
+        self._index = None

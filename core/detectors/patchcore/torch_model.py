@@ -13,6 +13,14 @@ from torch import nn
 from core.detectors.backbones import build_stages
 
 
+#: How the stages share the patch feature (issue 24 measured them; docs/benchmarks.md):
+#: ``pool`` (the authors' code: each stage pooled to an equal share of ``feature_dim``),
+#: ``concat`` (the stages' channels as they are: the wider stage weighs more) and
+#: ``standardize`` (as they are, each channel standardised by its training mean and standard
+#: deviation and each stage scaled by 1 / sqrt(its channels), so both weigh the same).
+WEIGHTINGS = ("pool", "concat", "standardize")
+
+
 def auto_feature_dim(channels: tuple[int, ...]) -> int:
     """Default D: one equal share per stage at the widest stage's width, capped at the paper's 1024."""
     return min(1024, len(channels) * max(channels))
@@ -23,38 +31,82 @@ class PatchFeatures(nn.Module):
     (``f_agg``, patch size p = 3), the deeper map is upsampled bilinearly to the shallower one,
     and the result is reduced to ``feature_dim`` channels by adaptive average pooling.
 
-    As in the authors' code, each stage is first pooled to an equal share of ``feature_dim``
-    over its channel axis, so both stages weigh the same in the Euclidean distance whatever
-    their widths (a narrower stage is repeated, not averaged). DEPARTURE: the aggregation is a
+    ``weighting`` (:data:`WEIGHTINGS`): as in the authors' code (``pool``), each stage is first
+    pooled to an equal share of ``feature_dim`` over its channel axis, so both stages weigh the
+    same in the Euclidean distance whatever their widths (a narrower stage is repeated, not
+    averaged); or the stages are concatenated as they are (``concat``), or standardised
+    (``standardize``, see :meth:`set_standardization`). DEPARTURE: the aggregation is a
     mean over the 3 x 3 neighbourhood per channel (as anomalib does); the authors' code
     unfolds the C x 3 x 3 patch and pools that flattened vector, which mixes space and channels.
     """
 
-    def __init__(self, backbone: str, weights_file=None, feature_dim: int = 0, patch_size: int = 3) -> None:
+    def __init__(self, backbone: str, weights_file=None, feature_dim: int = 0, patch_size: int = 3,
+                 weighting: str = "pool") -> None:
         super().__init__()
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown stage weighting '{weighting}' (known: {', '.join(WEIGHTINGS)})")
         self.kind = backbone
+        self.weighting = weighting
         self.stages, mean, std = build_stages(backbone, weights_file)
         # channels-last: measured about twice as fast for EfficientNet's depthwise convolutions
         # on this CPU (docs/benchmarks.md); the values are the same
         self.stages = self.stages.to(memory_format=torch.channels_last)
         self.channels = tuple(self.stages.channels)
         self.stride = int(self.stages.strides[0])
-        self.feature_dim = int(feature_dim) or auto_feature_dim(self.channels)
-        if self.feature_dim % len(self.channels):
+        #: the deepest stage's stride: working frames are multiples of it
+        self.frame_stride = int(max(self.stages.strides))
+        if weighting == "pool":
+            self.feature_dim = int(feature_dim) or auto_feature_dim(self.channels)
+        else:
+            if feature_dim and int(feature_dim) != sum(self.channels):
+                raise ValueError(f"feature_dim={feature_dim} applies to weighting=pool only ({weighting} keeps the "
+                                 f"stages' {sum(self.channels)} channels)")
+            self.feature_dim = sum(self.channels)
+        if weighting == "pool" and self.feature_dim % len(self.channels):
             raise ValueError(f"feature_dim={self.feature_dim} must be a multiple of {len(self.channels)} (the stages)")
         self.patch_size = int(patch_size)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        # weighting=standardize: per-channel shift and scale learned from the training patches
+        self.register_buffer("shift", torch.zeros(self.feature_dim), persistent=False)
+        self.register_buffer("scale", torch.ones(self.feature_dim), persistent=False)
 
     def train(self, mode: bool = True) -> PatchFeatures:
         super().train(mode)
         self.stages.eval()  # frozen: batch norm keeps its ImageNet statistics
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_standardization(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """weighting=standardize: learn each channel's shift and scale from training patch
+        features (P, D) as the raw stages give them; returns (shift, scale) to save."""
+        if self.weighting != "standardize":
+            raise ValueError("standardization applies to weighting=standardize only")
+        f = features.double()
+        mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
+        per_stage = torch.cat([torch.full((c,), 1.0 / c ** 0.5, dtype=torch.float64) for c in self.channels])
+        self.shift.copy_(mean.float())
+        self.scale.copy_((per_stage / std).float())
+        return self.shift.clone(), self.scale.clone()
+
+    def load_standardization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        if shift.shape != self.shift.shape or scale.shape != self.scale.shape:
+            raise ValueError(f"standardization of shape {tuple(shift.shape)} does not fit {self.feature_dim} features")
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("standardization values are not finite positive scales")
+        self.shift.copy_(shift.float())
+        self.scale.copy_(scale.float())
+
+    def standardize(self, feats: torch.Tensor) -> torch.Tensor:
+        """(..., D) raw features to the standardised ones (identity unless weighting=standardize)."""
+        if self.weighting != "standardize":
+            return feats
+        return (feats - self.shift) * self.scale
+
+    def forward(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """(N, h, w, D) patch features; ``raw`` skips the standardization (used to learn it)."""
         maps = self.stages(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
         h, w = maps[0].shape[-2:]
-        share = self.feature_dim // len(maps)
+        share = self.feature_dim // len(maps) if self.weighting == "pool" else 0
         p = self.patch_size
         out = []
         for m in maps:
@@ -64,7 +116,8 @@ class PatchFeatures(nn.Module):
                 m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
             n, c = m.shape[:2]
             flat = m.permute(0, 2, 3, 1).reshape(-1, 1, c)
-            if c != share:  # adaptive average pooling over the channels to this stage's share
+            if share and c != share:  # adaptive average pooling over the channels to this stage's share
                 flat = F.adaptive_avg_pool1d(flat, share)
-            out.append(flat.reshape(n, h, w, share))
-        return torch.cat(out, dim=-1)
+            out.append(flat.reshape(n, h, w, flat.shape[-1]))
+        feats = torch.cat(out, dim=-1)
+        return feats if raw else self.standardize(feats)

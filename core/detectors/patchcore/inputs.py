@@ -1,0 +1,116 @@
+"""What PatchCore's backbone sees: the working frame of each image (square, aspect kept, padded),
+the training images' augmented copies, and where the padded part of a frame lies.
+
+Nothing here is in the paper, which resizes every image to 256 x 256 and crops 224 x 224
+(3.1 / 4.1): it works for MVTec's aligned square photographs. Parts that are not held in a
+fixture come in other shapes (MTD's tiles are 1 : 1 to 1 : 2.8) and in any orientation, and
+squashing a 1 : 2.5 strip into a square stretches its texture 2.5 times along one axis, so that
+a patch of one image never matches the same texture in another (issue 24; measured in
+docs/benchmarks.md, "PatchCore without a fixture").
+
+Resize rules (``resize``):
+- ``square`` (the paper's, without its crop): ``size`` x ``size`` whatever the shape.
+- ``keep``: the aspect kept, the area that of the square (so the same compute), each side a
+  multiple of the backbone's deepest stride.
+- ``pad``: the longer side ``size``, the aspect kept, padded to the square at the bottom and the
+  right with the image's mean colour; the padded patches are never scored or mapped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.data.images import resize, to_channels
+
+RESIZE_RULES = ("square", "keep", "pad")
+AUGMENTS = ("none", "flip", "rot4", "rot4+flip", "rot8")
+#: smallest working side (pixels); below it the stride-16 stage has almost no positions
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image's working frame: the tensor's (height, width) and the part of it the image
+    fills (the rest is padding), both in working pixels."""
+
+    shape: tuple[int, int]
+    valid: tuple[int, int]
+
+
+def _multiple(x: float, m: int) -> int:
+    return max(m, int(round(x / m)) * m)
+
+
+def working_frame(height: int, width: int, size: int, rule: str, stride: int) -> Frame:
+    """The frame an image of ``height`` x ``width`` is resized into under ``rule``."""
+    if rule == "square":
+        return Frame((size, size), (size, size))
+    if rule == "keep":
+        aspect = height / width
+        h = math.sqrt(size * size * aspect)
+        w = size * size / h
+        lo = max(stride, MIN_SIDE)
+        hh, ww = max(lo, _multiple(h, stride)), max(lo, _multiple(w, stride))
+        return Frame((hh, ww), (hh, ww))
+    if rule == "pad":
+        scale = size / max(height, width)
+        vh = max(1, min(size, int(round(height * scale))))
+        vw = max(1, min(size, int(round(width * scale))))
+        return Frame((size, size), (vh, vw))
+    raise ValueError(f"unknown resize rule '{rule}' (known: {', '.join(RESIZE_RULES)})")
+
+
+def to_frame(img: np.ndarray, frame: Frame) -> np.ndarray:
+    """(3, H, W) float32 array of ``img`` (H, W, C in [0, 1]) in its frame: area-resized into
+    the valid part, the rest filled with the image's mean colour."""
+    vh, vw = frame.valid
+    small = to_channels(resize(img, (vh, vw)), 3).astype(np.float32, copy=False)
+    if frame.valid == frame.shape:
+        out = small
+    else:
+        out = np.empty((*frame.shape, 3), np.float32)
+        out[...] = small.reshape(-1, 3).mean(0)
+        out[:vh, :vw] = small
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0).transpose(2, 0, 1))
+
+
+def valid_grid(frame: Frame, stride: int) -> tuple[int, int]:
+    """Rows and columns of the stride-``stride`` feature grid whose patch centre lies inside
+    the valid part of the frame (the grid of a padded frame is cropped to them)."""
+    vh, vw = frame.valid
+    return max(1, int(math.ceil(vh / stride - 0.5))), max(1, int(math.ceil(vw / stride - 0.5)))
+
+
+def augment_views(img: np.ndarray, rule: str) -> list[np.ndarray]:
+    """The copies of one training image that go into the memory bank (the image first).
+
+    ``flip``: and its mirror image; ``rot4``: the four right-angle rotations (exact);
+    ``rot4+flip``: those and their mirror images (the 8 symmetries of the square); ``rot8``: the
+    rotations by multiples of 45 degrees, the diagonal ones about the centre with the corners
+    filled by reflection (as ``benchmarks/unaligned.py`` fills them)."""
+    if rule == "none":
+        return [img]
+    if rule == "flip":
+        return [img, img[:, ::-1]]
+    rots = [np.rot90(img, k) for k in range(4)]
+    if rule == "rot4":
+        return rots
+    if rule == "rot4+flip":
+        return rots + [r[:, ::-1] for r in rots]
+    if rule == "rot8":
+        h, w = img.shape[:2]
+        m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), 45.0, 1.0)
+        diag = cv2.warpAffine(np.ascontiguousarray(img), m, (w, h), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT_101)
+        if diag.ndim == 2:
+            diag = diag[:, :, None]
+        return rots + [np.rot90(diag, k) for k in range(4)]
+    raise ValueError(f"unknown augmentation '{rule}' (known: {', '.join(AUGMENTS)})")
+
+
+def n_views(rule: str) -> int:
+    return {"none": 1, "flip": 2, "rot4": 4, "rot4+flip": 8, "rot8": 8}[rule]
