@@ -12,7 +12,6 @@ from torch import nn
 
 from core.detectors.backbones import build_stages
 
-
 #: How the stages share the patch feature (issue 24 measured them; docs/benchmarks.md):
 #: ``pool`` (the authors' code: each stage pooled to an equal share of ``feature_dim``),
 #: ``concat`` (the stages' channels as they are: the wider stage weighs more) and
