@@ -69,6 +69,11 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
                    help="zero-shot detectors: score the test split alone (default) or the whole dataset, training "
                         "and test images together as one unlabelled batch (the zero-shot paper's protocol; the "
                         "training images count as good)")
+    b.add_argument("--self-check", action=argparse.BooleanOptionalAction, default=None,
+                   help="self-check the trained model on synthetic defects and print it beside the real AUROC "
+                        "(default: on for the fast detectors)")
+    b.add_argument("--auto", action="store_true",
+                   help="let the detector choose its settings by self-check (no labels) before training")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
     b.add_argument("--scores", metavar="OUT.csv",
                    help="write every scored image's path, label (1 = defective), score and group to this CSV file")
@@ -105,6 +110,7 @@ def format_table(res: dict[str, Any]) -> str:
         ("F1-max", _fmt(m["f1_max"])),
         ("accuracy", _fmt(m["accuracy"])),
         ("recall", _fmt(m["recall"])),
+        *_self_check_rows(res.get("self_check"), res.get("auto")),
         *_grouping_rows(res.get("groupings")),
         ("", ""),
         ("fit", fit),
@@ -117,6 +123,20 @@ def format_table(res: dict[str, Any]) -> str:
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
+
+
+def _self_check_rows(check: dict[str, Any] | None, auto: list | None) -> list[tuple[str, str]]:
+    """The self-check beside the real AUROC (synthetic defects, no labels), and what auto chose."""
+    rows = []
+    if check:
+        sizes = ", ".join(f"{float(k):.0%} {_fmt(v, 3)}" for k, v in (check.get("by_size") or {}).items())
+        smallest = check.get("smallest_separated")
+        rows.append(("self-check AUROC", f"{_fmt(check.get('auroc'))} (synthetic defects; by size {sizes}; "
+                     f"separates down to {'none' if smallest is None else f'{smallest:.0%}'})"))
+    for c in auto or []:
+        if c.get("chosen"):
+            rows.append(("auto chose", " ".join(f"{k}={v}" for k, v in c["settings"].items()) or "its own settings"))
+    return rows
 
 
 def _training_rows(training: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -209,7 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
                         save_model=args.save_model, snapshot_minutes=args.snapshot_minutes,
                         snapshot_epochs=args.snapshot_epochs, zero_shot_batch=args.batch,
-                        per_image=per_image)
+                        per_image=per_image, self_check=args.self_check, auto=args.auto)
     except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
         raise UsageError(str(exc)) from None
     finally:

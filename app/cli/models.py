@@ -67,15 +67,24 @@ def _train(detector, good_dir: Path, args: argparse.Namespace):
     try:
         report = train_detector(detector, good, fpr=args.fpr if args.fpr is not None else DEFAULT_FPR,
                                 threshold=args.threshold, max_train=args.max_train, progress=bar,
-                                calibration=getattr(args, "calibration", None) or "holdout",
+                                calibration=getattr(args, "calibration", None),
                                 folds=getattr(args, "folds", None) or 5,
-                                estimator="tail" if getattr(args, "tail", False) else "empirical")
+                                estimator="tail" if getattr(args, "tail", False) else None,
+                                self_check=getattr(args, "self_check", None), auto=getattr(args, "auto", False))
     finally:
         bar.close()
     for s in report.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
-    info(f"trained {detector.name} on {report.n_train} good images in {report.fit_seconds:.1f}s; "
+    for c in report.candidates or []:
+        from core.engine.selfcheck import SelfCheck
+
+        sets = " ".join(f"{k}={v}" for k, v in c["settings"].items()) or "(its own settings)"
+        info(f"auto: {sets}: {SelfCheck.from_dict(c['self_check']).describe()}"
+             + ("  <- chosen" if c["chosen"] else ""), args.quiet)
+    info(f"trained {detector.describe_model()} in {report.fit_seconds:.1f}s; "
          f"{report.threshold.describe() if report.threshold else 'no threshold'}", args.quiet)
+    if report.self_check is not None:
+        info(report.self_check.describe(), args.quiet)
     _warn_threshold(report.threshold, args.quiet)
     return report
 
@@ -281,12 +290,18 @@ def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = Tru
     g.add_argument("--threshold", type=finite, metavar="T", help="flag scores above T (instead of calibrating)")
     g.add_argument("--fpr", type=fraction, metavar="F",
                    help=f"target false-positive rate for calibration (default {DEFAULT_FPR:g})")
-    sp.add_argument("--calibration", choices=("holdout", "kfold"), default="holdout",
-                    help="calibrate on held-out images (default) or on out-of-fold scores of all good images "
-                         "(kfold: --folds more trainings, for cheap detectors such as pixel-gaussian, ocsvm)")
+    sp.add_argument("--calibration", choices=("holdout", "kfold"), default=None,
+                    help="calibrate on held-out images or on out-of-fold scores of all good images (kfold: --folds "
+                         "more trainings, for cheap detectors); default: the detector's (see README, Threshold)")
     sp.add_argument("--folds", type=int_at_least(2), default=5, metavar="K", help="folds for --calibration kfold")
     sp.add_argument("--tail", action="store_true",
                     help="read the threshold from a fitted (log-)normal tail of the normal scores")
+    sp.add_argument("--self-check", action=argparse.BooleanOptionalAction, default=None,
+                    help="after training, score synthetic defects pasted into held-out good images and report the "
+                         "self-check AUROC (default: on for the fast detectors)")
+    sp.add_argument("--auto", action="store_true",
+                    help="try the detector's candidate settings and keep the one with the best self-check "
+                         "(no defect labels; costs one training per candidate)")
 
 
 def add_parsers(sub: Any) -> None:

@@ -76,6 +76,9 @@ class Detector(ABC):
     state_version: ClassVar[int] = 1
     #: Whether its training loop hands out learning-curve snapshots (see :meth:`_snapshots`).
     snapshots: ClassVar[bool] = False
+    #: Whether training self-checks the model on synthetic defects by default (it scores six
+    #: synthetic images per held-out image, up to 120: on for detectors that score fast).
+    self_check_default: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto") -> None:
         cfg = config if config is not None else self.config_class()
@@ -107,6 +110,22 @@ class Detector(ABC):
         if missing:
             return False, "; ".join(f"{r.name}: {r.reason}" for r in missing)
         return True, ""
+
+    # ----------------------------------------------------------------- training defaults
+    def default_calibration(self) -> tuple[str, str]:
+        """(calibration scheme, estimator) a training uses when not told: ``holdout`` /
+        ``empirical`` unless a detector measured better (see ``core.engine.workflows``)."""
+        return "holdout", "empirical"
+
+    def auto_candidates(self) -> list[dict[str, Any]]:
+        """Settings ``train --auto`` tries, each as overrides of this detector's config, its own
+        settings first; empty when the detector offers no choice."""
+        return []
+
+    def describe_model(self) -> str:
+        """What the trained model is, in one line (the model panel, ``train``)."""
+        n = self.meta.get("n_train")
+        return f"{self.name}" + (f", trained on {n} images" if n else "")
 
     # ----------------------------------------------------------------- public API
     def fit(

@@ -10,6 +10,8 @@ writes)::
      "timing": {"fit_seconds", "score_seconds", "score_images_per_second",
                 "peak_rss_mb", "peak_gpu_mb"},
      "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
+     "self_check": {"auroc", "by_size", "by_kind", "smallest_separated", "n_good", "n_synthetic"} | None,
+     "auto": [{"settings", "self_check", "chosen"}, ...] | None,
      "machine": {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                  "gpu", "torch"},
      "version"}
@@ -68,7 +70,7 @@ EVAL_SIZE = 256
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
 TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb", "peak_gpu_mb")
 RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch", "metrics",
-               "groupings", "timing", "training", "machine", "version")
+               "groupings", "timing", "training", "self_check", "auto", "machine", "version")
 #: What a trained model's ``meta`` says about its training, copied into the result's ``training``.
 TRAINING_KEYS = ("epochs_done", "steps", "stopped_by")
 #: Per-image columns handed to ``run_bench(per_image=...)`` (``bench --scores``).
@@ -255,6 +257,8 @@ def run_bench(
     snapshot_epochs: Sequence[int] = (),
     zero_shot_batch: str = "test",
     per_image: Optional[list] = None,
+    self_check: Optional[bool] = None,
+    auto: bool = False,
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -272,6 +276,10 @@ def run_bench(
     model was saved by ``bench`` on this dataset; otherwise accuracy and recall are ``None``.
     ``fit_seconds`` of a loaded model is the training time it was saved with (``None`` if
     unknown).
+
+    ``self_check`` / ``auto`` are :func:`~core.engine.workflows.train_detector`'s: the result's
+    ``self_check`` is the model's self-check (synthetic defects on its held-out images: no label
+    used) to put beside the real image AUROC, and ``auto`` lists the candidates ``auto`` tried.
 
     ``zero_shot_batch="all"`` (zero-shot detectors only) scores the training images and the test
     split together as one unlabelled batch, the training images counting as good (at most
@@ -364,7 +372,8 @@ def run_bench(
         _sync(dev)
         t0 = time.perf_counter()
         report = train_detector(detector, ImageSource(dataset.train), max_train=max_train,
-                                progress=SubProgress(progress, 0.0, 0.45), cancel=cancel)
+                                progress=SubProgress(progress, 0.0, 0.45), cancel=cancel, self_check=self_check,
+                                auto=auto)
         _sync(dev)
         fit_seconds = time.perf_counter() - t0
         n_train = report.n_train + report.n_calibration
@@ -445,6 +454,8 @@ def run_bench(
             "peak_gpu_mb": peak_gpu,
         },
         "training": {k: detector.meta[k] for k in TRAINING_KEYS if k in detector.meta} or None,
+        "self_check": detector.meta.get("self_check"),
+        "auto": detector.meta.get("auto"),
         "machine": machine_info(dev),
         "version": package_version(),
     }

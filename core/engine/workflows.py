@@ -22,6 +22,7 @@ import numpy as np
 
 from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector, FitError
+from core.engine.selfcheck import SelfCheck, run_self_check
 from core.grouping import DEFAULT_METHOD, GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
@@ -36,6 +37,9 @@ class TrainReport:
     threshold: Optional[Threshold]
     skipped: list[Skipped]
     fit_seconds: float
+    self_check: Optional[SelfCheck] = None
+    #: ``auto``: each candidate's settings and self-check, in the order tried (the chosen one marked)
+    candidates: Optional[list[dict]] = None
 
 
 def select_subset(n: int, max_n: int | None, seed: int) -> list[int]:
@@ -59,13 +63,14 @@ def calibration_images(good: ImageSource, max_train: int | None, seed: int) -> t
 
 def _calibrate_on(detector: Detector, images: ImageSource, fpr: float, progress: ProgressFn | None,
                   cancel: CancelToken | None, skipped: list[Skipped] | None = None,
-                  estimator: str = "empirical") -> tuple[Threshold, int]:
-    """Score held-out good ``images`` and calibrate at ``fpr``; returns (threshold, images scored)."""
+                  estimator: str = "empirical") -> tuple[Threshold, list[float]]:
+    """Score held-out good ``images`` and calibrate at ``fpr``; returns (threshold, their scores)."""
     results = detector.score(images, progress, cancel, skipped=skipped)
     if len(results) < 3:
         raise FitError(f"only {len(results)} held-out good images could be read; 3 are needed to calibrate the threshold")
+    scores = [r.score for r in results.values()]
     try:
-        return calibrate([r.score for r in results.values()], fpr, estimator), len(results)
+        return calibrate(scores, fpr, estimator), scores
     except ValueError as exc:  # no finite score among them
         raise FitError(f"cannot calibrate the threshold: {exc}") from None
 
@@ -96,10 +101,13 @@ def recalibrate(
 
 
 def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int,
-                             progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> list[float]:
+                             progress: ProgressFn | None = None, cancel: CancelToken | None = None,
+                             on_fold: Callable[[int, Detector, ImageSource, list[float]], None] | None = None,
+                             ) -> list[float]:
     """Out-of-fold scores of every image: ``folds`` fresh copies of ``detector`` (same class and
     settings), each trained on the other folds and scoring its own fold, so each score comes
-    from a model that never saw that image. Costs ``folds`` trainings: for cheap detectors."""
+    from a model that never saw that image. Costs ``folds`` trainings: for cheap detectors.
+    ``on_fold(j, model, held images, their scores)`` runs after each fold (the self-check)."""
     n = len(images)
     k = min(folds, n)
     if k < 2:
@@ -113,7 +121,10 @@ def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int
         clone.fit(images.subset(rest), SubProgress(progress, j / k, (j + 0.8) / k, f"fold {j + 1} of {k}"), cancel)
         check(cancel)
         res = clone.score(images.subset(held), SubProgress(progress, (j + 0.8) / k, (j + 1) / k, "scoring"), cancel)
-        scores += [r.score for r in res.values()]
+        fold_scores = [r.score for r in res.values()]
+        scores += fold_scores
+        if on_fold is not None:
+            on_fold(j, clone, images.subset(held), fold_scores)
     return scores
 
 
@@ -126,9 +137,11 @@ def train_detector(
     max_train: int | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
-    calibration: str = "holdout",
+    calibration: str | None = None,
     folds: int = 5,
-    estimator: str = "empirical",
+    estimator: str | None = None,
+    self_check: bool | None = None,
+    auto: bool = False,
 ) -> TrainReport:
     """Fit ``detector`` on good images and set its decision threshold.
 
@@ -137,10 +150,22 @@ def train_detector(
     With ``calibration="kfold"`` nothing is held out: the threshold is calibrated on the
     out-of-fold scores of all good images (:func:`cross_calibration_scores`, ``folds`` extra
     trainings) and the model is then trained on all of them. ``estimator="tail"`` reads the
-    threshold from a fitted tail (:func:`core.results.threshold.calibrate`).
+    threshold from a fitted tail (:func:`core.results.threshold.calibrate`). ``calibration`` and
+    ``estimator`` left at None take the detector's defaults (``Detector.default_calibration``).
+
+    ``self_check`` (None: the detector's ``self_check_default``) scores synthetic defects pasted
+    into held-out good images after training (:mod:`core.engine.selfcheck`) and records the
+    result in ``detector.meta["self_check"]``; with k-fold calibration the first fold's model and
+    images are used. ``auto`` first fits each of the detector's :meth:`auto_candidates` on the
+    fit images, self-checks each on the held-out ones and keeps the settings with the best
+    self-check (no defect label is used); the report lists every candidate.
+
     The detector is only changed when everything succeeded; a cancelled or failed training
     raises and leaves no half-trained state visible to the caller's saved models.
     """
+    cal_default, est_default = detector.default_calibration()
+    calibration = calibration or cal_default
+    estimator = estimator or est_default
     if calibration not in ("holdout", "kfold"):
         raise ValueError(f"calibration must be 'holdout' or 'kfold', not {calibration!r}")
     if len(good) == 0:
@@ -150,6 +175,12 @@ def train_detector(
     t0 = time.perf_counter()
     if detector.zero_shot:
         return TrainReport(0, 0, None, [], 0.0)
+    checking = detector.self_check_default if self_check is None else bool(self_check)
+    candidates = None
+    if auto:
+        candidates = _choose_settings(detector, good, max_train, fpr, SubProgress(progress, 0.0, 0.5, "auto"), cancel)
+        progress = SubProgress(progress, 0.5, 1.0, "training")
+    check_result: SelfCheck | None = None
     if threshold is not None:
         chosen = good.subset(select_subset(len(good), max_train, seed))
         thr = Threshold.explicit(threshold)
@@ -157,8 +188,14 @@ def train_detector(
         n_train, n_cal = len(chosen) - len(skipped), 0
     elif calibration == "kfold":
         chosen = good.subset(select_subset(len(good), max_train, seed))
+        checks: list[SelfCheck] = []
+
+        def first_fold_check(j: int, model: Detector, held: ImageSource, held_scores: list[float]) -> None:
+            if checking and j == 0:
+                checks.append(run_self_check(model, held, held_scores, seed, None, cancel))
+
         oof = cross_calibration_scores(detector, chosen, folds, SubProgress(progress, 0.0, 0.8, "cross-calibrating"),
-                                       cancel)
+                                       cancel, first_fold_check)
         if len(oof) < 3:
             raise FitError(f"only {len(oof)} good images could be scored; 3 are needed to calibrate the threshold")
         try:
@@ -167,19 +204,54 @@ def train_detector(
             raise FitError(str(exc)) from None
         detector.fit(chosen, SubProgress(progress, 0.8, 1.0, "training"), cancel, skipped)
         n_train, n_cal = len(chosen) - len(skipped), thr.n_calibration
+        check_result = checks[0] if checks else None
     else:
         fit_images, cal_images = calibration_images(good, max_train, seed)
-        detector.fit(fit_images, SubProgress(progress, 0.0, 0.9, "training"), cancel, skipped)
+        detector.fit(fit_images, SubProgress(progress, 0.0, 0.85, "training"), cancel, skipped)
         check(cancel)
         cal_skipped: list[Skipped] = []
-        thr, n_cal = _calibrate_on(detector, cal_images, fpr, SubProgress(progress, 0.9, 1.0, "calibrating"), cancel,
-                                   cal_skipped, estimator)
+        thr, cal_scores = _calibrate_on(detector, cal_images, fpr, SubProgress(progress, 0.85, 0.9, "calibrating"),
+                                        cancel, cal_skipped, estimator)
+        n_cal = len(cal_scores)
+        if checking:
+            check_result = run_self_check(detector, cal_images, cal_scores, seed,
+                                          SubProgress(progress, 0.9, 1.0, "self-check"), cancel)
         n_train = len(fit_images) - len(skipped)
         skipped += cal_skipped
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
     detector.meta["n_train"] = int(n_train)
-    return TrainReport(n_train, n_cal, thr, skipped, time.perf_counter() - t0)
+    if check_result is not None:
+        detector.meta["self_check"] = check_result.to_dict()
+    if candidates is not None:
+        detector.meta["auto"] = candidates
+    return TrainReport(n_train, n_cal, thr, skipped, time.perf_counter() - t0, check_result, candidates)
+
+
+def _choose_settings(detector: Detector, good: ImageSource, max_train: int | None, fpr: float,
+                     progress: ProgressFn | None, cancel: CancelToken | None) -> list[dict]:
+    """``auto``: fit each candidate of ``detector.auto_candidates()`` on the fit images, self-check
+    it on the held-out ones, and set ``detector.config`` to the best (the first among equals, so
+    the detector's own settings win a tie). Returns one record per candidate."""
+    options = detector.auto_candidates()
+    if not options:
+        raise FitError(f"{detector.name} has no settings for auto to choose from")
+    fit_images, cal_images = calibration_images(good, max_train, detector.config.seed)
+    records, best, best_key = [], None, None
+    for j, overrides in enumerate(options):
+        lo, hi = j / len(options), (j + 1) / len(options)
+        trial = type(detector)(detector.config.with_overrides(overrides), device=detector.device)
+        trial.fit(fit_images, SubProgress(progress, lo, lo + 0.7 * (hi - lo), f"candidate {j + 1} of {len(options)}"),
+                  cancel)
+        _, scores = _calibrate_on(trial, cal_images, fpr, None, cancel)
+        result = run_self_check(trial, cal_images, scores, detector.config.seed,
+                                SubProgress(progress, lo + 0.7 * (hi - lo), hi, "self-check"), cancel)
+        records.append({"settings": dict(overrides), "self_check": result.to_dict(), "chosen": False})
+        if best_key is None or result.selection_key > best_key:
+            best, best_key = j, result.selection_key
+    records[best]["chosen"] = True
+    detector.config = detector.config.with_overrides(options[best])
+    return records
 
 
 def scan_images(

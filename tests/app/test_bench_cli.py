@@ -59,8 +59,11 @@ def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.
     assert "bench:" in captured.err  # progress goes to stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                        "metrics", "groupings", "timing", "training", "machine", "version"}
+                        "metrics", "groupings", "timing", "training", "self_check", "auto", "machine", "version"}
     assert "machine" in captured.out
+    # pixel-gaussian self-checks by default: the synthetic defects' AUROC beside the real one
+    assert 0.0 <= res["self_check"]["auroc"] <= 1.0 and res["self_check"]["n_synthetic"] > 0
+    assert "self-check AUROC" in captured.out and res["auto"] is None
     assert res["groupings"] is None  # a trained detector's batch is not grouped
     assert res["category"] == "part" and res["device"] == "cpu" and res["n_test"] == 6
     for key in ("image_auroc", "pixel_auroc", "aupro", "f1_max"):

@@ -72,7 +72,7 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert tuple(result["metrics"]) == METRIC_KEYS
     assert tuple(result["timing"]) == TIMING_KEYS
     assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                           "metrics", "groupings", "timing", "training", "machine", "version"}
+                           "metrics", "groupings", "timing", "training", "self_check", "auto", "machine", "version"}
     assert result["training"] is None  # pixel-gaussian has no training loop
     assert set(result["machine"]) == {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                                       "gpu", "torch"}

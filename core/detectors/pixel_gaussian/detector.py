@@ -39,6 +39,7 @@ class PixelGaussianDetector(Detector):
     produces_maps = True
     config_class = PixelGaussianConfig
     min_train_images = 2
+    self_check_default = True
 
     config: PixelGaussianConfig
 

@@ -1,0 +1,154 @@
+"""Synthetic defects pasted into good images, for a model's self-check (issue 24, part 4).
+
+A model that has only seen good parts can still be asked how well it would see a defect: paste
+one into a held-out good image and see whether it scores above the good ones. Two kinds, each
+seeded and at several sizes:
+
+- ``cutpaste``: a rectangle cut from another good image (at another place), turned by a right
+  angle half of the time, pasted at a random place (CutPaste: Li, Sohn, Yoon, Pfister, CVPR 2021:
+  a patch of the image itself; here from another image, so the pasted content is normal and only
+  its place is wrong, as with a foreign part or a misplaced feature).
+- ``perlin``: a blob shaped by thresholded Perlin noise (as DRAEM, Zavrtanik et al., ICCV 2021,
+  shapes its anomalies), filled with another good image's content made darker or brighter by
+  20-40 % and blended in at 60-100 %: a stain, a spot, a burn, a scratch-like streak.
+
+``size`` is the defect's side as a fraction of the image's shorter side (for a Perlin blob, the
+side of the square it is drawn in). Images are float32 (H, W, C) in [0, 1], as
+:mod:`core.data.images` decodes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+KINDS = ("cutpaste", "perlin")
+#: defect sides as fractions of the image's shorter side
+SIZES = (0.04, 0.08, 0.16)
+
+
+@dataclass(frozen=True)
+class SyntheticDefect:
+    image: np.ndarray
+    mask: np.ndarray  # (H, W) bool: where the image was changed
+    kind: str
+    size: float
+
+
+def _rng(seed: int, *keys: object) -> np.random.Generator:
+    digest = hashlib.sha256(":".join(map(str, (seed, *keys))).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def perlin(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """2-D Perlin gradient noise of ``shape`` with ``cells`` lattice cells along the shorter side,
+    roughly in [-1, 1]."""
+    h, w = shape
+    cy = max(1, int(round(cells * h / min(h, w))))
+    cx = max(1, int(round(cells * w / min(h, w))))
+    angles = rng.uniform(0, 2 * math.pi, (cy + 1, cx + 1))
+    gy, gx = np.sin(angles), np.cos(angles)
+    y = np.linspace(0, cy, h, endpoint=False)[:, None] + np.zeros((1, w))
+    x = np.linspace(0, cx, w, endpoint=False)[None, :] + np.zeros((h, 1))
+    y0, x0 = np.floor(y).astype(int), np.floor(x).astype(int)
+    fy, fx = y - y0, x - x0
+
+    def dot(dy: int, dx: int) -> np.ndarray:
+        return gy[y0 + dy, x0 + dx] * (fy - dy) + gx[y0 + dy, x0 + dx] * (fx - dx)
+
+    def fade(t: np.ndarray) -> np.ndarray:
+        return t * t * t * (t * (t * 6 - 15) + 10)
+
+    u, v = fade(fx), fade(fy)
+    top = dot(0, 0) * (1 - u) + dot(0, 1) * u
+    bottom = dot(1, 0) * (1 - u) + dot(1, 1) * u
+    return (top * (1 - v) + bottom * v) * math.sqrt(2)
+
+
+def _like(img: np.ndarray, donor: np.ndarray) -> np.ndarray:
+    """``donor`` with ``img``'s size and channels."""
+    h, w = img.shape[:2]
+    out = cv2.resize(donor, (w, h), interpolation=cv2.INTER_AREA) if donor.shape[:2] != (h, w) else donor
+    if out.ndim == 2:
+        out = out[:, :, None]
+    c = img.shape[2]
+    if out.shape[2] != c:
+        out = out.mean(axis=2, keepdims=True) if c == 1 else np.repeat(out[:, :, :1], c, axis=2)
+    return out.astype(np.float32, copy=False)
+
+
+def cutpaste(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator) -> SyntheticDefect:
+    h, w = img.shape[:2]
+    side = max(2, int(round(size * min(h, w))))
+    aspect = float(rng.uniform(0.5, 2.0))
+    ph = max(2, min(h - 1, int(round(side * math.sqrt(aspect)))))
+    pw = max(2, min(w - 1, int(round(side / math.sqrt(aspect)))))
+    src = _like(img, donor)
+    sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    patch = src[sy:sy + ph, sx:sx + pw]
+    if rng.random() < 0.5 and ph <= w - 1 and pw <= h - 1:
+        patch = np.rot90(patch)
+    ph, pw = patch.shape[:2]
+    ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    out = img.copy()
+    out[ty:ty + ph, tx:tx + pw] = patch
+    mask = np.zeros((h, w), bool)
+    mask[ty:ty + ph, tx:tx + pw] = True
+    return SyntheticDefect(out, mask, "cutpaste", size)
+
+
+def perlin_blob(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator) -> SyntheticDefect:
+    h, w = img.shape[:2]
+    side = max(4, int(round(size * min(h, w))))
+    side = min(side, h, w)
+    for _ in range(8):  # a blob needs some area: draw again when the threshold leaves little
+        noise = perlin((side, side), int(rng.integers(2, 5)), rng)
+        blob = noise > float(rng.uniform(0.1, 0.4))
+        # keep it inside the square's inscribed disc so that it is a blob, not a square's corner
+        yy, xx = np.mgrid[:side, :side]
+        blob &= (yy - (side - 1) / 2) ** 2 + (xx - (side - 1) / 2) ** 2 <= (side / 2) ** 2
+        if blob.sum() >= max(4, 0.08 * side * side):
+            break
+    else:
+        blob = np.zeros((side, side), bool)
+        blob[side // 4:side - side // 4, side // 4:side - side // 4] = True
+    ty, tx = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    src = _like(img, donor)
+    sy, sx = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    fill = src[sy:sy + side, sx:sx + side]
+    shift = float(rng.uniform(0.2, 0.4)) * (1.0 if rng.random() < 0.5 else -1.0)
+    fill = np.clip(fill + shift, 0.0, 1.0)
+    beta = float(rng.uniform(0.6, 1.0))
+    out = img.copy()
+    region = out[ty:ty + side, tx:tx + side]
+    region[blob] = (1 - beta) * region[blob] + beta * fill[blob]
+    mask = np.zeros((h, w), bool)
+    mask[ty:ty + side, tx:tx + side] = blob
+    return SyntheticDefect(out, mask, "perlin", size)
+
+
+def synthetic_defects(images: Sequence[np.ndarray], seed: int = 0, sizes: Sequence[float] = SIZES,
+                      kinds: Sequence[str] = KINDS) -> list[SyntheticDefect]:
+    """One defect of every kind and size in each of ``images`` (good images, at least 2: the
+    content of a defect comes from another of them), in the order image, size, kind. Seeded:
+    the same images and seed give the same defects."""
+    if len(images) < 2:
+        raise ValueError("synthetic defects need at least 2 good images (one lends the other its content)")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown synthetic defect kinds {sorted(unknown)} (known: {', '.join(KINDS)})")
+    makers = {"cutpaste": cutpaste, "perlin": perlin_blob}
+    out = []
+    for i, img in enumerate(images):
+        for size in sizes:
+            for kind in kinds:
+                rng = _rng(seed, i, size, kind)
+                j = int(rng.integers(0, len(images) - 1))
+                donor = images[j if j < i else j + 1]
+                out.append(makers[kind](np.asarray(img, np.float32), np.asarray(donor, np.float32), size, rng))
+    return out

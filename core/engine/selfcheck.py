@@ -1,0 +1,107 @@
+"""A model's self-check: how well it separates synthetic defects from good parts it never saw,
+before any real defect exists (issue 24, part 4).
+
+After training, the held-out good images (those the threshold is calibrated on) are scored as
+they are and with synthetic defects pasted in (:mod:`core.data.synthetic`: CutPaste rectangles
+and Perlin blobs from another good image, at 4, 8 and 16 % of the shorter side). The
+**self-check AUROC** is the AUROC of the good scores against all the synthetic ones; per size,
+the AUROC of the good scores against that size's; the **smallest defect it separates** is the
+smallest size whose AUROC reaches :data:`SEPARATES` (0.9). No defect label is ever used.
+
+How well it predicts the real image AUROC is measured in docs/benchmarks.md ("Self-check"). It
+is a floor on what the model can see of *this kind* of defect; a real defect unlike both kinds
+(a subtle colour shift, a missing part) can still be missed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from core.data.images import ImageReadError, ImageSource
+from core.data.synthetic import KINDS, SIZES, synthetic_defects
+from core.detectors.base import Detector
+from core.metrics.auroc import auroc_from_split
+from core.runtime.cancel import CancelToken, check
+from core.runtime.progress import ProgressFn
+
+#: at most this many held-out good images get synthetic defects (each gets one of every kind
+#: and size: 6 images each); the good scores of all held-out images count
+MAX_BASE = 20
+#: the per-size AUROC at which a defect size counts as separated
+SEPARATES = 0.9
+
+
+@dataclass
+class SelfCheck:
+    auroc: float | None
+    by_size: dict[str, float | None]
+    by_kind: dict[str, float | None]
+    smallest_separated: float | None
+    n_good: int
+    n_synthetic: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SelfCheck:
+        return cls(**{k: d.get(k) for k in ("auroc", "by_size", "by_kind", "smallest_separated", "n_good",
+                                             "n_synthetic")})
+
+    @property
+    def selection_key(self) -> tuple[float, float]:
+        """What ``auto`` maximises: the mean of the per-size AUROCs (small defects count as much
+        as large ones, and it saturates later than the pooled AUROC), then the pooled AUROC."""
+        sizes = [v for v in self.by_size.values() if v is not None]
+        return (float(np.mean(sizes)) if sizes else 0.0, self.auroc or 0.0)
+
+    def describe(self) -> str:
+        if self.auroc is None:
+            return "self-check: not enough images"
+        smallest = (f"separates synthetic defects down to {self.smallest_separated:.0%} of the image side"
+                    if self.smallest_separated is not None else
+                    f"separates none of the synthetic defect sizes at AUROC {SEPARATES}")
+        return (f"self-check AUROC {self.auroc:.3f} ({self.n_synthetic} synthetic defects against "
+                f"{self.n_good} held-out good images); {smallest}")
+
+
+def _decoded(images: ImageSource, limit: int, seed: int) -> list[np.ndarray]:
+    """Up to ``limit`` readable images of ``images`` (a seeded choice when there are more)."""
+    order = np.random.default_rng(seed).permutation(len(images)).tolist() if len(images) > limit else range(len(images))
+    out = []
+    for i in order:
+        try:
+            out.append(images[i])
+        except ImageReadError:
+            continue
+        if len(out) >= limit:
+            break
+    return out
+
+
+def run_self_check(detector: Detector, good: ImageSource, good_scores: Sequence[float], seed: int = 0,
+                   progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> SelfCheck:
+    """Score synthetic defects pasted into (up to :data:`MAX_BASE` of) the held-out good
+    images ``good`` with the trained ``detector``; ``good_scores`` are the scores of those held-out
+    images (already computed for the threshold)."""
+    goods = np.array([s for s in good_scores if np.isfinite(s)], dtype=np.float64)
+    base = _decoded(good, MAX_BASE, seed)
+    if len(base) < 2 or goods.size < 2:
+        return SelfCheck(None, {}, {}, None, int(goods.size), 0)
+    defects = synthetic_defects(base, seed)
+    check(cancel)
+    results = detector.score(ImageSource([d.image for d in defects]), progress, cancel)
+    scored = [(defects[i], r.score) for i, r in sorted(results.items()) if np.isfinite(r.score)]
+
+    def auroc(pick) -> float | None:
+        pos = np.array([s for d, s in scored if pick(d)], dtype=np.float64)
+        return auroc_from_split(pos, goods) if pos.size else None
+
+    by_size = {f"{size:g}": auroc(lambda d, size=size: d.size == size) for size in SIZES}
+    by_kind = {kind: auroc(lambda d, kind=kind: d.kind == kind) for kind in KINDS}
+    separated = [size for size in SIZES if (by_size[f"{size:g}"] or 0.0) >= SEPARATES]
+    return SelfCheck(auroc(lambda d: True), by_size, by_kind, min(separated) if separated else None,
+                     int(goods.size), len(scored))
