@@ -234,3 +234,20 @@ def test_unaligned_variant_moves_each_mask_with_its_image_and_is_seeded(tmp_path
     # the draw depends on the seed and the image's path only
     assert draw(3, "test/crack/000.png", 0.1) == draw(3, "test/crack/000.png", 0.1)
     assert draw(3, "test/crack/000.png", 0.1) != draw(4, "test/crack/000.png", 0.1)
+
+
+def test_calibration_fpr_runs_any_detector_on_an_mvtec_folder(tmp_path: Path) -> None:
+    from benchmarks.calibration_fpr import run, table
+
+    rng = np.random.default_rng(4)
+    for i in range(14):
+        _png(tmp_path / "part" / "train" / "good" / f"{i:03d}.png", rng.integers(90, 110, (40, 56, 3), dtype=np.uint8))
+    for i in range(4):
+        _png(tmp_path / "part" / "test" / "good" / f"{i:03d}.png", rng.integers(90, 110, (40, 56, 3), dtype=np.uint8))
+    rows = run(str(tmp_path / "part"), [10], 1, "cpu", "patchcore",
+               {"backbone": "tiny-random", "image_size": "32", "resize": "keep"})
+    assert {(r["scheme"], r["estimator"]) for r in rows} == {(s, e) for s in ("holdout", "kfold")
+                                                              for e in ("empirical", "tail")}
+    assert all(r["detector"] == "patchcore" and r["n_unseen_good"] == 4 + 4 and 0 <= r["observed_fpr"] <= 1
+               for r in rows)
+    assert "| part | 10 | kfold | tail |" in table(rows)
