@@ -14,6 +14,9 @@ WideResNet-50, strides 8 and 16), neither too generic (early) nor too ImageNet-s
   and 120), found from the blocks' strides, not hard-coded.
 - ``tiny-random``: a seeded two-stage random CNN, FOR TESTS ONLY; its weights travel in the
   saved model.
+- ``A+B`` (``efficientnet-lite0+efficientnet-lite2``): both networks on the same input, their
+  stages concatenated (four stages: each network's stride 8 and 16), measured for PatchCore in
+  issue 24. Parts must share the input normalisation.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-BACKBONES = ("wide-resnet50-2", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "tiny-random")
+BACKBONES = ("wide-resnet50-2", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2",
+             "efficientnet-lite0+efficientnet-lite2", "tiny-random")
 #: The weight set of the store each real backbone loads.
 BACKBONE_WEIGHTS = {
     "wide-resnet50-2": "wide-resnet50-2-imagenet",
@@ -135,8 +139,39 @@ class TinyRandomStages(nn.Module):
         return [a, self.b(a)]
 
 
-def build_stages(kind: str, weights_file: Optional[Path]) -> tuple[nn.Module, tuple, tuple]:
-    """(frozen module: normalised images -> [shallow map, deep map], input mean, input std)."""
+def backbone_parts(kind: str) -> list[str]:
+    """The networks of a backbone: ``A+B`` is two, anything else one."""
+    return kind.split("+")
+
+
+class ConcatStages(nn.Module):
+    """Several stage extractors on the same input: their maps in order (each network's shallow
+    then deep map), their channels and strides concatenated."""
+
+    def __init__(self, nets: list[nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.channels = tuple(c for n in nets for c in n.channels)
+        self.strides = tuple(s for n in nets for s in n.strides)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [m for net in self.nets for m in net(x)]
+
+
+def build_stages(kind: str, weights_file) -> tuple[nn.Module, tuple, tuple]:
+    """(frozen module: normalised images -> [shallow map, deep map, ...], input mean, input std).
+
+    ``weights_file`` is a path, or one path per part of an ``A+B`` backbone."""
+    parts = backbone_parts(kind)
+    if len(parts) > 1:
+        files = list(weights_file) if isinstance(weights_file, (list, tuple)) else [weights_file] * len(parts)
+        if len(files) != len(parts):
+            raise ValueError(f"{kind} needs {len(parts)} weight files, got {len(files)}")
+        built = [build_stages(p, f) for p, f in zip(parts, files)]
+        if len({(b[1], b[2]) for b in built}) != 1:
+            raise ValueError(f"the parts of {kind} normalise their input differently: they cannot share one")
+        net = ConcatStages([b[0] for b in built])
+        return net.eval(), built[0][1], built[0][2]
     if kind in TIMM_ARCH:
         net: nn.Module = TimmResNetStages(TIMM_ARCH[kind], weights_file)
         mean, std = IMAGENET_MEAN, IMAGENET_STD

@@ -449,3 +449,27 @@ def test_a_model_saved_before_the_new_settings_reads_them_as_it_was_trained(tmp_
     cfg, _ = PatchCoreConfig.from_dict(doc["config"])
     assert (cfg.resize, cfg.stage_weighting, cfg.distance, cfg.augment, cfg.bank_sampling) == (
         "square", "pool", "l2", "none", "coreset")
+
+
+def test_two_backbones_concatenate_their_stages(tmp_path):
+    both = PatchFeatures("tiny-random+tiny-random", None, weighting="concat")
+    assert both.channels == (8, 16, 8, 16) and both.stride == 2 and both.frame_stride == 4
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        f = both(x)
+        one = PatchFeatures("tiny-random", None, weighting="concat")(x)
+    assert f.shape == (2, 16, 16, 48)
+    assert torch.allclose(f, torch.cat([one, one], dim=-1))  # the same seeded net twice: its features twice
+    locs = [store.locate(bb.BACKBONE_WEIGHTS[k]) for k in ("efficientnet-lite0", "efficientnet-lite2")]
+    if None in locs:
+        pytest.skip("EfficientNet-Lite0/Lite2 weights not installed")
+    real = PatchFeatures("efficientnet-lite0+efficientnet-lite2", [loc.path for loc in locs])
+    assert real.channels == (40, 112, 48, 120)
+    with torch.no_grad():
+        assert real(torch.rand(1, 3, 64, 64)).shape == (1, 8, 8, min(1024, 4 * 120))
+    det = PatchCoreDetector(PatchCoreConfig(backbone="efficientnet-lite0+efficientnet-lite2", image_size=64,
+                                            coreset_ratio=0.5), device="cpu")
+    det.fit(ImageSource(parts(3, size=64)))
+    assert [w["name"] for w in det.meta["weights"]] == ["efficientnet-lite0-imagenet", "efficientnet-lite2-imagenet"]
+    det.save(tmp_path / "m")
+    assert torch.equal(load_model(tmp_path / "m", device="cpu").bank, det.bank)

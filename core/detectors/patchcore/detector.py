@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.images import Skipped, iter_batches
-from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
+from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY, backbone_parts
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import gaussian_blur, map_to_input
 from core.detectors.config import ConfigError, DetectorConfig
@@ -119,7 +119,7 @@ class PatchCoreConfig(DetectorConfig):
     def validate(self) -> None:
         super().validate()
         if self.weights_path and self.backbone not in BACKBONE_WEIGHTS:
-            raise ConfigError(f"weights_path needs one of the backbones {', '.join(BACKBONE_WEIGHTS)}")
+            raise ConfigError(f"weights_path needs one of the single backbones {', '.join(BACKBONE_WEIGHTS)}")
         if self.feature_dim % 2:
             raise ConfigError(f"feature_dim={self.feature_dim} must be even (two stages share it)")
         if self.feature_dim and self.stage_weighting != "pool":
@@ -164,7 +164,7 @@ class PatchCoreDetector(Detector):
         self.model: PatchFeatures | None = None
         self.bank: torch.Tensor | None = None
         self.fg_model: dict[str, torch.Tensor] | None = None
-        self._weights: tuple[str, store.Location] | None = None
+        self._weights: list[tuple[str, store.Location]] = []
         self._cancel: CancelToken | None = None
         self._index: BankIndex | None = None
 
@@ -176,20 +176,45 @@ class PatchCoreDetector(Detector):
 
     @staticmethod
     def backbone_availability(kind: str) -> tuple[bool, str]:
-        """Whether one backbone can be built here, and why not."""
-        return backbone_weights_available(kind, BACKBONE_WEIGHTS, TEST_ONLY)
+        """Whether one backbone (each part of an ``A+B`` one) can be built here, and why not."""
+        for part in backbone_parts(kind):
+            ok, why = backbone_weights_available(part, BACKBONE_WEIGHTS, TEST_ONLY)
+            if not ok:
+                return ok, why
+        return True, ""
 
     def _build(self, backbone: str) -> PatchFeatures:
         cfg = self.config
-        weights_file: Path | None = None
-        if backbone in BACKBONE_WEIGHTS:
-            ok, why = self.backbone_availability(backbone)
+        parts = backbone_parts(backbone)
+        if cfg.weights_path and len(parts) > 1:
+            raise store.WeightsError(f"weights_path names one file; {backbone} needs {len(parts)}: use the weights store")
+        files: list[Path | None] = []
+        pins: list[tuple[str, store.Location]] = []
+        for part in parts:
+            if part not in BACKBONE_WEIGHTS:
+                files.append(None)
+                continue
+            ok, why = backbone_weights_available(part, BACKBONE_WEIGHTS, TEST_ONLY)
             if not ok and not cfg.weights_path:
-                raise store.MissingWeightsError(f"backbone {backbone} is unavailable: {why}")
-            loc = store.resolve(BACKBONE_WEIGHTS[backbone], cfg.weights_path or None)
-            weights_file = loc.path
-            self._weights = (BACKBONE_WEIGHTS[backbone], loc)
-        return PatchFeatures(backbone, weights_file, cfg.feature_dim, cfg.patch_size, cfg.stage_weighting)
+                raise store.MissingWeightsError(f"backbone {part} is unavailable: {why}")
+            loc = store.resolve(BACKBONE_WEIGHTS[part], cfg.weights_path or None)
+            files.append(loc.path)
+            pins.append((BACKBONE_WEIGHTS[part], loc))
+        self._weights = pins
+        return PatchFeatures(backbone, files if len(parts) > 1 else files[0], cfg.feature_dim, cfg.patch_size,
+                             cfg.stage_weighting)
+
+    def _pinned(self) -> dict[str, Any] | list[dict[str, Any]] | None:
+        """What the model records of its pretrained weights: one record, or one per part."""
+        records = [pinned_weights(w) for w in self._weights or []]
+        if not records:
+            return None
+        return records[0] if len(records) == 1 else records
+
+    def _check_pinned(self, saved: Any) -> None:
+        records = saved if isinstance(saved, list) else [saved]
+        for w, rec in zip(self._weights or [], records):
+            check_pinned_weights(w, rec)
 
     # ------------------------------------------------------------------ features
     def _crops(self, img: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
@@ -246,7 +271,7 @@ class PatchCoreDetector(Detector):
         total = len(images)
         t0 = time.perf_counter()
         backbone = resolve_backbone(cfg)
-        self._weights = None
+        self._weights = []
         self._cancel = cancel
         try:
             model = self._build(backbone).to(self.device).eval()
@@ -330,8 +355,8 @@ class PatchCoreDetector(Detector):
             "bank_seconds": round(time.perf_counter() - t1, 3),
             "fit_seconds": round(time.perf_counter() - t0, 3),
         }
-        if self._weights is not None:
-            self.meta["weights"] = pinned_weights(self._weights)
+        if self._weights:
+            self.meta["weights"] = self._pinned()
         if progress:
             progress(1000, 1000, f"fitted: bank of {bank.shape[0]} patches x {bank.shape[1]} ({backbone})")
 
@@ -427,12 +452,12 @@ class PatchCoreDetector(Detector):
         if self.fg_model is not None:
             out.update({f"foreground.{k}": v.detach().cpu().reshape(-1).contiguous() if v.ndim else v.detach().cpu().reshape(1)
                         for k, v in self.fg_model.items()})
-        if self.model.kind in TEST_ONLY:  # random test backbones travel with the model
+        if any(p in TEST_ONLY for p in backbone_parts(self.model.kind)):  # random test backbones travel with the model
             out.update({f"stages.{k}": v.detach().cpu().contiguous() for k, v in self.model.stages.state_dict().items()})
         return out
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        self._weights = None
+        self._weights = []
         model = self._build(str(meta["backbone"]))
         bank = tensors["memory_bank"]
         if model.feature_dim != int(meta["feature_dim"]) or bank.ndim != 2 or bank.shape[1] != model.feature_dim:
@@ -440,8 +465,8 @@ class PatchCoreDetector(Detector):
                              f"bank's {tuple(bank.shape)}")
         if not bank.is_floating_point() or bank.shape[0] < 1 or not bool(torch.isfinite(bank).all()):
             raise ValueError("the memory bank is empty, not floating point or not finite")
-        check_pinned_weights(self._weights, meta.get("weights"))
-        if model.kind in TEST_ONLY:
+        self._check_pinned(meta.get("weights"))
+        if any(p in TEST_ONLY for p in backbone_parts(model.kind)):
             model.stages.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, strict=True)
         if self.config.stage_weighting == "standardize":
             model.load_standardization(tensors["standardize.shift"], tensors["standardize.scale"])
