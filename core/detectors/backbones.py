@@ -22,7 +22,6 @@ WideResNet-50, strides 8 and 16), neither too generic (early) nor too ImageNet-s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
