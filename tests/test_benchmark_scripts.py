@@ -251,3 +251,21 @@ def test_calibration_fpr_runs_any_detector_on_an_mvtec_folder(tmp_path: Path) ->
     assert all(r["detector"] == "patchcore" and r["n_unseen_good"] == 4 + 4 and 0 <= r["observed_fpr"] <= 1
                for r in rows)
     assert "| part | 10 | kfold | tail |" in table(rows)
+
+
+def test_ablation_table_names_what_each_row_changed(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.ablation_table import rows
+
+    def doc(**cfg):
+        return {"config": {"seed": 0, "resize": "square", "top": 0.01, **cfg},
+                "metrics": {"image_auroc": 0.9, "pixel_auroc": None, "aupro": 0.5},
+                "timing": {"fit_seconds": 10.0, "score_images_per_second": 20.0}, "self_check": {"auroc": 0.8}}
+
+    (tmp_path / "d-default.json").write_text(json.dumps(doc()))
+    (tmp_path / "d-resize-keep.json").write_text(json.dumps(doc(resize="keep")))
+    (tmp_path / "d-x.part.json").write_text("{")  # a run in progress is skipped
+    table = rows(sorted(tmp_path.glob("*.json")))
+    assert table[2].startswith("| d-default | — | 0.900 | n/a | 0.500 | 0.800 | 10 | 20.0 |")
+    assert table[3].startswith("| d-resize-keep | resize=keep |") and len(table) == 4
