@@ -290,9 +290,10 @@ def add_model_options(sp: argparse.ArgumentParser, detector_required: bool = Tru
     g.add_argument("--threshold", type=finite, metavar="T", help="flag scores above T (instead of calibrating)")
     g.add_argument("--fpr", type=fraction, metavar="F",
                    help=f"target false-positive rate for calibration (default {DEFAULT_FPR:g})")
-    sp.add_argument("--calibration", choices=("holdout", "kfold"), default=None,
-                    help="calibrate on held-out images or on out-of-fold scores of all good images (kfold: --folds "
-                         "more trainings, for cheap detectors); default: the detector's (see README, Threshold)")
+    sp.add_argument("--calibration", choices=("holdout", "kfold", "auto"), default=None,
+                    help="calibrate on held-out images, on out-of-fold scores of all good images (kfold: --folds "
+                         "more trainings, for cheap detectors), or auto (kfold, and a fitted tail, when the good "
+                         "images are too few for the FPR); default: the detector's (see README, Threshold)")
     sp.add_argument("--folds", type=int_at_least(2), default=5, metavar="K", help="folds for --calibration kfold")
     sp.add_argument("--tail", action="store_true",
                     help="read the threshold from a fitted (log-)normal tail of the normal scores")

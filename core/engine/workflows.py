@@ -128,6 +128,24 @@ def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int
     return scores
 
 
+def auto_calibration(n_good: int, fpr: float, calibration: str = "auto", estimator: str = "auto") -> tuple[str, str]:
+    """Resolve ``auto`` calibration for ``n_good`` good images at target ``fpr``: cross-calibrate
+    (``kfold``) when the held-out images would be fewer than 1 / fpr (they cannot support the
+    rate), and read a fitted ``tail`` when the calibration scores are fewer than 1 / fpr (the
+    empirical quantile then is just their maximum). Measured with ``benchmarks/calibration_fpr.py``
+    (docs/reliability.md). Values other than ``auto`` pass through."""
+    need = math.ceil(1.0 / fpr) if fpr > 0 else math.inf
+    try:
+        n_hold = len(split_calibration(n_good)[1])
+    except ValueError:  # too few to hold any out: train_detector says so
+        n_hold = 0
+    if calibration == "auto":
+        calibration = "kfold" if n_hold < need and n_good >= 2 else "holdout"
+    if estimator == "auto":
+        estimator = "tail" if (n_good if calibration == "kfold" else n_hold) < need else "empirical"
+    return calibration, estimator
+
+
 def train_detector(
     detector: Detector,
     good: ImageSource,
@@ -151,7 +169,8 @@ def train_detector(
     out-of-fold scores of all good images (:func:`cross_calibration_scores`, ``folds`` extra
     trainings) and the model is then trained on all of them. ``estimator="tail"`` reads the
     threshold from a fitted tail (:func:`core.results.threshold.calibrate`). ``calibration`` and
-    ``estimator`` left at None take the detector's defaults (``Detector.default_calibration``).
+    ``estimator`` left at None take the detector's defaults (``Detector.default_calibration``);
+    ``auto`` chooses by the number of good images (:func:`auto_calibration`).
 
     ``self_check`` (None: the detector's ``self_check_default``) scores synthetic defects pasted
     into held-out good images after training (:mod:`core.engine.selfcheck`) and records the
@@ -166,11 +185,13 @@ def train_detector(
     cal_default, est_default = detector.default_calibration()
     calibration = calibration or cal_default
     estimator = estimator or est_default
-    if calibration not in ("holdout", "kfold"):
-        raise ValueError(f"calibration must be 'holdout' or 'kfold', not {calibration!r}")
+    if calibration not in ("holdout", "kfold", "auto"):
+        raise ValueError(f"calibration must be 'holdout', 'kfold' or 'auto', not {calibration!r}")
     if len(good) == 0:
         raise FitError("no good images to train on (the folder holds no image files)")
     seed = detector.config.seed
+    calibration, estimator = auto_calibration(len(select_subset(len(good), max_train, seed)), fpr, calibration,
+                                              estimator)
     skipped: list[Skipped] = []
     t0 = time.perf_counter()
     if detector.zero_shot:

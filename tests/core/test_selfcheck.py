@@ -109,3 +109,17 @@ def test_auto_keeps_the_candidate_with_the_best_self_check(monkeypatch):
     plain = create_detector("pixel-gaussian", {"image_size": 48}, device="cpu")
     with pytest.raises(FitError, match="no settings for auto"):
         train_detector(plain, ImageSource(gradients(24)), auto=True)
+
+
+def test_auto_calibration_follows_the_number_of_good_images():
+    from core.engine.workflows import auto_calibration
+
+    # 40 good images hold out 4: too few for 1 % -> all 40 out-of-fold, still < 100 -> a fitted tail
+    assert auto_calibration(40, 0.01) == ("kfold", "tail")
+    # 2,000 hold out 200 >= 100: held out, the empirical quantile
+    assert auto_calibration(2000, 0.01) == ("holdout", "empirical")
+    # 500 hold out 50 < 100 -> k-fold over 500 >= 100 -> empirical
+    assert auto_calibration(500, 0.01) == ("kfold", "empirical")
+    assert auto_calibration(40, 0.25) == ("holdout", "empirical")  # 4 held out support 1 / 4
+    assert auto_calibration(40, 0.01, "holdout", "auto") == ("holdout", "tail")
+    assert auto_calibration(40, 0.01, "kfold", "empirical") == ("kfold", "empirical")  # explicit choices pass
