@@ -269,3 +269,17 @@ def test_ablation_table_names_what_each_row_changed(tmp_path: Path) -> None:
     table = rows(sorted(tmp_path.glob("*.json")))
     assert table[2].startswith("| d-default | — | 0.900 | n/a | 0.500 | 0.800 | 10 | 20.0 |")
     assert table[3].startswith("| d-resize-keep | resize=keep |") and len(table) == 4
+
+
+def test_omp_wait_benchmark_measures_each_policy_in_its_own_process(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "omp.json"
+    subprocess.run([sys.executable, "benchmarks/bench_omp_wait.py", "--repeat", "1", "--json", str(out)],
+                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"default (spin)", "OMP_WAIT_POLICY=PASSIVE", "GOMP_SPINCOUNT=1000"}
+    assert all({"faiss", "addmm"} <= set(r) for r in doc["results"].values())
+    assert doc["extra_load_processes"] == 0
