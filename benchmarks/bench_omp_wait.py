@@ -38,17 +38,23 @@ POLICIES = {
 CHILD = r"""
 import json, statistics, sys, time
 sys.path.insert(0, {repo!r})
-import numpy as np, torch, faiss
+import numpy as np, faiss
 repeat = {repeat}
+wanted = {cases!r}
 rng = np.random.default_rng(0)
 bank = rng.normal(size=(20000, 224)).astype(np.float32)
 q = rng.normal(size=(784, 224)).astype(np.float32)
 index = faiss.IndexFlatL2(224)
 index.add(bank)
-b, qq = torch.from_numpy(bank), torch.from_numpy(q)
-bsq = (b * b).sum(1)
-cases = {{"faiss": lambda: index.search(q, 1), "addmm": lambda: torch.addmm(bsq[None], qq, b.T, alpha=-2).min(1)}}
+cases = {{"faiss": lambda: index.search(q, 1)}}
+if "addmm" in wanted or "lite0" in wanted:
+    import torch
+    b, qq = torch.from_numpy(bank), torch.from_numpy(q)
+    bsq = (b * b).sum(1)
+    cases["addmm"] = lambda: torch.addmm(bsq[None], qq, b.T, alpha=-2).min(1)
 try:
+    if "lite0" not in wanted:
+        raise ImportError("not asked for")
     from core.detectors.backbones import BACKBONE_WEIGHTS
     from core.detectors.patchcore.torch_model import PatchFeatures
     from core.io import weights as store
@@ -64,6 +70,8 @@ except Exception as exc:  # noqa: BLE001 - report and go on without it
     print("lite0 skipped:", exc, file=sys.stderr)
 out = {{}}
 for name, fn in cases.items():
+    if name not in wanted:
+        continue
     fn()
     times = []
     for _ in range(repeat):
@@ -78,12 +86,14 @@ def _spin() -> None:
         pass
 
 
-def measure(repeat: int) -> dict:
+def measure(repeat: int, cases: tuple[str, ...] = ("faiss", "addmm", "lite0"),
+            policies: tuple[str, ...] = tuple(POLICIES)) -> dict:
     results = {}
-    for label, env in POLICIES.items():
+    for label in policies:
+        env = POLICIES[label]
         child_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
         child_env.update(env)
-        proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO), repeat=repeat)], env=child_env,
+        proc = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO), repeat=repeat, cases=list(cases))], env=child_env,
                               capture_output=True, text=True, check=True)
         results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(label, {k: round(v["median_s"], 4) for k, v in results[label].items()}, flush=True)
@@ -94,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--load", type=int, default=0, help="busy-looping processes to run beside it")
+    ap.add_argument("--cases", default="faiss,addmm,lite0", help="comma-separated: faiss, addmm, lite0")
+    ap.add_argument("--policies", type=int, default=len(POLICIES), help="measure the first N policies only")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         p.start()
     try:
         t0 = time.perf_counter()
-        results = measure(args.repeat)
+        results = measure(args.repeat, tuple(args.cases.split(",")), tuple(POLICIES)[:args.policies])
         load = os.getloadavg()[0]
     finally:
         for p in spinners:

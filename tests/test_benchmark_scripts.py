@@ -277,9 +277,10 @@ def test_omp_wait_benchmark_measures_each_policy_in_its_own_process(tmp_path: Pa
     import sys
 
     out = tmp_path / "omp.json"
-    subprocess.run([sys.executable, "benchmarks/bench_omp_wait.py", "--repeat", "1", "--json", str(out)],
-                   check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "benchmarks/bench_omp_wait.py", "--repeat", "1", "--cases", "faiss",
+                    "--policies", "2", "--json", str(out)], check=True, capture_output=True,
+                   cwd=Path(__file__).resolve().parents[1])
     doc = json.loads(out.read_text())
-    assert set(doc["results"]) == {"default (spin)", "OMP_WAIT_POLICY=PASSIVE", "GOMP_SPINCOUNT=1000"}
-    assert all({"faiss", "addmm"} <= set(r) for r in doc["results"].values())
+    assert set(doc["results"]) == {"default (spin)", "OMP_WAIT_POLICY=PASSIVE"}
+    assert all(set(r) == {"faiss"} and r["faiss"]["median_s"] > 0 for r in doc["results"].values())
     assert doc["extra_load_processes"] == 0
