@@ -60,7 +60,7 @@ from core.io.export import (
     heatmap_names_for,
 )
 from core.io.map_store import STORE_NAME, MapStore
-from core.results import ScoreResult, make_row
+from core.results import ScoreResult, make_row, score_error
 from core.results.threshold import Threshold
 from core.runtime.cancel import Cancelled, CancelToken, check
 from core.runtime.progress import ProgressFn
@@ -259,7 +259,7 @@ def stream_scan(
             if isinstance(ev, Skipped):
                 skipped[i] = ev.reason
             elif not math.isfinite(ev.score):  # never "not flagged": an error for this image
-                skipped[i] = f"score is not a number ({ev.score}): the model or this image is broken"
+                skipped[i] = score_error(ev.score)
             else:
                 row = make_row(images[i], ev, ev.image_shape, thr)
                 if store is not None and row.anomaly_map is not None:

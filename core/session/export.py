@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from core.io.export import csv_value, write_flagged, write_heatmaps, write_skipped
+from core.io.export import csv_value, display_path, write_flagged, write_heatmaps, write_skipped
 from core.session.identity import app_version, now
 from core.session.store import Session, disagrees
 
@@ -38,8 +38,8 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
     value = session.threshold_value(info.id)
     band = session.review_band(info.id)
     return {
-        "session": str(session.path),
-        "folder": str(session.folder) if session.folder else None,
+        "session": display_path(session.path),
+        "folder": display_path(session.folder) if session.folder else None,
         "run": info.id,
         "detector": info.detector,
         "model_fingerprint": info.fingerprint,
@@ -85,7 +85,7 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        w.writerow([str(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
+        w.writerow([display_path(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
                     csv_value(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
                     d.at if d else "", *(csv_value(r.columns.get(k)) for k in extra),
                     *(csv_value(prov[k]) for k in prov_cols)])

@@ -24,6 +24,7 @@ import numpy as np
 
 from core.data.images import ImageReadError, read_thumbnail
 from core.io.colormap import colorize, normalise, robust_range
+from core.io.export import display_path
 from core.metrics import image_auroc
 from core.results import ScanRow
 from core.session.identity import app_version, now
@@ -84,6 +85,11 @@ def _overlay(img: Optional[np.ndarray], m: Optional[np.ndarray], lo: float, hi: 
         return heat
     alpha = 0.75 * normalise(m, lo, hi)[:, :, None]  # the image shows through where the map is low
     return ((1 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)).round().astype(np.uint8)
+
+
+def _path_html(path) -> str:
+    """A path as HTML text: bytes of a non-UTF-8 name as ``\\xNN``, escaped."""
+    return escape(display_path(path))
 
 
 def _verdict_html(v: Optional[str]) -> str:
@@ -150,7 +156,7 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
         group = r.columns.get("group", "")
         items.append(
             f'<tr class="{"dis" if is_dis else ""}"><td><div class="img">{pics}</div>{escape(why)}</td>'
-            f'<td class="mono">{escape(str(r.path))}</td><td>{r.score:.5g}</td>'
+            f'<td class="mono">{_path_html(r.path)}</td><td>{r.score:.5g}</td>'
             f'<td>{"yes" if r.flagged else "no"}{" (" + escape(group) + ")" if group else ""}</td>'
             f'<td>{_verdict_html(v)}{" <span class=tag>disagrees</span>" if is_dis else ""}</td>'
             f'<td>{escape(note.value) if note else ""}'
@@ -173,7 +179,7 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
                 f"{info.seconds:.1f} s"),
         ("run by", f"{info.user}, {info.started_at} – {info.finished_at}"),
         ("app version (run)", info.app_version),
-        ("session", f"{session.path} (folder {session.folder})"),
+        ("session", f"{display_path(session.path)} (folder {display_path(session.folder)})"),
         ("report", f"{now()} by {session.user}, app version {app_version()}"),
     ]
     history = session.threshold_history(info.id)
@@ -185,10 +191,10 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
     skipped_html = ""
     if result.skipped:
         skipped_html = ("<h2>Skipped files</h2><table><tr><th>path</th><th>reason</th></tr>" + "".join(
-            f"<tr><td class='mono'>{escape(str(s.path))}</td><td>{escape(s.reason)}</td></tr>" for s in result.skipped)
+            f"<tr><td class='mono'>{_path_html(s.path)}</td><td>{escape(s.reason)}</td></tr>" for s in result.skipped)
             + "</table>")
 
-    folder = escape(str(session.folder or session.path))
+    folder = _path_html(session.folder or session.path)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Inspection report – {folder}</title>
 <style>{CSS}</style></head><body>

@@ -234,14 +234,19 @@ class Session:
     def _rel(self, path: str | os.PathLike) -> str:
         return relative_to(Path(path), self.folder.resolve() if self.folder is not None else None)
 
-    def _abs(self, rel: str) -> Path:
-        p = Path(rel)
+    def _key(self, path: str | os.PathLike) -> str | bytes:
+        """``images.path`` of ``path``: its relative path as text, or, for a file name that is not
+        UTF-8 (possible on POSIX), its bytes (a BLOB), so that the stored name finds the file again."""
+        return _db_text(self._rel(path))
+
+    def _abs(self, rel: str | bytes) -> Path:
+        p = Path(os.fsdecode(rel))
         if p.is_absolute() or self.folder is None:
             return p
         return self.folder / p
 
     def _image_id(self, path: str | os.PathLike) -> int:
-        row = self.conn.execute("SELECT id FROM images WHERE path = ?", (self._rel(path),)).fetchone()
+        row = self.conn.execute("SELECT id FROM images WHERE path = ?", (self._key(path),)).fetchone()
         if row is None:
             raise SessionError(f"{path} is not an image of this session")
         return int(row[0])
@@ -258,7 +263,7 @@ class Session:
             for p in paths:
                 path = Path(p)
                 st = path.stat()
-                rel = self._rel(path)
+                rel = self._key(path)
                 row = c.execute("SELECT id, size, mtime, sha256 FROM images WHERE path = ?", (rel,)).fetchone()
                 if row is not None and row[1] == st.st_size and row[2] == st.st_mtime:
                     out.append(ImageRecord(int(row[0]), path, st.st_size, st.st_mtime, row[3], "same"))
@@ -611,6 +616,16 @@ class Session:
         todo = [r for r in result.rows if r.path not in verdicts
                 and (r.flagged or (band is not None and band.zone(r.score) == "review"))]
         return [r.path for r in sorted(todo, key=lambda r: -r.score)]
+
+
+def _db_text(text: str) -> str | bytes:
+    """``text`` as SQLite can hold it: itself, or the bytes of a file name that is not UTF-8
+    (its undecodable bytes are surrogates in Python, which SQLite's UTF-8 text cannot hold)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text)
 
 
 def _json_default(v: Any) -> Any:
