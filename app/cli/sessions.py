@@ -76,6 +76,9 @@ def check_scan_session(args: argparse.Namespace, folder: Path) -> None:
     s = _open(Path(args.session).expanduser(), folder, mode="rw")
     try:
         recorded = s.meta().get("folder")
+        if recorded and not Path(recorded).is_absolute():  # written before folders were stored resolved
+            raise UsageError(f"session {s.path} records its folder only as '{recorded}' (a relative path), so "
+                             "which folder it belongs to is unknown; give another --session")
         if recorded and Path(recorded).resolve() != folder.resolve():
             raise UsageError(f"session {s.path} belongs to the folder {recorded}, not {folder}; give another --session")
     finally:

@@ -664,7 +664,8 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
     if map_codec not in CODECS:
         raise ValueError(f"map_codec is one of {', '.join(CODECS)}, not {map_codec!r}")
     db = Path(path).expanduser()
-    root = Path(folder).expanduser() if folder is not None else None
+    # resolved: a relative folder would mean another folder from another working directory
+    root = Path(folder).expanduser().resolve() if folder is not None else None
     if db.exists() and db.is_dir():
         raise SessionError(f"session must be a file, not a folder: {db}")
     if not db.exists():

@@ -13,6 +13,7 @@ import pytest
 
 from app.cli import main
 from core.session import open_session
+from tests.conftest import make_part, write_png
 
 SMALL = ["--set", "image_size=16", "--set", "blur_sigma=1"]
 POSIX_NAMES = pytest.mark.skipif(os.name != "posix" or os.uname().sysname == "Darwin",
@@ -64,3 +65,24 @@ def test_finding2_a_nan_score_is_skipped_in_a_session_scan(tiny_parts, tmp_path)
     with open_session(tmp_path / "s.db", mode="ro") as s:
         assert s.run().n_images == 8
         assert [Path(k.path).name for k in s.run().skipped] == ["extreme.tif"]
+
+
+# ----------------------------------------------------------------------------- silently wrong or missing
+def test_finding3_a_session_records_its_folder_resolved(tiny_parts, tmp_path, monkeypatch, capsys):
+    rng = np.random.default_rng(4)
+    for d in ("d1", "d2"):
+        write_png(tmp_path / d / "parts" / "a.png", make_part(rng, defect=d == "d1"))
+    monkeypatch.chdir(tmp_path / "d1")
+    assert scan("parts", tiny_parts / "good", "out", "../s.db") == 0
+    with open_session(tmp_path / "s.db", mode="ro") as s:
+        assert s.folder == (tmp_path / "d1" / "parts").resolve()
+        assert s.meta()["folder"] == str((tmp_path / "d1" / "parts").resolve())
+    monkeypatch.chdir(tmp_path / "d2")
+    capsys.readouterr()
+    assert scan("parts", tiny_parts / "good", "out", "../s.db") == 2  # another folder: refused, not mixed in
+    assert "belongs to the folder" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # a report from anywhere finds the images
+    assert main(["report", "s.db", "--out", "r.html", "-q", "--max-images", "5"]) == 0
+    with open_session(tmp_path / "s.db", mode="ro") as s:
+        assert [r.path for r in s.load_run().rows] == [(tmp_path / "d1" / "parts" / "a.png").resolve()]
+    assert "not readable here" not in (tmp_path / "r.html").read_text(encoding="utf-8")
