@@ -176,7 +176,7 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
     partial = None
     if marker is not None and marker.get("fingerprint") == fingerprint and resume is not False:
         try:
-            partial = read_partial(run.out, listing.images)
+            partial = read_partial(run.out, listing.images, thr, heatmaps)
         except (OSError, ValueError, csv.Error) as exc:
             if resume:
                 raise ResumeError(f"cannot resume from {out}: its results cannot be read ({exc})") from None
@@ -184,7 +184,8 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
         else:
             say(f"resuming the interrupted run in {out}: {len(partial.rows)} images scored and "
                 f"{len(partial.skipped)} skipped before are kept"
-                + (f" ({partial.dropped} rows of files no longer listed are dropped)" if partial.dropped else ""))
+                + (f" ({partial.dropped} rows of files no longer listed are dropped)" if partial.dropped else "")
+                + (f"; {partial.describe_rejected()}" if partial.rejected else ""))
     elif resume:
         why = ("it holds no run" if not (run.out / RUN_MARKER).exists() else
                "its run is complete" if marker is None else
@@ -220,6 +221,8 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
                 res.store.close()
                 if complete:
                     res.store.remove()  # kept only by an interrupted run, for a resume
+            if res.journal is not None and complete:
+                res.journal.remove()
             n_unscored = sum(1 for s in res.skipped if s.reason == NOT_SCORED)
             note = (f"Stopped by {stopped[0]} after {res.scored} of {len(listing.images)} images; "
                     f"the {n_unscored} not reached are listed in skipped.csv. Run the same scan into this "

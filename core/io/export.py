@@ -216,22 +216,26 @@ class ResultsAppender:
             self._csv.writerow(self.header)
         return self.header
 
-    def add(self, row: ScanRow, heatmap: str = "") -> None:
+    def add(self, row: ScanRow, heatmap: str = "") -> list[str]:
+        """Write ``row``; returns the cells written (in :attr:`header` order)."""
         header = self._start(row)
         values = {"path": display_path(row.path), "score": csv_value(row.score), "flagged": csv_value(row.flagged),
                   "heatmap": heatmap if row.anomaly_map is not None else ""}
-        self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
+        return self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
 
-    def add_fields(self, fields: dict[str, str]) -> None:
-        """A row given as text per column (a row carried over from an interrupted run)."""
+    def add_fields(self, fields: dict[str, str]) -> list[str]:
+        """A row given as text per column (a row carried over from an interrupted run); returns
+        the cells written."""
         if self.header is None:
             self.header = list(fields)
             self._csv.writerow(self.header)
-        self._csv.writerow([fields.get(k, "") for k in self.header])
+        cells = [fields.get(k, "") for k in self.header]
+        self._csv.writerow(cells)
         self.rows += 1
         if fields.get("flagged") == "true":
             self._flag_fh.write(flagged_line(fields["path"]))
             self.flagged += 1
+        return cells
 
     def flush(self) -> None:
         self._csv_fh.flush()

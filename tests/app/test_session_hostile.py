@@ -86,3 +86,130 @@ def test_finding3_a_session_records_its_folder_resolved(tiny_parts, tmp_path, mo
     with open_session(tmp_path / "s.db", mode="ro") as s:
         assert [r.path for r in s.load_run().rows] == [(tmp_path / "d1" / "parts" / "a.png").resolve()]
     assert "not readable here" not in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+# --- finding 4: a resumed scan checks what it takes over
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("m27")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_png(root / "good" / f"g{i:02d}.png", make_part(rng))
+    assert main(["train", str(root / "good"), "--detector", "pixel-gaussian", "--model", str(root / "model"),
+                 *SMALL, "-q"]) == 0
+    return root / "model"
+
+
+def make_batch(folder, n=12):
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        write_png(folder / f"p{i:03d}.png", make_part(rng, defect=i % 3 == 0))
+    (folder / "p000a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+def model_scan(batch, out, model, *extra):
+    return main(["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(out),
+                 "--set", "batch_size=1", "-q", *extra])
+
+
+def interrupted(batch, out, model, monkeypatch, after=6):
+    """A scan stopped by SIGINT (in this process) once ``after`` images are scored."""
+    import signal
+
+    from core.detectors.pixel_gaussian import PixelGaussianDetector
+
+    calls = []
+    real = PixelGaussianDetector._score_batch
+
+    def score(self, images):
+        calls.append(1)
+        if len(calls) == after:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, images)
+
+    with monkeypatch.context() as m:
+        m.setattr(PixelGaussianDetector, "_score_batch", score)
+        assert model_scan(batch, out, model) == 130
+    return len(rows(out / "results.csv"))
+
+
+def content(out):
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def _edit_rows(out):
+    text = (out / "results.csv").read_text(encoding="utf-8").splitlines()
+    header = text[0].split(",")
+    cells = [line.split(",") for line in text[1:]]
+    s, f = header.index("score"), header.index("flagged")
+    cells[0][s] = "0.001"
+    cells[1][s] = "nan"
+    cells[2][s] = "banana"
+    cells[3][f] = "maybe"
+    (out / "results.csv").write_text("\n".join([text[0], *(",".join(c) for c in cells)]) + "\n", encoding="utf-8")
+
+
+def _swap_records(out):
+    idx = out / ".maps" / "maps.idx"
+    raw = bytearray(idx.read_bytes())
+    rec = len(raw) // len(rows(out / "results.csv"))
+    a, b = raw[0:8], raw[rec:rec + 8]  # swap the first two records' image indices
+    raw[0:8], raw[rec:rec + 8] = b, a
+    idx.write_bytes(bytes(raw))
+
+
+def _nan_in_map(out):
+    data = out / ".maps" / "maps.f16"
+    raw = bytearray(data.read_bytes())
+    raw[10:12] = np.array([np.inf], np.float16).tobytes()
+    raw[40:42] = np.array([np.nan], np.float16).tobytes()
+    data.write_bytes(bytes(raw))
+
+
+TAMPER = {
+    "edited_rows": _edit_rows,
+    "deleted_index": lambda out: (out / ".maps" / "maps.idx").unlink(),
+    "emptied_maps": lambda out: [(out / ".maps" / n).write_bytes(b"") for n in ("maps.idx", "maps.f16")],
+    "random_map_bytes": lambda out: (out / ".maps" / "maps.f16").write_bytes(
+        np.random.default_rng(0).bytes((out / ".maps" / "maps.f16").stat().st_size)),
+    "inf_nan_in_maps": _nan_in_map,
+    "swapped_index_records": _swap_records,
+    "edited_skip_reason": lambda out: (out / "skipped.csv").write_text(
+        (out / "skipped.csv").read_text().replace("corrupt image data", "fine really"), encoding="utf-8"),
+    "deleted_journal": lambda out: (out / ".journal").unlink(),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+def test_finding4_resume_checks_what_it_takes_over(model, tmp_path, monkeypatch, capsys, how):
+    batch = make_batch(tmp_path / "batch")
+    assert model_scan(batch, tmp_path / "whole", model) == 0
+    out = tmp_path / "out"
+    done = interrupted(batch, out, model, monkeypatch)
+    assert 4 <= done < 12
+    TAMPER[how](out)
+    capsys.readouterr()
+    assert main(["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(out),
+                 "--set", "batch_size=1"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming the interrupted run" in err and "failed their check and are scored again" in err
+    assert content(out) == content(tmp_path / "whole")  # exactly what an uninterrupted scan writes
+    scale = (out / "heatmap_scale.json").read_text()
+    assert "Infinity" not in scale and "NaN" not in scale
+
+
+def test_finding4_an_untouched_partial_run_is_taken_over_whole(model, tmp_path, monkeypatch, capsys):
+    batch = make_batch(tmp_path / "batch")
+    assert model_scan(batch, tmp_path / "whole", model) == 0
+    out = tmp_path / "out"
+    done = interrupted(batch, out, model, monkeypatch)
+    write_png(batch / "a_first.png", make_part(np.random.default_rng(7)))  # shifts every listing index
+    assert model_scan(batch, tmp_path / "whole2", model) == 0
+    capsys.readouterr()
+    assert main(["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(out),
+                 "--set", "batch_size=1"]) == 0
+    err = capsys.readouterr().err
+    assert f"{done} images scored" in err and "failed their check" not in err
+    assert content(out) == content(tmp_path / "whole2")  # maps found again under the new indices
