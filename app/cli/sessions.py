@@ -36,6 +36,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     e.add_argument("--run", type=int_at_least(1), metavar="N", help="which run (default: the latest)")
     e.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace the content of a non-empty --out that holds no earlier results")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(handler=cmd_export)
 
@@ -133,7 +135,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder, not a file: {out}")
+    from core.io.run_folder import OutputFolderError
+
     with _open(_session_file(args.session)) as s:
-        written = export_session(s, out, _run_arg(s, args), heatmaps=not args.no_heatmaps)
+        try:
+            written = export_session(s, out, _run_arg(s, args), heatmaps=not args.no_heatmaps,
+                                     overwrite=args.overwrite)
+        except OutputFolderError as exc:
+            raise UsageError(str(exc)) from None
     info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
     return EXIT_OK

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.io.export import csv_value, display_path, write_flagged, write_heatmaps, write_skipped
+from core.io.run_folder import RunFolder
 from core.session.identity import app_version, now
 from core.session.store import Session, disagrees
 
@@ -62,10 +63,27 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
 
 
 def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optional[int] = None,
-                   heatmaps: bool = True) -> dict[str, Path]:
-    """Write the run's files into ``out_dir``; returns ``{kind: path}``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+                   heatmaps: bool = True, overwrite: bool = False) -> dict[str, Path]:
+    """Write the run's files into ``out_dir``; returns ``{kind: path}``.
+
+    ``out_dir`` follows a scan's output rules (:class:`core.io.run_folder.RunFolder`): checked
+    first (not the session's folder or above it; missing, empty or an earlier export or scan,
+    else refused unless ``overwrite``), written into a fresh folder and put in place whole, so a
+    re-export leaves no earlier heat maps; it gets the run marker, so a later scan of a folder
+    holding it never takes its heat maps for parts. Raises
+    :class:`~core.io.run_folder.OutputFolderError`.
+    """
+    info = session.run(run_id)
+    protect = [session.folder] if session.folder is not None and session.folder.is_absolute() else []
+    with RunFolder(out_dir, overwrite=overwrite, protect=protect) as run:
+        assert run.temp is not None
+        written, n_rows = _export_into(session, run.temp, info.id, heatmaps)
+        names = {k: v.relative_to(run.temp) for k, v in written.items()}
+        run.commit(True, info={"export": True, "run": info.id, "rows": n_rows})
+        return {k: run.out / v for k, v in names.items()}
+
+
+def _export_into(session: Session, out: Path, run_id: int, heatmaps: bool) -> tuple[dict[str, Path], int]:
     info = session.run(run_id)
     result = session.load_run(info.id, maps=heatmaps)
     verdicts, notes = session.verdicts(), session.notes()
@@ -99,4 +117,4 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
         folder, n = write_heatmaps(out, result.rows)
         if n:
             written["heatmaps"] = folder
-    return written
+    return written, len(result.rows)

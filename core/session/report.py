@@ -213,8 +213,11 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
 
 def write_report(session: Session, out: str | os.PathLike, run_id: Optional[int] = None,
                  max_images: int = MAX_IMAGES) -> Path:
-    """Write :func:`build_report` to ``out`` atomically and return the path."""
+    """Write :func:`build_report` to ``out`` atomically and return the path (a symbolic link is
+    written through: the file it points to is replaced, the link stays)."""
     target = Path(out)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     text = build_report(session, run_id, max_images)
     tmp = target.with_name(f".{target.name}.tmp")

@@ -213,3 +213,56 @@ def test_finding4_an_untouched_partial_run_is_taken_over_whole(model, tmp_path, 
     err = capsys.readouterr().err
     assert f"{done} images scored" in err and "failed their check" not in err
     assert content(out) == content(tmp_path / "whole2")  # maps found again under the new indices
+
+
+def test_finding5_an_export_inside_the_scanned_folder_is_never_scanned(tiny_parts, tmp_path):
+    batch = tiny_parts / "batch"
+    assert scan(batch, tiny_parts / "good", tmp_path / "out", tmp_path / "s.db") == 0
+    assert main(["export", str(tmp_path / "s.db"), "--out", str(batch / "exported"), "-q"]) == 0
+    assert len(list((batch / "exported" / "heatmaps").iterdir())) == 8
+    assert scan(batch, tiny_parts / "good", tmp_path / "out2", tmp_path / "s.db") == 0
+    assert sorted(Path(r["path"]).name for r in rows(tmp_path / "out2" / "results.csv")) == sorted(
+        p.name for p in batch.glob("*.png"))
+    # nor may an export replace the scanned folder itself
+    assert main(["export", str(tmp_path / "s.db"), "--out", str(batch), "-q"]) == 2
+    assert len(list(batch.glob("*.png"))) == 8
+
+
+def test_finding8_a_re_export_replaces_the_earlier_one_whole(tiny_parts, tmp_path, capsys):
+    assert scan(tiny_parts / "batch", tiny_parts / "good", tmp_path / "out", tmp_path / "a.db") == 0
+    one = tmp_path / "one"
+    write_png(one / "solo.png", make_part(np.random.default_rng(3), defect=True))
+    assert scan(one, tiny_parts / "good", tmp_path / "out1", tmp_path / "b.db") == 0
+    exp = tmp_path / "exp"
+    assert main(["export", str(tmp_path / "a.db"), "--out", str(exp), "-q"]) == 0
+    assert len(list((exp / "heatmaps").iterdir())) == 8
+    assert main(["export", str(tmp_path / "b.db"), "--out", str(exp), "-q"]) == 0
+    assert len(rows(exp / "results.csv")) == 1
+    assert [p.name for p in (exp / "heatmaps").iterdir()] == ["solo.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]  # no temporary folder left
+    foreign = tmp_path / "foreign"
+    (foreign / "notes.txt").parent.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "a.db"), "--out", str(foreign), "-q"]) == 2
+    assert "not empty" in capsys.readouterr().err and (foreign / "notes.txt").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_finding10_an_out_that_is_a_symbolic_link_is_written_through(tiny_parts, tmp_path):
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    assert scan(tiny_parts / "batch", tiny_parts / "good", link, tmp_path / "s.db") == 0
+    assert link.is_symlink() and len(rows(target / "results.csv")) == 8
+    assert scan(tiny_parts / "batch", tiny_parts / "good", link, tmp_path / "s.db") == 0  # and again
+    assert link.is_symlink() and len(rows(target / "results.csv")) == 8
+    elink, etarget = tmp_path / "elink", tmp_path / "etarget"
+    elink.symlink_to(etarget)  # its target does not exist yet
+    assert main(["export", str(tmp_path / "s.db"), "--out", str(elink), "-q"]) == 0
+    assert elink.is_symlink() and len(rows(etarget / "results.csv")) == 8
+    rlink, rtarget = tmp_path / "r.html", tmp_path / "real.html"
+    rtarget.write_text("old")
+    rlink.symlink_to(rtarget)
+    assert main(["report", str(tmp_path / "s.db"), "--out", str(rlink), "-q"]) == 0
+    assert rlink.is_symlink() and rtarget.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
