@@ -14,7 +14,8 @@ SIGINT/SIGTERM turned into a cancel request, writes everything into a fresh fold
 - a failure to write (a full disk) leaves ``out`` as it was and says so.
 
 Every file the listing saw is in ``results.csv`` or ``skipped.csv`` (with broken links,
-loops and unreadable folders among the skipped).
+loops, unreadable folders and the masks of a dataset layout among the skipped, each with its
+reason).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def scan_to_folder(
             result = scan(detector, source, threshold, progress, token)
         seen = {str(r.path) for r in result.rows} | {str(s.path) for s in result.skipped}
         unscored = [Skipped(p, NOT_SCORED) for p in listing.images if str(p) not in seen] if result.interrupted else []
-        result.skipped = [*listing.problems, *result.skipped, *unscored]
+        result.skipped = [*listing.problems, *listing.masks_skipped(), *result.skipped, *unscored]
         complete = not result.interrupted
         with deferred_signals(lambda name: say(f"\n{name}: finishing writing the results to {out}; "
                                                "interrupt again to abandon (the folder is then left as it was)")) as late:
@@ -208,7 +209,7 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
                               events=engine(detector, token) if engine else None)
     except OSError as exc:
         raise _export_error(exc, out) from None
-    skipped = [*listing.problems, *res.skipped]
+    skipped = [*listing.problems, *listing.masks_skipped(), *res.skipped]
     complete = not res.interrupted
     written: dict[str, Path] = {}
     with deferred_signals(lambda name: say(f"\n{name}: finishing writing the results to {out}; "

@@ -266,3 +266,20 @@ def test_finding10_an_out_that_is_a_symbolic_link_is_written_through(tiny_parts,
     rlink.symlink_to(rtarget)
     assert main(["report", str(tmp_path / "s.db"), "--out", str(rlink), "-q"]) == 0
     assert rlink.is_symlink() and rtarget.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_finding6_every_left_out_mask_is_in_skipped_csv_and_other_pngs_are_scored(tiny_parts, tmp_path):
+    batch = tiny_parts / "batch"
+    photo = cv2.imread(str(batch / "ok0.png"))
+    cv2.imwrite(str(batch / "ok0.jpg"), photo)  # ok0.png beside ok0.jpg: a part all the same
+    mask = np.zeros(photo.shape[:2], np.uint8)
+    mask[4:9, 4:9] = 255
+    cv2.imwrite(str(batch / "bad0.jpg"), photo)
+    cv2.imwrite(str(batch / "bad0.png"), mask)  # now a binary mask of bad0.jpg
+    assert main(["scan", str(batch), "--detector", "pixel-gaussian", "--train", str(tiny_parts / "good"),
+                 "--out", str(tmp_path / "out"), *SMALL, "-q"]) == 0
+    scored = sorted(Path(r["path"]).name for r in rows(tmp_path / "out" / "results.csv"))
+    assert scored == sorted(["ok0.png", "ok0.jpg", "bad0.jpg", "ok1.png", "ok2.png", "ok3.png", "bad1.png",
+                             "bad2.png", "bad3.png"])
+    skipped = {Path(r["path"]).name: r["reason"] for r in rows(tmp_path / "out" / "skipped.csv")}
+    assert skipped == {"bad0.png": "the mask of bad0.jpg beside it, not a part"}
