@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
+from core.detectors.common import check_same_layout
 from core.detectors.config import ConfigError, DetectorConfig
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.results import ScoreResult
@@ -228,9 +229,15 @@ class Detector(ABC):
         det = cls(cfg, device=device)
         det.meta = dict(doc.get("meta") or {})
         try:
-            det._restore(tensors, det.meta)
+            for k, t in sorted(tensors.items()):  # no detector's weights hold NaN or infinity
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"'{k}' holds NaN or infinite values")
+            det._restore(tensors, det.meta)  # each detector checks its tensors' dtypes, shapes and ranges
+            check_same_layout(tensors, det._state())
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' ({exc})") from None
+            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' "
+                                  f"({' '.join(msg.split())})") from None
         det.fitted = True
         if doc.get("threshold"):
             det.threshold = Threshold.from_dict(doc["threshold"])

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from core.data.images import Skipped, iter_batches
 from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY
 from core.detectors.base import Detector, FitError, WeightRequirement
-from core.detectors.common import gaussian_blur, map_to_input, to_tensor_batch
+from core.detectors.common import expect_tensor, gaussian_blur, load_module_state, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.patchcore.anomaly_map import BankIndex, reweighted_score, stitch, tile_boxes
 from core.detectors.patchcore.coreset import greedy_coreset
@@ -303,14 +303,15 @@ class PatchCoreDetector(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = None
         model = self._build(str(meta["backbone"]))
-        if model.feature_dim != int(meta["feature_dim"]) or tensors["memory_bank"].shape[1] != model.feature_dim:
+        bank = expect_tensor(tensors, "memory_bank", dtype=torch.float32, shape=(None, None))
+        if model.feature_dim != int(meta["feature_dim"]) or bank.shape[1] != model.feature_dim or not len(bank):
             raise ValueError(f"backbone features of dimension {model.feature_dim} differ from the saved "
-                             f"bank's {tuple(tensors['memory_bank'].shape)}")
+                             f"bank's {tuple(bank.shape)}")
         check_pinned_weights(self._weights, meta.get("weights"))
         if model.kind in TEST_ONLY:
-            model.stages.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, strict=True)
+            load_module_state(model.stages, {k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, "stages.")
         self.model = model.to(self.device).eval()
-        self.bank = tensors["memory_bank"].float().to(self.device)
+        self.bank = bank.to(self.device)
 
     def _moved(self) -> None:
         if self.model is not None:
