@@ -60,8 +60,11 @@ from core.io.export import (
     RESULTS_NAME,
     SKIPPED_NAME,
     ResultsAppender,
+    csv_text,
+    csv_text_raw,
     display_path,
     heatmap_names_for,
+    skipped_cells,
 )
 from core.io.journal import JOURNAL_NAME, ROW, SKIP, Journal, digest, read_journal
 from core.io.map_store import STORE_NAME, MapStore
@@ -205,7 +208,7 @@ def read_partial(out: Path, images: Sequence[Path], threshold: Optional[Threshol
     the run's journal as written (:mod:`core.io.journal`), its score is a number and its flag
     follows it under ``threshold``, and its heat map (``heatmaps``) is in the map store intact.
     Everything else is left out, counted in :attr:`Partial.rejected`, and scored again."""
-    where = {display_path(p): i for i, p in enumerate(images)}
+    where = {csv_text(display_path(p)): i for i, p in enumerate(images)}
     journal = read_journal(out / JOURNAL_NAME)
     maps = MapStore.valid(out / STORE_NAME) if heatmaps else {}
 
@@ -241,7 +244,7 @@ def read_partial(out: Path, images: Sequence[Path], threshold: Optional[Threshol
                 if (SKIP, digest(SKIP, SKIP_COLUMNS, [path, reason])) not in journal:
                     reject("skips edited or not in the journal")
                     continue
-                part.skipped[i] = reason
+                part.skipped[i] = csv_text_raw(reason)
     part.maps = out / STORE_NAME
     return part
 
@@ -295,7 +298,7 @@ def stream_scan(
                 del prior[i]  # its map went missing since read_partial looked: scored again
         for i, reason in partial.skipped.items():
             skipped[i], done[i] = reason, 1
-            journal.add(i, SKIP, SKIP_COLUMNS, [display_path(images[i]), reason])
+            journal.add(i, SKIP, SKIP_COLUMNS, skipped_cells(Skipped(images[i], reason)))
         for i in prior:
             done[i] = 1
     prior_order = sorted(prior)
@@ -324,7 +327,7 @@ def stream_scan(
             carry_until(i)
             if isinstance(ev, Skipped) or not math.isfinite(ev.score):  # a NaN score: never "not flagged"
                 skipped[i] = ev.reason if isinstance(ev, Skipped) else score_error(ev.score)
-                journal.add(i, SKIP, SKIP_COLUMNS, [display_path(images[i]), skipped[i]])
+                journal.add(i, SKIP, SKIP_COLUMNS, skipped_cells(Skipped(images[i], skipped[i])))
             else:
                 row = make_row(images[i], ev, ev.image_shape, thr)
                 if store is not None and row.anomaly_map is not None:

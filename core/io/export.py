@@ -9,12 +9,19 @@ UTF-8 (possible on Linux) has each undecodable byte written as ``\\xNN``
 (:func:`display_path`); in ``flagged.txt`` a path holding a newline, a carriage return or a
 double quote is written in double quotes with inner quotes doubled (the CSV rule), so every
 line is exactly one file. ``results.csv`` names each row's heat map in its ``heatmap`` column.
+
+**Spreadsheet formulas.** A text cell (a path, a reason, a note, a user, a text column) that a
+spreadsheet would run as a formula — it starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return (the OWASP list for CSV injection) — is written with a ``'`` in front and in
+double quotes (:func:`csv_text`), so a spreadsheet shows it as text. So is a text cell that
+starts with ``'`` itself, which makes the rule reversible: the exact text of any cell is the
+cell with one leading ``'`` removed when it has one (:func:`csv_text_raw`). Numbers (scores,
+thresholds, detector values, negative ones included) are never changed. ``flagged.txt`` follows
+the same rule.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -42,12 +49,31 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: A text cell starting with one of these is run as a formula by spreadsheets (OWASP, CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run: ``'`` in front when it starts like a formula or
+    with ``'`` (see the module docstring; :func:`csv_text_raw` reverses it)."""
+    return "'" + text if text[:1] in FORMULA_START or text[:1] == "'" else text
+
+
+def csv_text_raw(cell: str) -> str:
+    """The exact text of a cell written by :func:`csv_text` (and of any number cell)."""
+    return cell[1:] if cell[:1] == "'" else cell
+
+
+def csv_row(cells: Iterable[str]) -> str:
+    """One CSV line: a cell is double-quoted (inner quotes doubled) when it holds a comma, a
+    quote or a line break, as :mod:`csv` does, and when :func:`csv_text` neutralised it."""
+    out = ['"' + c.replace('"', '""') + '"' if c[:1] == "'" or any(ch in c for ch in ',"\r\n') else c
+           for c in cells]
+    return (",".join(out) if out != [""] else '""') + "\n"
+
+
 def _csv_text(header: list[str], rows: Iterable[list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+    return csv_row(header) + "".join(csv_row(r) for r in rows)
 
 
 def display_path(path) -> str:
@@ -61,22 +87,26 @@ def display_path(path) -> str:
 
 
 def flagged_line(path) -> str:
-    """One line of ``flagged.txt``: the path, quoted CSV-style if it holds a newline or a quote."""
-    text = display_path(path)
-    if any(c in text for c in '"\n\r'):
+    """One line of ``flagged.txt``: the path, quoted CSV-style if it holds a newline or a quote,
+    with a ``'`` in front (and quoted) when it starts like a spreadsheet formula."""
+    text = csv_text(display_path(path))
+    if any(c in text for c in '"\n\r') or text[:1] == "'":
         text = '"' + text.replace('"', '""') + '"'
     return text + "\n"
 
 
 def csv_value(v) -> str:
-    """One CSV cell: empty for None, true/false, floats to 8 significant digits."""
+    """One CSV cell: empty for None, true/false, floats to 8 significant digits, other numbers
+    as they print, text through :func:`csv_text`."""
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.8g}"
-    return str(v)
+    if isinstance(v, (int, np.number)):
+        return str(v)
+    return csv_text(str(v))
 
 
 def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> str:
@@ -87,8 +117,9 @@ def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> st
             if k not in extra:
                 extra.append(k)
     header = ["path", "score", "flagged", *extra, *(["heatmap"] if heatmaps is not None else [])]
-    body = ([display_path(r.path), csv_value(r.score), csv_value(r.flagged), *(csv_value(r.columns.get(k)) for k in extra),
-             *([heatmaps[i]] if heatmaps is not None else [])] for i, r in enumerate(rows))
+    body = ([csv_text(display_path(r.path)), csv_value(r.score), csv_value(r.flagged),
+             *(csv_value(r.columns.get(k)) for k in extra), *([heatmaps[i]] if heatmaps is not None else [])]
+            for i, r in enumerate(rows))
     return _csv_text(header, body)
 
 
@@ -107,7 +138,8 @@ def write_flagged(out_dir: str | os.PathLike, rows: list[ScanRow], with_scores: 
     flagged = [r for r in rows if r.flagged]
     _write_text(out / FLAGGED_NAME, "".join(flagged_line(r.path) for r in flagged))
     if with_scores:
-        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([display_path(r.path), csv_value(r.score)] for r in flagged)))
+        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([csv_text(display_path(r.path)), csv_value(r.score)]
+                                                                      for r in flagged)))
     return out / FLAGGED_NAME
 
 
@@ -115,8 +147,13 @@ def write_skipped(out_dir: str | os.PathLike, skipped: list[Skipped]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / SKIPPED_NAME
-    _write_text(path, _csv_text(["path", "reason"], ([display_path(s.path), s.reason] for s in skipped)))
+    _write_text(path, _csv_text(["path", "reason"], [skipped_cells(s) for s in skipped]))
     return path
+
+
+def skipped_cells(s: Skipped) -> list[str]:
+    """The two cells of a ``skipped.csv`` row (``path,reason``)."""
+    return [csv_text(display_path(s.path)), csv_text(s.reason)]
 
 
 def heatmap_names(rows: list[ScanRow]) -> list[str]:
@@ -203,9 +240,8 @@ class ResultsAppender:
         self.header: Optional[list[str]] = list(header) if header else None
         self._csv_fh = open(out / RESULTS_NAME, "w", encoding="utf-8", newline="")
         self._flag_fh = open(out / FLAGGED_NAME, "w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._csv_fh, lineterminator="\n")
         if self.header:
-            self._csv.writerow(self.header)
+            self._csv_fh.write(csv_row(self.header))
         self.rows = 0
         self.flagged = 0
 
@@ -213,27 +249,28 @@ class ResultsAppender:
         if self.header is None:
             with_map = self.heatmaps and row.anomaly_map is not None
             self.header = ["path", "score", "flagged", *row.columns, *(["heatmap"] if with_map else [])]
-            self._csv.writerow(self.header)
+            self._csv_fh.write(csv_row(self.header))
         return self.header
 
     def add(self, row: ScanRow, heatmap: str = "") -> list[str]:
         """Write ``row``; returns the cells written (in :attr:`header` order)."""
         header = self._start(row)
-        values = {"path": display_path(row.path), "score": csv_value(row.score), "flagged": csv_value(row.flagged),
+        values = {"path": csv_text(display_path(row.path)), "score": csv_value(row.score),
+                  "flagged": csv_value(row.flagged),
                   "heatmap": heatmap if row.anomaly_map is not None else ""}
         return self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
 
     def add_fields(self, fields: dict[str, str]) -> list[str]:
-        """A row given as text per column (a row carried over from an interrupted run); returns
-        the cells written."""
+        """A row given as its cells per column, as written (a row carried over from an interrupted
+        run); returns the cells written."""
         if self.header is None:
             self.header = list(fields)
-            self._csv.writerow(self.header)
+            self._csv_fh.write(csv_row(self.header))
         cells = [fields.get(k, "") for k in self.header]
-        self._csv.writerow(cells)
+        self._csv_fh.write(csv_row(cells))
         self.rows += 1
         if fields.get("flagged") == "true":
-            self._flag_fh.write(flagged_line(fields["path"]))
+            self._flag_fh.write(flagged_line(csv_text_raw(fields["path"])))
             self.flagged += 1
         return cells
 
@@ -243,7 +280,7 @@ class ResultsAppender:
 
     def close(self) -> None:
         if self.header is None:  # no row at all: still a valid, empty table
-            self._csv.writerow(["path", "score", "flagged"])
+            self._csv_fh.write(csv_row(["path", "score", "flagged"]))
         self._csv_fh.close()
         self._flag_fh.close()
 

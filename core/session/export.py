@@ -11,14 +11,12 @@ threshold and group moves.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
 from typing import Optional
 
-from core.io.export import csv_value, display_path, write_flagged, write_heatmaps, write_skipped
+from core.io.export import csv_row, csv_text, csv_value, display_path, write_flagged, write_heatmaps, write_skipped
 from core.io.run_folder import RunFolder
 from core.session.identity import app_version, now
 from core.session.store import Session, disagrees
@@ -97,18 +95,17 @@ def _export_into(session: Session, out: Path, run_id: int, heatmaps: bool) -> tu
                  "run_finished", "app_version"]
     header = ["path", "score", "flagged", "verdict", "disagrees", "note", "verdict_by", "verdict_at", *extra,
               *prov_cols]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
+    lines = [csv_row(header)]
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        w.writerow([display_path(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
-                    csv_value(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
-                    d.at if d else "", *(csv_value(r.columns.get(k)) for k in extra),
-                    *(csv_value(prov[k]) for k in prov_cols)])
+        lines.append(csv_row([csv_text(display_path(r.path)), csv_value(r.score), csv_value(r.flagged),
+                              csv_value(d.value if d else None), csv_value(disagrees(d.value if d else None, r.flagged)),
+                              csv_value(n.value if n else None), csv_value(d.user if d else None),
+                              csv_value(d.at if d else None), *(csv_value(r.columns.get(k)) for k in extra),
+                              *(csv_value(prov[k]) for k in prov_cols)]))
     written = {"results": out / RESULTS_NAME}
-    _atomic_text(written["results"], buf.getvalue())
+    _atomic_text(written["results"], "".join(lines))
     written["flagged"] = write_flagged(out, result.rows)
     written["skipped"] = write_skipped(out, result.skipped)
     _atomic_text(out / PROVENANCE_NAME, json.dumps(prov, indent=2))

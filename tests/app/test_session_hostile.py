@@ -283,3 +283,63 @@ def test_finding6_every_left_out_mask_is_in_skipped_csv_and_other_pngs_are_score
                              "bad2.png", "bad3.png"])
     skipped = {Path(r["path"]).name: r["reason"] for r in rows(tmp_path / "out" / "skipped.csv")}
     assert skipped == {"bad0.png": "the mask of bad0.jpg beside it, not a part"}
+
+
+# ----------------------------------------------------------------------------- security
+FORMULA_NAMES = ["=1+2.png", "@SUM(1+1).png", "+x.png", "-y.png", "'q.png"]
+
+
+def _cells(path):
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.reader(fh))
+
+
+def _no_formula(table):
+    for row in table:
+        for cell in row:
+            assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r") or _is_number(cell), (cell, row)
+
+
+def _is_number(cell):
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def test_finding11_formulas_in_names_and_notes_are_neutralised_losslessly(tiny_parts, tmp_path, monkeypatch):
+    from core.io.export import csv_text_raw
+
+    batch = tiny_parts / "batch"
+    for i, name in enumerate(FORMULA_NAMES):
+        (batch / name).write_bytes((batch / f"bad{i % 4}.png").read_bytes())
+    (batch / "=broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    monkeypatch.chdir(batch)  # scanning "." writes the bare names, which then start the cells
+    code = main(["scan", ".", "--detector", "ocsvm", "--train", str(tiny_parts / "good"), "--out",
+                 str(tmp_path / "out"), "--session", str(tmp_path / "s.db"), "--set", "image_size=16",
+                 "--threshold", "-1e9", "-q"])  # every image flagged: every name in flagged.txt
+    assert code == 0
+    out = tmp_path / "out"
+    results = _cells(out / "results.csv")
+    _no_formula(results)
+    names = {Path(csv_text_raw(r[0])).name for r in results[1:]}
+    assert set(FORMULA_NAMES) <= names  # the exact names come back by dropping one leading '
+    assert all(_is_number(r[1]) for r in results[1:])  # scores stay numbers (negative ones: tests/core/test_fuzz.py)
+    raw = (out / "results.csv").read_text(encoding="utf-8")
+    assert '"\'' in raw  # a neutralised cell is quoted
+    _no_formula(_cells(out / "skipped.csv"))
+    assert {Path(csv_text_raw(r[0])).name for r in _cells(out / "skipped.csv")[1:]} == {"=broken.png"}
+    flagged = _cells(out / "flagged.txt")
+    _no_formula(flagged)
+    assert set(FORMULA_NAMES) <= {Path(csv_text_raw(r[0])).name for r in flagged}
+    with open_session(tmp_path / "s.db") as s:
+        first = s.load_run().rows[0].path
+        s.set_verdict(first, "ng")
+        s.set_note(first, '=HYPERLINK("http://evil.example","x")')
+    assert main(["export", str(tmp_path / "s.db"), "--out", str(tmp_path / "exp"), "-q"]) == 0
+    exported = _cells(tmp_path / "exp" / "results.csv")
+    _no_formula(exported)
+    note = exported[0].index("note")
+    assert [csv_text_raw(r[note]) for r in exported[1:] if r[note]] == ['=HYPERLINK("http://evil.example","x")']
+    _no_formula(_cells(tmp_path / "exp" / "flagged.txt"))

@@ -212,3 +212,30 @@ def test_model_corpus(model_files, tmp_path, case):
     with pytest.raises(CheckpointError):
         load_model(folder, device="cpu")
     check_model(folder)
+
+
+# ----------------------------------------------------------------------------- CSV cells (issue 27, finding 11)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(st.text(max_size=12), min_size=1, max_size=5))
+def test_fuzz_csv_cells_are_never_formulas_and_come_back_exactly(texts):
+    import csv as _csv
+
+    from core.io.export import FORMULA_START, csv_row, csv_text, csv_text_raw
+
+    cells = [csv_text(t) for t in texts]
+    back = next(_csv.reader(io.StringIO(csv_row(cells), newline="")))
+    assert back == cells
+    assert [csv_text_raw(c) for c in back] == texts
+    assert not any(c[:1] in FORMULA_START for c in back)
+
+
+def test_negative_scores_and_numbers_are_never_neutralised():
+    from core.io.export import csv_value, results_csv
+    from core.results import ScanRow
+
+    assert csv_value(-0.5) == "-0.5" and csv_value(np.float32(-2.0)) == "-2.0" and csv_value(-3) == "-3"
+    assert csv_value("-3") == "'-3"  # text is text
+    text = results_csv([ScanRow(Path("/p/-x.png"), -1.25, False, (4, 4), None, {"v": np.float32(-0.5)})])
+    assert text.splitlines()[1] == "/p/-x.png,-1.25,false,-0.5"
+    text = results_csv([ScanRow(Path("-x.png"), -1.25, False, (4, 4))])
+    assert text.splitlines()[1] == "\"'-x.png\",-1.25,false"
