@@ -27,6 +27,9 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--run", type=int_at_least(1), metavar="N", help="which run (default: the latest)")
     r.add_argument("--max-images", type=int_at_least(0), default=80, metavar="N",
                    help="show at most N flagged / disagreeing images (default 80)")
+    r.add_argument("--redact", action="store_true",
+                   help="for a report that leaves the building: image paths relative to the inspected folder, the "
+                        "folder and the session file by name only, user names replaced by 'inspector 1', ...")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(handler=cmd_report)
 
@@ -122,7 +125,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a file, not a folder: {out}")
     with _open(_session_file(args.session)) as s:
         run_id = _run_arg(s, args)
-        path = write_report(s, out, run_id, max_images=args.max_images)
+        path = write_report(s, out, run_id, max_images=args.max_images, redact=args.redact)
         status = s.review_status(run_id)
     info(f"wrote {path} (run {run_id}: {status.n_images} images, {status.n_flagged} flagged, {status.describe()})",
           args.quiet)

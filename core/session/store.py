@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -459,7 +460,20 @@ class Session:
     def stored_map(self, run_id: int, sha: str) -> Optional[np.ndarray]:
         row = self.conn.execute("SELECT codec, height, width, data FROM maps WHERE run_id = ? AND image_sha256 = ?",
                                 (run_id, sha)).fetchone()
-        return None if row is None else decode_map(row[0], int(row[1]), int(row[2]), bytes(row[3]))
+        if row is None:
+            return None
+        try:  # bounded: a tampered blob (a zlib bomb, a PNG claiming a huge size) is refused, not decoded
+            return decode_map(str(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
+        except (ValueError, TypeError, zlib.error) as exc:
+            raise SessionError(f"session {self.path} is damaged: a stored heat map cannot be read ({exc})") from None
+
+    def result_sources(self, run_id: Optional[int] = None) -> dict[Path, tuple[str, int]]:
+        """``{image path: (content hash when scanned, run holding its map)}`` for the rows of
+        ``run_id`` (default latest): what :meth:`stored_map` needs, and what the file must still hash to."""
+        info = self.run(run_id)
+        return {self._abs(p): (sha, int(src)) for p, sha, src in self.conn.execute(
+            "SELECT i.path, r.image_sha256, r.scored_in FROM results r JOIN images i ON i.id = r.image_id "
+            "WHERE r.run_id = ?", (info.id,))}
 
     # ------------------------------------------------------------------ decisions
     def _latest(self, table: str, column: str) -> dict[Path, Decision]:

@@ -343,3 +343,89 @@ def test_finding11_formulas_in_names_and_notes_are_neutralised_losslessly(tiny_p
     note = exported[0].index("note")
     assert [csv_text_raw(r[note]) for r in exported[1:] if r[note]] == ['=HYPERLINK("http://evil.example","x")']
     _no_formula(_cells(tmp_path / "exp" / "flagged.txt"))
+
+
+# ----------------------------------------------------------------------------- the report
+def _reviewed_session(tiny_parts, tmp_path):
+    assert scan(tiny_parts / "batch", tiny_parts / "good", tmp_path / "out", tmp_path / "s.db") == 0
+    with open_session(tmp_path / "s.db") as s:
+        flagged = sorted((r for r in s.load_run().rows if r.flagged), key=lambda r: -r.score)
+    assert len(flagged) >= 2
+    return [r.path for r in flagged]
+
+
+def _report(tmp_path, *extra):
+    assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r.html"), "-q", *extra]) == 0
+    return (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def _row_of(html, name):
+    return next(tr for tr in html.split("<tr") if f"{name}</td>" in tr)
+
+
+def test_finding9_an_image_changed_or_missing_since_the_scan_is_not_shown_as_scanned(tiny_parts, tmp_path):
+    changed, missing = _reviewed_session(tiny_parts, tmp_path)[:2]
+    good = (tiny_parts / "batch" / "ok0.png").read_bytes()
+    changed.write_bytes(good)  # overwritten afterwards by a good part
+    missing.unlink()
+    html = _report(tmp_path)
+    row = _row_of(html, changed.name)
+    assert "changed since it was scanned" in row and row.count("data:image/jpeg") == 1  # the heat map alone
+    row = _row_of(html, missing.name)
+    assert "missing" in row and row.count("data:image/jpeg") == 1
+
+
+def _tamper(db, sql, *params):
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    conn.execute(sql, params)
+    conn.commit()
+    conn.close()
+
+
+def test_finding13_a_zlib_bomb_map_is_refused_unread(tiny_parts, tmp_path):
+    import zlib
+
+    first = _reviewed_session(tiny_parts, tmp_path)[0]
+    bomb = zlib.compress(b"\0" * (64 << 20), 9)  # 64 MiB of zeros in about 64 KB
+    _tamper(tmp_path / "s.db", "UPDATE maps SET data = ?, height = 4096, width = 4096 WHERE rowid = "
+            "(SELECT m.rowid FROM maps m JOIN results r ON r.image_sha256 = m.image_sha256 JOIN images i "
+            "ON i.id = r.image_id WHERE i.path = ?)", bomb, first.name)
+    html = _report(tmp_path)
+    assert "heat map damaged in the session file" in _row_of(html, first.name)
+    from core.session.maps import decode_map
+
+    with pytest.raises(ValueError):
+        decode_map("f16-split-zlib", 4096, 4096, bomb)  # stops at 32 MiB of output, and says so
+    with pytest.raises(ValueError):
+        decode_map("f16-split-zlib", 100_000, 100_000, bomb)  # never starts
+
+
+def test_finding13_an_image_path_outside_the_folder_is_never_embedded(tiny_parts, tmp_path):
+    first = _reviewed_session(tiny_parts, tmp_path)[0]
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(first.read_bytes())
+    _tamper(tmp_path / "s.db", "UPDATE images SET path = ? WHERE path = ?", str(secret), first.name)
+    _tamper(tmp_path / "s.db", "UPDATE images SET path = ? WHERE path = ?", "../../secret.png", "bad1.png")
+    html = _report(tmp_path)
+    for tr in html.split("<tr")[1:]:
+        if "secret.png</td>" in tr:
+            assert "outside the session" in tr and tr.count("data:image/jpeg") == 1  # the heat map only
+
+
+def test_finding14_redacted_report_and_visible_bidi_controls(tiny_parts, tmp_path):
+    import getpass
+
+    first = _reviewed_session(tiny_parts, tmp_path)[0]
+    with open_session(tmp_path / "s.db") as s:
+        s.set_verdict(first, "ng")
+        s.set_note(first, "looks fine \u202egnp.exe")
+    html = _report(tmp_path)
+    assert "\u202e" not in html and "⟨U+202E⟩gnp.exe" in html
+    assert str(tmp_path) in html  # the inspector's own report: full paths
+    html = _report(tmp_path, "--redact")
+    assert str(tmp_path) not in html and str(tiny_parts) not in html
+    assert "<th>run by</th><td class='mono'>inspector 1, " in html  # no OS user name
+    assert "<br><small>inspector 1, " in html and f"<small>{getpass.getuser()}," not in html  # the note's author
+    assert f">{first.name}</td>" in html and "⟨U+202E⟩" in html  # paths relative to the folder
