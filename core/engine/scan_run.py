@@ -29,7 +29,14 @@ from typing import Optional
 from core.data.images import ImageSource, Skipped
 from core.data.listing import RUN_MARKER, Listing, list_folder
 from core.detectors.base import Detector
-from core.engine.stream_scan import NOT_SCORED, partial_marker, read_partial, run_fingerprint, stream_scan
+from core.engine.stream_scan import (
+    NOT_SCORED,
+    partial_marker,
+    read_partial,
+    run_fingerprint,
+    run_marker_readable,
+    stream_scan,
+)
 from core.engine.workflows import scan_images
 from core.io.export import display_path, export_scan, write_skipped
 from core.io.run_folder import OutputFolderError, RunFolder  # noqa: F401 - raised from here
@@ -189,7 +196,8 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
                 + (f"; {partial.describe_rejected()}" if partial.rejected else ""))
     elif resume:
         why = ("it holds no run" if not (run.out / RUN_MARKER).exists() else
-               "its run is complete" if marker is None else
+               "its run marker cannot be read (damaged or not written by a scan)" if not run_marker_readable(run.out)
+               else "its run is complete" if marker is None else
                "its interrupted run is of another model, other score settings, threshold or heat-map choice")
         raise ResumeError(f"cannot resume {out}: {why}")
     elif marker is not None and resume is None:

@@ -185,6 +185,15 @@ def partial_marker(out: Path) -> dict | None:
     return marker
 
 
+def run_marker_readable(out: Path) -> bool:
+    """Whether ``out``'s run marker is one a scan wrote (JSON with a ``complete`` flag)."""
+    try:
+        marker = json.loads((out / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and isinstance(marker.get("complete"), bool)
+
+
 def _row_problem(rec: dict, header: list[str], threshold: Optional[Threshold]) -> str:
     """Why a row read back from an interrupted run's results.csv cannot be taken over ("" if it can)."""
     if None in rec or any(rec.get(k) is None for k in header):

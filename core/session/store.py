@@ -24,11 +24,12 @@ import numpy as np
 
 from core.data.images import Skipped
 from core.grouping import GROUP_NAMES, Grouping
+from core.io.export import display_path
 from core.results import ScanResult, ScanRow, apply_grouping
 from core.results.threshold import Threshold, calibrate
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
-from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
+from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder, writer_active
 from core.session.maps import CODEC, CODECS, decode_map, encode_map
 from core.session.schema import SchemaError, current_version, migrate, read_version
 
@@ -296,7 +297,10 @@ class Session:
             f"JOIN runs u ON u.id = r.run_id WHERE u.run_key = ? AND {_DONE} ORDER BY r.run_id", (run_key,))
         for scored_in, sha, score, columns, h, w in rows:
             if sha in wanted:
-                out[sha] = StoredScore(int(scored_in), sha, float(score), json.loads(columns), int(h), int(w))
+                try:
+                    out[sha] = StoredScore(int(scored_in), sha, float(score), dict(json.loads(columns)), int(h), int(w))
+                except (ValueError, TypeError) as exc:
+                    raise self._damaged(f"a stored score of run {scored_in}", exc) from None
         return out
 
     def record_run(
@@ -389,7 +393,18 @@ class Session:
                                else f"session {self.path} holds no runs yet")
         return self._run_info(row)
 
+    def _damaged(self, what: str, exc: BaseException) -> SessionError:
+        """The error for a session whose content cannot be read (edited by hand, damaged)."""
+        return SessionError(f"session {self.path} is damaged: {what} cannot be read "
+                            f"({type(exc).__name__ if not str(exc) else ' '.join(str(exc).split())})")
+
     def _run_info(self, r: tuple) -> RunInfo:
+        try:
+            return self._run_info_of(r)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise self._damaged(f"run {r[0]}", exc) from None
+
+    def _run_info_of(self, r: tuple) -> RunInfo:
         (rid, detector, fingerprint, settings, key, threshold, version, user, started, finished, seconds, n_new,
          n_reused, skipped, grouping, note, n) = tuple(r)
         return RunInfo(
@@ -413,14 +428,22 @@ class Session:
                 "SELECT i.path, r.score, r.flagged, r.columns, r.height, r.width, r.image_sha256, r.scored_in "
                 "FROM results r JOIN images i ON i.id = r.image_id WHERE r.run_id = ? ORDER BY r.position", (info.id,)):
             m = self.stored_map(int(src), sha) if maps else None
-            rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
-                                (int(h), int(w)), m, json.loads(columns)))
+            try:
+                cols = json.loads(columns)
+                rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
+                                    (int(h), int(w)), m, cols if isinstance(cols, dict) else dict(cols)))
+            except (ValueError, TypeError) as exc:
+                raise self._damaged(f"the row of {display_path(self._abs(rel))} in run {info.id}", exc) from None
         result = ScanResult(info.detector, rows, list(info.skipped), info.threshold, info.seconds)
         result.grouping_note = info.grouping_note
         if info.grouping_method is not None:
-            g = json.loads(self.conn.execute("SELECT grouping FROM runs WHERE id = ?", (info.id,)).fetchone()[0])
-            labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows], dtype=np.int64)
-            result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
+            try:
+                g = json.loads(self.conn.execute("SELECT grouping FROM runs WHERE id = ?", (info.id,)).fetchone()[0])
+                labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows],
+                                  dtype=np.int64)
+                result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise self._damaged(f"the grouping of run {info.id}", exc) from None
         if decisions:
             self.apply_decisions(result, info.id)
         return result
@@ -599,7 +622,15 @@ class Session:
                       (key, json.dumps(value), self.user, now()))
 
     def ui_state(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM ui_state")}
+        """The front-end state saved (an entry that is not valid JSON is left out: state to
+        restore, not data)."""
+        out: dict[str, Any] = {}
+        for k, v in self.conn.execute("SELECT key, value FROM ui_state"):
+            try:
+                out[k] = json.loads(v)
+            except (ValueError, TypeError):
+                continue
+        return out
 
     # ------------------------------------------------------------------ review
     def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewStatus:
@@ -653,7 +684,12 @@ def _json_default(v: Any) -> Any:
 # --------------------------------------------------------------------------- opening
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
+        # A session no one writes (no writer lock held, no write-ahead log beside it) is opened
+        # immutable: SQLite then creates no -wal / -shm files beside it, and it opens in a folder
+        # this user cannot write. Otherwise read-only through the log the writer keeps.
+        wal = path.with_name(path.name + "-wal")
+        quiet = not wal.exists() and not writer_active(path)
+        uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if quiet else "")
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0, check_same_thread=False)
@@ -685,7 +721,14 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
     if not db.exists():
         if mode == "ro" or not create:
             raise SessionError(f"session not found: {db}")
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise SessionError(f"cannot create session {db}: {db.parent} is a file, not a folder") from None
+        except OSError as exc:
+            raise SessionError(f"cannot create session {db}: {exc.strerror or exc}") from None
+    elif mode == "ro" and db.stat().st_size == 0:
+        raise SessionError(f"session {db} is empty (0 bytes): no session was ever written to it")
     lock: Optional[WriterLock] = None
     reason = ""
     if mode in ("rw", "auto"):
@@ -703,6 +746,7 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             lock, reason = None, f"cannot write beside it ({exc.strerror or exc})"
     else:
         reason = "opened read-only"
+    conn: Optional[sqlite3.Connection] = None
     try:
         conn = _connect(db, read_only=lock is None)
         if lock is not None:
@@ -719,12 +763,17 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             version = read_version(conn)
             if version != current_version():
                 conn.close()
+                if version == 0:
+                    raise SessionError(f"{db} is not an Anomaly Inspector session (an empty or foreign SQLite file)")
                 if version > current_version():
                     raise SchemaError(f"session {db} has schema version {version}, newer than this program reads "
                                       f"({current_version()}); update Anomaly Inspector")
                 raise SessionError(f"session {db} is at schema version {version} and must be upgraded: open it for "
                                    "writing once")
+        return Session(db, conn, lock, root, reason)  # reads the meta table: a damaged file fails here too
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         if lock is not None:
             lock.release()
         raise SessionError(f"cannot open session {db}: {exc}") from None
@@ -732,4 +781,3 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
         if lock is not None:
             lock.release()
         raise
-    return Session(db, conn, lock, root, reason)

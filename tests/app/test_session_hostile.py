@@ -429,3 +429,105 @@ def test_finding14_redacted_report_and_visible_bidi_controls(tiny_parts, tmp_pat
     assert "<th>run by</th><td class='mono'>inspector 1, " in html  # no OS user name
     assert "<br><small>inspector 1, " in html and f"<small>{getpass.getuser()}," not in html  # the note's author
     assert f">{first.name}</td>" in html and "⟨U+202E⟩" in html  # paths relative to the folder
+
+
+# ----------------------------------------------------------------------------- messages
+def _one_line_exit_2(capsys, argv, *words):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("anomaly-inspector: "), err
+    assert "Error:" not in err, err  # no Python exception name
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_finding15_damaged_sessions_and_unwritable_places_are_one_line_exit_2(tiny_parts, tmp_path, capsys):
+    import sqlite3
+
+    assert scan(tiny_parts / "batch", tiny_parts / "good", tmp_path / "out", tmp_path / "s.db") == 0
+    (tmp_path / "empty.db").write_bytes(b"")
+    _one_line_exit_2(capsys, ["report", str(tmp_path / "empty.db"), "--out", str(tmp_path / "r.html")],
+                     "empty.db", "empty (0 bytes)")
+    _one_line_exit_2(capsys, ["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--train",
+                              str(tiny_parts / "good"), "--out", str(tmp_path / "o2"), "--session",
+                              str(tmp_path / "s.db" / "x.db"), *SMALL], "s.db is a file")
+    (tmp_path / "afile").write_text("in the way")
+    _one_line_exit_2(capsys, ["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "afile" / "r.html")],
+                     "cannot write the report", "afile")
+    _one_line_exit_2(capsys, ["export", str(tmp_path / "s.db"), "--out", str(tmp_path / "afile" / "e")], "afile")
+    damaged = tmp_path / "damaged.db"
+    raw = bytearray((tmp_path / "s.db").read_bytes())
+    raw[100:4096] = b"\xa5" * (4096 - 100)  # the first page's b-tree
+    damaged.write_bytes(bytes(raw))
+    _one_line_exit_2(capsys, ["report", str(damaged), "--out", str(tmp_path / "r.html")], "damaged.db")
+    bad_json = tmp_path / "json.db"
+    bad_json.write_bytes((tmp_path / "s.db").read_bytes())
+    conn = sqlite3.connect(bad_json)
+    conn.execute("UPDATE runs SET settings = '{bad'")
+    conn.commit()
+    conn.close()
+    for cmd, out in (("report", "r.html"), ("export", "e")):
+        _one_line_exit_2(capsys, [cmd, str(bad_json), "--out", str(tmp_path / out)], "json.db", "damaged",
+                         "run 1 cannot be read")
+
+
+def test_finding15_resume_with_a_garbage_marker_says_so(model, tmp_path, capsys):
+    from core.data.listing import RUN_MARKER
+
+    batch = make_batch(tmp_path / "batch", 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RUN_MARKER).write_text("complete garbage")
+    err = _one_line_exit_2(capsys, ["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model),
+                                    "--out", str(out), "--resume", "-q"], "run marker cannot be read")
+    assert "is complete" not in err
+
+
+def test_finding15_report_and_export_leave_no_wal_or_shm_beside_the_session(tiny_parts, tmp_path):
+    assert scan(tiny_parts / "batch", tiny_parts / "good", tmp_path / "out", tmp_path / "s.db") == 0
+    beside = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("s.db"))  # noqa: E731
+    before = beside()
+    assert "s.db-wal" not in before and "s.db-shm" not in before
+    assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r.html"), "-q"]) == 0
+    assert main(["export", str(tmp_path / "s.db"), "--out", str(tmp_path / "e"), "-q"]) == 0
+    assert beside() == before
+    with open_session(tmp_path / "s.db") as s:  # while a writer has it open, a reader still reads it
+        assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r2.html"), "-q"]) == 0
+        s.set_note(s.load_run().rows[0].path, "written meanwhile")
+        assert main(["report", str(tmp_path / "s.db"), "--out", str(tmp_path / "r3.html"), "-q"]) == 0
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="a read-only folder (root may write anywhere)")
+def test_finding15_a_session_in_a_read_only_folder_opens_for_report_and_export(tiny_parts, tmp_path):
+    assert scan(tiny_parts / "batch", tiny_parts / "good", tmp_path / "out", tmp_path / "ro" / "s.db") == 0
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        assert main(["report", str(tmp_path / "ro" / "s.db"), "--out", str(tmp_path / "r.html"), "-q"]) == 0
+        assert main(["export", str(tmp_path / "ro" / "s.db"), "--out", str(tmp_path / "e"), "-q"]) == 0
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_finding15_quiet_silences_warnings_and_codec_chatter(model, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    batch = make_batch(tmp_path / "batch", 3)  # holds a damaged PNG: OpenCV and libpng complain
+    cv2.imwrite(str(batch / "extreme.tif"), np.array([[-3e38, 3e38], [3e38, -3e38]], np.float32).repeat(8, 0)
+                .repeat(8, 1))  # RuntimeWarnings in the float conversion
+    argv = ["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--out", str(tmp_path / "o")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "always"}
+    code = "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    loud = subprocess.run([sys.executable, "-c", code, *argv], env=env, cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=300)
+    assert loud.returncode == 0 and ("WARN" in loud.stderr or "libpng" in loud.stderr), loud.stderr
+    quiet = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(tmp_path / "q"), "-q"], env=env,
+                           cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    bad = subprocess.run([sys.executable, "-c", code, *argv, "--out", str(tmp_path / "q"), "-q", "--resume"], env=env,
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot resume" in bad.stderr  # errors get through
