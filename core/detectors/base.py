@@ -282,6 +282,18 @@ class Detector(ABC):
         return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
                 if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
 
+    def decode_side(self) -> int | None:
+        """The longest image side scoring can use, or None when it needs every pixel.
+
+        A detector that brings each whole image down to its working size (``image_size``) gains
+        nothing from pixels beyond a few times that size, so a streamed scan may decode a very
+        large image (over :data:`core.data.images.FULL_DECODE_PIXELS`) at reduced size, its long
+        side no shorter than this (:func:`core.data.images.read_image_for`): eight times the
+        working size, at least 2048. A detector that looks at full resolution (tiles) returns None.
+        """
+        size = getattr(self.config, "image_size", None)
+        return max(2048, 8 * int(size)) if isinstance(size, int) and size > 0 else None
+
     def to(self, device: str | torch.device) -> Detector:
         self.device = resolve_device(device)
         self._moved()

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from core.data.images import ImageReadError, Skipped, read_image
+from core.data.images import ImageReadError, Skipped, read_image, read_image_for
 from core.data.listing import RUN_MARKER
 from core.detectors.base import Detector
 from core.engine.session_scan import model_fingerprint, score_settings
@@ -95,17 +95,21 @@ def run_fingerprint(detector: Detector, threshold: Optional[Threshold], heatmaps
 
 
 # ----------------------------------------------------------------------------- decoding ahead
-def _read(path: Path):
+def _read(path: Path, max_side: int | None = None):
     try:
-        return read_image(path)
+        return read_image_for(path, max_side) if max_side is not None else read_image(path)
     except ImageReadError as exc:
         return Skipped(path, str(exc))
 
 
 def prefetch(paths: Sequence[Path], workers: int, window: int,
-             cancel: CancelToken | None = None) -> Iterator[tuple[int, object]]:
+             cancel: CancelToken | None = None, max_side: int | None = None) -> Iterator[tuple[int, object]]:
     """``(position in paths, image | Skipped)`` in order, decoded by ``workers`` threads at
-    most ``window`` images ahead of the consumer."""
+    most ``window`` images ahead of the consumer. With ``max_side`` (a detector's
+    :meth:`~core.detectors.base.Detector.decode_side`) an image is ``(image, (H, W) of the
+    file)``, a very large one decoded at reduced size; large decodes take turns within the
+    process-wide decode budget (:func:`core.data.images.decode_budget`), so ``workers``
+    threads never hold several huge images at once."""
     workers = max(1, int(workers))
     window = max(workers, int(window))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
@@ -114,7 +118,7 @@ def prefetch(paths: Sequence[Path], workers: int, window: int,
     try:
         while nxt < len(paths) or pending:
             while nxt < len(paths) and len(pending) < window:
-                pending.append((nxt, pool.submit(_read, paths[nxt])))
+                pending.append((nxt, pool.submit(_read, paths[nxt], max_side)))
                 nxt += 1
             check(cancel)
             k, fut = pending.popleft()
@@ -132,14 +136,22 @@ def local_events(detector: Detector, paths: Sequence[Path], indices: Sequence[in
     bs = max(1, int(detector.config.batch_size))
     chunk: list[tuple[int, object]] = []
     n_images = 0
+    side = detector.decode_side()
 
     def flush() -> Iterator[Event]:
-        images = [x for _, x in chunk if not isinstance(x, Skipped)]
+        decoded = [x for _, x in chunk if not isinstance(x, Skipped)]
+        images = [x[0] if side is not None else x for x in decoded]
         results = iter(detector.score(images, cancel=cancel).values()) if images else iter(())
         for idx, x in chunk:
-            yield idx, (x if isinstance(x, Skipped) else next(results))
+            if isinstance(x, Skipped):
+                yield idx, x
+                continue
+            res = next(results)
+            if side is not None:
+                res.image_shape = x[1]  # decoded smaller: the heat map is still the file's size
+            yield idx, res
 
-    for k, x in prefetch(paths, workers, window=max(2 * bs, 4 * workers), cancel=cancel):
+    for k, x in prefetch(paths, workers, window=max(2 * bs, 4 * workers), cancel=cancel, max_side=side):
         chunk.append((indices[k], x))
         n_images += not isinstance(x, Skipped)
         if n_images >= bs:

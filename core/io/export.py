@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from core.data.images import Skipped
-from core.io.colormap import COLORMAP_NAME, colorize, robust_range
+from core.io.colormap import COLORMAP_NAME, colorize, lut, normalise, robust_range
 from core.results import ScanResult, ScanRow
 
 RESULTS_NAME = "results.csv"
@@ -202,14 +202,41 @@ def write_heatmaps(out_dir: str | os.PathLike, rows: list[ScanRow],
     return folder, len(with_maps)
 
 
+#: Heat maps of images larger than this are coloured in bands of rows (see :func:`_colour_in_bands`).
+BANDED_FROM_PIXELS = 16_000_000
+
+
+def _colour_in_bands(m: np.ndarray, h: int, w: int, lo: float, hi: float, rows: int = 256) -> np.ndarray:
+    """The BGR heat map of the small map ``m`` brought up to ``h`` x ``w``, made a band of rows
+    at a time: the same bilinear upsampling as ``cv2.resize`` (columns first, then rows, pixel
+    centres aligned), but never a full-size float map (a 12000 x 12000 image: 576 MB each for
+    the map, its normalised copy and their temporaries, where the BGR result is 432 MB)."""
+    mh = m.shape[0]
+    cols = cv2.resize(m, (w, mh), interpolation=cv2.INTER_LINEAR) if m.shape[1] != w else m
+    bgr = np.empty((h, w, 3), np.uint8)
+    table = np.ascontiguousarray(lut()[:, ::-1])
+    for y0 in range(0, h, rows):
+        y = (np.arange(y0, min(h, y0 + rows), dtype=np.float64) + 0.5) * (mh / h) - 0.5
+        y = np.clip(y, 0.0, mh - 1)
+        i0 = np.floor(y).astype(np.int64)
+        i1 = np.minimum(i0 + 1, mh - 1)
+        t = (y - i0).astype(np.float32)[:, None]
+        band = cols[i0] * (1.0 - t) + cols[i1] * t
+        bgr[y0:y0 + len(y)] = table[np.round(normalise(band, lo, hi) * 255.0).astype(np.uint8)]
+    return bgr
+
+
 def write_heatmap(folder: Path, name: str, m: np.ndarray, image_shape: tuple[int, int], lo: float, hi: float) -> Path:
     """One colour heat map ``folder/name`` at the image's size (H, W), on the scale [lo, hi]."""
     m = m.astype(np.float32)
     h, w = image_shape if image_shape[0] > 0 else m.shape
-    if m.shape != (h, w):
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    rgb = colorize(m, lo, hi)
-    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    if m.shape != (h, w) and h * w > BANDED_FROM_PIXELS:
+        bgr = _colour_in_bands(m, h, w, lo, hi)
+    else:
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        bgr = colorize(m, lo, hi)[:, :, ::-1]
+    ok, buf = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
         raise OSError(f"could not encode heat map {name}")
     tmp = folder / f".{name}.tmp"

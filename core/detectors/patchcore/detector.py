@@ -276,6 +276,10 @@ class PatchCoreDetector(Detector):
         up = F.interpolate(grid_maps[:, None], size=(s, s), mode="bilinear", align_corners=False)[:, 0]
         return gaussian_blur(up, self.config.blur_sigma)
 
+    def decode_side(self) -> int | None:
+        """Tiling scores large images at full resolution: then every pixel counts."""
+        return None if self.config.tile_size > 0 else super().decode_side()
+
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         results = []
         tiled = [self._crops(img) for img in images]
