@@ -146,23 +146,27 @@ class MapStore:
         return m.reshape(int(rec["mh"]), int(rec["mw"]))
 
     @classmethod
-    def valid(cls, folder: str | os.PathLike) -> dict[int, int]:
-        """``{index: record number}`` of the maps in an earlier run's store that pass their check
-        (digest, sizes, finite values; the first record of an index that appears twice)."""
+    def _checked(cls, folder: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+        """``(index, map, (H, W))`` of each record of an earlier run's store that passes its check."""
         src = Path(folder)
         recs = cls._records(src)
-        out: dict[int, int] = {}
         if not len(recs):
-            return out
+            return
         try:
             fh = open(src / DATA_NAME, "rb")
         except OSError:
-            return out
+            return
         with fh:
-            for k, rec in enumerate(recs):
-                if cls._check(fh, rec) is not None:
-                    out.setdefault(int(rec["index"]), k)
-        return out
+            for rec in recs:
+                m = cls._check(fh, rec)
+                if m is not None:
+                    yield int(rec["index"]), m, (int(rec["ih"]), int(rec["iw"]))
+
+    @classmethod
+    def valid(cls, folder: str | os.PathLike) -> set[int]:
+        """The indices of the maps in an earlier run's store that pass their check (digest,
+        sizes, finite values)."""
+        return {index for index, _, _ in cls._checked(folder)}
 
     @classmethod
     def _check(cls, fh, rec) -> np.ndarray | None:
@@ -180,28 +184,15 @@ class MapStore:
 
     def adopt(self, other: str | os.PathLike, keep: dict[int, int] | None = None) -> set[int]:
         """Take over the maps of an earlier, interrupted run's store (copied: that run stays
-        whole if this one never completes) that pass their check (:meth:`valid`). ``keep`` maps
-        an index of that run to the index the map gets here (its image's place in this run's
-        listing); None takes every map under its own index. Returns the indices (here) taken."""
-        src = Path(other)
-        recs = self._records(src)
+        whole if this one never completes) that pass their check (:meth:`valid`); a damaged,
+        edited or cut-short one is left out and its image scored again. ``keep`` maps an index
+        of that run to the index the map gets here (its image's place in this run's listing);
+        None takes every map under its own index. Returns the indices (here) taken."""
         taken: set[int] = set()
-        if not len(recs):
-            return taken
-        try:
-            fh = open(src / DATA_NAME, "rb")
-        except OSError:
-            return taken
-        with fh:
-            for rec in recs:
-                old = int(rec["index"])
-                new = old if keep is None else keep.get(old)
-                if new is None or new in taken:
-                    continue
-                m = self._check(fh, rec)
-                if m is None:
-                    continue  # damaged, edited or cut short: its image is scored again
-                self.add(new, m, (int(rec["ih"]), int(rec["iw"])))
+        for old, m, shape in self._checked(other):
+            new = old if keep is None else keep.get(old)
+            if new is not None and new not in taken:
+                self.add(new, m, shape)
                 taken.add(new)
         return taken
 

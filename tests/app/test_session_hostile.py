@@ -13,6 +13,8 @@ import pytest
 
 from app.cli import main
 from core.session import open_session
+from tests.app import test_interrupts as interrupts
+from tests.app.test_resume import _train
 from tests.conftest import make_part, write_png
 
 SMALL = ["--set", "image_size=16", "--set", "blur_sigma=1"]
@@ -91,19 +93,11 @@ def test_finding3_a_session_records_its_folder_resolved(tiny_parts, tmp_path, mo
 # --- finding 4: a resumed scan checks what it takes over
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("m27")
-    rng = np.random.default_rng(0)
-    for i in range(12):
-        write_png(root / "good" / f"g{i:02d}.png", make_part(rng))
-    assert main(["train", str(root / "good"), "--detector", "pixel-gaussian", "--model", str(root / "model"),
-                 *SMALL, "-q"]) == 0
-    return root / "model"
+    return _train(tmp_path_factory.mktemp("m27"), "model", 0)
 
 
 def make_batch(folder, n=12):
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        write_png(folder / f"p{i:03d}.png", make_part(rng, defect=i % 3 == 0))
+    interrupts.make_batch(folder, n)
     (folder / "p000a_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return folder
 

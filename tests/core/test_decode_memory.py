@@ -32,56 +32,41 @@ def _wait_until(cond, timeout=30.0):
         time.sleep(0.005)
 
 
-def test_budget_makes_a_decode_wait_until_it_fits():
-    budget = DecodeBudget(100)
+def _first_holds_second_waits(budget: DecodeBudget, first: int, second: int) -> list:
+    """A thread reserves ``first`` and holds it; another asks for ``second`` and must wait;
+    then the first lets go. Returns what each saw on entering: ("first"|"second", bytes in use)."""
     hold, entered = threading.Event(), []
 
-    def first():
-        with budget.reserve(60):
-            entered.append("a")
-            hold.wait(30)
+    def run(name, n, wait):
+        with budget.reserve(n):
+            entered.append((name, budget.used))
+            if wait:
+                hold.wait(30)
 
-    def second():
-        with budget.reserve(60):
-            entered.append("b")
-
-    a = threading.Thread(target=first)
+    a = threading.Thread(target=run, args=("first", first, True))
     a.start()
-    _wait_until(lambda: entered == ["a"])
-    b = threading.Thread(target=second)
+    _wait_until(lambda: len(entered) == 1)
+    b = threading.Thread(target=run, args=("second", second, False))
     b.start()
     _wait_until(lambda: budget.waiting == 1)
-    assert entered == ["a"] and budget.used == 60  # 60 + 60 > 100: b waits
+    assert len(entered) == 1  # the second is still waiting
     hold.set()
     a.join(30)
     b.join(30)
-    assert entered == ["a", "b"] and budget.used == 0 and budget.peak == 60
+    assert budget.used == 0
+    return entered
+
+
+def test_budget_makes_a_decode_wait_until_it_fits():
+    budget = DecodeBudget(100)
+    assert _first_holds_second_waits(budget, 60, 60) == [("first", 60), ("second", 60)]  # 60 + 60 > 100
+    assert budget.peak == 60
 
 
 def test_a_decode_larger_than_the_budget_runs_alone_and_is_never_refused():
     budget = DecodeBudget(100)
-    hold, entered = threading.Event(), []
-
-    def small():
-        with budget.reserve(10):
-            entered.append("small")
-            hold.wait(30)
-
-    def huge():
-        with budget.reserve(10_000):
-            entered.append(("huge", budget.used))
-
-    s = threading.Thread(target=small)
-    s.start()
-    _wait_until(lambda: entered == ["small"])
-    h = threading.Thread(target=huge)
-    h.start()
-    _wait_until(lambda: budget.waiting == 1)
-    assert entered == ["small"]
-    hold.set()
-    s.join(30)
-    h.join(30)
-    assert entered == ["small", ("huge", 100)] and budget.peak == 100
+    assert _first_holds_second_waits(budget, 10, 10_000) == [("first", 10), ("second", 100)]
+    assert budget.peak == 100
 
 
 def test_many_threads_never_hold_more_than_the_budget():

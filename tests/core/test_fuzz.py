@@ -372,38 +372,16 @@ def test_fuzz_model_weights(model_files, tmp_path_factory, data):
 @pytest.fixture(scope="module")
 def partial_run(tmp_path_factory):
     """An interrupted scan (SIGINT in this process after 6 of 13 images) and the uninterrupted one."""
-    import os
-    import signal
-
-    from app.cli import main
-    from core.detectors.pixel_gaussian import PixelGaussianDetector
-    from tests.conftest import write_png
+    from tests.app.test_resume import _train
+    from tests.app.test_session_hostile import interrupted, make_batch, model_scan
 
     root = tmp_path_factory.mktemp("fr")
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        write_png(root / "good" / f"g{i}.png", make_part(rng))
-    for i in range(12):
-        write_png(root / "batch" / f"p{i:02d}.png", make_part(rng, defect=i % 3 == 0))
-    (root / "batch" / "p00a.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    small = ["--set", "image_size=16", "--set", "blur_sigma=1", "-q"]
-    assert main(["train", str(root / "good"), "--detector", "pixel-gaussian", "--model", str(root / "m"), *small]) == 0
-    scan = ["scan", str(root / "batch"), "--detector", "pixel-gaussian", "--model", str(root / "m"),
-            "--set", "batch_size=1", "-q"]
-    assert main([*scan, "--out", str(root / "whole")]) == 0
-    calls = []
-    real = PixelGaussianDetector._score_batch
-
-    def score(self, images):
-        calls.append(1)
-        if len(calls) == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(self, images)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(PixelGaussianDetector, "_score_batch", score)
-        assert main([*scan, "--out", str(root / "partial")]) == 130
-    return root, scan
+    model = _train(root, "m", 0)
+    batch = make_batch(root / "batch")
+    assert model_scan(batch, root / "whole", model) == 0
+    interrupted(batch, root / "partial", model, pytest.MonkeyPatch())
+    return root, ["scan", str(batch), "--detector", "pixel-gaussian", "--model", str(model), "--set", "batch_size=1",
+                  "-q"]
 
 
 def _files_of(out: Path) -> dict[str, bytes]:
