@@ -22,7 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core.data.images import Skipped
+from core.data.images import Skipped, max_pixels
 from core.grouping import GROUP_NAMES, Grouping
 from core.io.export import display_path
 from core.results import ScanResult, ScanRow, apply_grouping
@@ -147,6 +147,9 @@ def default_session_path(folder: str | os.PathLike) -> Path:
     return data_dir() / SESSIONS_DIR / f"{slug}-{key}.db"
 
 
+#: The longest image side a stored row may claim (libpng's own limit on PNG rows; an export writes
+#: each heat map at its image's size).
+MAX_IMAGE_SIDE = 1_000_000
 #: Rows of a run are written in transactions of this many images (see :meth:`Session.record_run`).
 RECORD_CHUNK = 256
 #: A run whose rows are all written (``finished_at`` is set last); others are not shown or reused.
@@ -181,6 +184,8 @@ class Session:
         stored = meta.get("folder")
         #: How anomaly maps are stored (:mod:`core.session.maps`), chosen when the session was created.
         self.map_codec = meta.get("map_codec", CODEC)
+        if not isinstance(stored, (str, type(None))) or self.map_codec not in CODECS:
+            raise SessionError(f"session {path} is damaged: its folder or map codec cannot be read")
         self.folder: Optional[Path] = folder if folder is not None else (Path(stored) if stored else None)
         if folder is not None and not stored and not self.read_only:
             self._set_meta("folder", str(folder))
@@ -299,7 +304,7 @@ class Session:
             if sha in wanted:
                 try:
                     out[sha] = StoredScore(int(scored_in), sha, float(score), dict(json.loads(columns)), int(h), int(w))
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, OverflowError) as exc:
                     raise self._damaged(f"a stored score of run {scored_in}", exc) from None
         return out
 
@@ -401,12 +406,16 @@ class Session:
     def _run_info(self, r: tuple) -> RunInfo:
         try:
             return self._run_info_of(r)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
             raise self._damaged(f"run {r[0]}", exc) from None
 
     def _run_info_of(self, r: tuple) -> RunInfo:
         (rid, detector, fingerprint, settings, key, threshold, version, user, started, finished, seconds, n_new,
          n_reused, skipped, grouping, note, n) = tuple(r)
+        for name, v in (("detector", detector), ("fingerprint", fingerprint), ("run key", key), ("app version", version),
+                        ("user", user), ("start", started), ("finish", finished), ("grouping note", note)):
+            if not isinstance(v, str):
+                raise TypeError(f"its {name} is not text")
         return RunInfo(
             int(rid), detector, fingerprint, json.loads(settings), key,
             Threshold.from_dict(json.loads(threshold)) if threshold else None, version, user, started, finished,
@@ -430,9 +439,11 @@ class Session:
             m = self.stored_map(int(src), sha) if maps else None
             try:
                 cols = json.loads(columns)
+                if not (0 < int(h) <= MAX_IMAGE_SIDE and 0 < int(w) <= MAX_IMAGE_SIDE and int(h) * int(w) <= max_pixels()):
+                    raise ValueError(f"an image size of {h} x {w}")  # its heat map is written at that size
                 rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
                                     (int(h), int(w)), m, cols if isinstance(cols, dict) else dict(cols)))
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, OverflowError) as exc:
                 raise self._damaged(f"the row of {display_path(self._abs(rel))} in run {info.id}", exc) from None
         result = ScanResult(info.detector, rows, list(info.skipped), info.threshold, info.seconds)
         result.grouping_note = info.grouping_note
@@ -442,7 +453,7 @@ class Session:
                 labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows],
                                   dtype=np.int64)
                 result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
-            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
                 raise self._damaged(f"the grouping of run {info.id}", exc) from None
         if decisions:
             self.apply_decisions(result, info.id)
@@ -486,17 +497,22 @@ class Session:
         if row is None:
             return None
         try:  # bounded: a tampered blob (a zlib bomb, a PNG claiming a huge size) is refused, not decoded
-            return decode_map(str(row[0]), int(row[1]), int(row[2]), bytes(row[3]))
-        except (ValueError, TypeError, zlib.error) as exc:
+            if not isinstance(row[0], str) or not isinstance(row[3], bytes):
+                raise TypeError("its codec or data has the wrong type")
+            return decode_map(row[0], int(row[1]), int(row[2]), row[3])
+        except (ValueError, TypeError, OverflowError, zlib.error) as exc:
             raise SessionError(f"session {self.path} is damaged: a stored heat map cannot be read ({exc})") from None
 
     def result_sources(self, run_id: Optional[int] = None) -> dict[Path, tuple[str, int]]:
         """``{image path: (content hash when scanned, run holding its map)}`` for the rows of
         ``run_id`` (default latest): what :meth:`stored_map` needs, and what the file must still hash to."""
         info = self.run(run_id)
-        return {self._abs(p): (sha, int(src)) for p, sha, src in self.conn.execute(
-            "SELECT i.path, r.image_sha256, r.scored_in FROM results r JOIN images i ON i.id = r.image_id "
-            "WHERE r.run_id = ?", (info.id,))}
+        try:
+            return {self._abs(p): (str(sha), int(src)) for p, sha, src in self.conn.execute(
+                "SELECT i.path, r.image_sha256, r.scored_in FROM results r JOIN images i ON i.id = r.image_id "
+                "WHERE r.run_id = ?", (info.id,))}
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise self._damaged(f"the rows of run {info.id}", exc) from None
 
     # ------------------------------------------------------------------ decisions
     def _latest(self, table: str, column: str) -> dict[Path, Decision]:
