@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from app.cli import bench, gui, models, sessions, weights
-from app.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, err, version
+from app.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, err, quiet_output, version
 
 __all__ = ["build_parser", "main"]
 
@@ -66,7 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         args = parser.parse_args(["gui"])
     try:
-        return int(args.handler(args) or 0)
+        with quiet_output(bool(getattr(args, "quiet", False))):
+            return int(args.handler(args) or 0)
     except UsageError as exc:
         err(str(exc))
         return EXIT_USAGE

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -126,6 +129,41 @@ class ProgressBar:
         if self.tty and not self.quiet:
             self.stream.write("\n")
             self.stream.flush()
+
+
+@contextmanager
+def quiet_output(quiet: bool) -> Iterator[None]:
+    """``-q``: no Python warnings (RuntimeWarnings of a damaged image...) and none of the C
+    libraries' chatter (libpng, OpenCV's ``[ WARN:...]``), which write straight to file
+    descriptor 2: it points at the null device meanwhile, and ``sys.stderr`` at a copy of the
+    real one, so this program's own messages (errors) still get through."""
+    if not quiet:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            real = sys.stderr.fileno() == 2
+        except (AttributeError, OSError, ValueError):  # a captured stream (tests): Python warnings only
+            real = False
+        if not real:
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        before = sys.stderr
+        sys.stderr = os.fdopen(os.dup(saved), "w", encoding=before.encoding, errors=before.errors, buffering=1)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            sys.stderr.close()
+            sys.stderr = before
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def err(msg: str) -> None:

@@ -230,15 +230,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     result, written = outcome.result, outcome.written
+    masks = set(listing.masks)  # listed in skipped.csv; counted on the listing's line above, not one by one
     for s in result.skipped:
-        info(f"skipped {s.path}: {s.reason}", args.quiet)
+        if s.path not in masks:
+            info(f"skipped {s.path}: {s.reason}", args.quiet)
     n, nf = outcome.scored, outcome.flagged
     thr = result.threshold.describe() if result.threshold else "no threshold"
     if result.grouping is not None:
         thr = f"groups by {result.grouping.describe()} (flagged = suspect group)"
     elif result.grouping_note:
         thr = f"not grouped: {result.grouping_note}"
-    info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {len(result.skipped)}; {thr}", args.quiet)
+    n_skipped = sum(1 for s in result.skipped if s.path not in masks)
+    info(f"scored {n} images in {result.seconds:.1f}s, flagged {nf}, skipped {n_skipped}"
+         f"{f' (and {len(masks)} mask files left out)' if masks else ''}; {thr}", args.quiet)
     info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
     if outcome.interrupted_by and not result.interrupted:
         err(f"interrupted ({outcome.interrupted_by}) while writing: the run was complete and {out_dir} holds all of it")

@@ -14,6 +14,8 @@ Both read the session read-only, so they work while the GUI has it open for revi
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +29,9 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--run", type=int_at_least(1), metavar="N", help="which run (default: the latest)")
     r.add_argument("--max-images", type=int_at_least(0), default=80, metavar="N",
                    help="show at most N flagged / disagreeing images (default 80)")
+    r.add_argument("--redact", action="store_true",
+                   help="for a report that leaves the building: image paths relative to the inspected folder, the "
+                        "folder and the session file by name only, user names replaced by 'inspector 1', ...")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(handler=cmd_report)
 
@@ -36,6 +41,8 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     e.add_argument("--run", type=int_at_least(1), metavar="N", help="which run (default: the latest)")
     e.add_argument("--no-heatmaps", action="store_true", help="do not write heat map images")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace the content of a non-empty --out that holds no earlier results")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(handler=cmd_export)
 
@@ -76,6 +83,9 @@ def check_scan_session(args: argparse.Namespace, folder: Path) -> None:
     s = _open(Path(args.session).expanduser(), folder, mode="rw")
     try:
         recorded = s.meta().get("folder")
+        if recorded and not Path(recorded).is_absolute():  # written before folders were stored resolved
+            raise UsageError(f"session {s.path} records its folder only as '{recorded}' (a relative path), so "
+                             "which folder it belongs to is unknown; give another --session")
         if recorded and Path(recorded).resolve() != folder.resolve():
             raise UsageError(f"session {s.path} belongs to the folder {recorded}, not {folder}; give another --session")
     finally:
@@ -90,7 +100,7 @@ def session_scanner(args: argparse.Namespace, folder: Path):
     path = Path(args.session).expanduser()
 
     def scan(detector, source, threshold, progress, cancel):
-        with _open(path, folder, mode="rw") as s:
+        with _open(path, folder, mode="rw") as s, _readable(path):
             out = scan_into_session(s, detector, source, threshold=threshold, progress=progress, cancel=cancel,
                                     keep_partial=True)
         where = f"run {out.run_id}" if out.run_id is not None else "nothing stored"
@@ -98,6 +108,33 @@ def session_scanner(args: argparse.Namespace, folder: Path):
         return out.result
 
     return scan
+
+
+@contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A session damaged on disk, or by hand, is one line naming the file (exit 2), whatever
+    layer finds it (SQLite's "malformed", a bad blob or JSON)."""
+    import sqlite3
+
+    from core.session import SchemaError, SessionError
+
+    try:
+        yield
+    except (SessionError, SchemaError) as exc:
+        raise UsageError(str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise UsageError(f"session {path} is damaged ({exc})") from None
+
+
+def _write_error(exc: OSError, what: str) -> Exception:
+    """A place that cannot be written (no permission, read-only, a file in the way) is a usage
+    error (exit 2); anything else (a full disk) a runtime failure (exit 1); one line either way."""
+    import errno
+
+    text = f"{what}: {exc.strerror or exc}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return UsageError(text)
+    return OSError(text)
 
 
 def _run_arg(s, args: argparse.Namespace) -> int:
@@ -115,9 +152,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.is_dir():
         raise UsageError(f"--out must be a file, not a folder: {out}")
-    with _open(_session_file(args.session)) as s:
+    session = _session_file(args.session)
+    with _open(session) as s, _readable(session):
         run_id = _run_arg(s, args)
-        path = write_report(s, out, run_id, max_images=args.max_images)
+        try:
+            path = write_report(s, out, run_id, max_images=args.max_images, redact=args.redact)
+        except OSError as exc:
+            raise _write_error(exc, f"cannot write the report {out}") from None
         status = s.review_status(run_id)
     info(f"wrote {path} (run {run_id}: {status.n_images} images, {status.n_flagged} flagged, {status.describe()})",
           args.quiet)
@@ -130,7 +171,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out must be a folder, not a file: {out}")
-    with _open(_session_file(args.session)) as s:
-        written = export_session(s, out, _run_arg(s, args), heatmaps=not args.no_heatmaps)
+    from core.io.run_folder import OutputFolderError
+
+    session = _session_file(args.session)
+    with _open(session) as s, _readable(session):
+        try:
+            written = export_session(s, out, _run_arg(s, args), heatmaps=not args.no_heatmaps,
+                                     overwrite=args.overwrite)
+        except OutputFolderError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise _write_error(exc, f"cannot write the export into {out}") from None
     info(f"wrote {', '.join(str(p) for p in written.values())}", args.quiet)
     return EXIT_OK

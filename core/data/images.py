@@ -11,7 +11,9 @@ person can act on; callers that walk a folder record the reason and go on.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +53,10 @@ def list_images(folder: str | os.PathLike, recursive: bool = False) -> list[Path
 
 
 def _to_float(arr: np.ndarray) -> np.ndarray:
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 255.0
-    if arr.dtype == np.uint16:
-        return arr.astype(np.float32) / 65535.0
+    if arr.dtype in (np.uint8, np.uint16):  # scaled in place: one float copy, not two
+        out = arr.astype(np.float32)
+        out *= np.float32(1.0 / (255.0 if arr.dtype == np.uint8 else 65535.0))
+        return out
     if arr.dtype in (np.int8, np.int16, np.int32, np.uint32):
         info = np.iinfo(arr.dtype)
         out = (arr.astype(np.float64) - info.min) / float(info.max - info.min)
@@ -118,6 +120,78 @@ DEFAULT_MAX_PIXELS = 160_000_000
 #: which the JPEG codec does without ever holding the full image.
 FULL_DECODE_PIXELS = 40_000_000
 _EXIF_ORIENTATION = 0x0112
+#: Decoding above this many bytes of pixels takes a share of the process-wide decode budget
+#: (:class:`DecodeBudget`); smaller images (any camera's) never wait.
+BUDGET_FROM_BYTES = 32 * 1024 * 1024
+#: The budget itself, in MiB: at most this much memory held by decodes in flight at once, across
+#: all threads (``ANOMALY_INSPECTOR_DECODE_MIB`` changes it).
+DEFAULT_DECODE_MIB = 1024
+
+
+class DecodeBudget:
+    """Bytes of pixels the decoding threads of this process may hold at once.
+
+    A decode of ``n`` bytes waits until ``n`` fit beside the decodes in flight; one larger than
+    the whole budget waits until it is alone, then goes ahead (it is never refused: the pixel
+    limit does that). So four threads decoding four 144 M-pixel PNGs take turns instead of
+    holding 2 GB each at the same moment. ``peak`` is the most ever reserved at once.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = max(1, int(limit_bytes))
+        self.used = 0
+        self.peak = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, n: int) -> Iterator[None]:
+        n = max(0, min(int(n), self.limit))
+        with self._cond:
+            self.waiting += 1
+            try:
+                self._cond.wait_for(lambda: self.used + n <= self.limit)
+            finally:
+                self.waiting -= 1
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+def _budget_limit() -> int:
+    text = os.environ.get("ANOMALY_INSPECTOR_DECODE_MIB", "").strip()
+    try:
+        mib = float(text) if text else DEFAULT_DECODE_MIB
+    except ValueError:
+        mib = DEFAULT_DECODE_MIB
+    return int(max(1.0, mib) * 1024 * 1024)
+
+
+_BUDGET: DecodeBudget | None = None
+_BUDGET_LOCK = threading.Lock()
+
+
+def decode_budget() -> DecodeBudget:
+    """The process-wide :class:`DecodeBudget` (made on first use, sized from the environment)."""
+    global _BUDGET
+    with _BUDGET_LOCK:
+        if _BUDGET is None:
+            _BUDGET = DecodeBudget(_budget_limit())
+        return _BUDGET
+
+
+def _decode_bytes(w: int, h: int, bands: int, sample_bytes: int, out_side: int | None) -> int:
+    """What decoding a ``w`` x ``h`` image holds at its peak: the decoded samples twice (the
+    codec's buffer and the array; measured: 276 MB for a 144 M-pixel grey PNG) and the float32
+    copy, of the image shrunk to ``out_side`` when it is."""
+    raw = w * h * bands * sample_bytes
+    kept = w * h if out_side is None or max(w, h) <= out_side else (w * h * out_side * out_side) // max(w, h) ** 2
+    return 2 * raw + kept * min(bands, 3) * 4
 
 
 def max_pixels() -> int:
@@ -129,9 +203,9 @@ def max_pixels() -> int:
         return DEFAULT_MAX_PIXELS
 
 
-def _header(path: Path) -> tuple[int, int, int]:
-    """(width, height, EXIF orientation) from the file header, without decoding pixels;
-    (0, 0, 1) when the header cannot be read here (the decoder then decides)."""
+def _header(path: Path) -> tuple[int, int, int, int, int]:
+    """(width, height, EXIF orientation, bands, bytes per sample) from the file header, without
+    decoding pixels; (0, 0, 1, 3, 1) when the header cannot be read here (the decoder then decides)."""
     import warnings
 
     from PIL import Image
@@ -141,6 +215,8 @@ def _header(path: Path) -> tuple[int, int, int]:
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 w, h = im.size
+                bands = len(im.getbands())
+                sample = 2 if im.mode in ("I;16", "I;16B", "I;16L", "I") else 4 if im.mode == "F" else 1
                 orient = 1
                 # Pillow's PNG reader decodes the whole image to look for an eXIf chunk after
                 # the pixels: ask only formats that carry EXIF in the header (or a PNG whose
@@ -150,13 +226,13 @@ def _header(path: Path) -> tuple[int, int, int]:
                         orient = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
                     except Exception:
                         orient = 1
-                return int(w), int(h), orient
+                return int(w), int(h), orient, bands, sample
     except Image.DecompressionBombError as exc:
         if Image.MAX_IMAGE_PIXELS and max_pixels() > 2 * Image.MAX_IMAGE_PIXELS:
-            return 0, 0, 1  # our limit was raised above Pillow's: let OpenCV decide
+            return 0, 0, 1, 3, 1  # our limit was raised above Pillow's: let OpenCV decide
         raise ImageReadError(f"image too large ({exc}); the limit is {max_pixels()} pixels") from None
     except Exception:
-        return 0, 0, 1
+        return 0, 0, 1, 3, 1
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -191,6 +267,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     thumbnails and full view read through here too). JPEGs over :data:`FULL_DECODE_PIXELS`
     are decoded at a reduced scale.
     """
+    return read_image_for(path, None)[0]
+
+
+def read_image_for(path: str | os.PathLike, max_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_image` for a reader that shrinks every image to a working size anyway (a
+    detector's ``decode_side``): an image over :data:`FULL_DECODE_PIXELS` pixels is decoded at
+    reduced size, its long side no shorter than ``max_side`` (a JPEG by the codec at 1/2, 1/4
+    or 1/8; anything else decoded as 8/16-bit samples and shrunk before the float copy, which
+    is four times larger). Returns the image and its full (H, W), upright. Large decodes take
+    turns within the process-wide :func:`decode_budget`."""
     import stat
 
     p = Path(path)
@@ -207,18 +293,22 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     limit = max_pixels()
     if st.st_size > 8 * limit + (1 << 20):
         raise ImageReadError(f"file too large ({st.st_size} bytes) for the limit of {limit} pixels")
-    w, h, orientation = _header(p)
+    w, h, orientation, bands, sample = _header(p)
     if w * h > limit:
         raise ImageReadError(f"image too large ({w} x {h} pixels; the limit is {limit}, "
                              "set ANOMALY_INSPECTOR_MAX_PIXELS to change it)")
+    shrink = max_side if max_side is not None and w * h > FULL_DECODE_PIXELS else None
+    need = _decode_bytes(w, h, bands, sample, shrink)
     try:
-        raw = np.fromfile(p, dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
-    except PermissionError:
-        raise ImageReadError("permission denied") from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from None
-    try:
-        return _decode(p, raw, w * h, orientation)
+        with decode_budget().reserve(need) if need > BUDGET_FROM_BYTES else nullcontext():
+            try:
+                raw = np.fromfile(p, dtype=np.uint8)  # handles non-ASCII paths, unlike cv2.imread
+            except PermissionError:
+                raise ImageReadError("permission denied") from None
+            except OSError as exc:
+                raise ImageReadError(f"cannot read file: {exc.strerror or exc}") from None
+            img, full = _decode(p, raw, w * h, orientation, shrink)
+            return img, full
     except ImageReadError:
         raise
     except MemoryError:
@@ -227,17 +317,34 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError("corrupt image data (the decoder failed)") from None
 
 
-def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int) -> np.ndarray:
+def _shrink(arr: np.ndarray, side: int) -> np.ndarray:
+    """``arr`` (H, W[, C]) with its long side brought down to ``side`` (area averaging), in
+    its own sample type: before the float copy, not after."""
+    h, w = arr.shape[:2]
+    f = side / max(h, w)
+    if f >= 1.0:
+        return arr
+    out = cv2.resize(arr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    return out[:, :, None] if arr.ndim == 3 and out.ndim == 2 else out
+
+
+def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int,
+            shrink: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     head = bytes(raw[:8])
     is_png, is_jpeg = head.startswith(b"\x89PNG"), head[:3] == b"\xff\xd8\xff"
     if is_jpeg and _jpeg_truncated(raw):
         raise ImageReadError("corrupt image data (truncated JPEG: the file ends inside the image data)")
     arr = None
     bgr = True
+    full: tuple[int, int] | None = None
     if is_jpeg and pixels > FULL_DECODE_PIXELS:
         factor = next((f for f, _ in _REDUCED_FLAGS[::-1] if pixels / (f * f) <= FULL_DECODE_PIXELS), 8)
+        wh = _jpeg_size(raw)
+        if shrink is not None and wh:  # as far down as the reader's working size allows
+            factor = max([factor] + [f for f, _ in _REDUCED_FLAGS if max(wh) // f >= shrink])
         flag = {f: fl for f, fl in _REDUCED_FLAGS}[factor] | cv2.IMREAD_IGNORE_ORIENTATION
         arr = cv2.imdecode(raw, flag)
+        full = (wh[1], wh[0]) if wh else None
     if arr is None:
         arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if (arr is None or arr.size == 0) and not is_png:
@@ -253,8 +360,32 @@ def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int) -> np.ndarr
         arr = arr[:, :, :4]
     if min(arr.shape[:2]) < 1:
         raise ImageReadError(f"image has no pixels ({arr.shape})")
+    if full is None:
+        full = (int(arr.shape[0]), int(arr.shape[1]))
+    if shrink is not None:
+        arr = _shrink(arr, shrink)
     out = _to_float(_normalise_channels(arr, bgr=bgr))
-    return _orient(out, orientation) if orientation != 1 else out
+    if orientation in (5, 6, 7, 8):
+        full = (full[1], full[0])
+    return (_orient(out, orientation) if orientation != 1 else out), full
+
+
+def _jpeg_size(raw: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's start-of-frame marker, or None."""
+    data = raw.tobytes()
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        i += 2 + length
+    return None
 
 
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))

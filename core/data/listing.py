@@ -6,7 +6,11 @@ something a file-name pattern left out, an output folder of an earlier run, or a
 report:
 
 - **Masks are not parts.** An MVTec ``ground_truth/`` folder is not descended into, and in the
-  MTD layout a ``.png`` beside a ``.jpg``/``.jpeg`` of the same stem is that image's mask.
+  MTD layout (``MT_*/Imgs/``) a ``.png`` beside a ``.jpg``/``.jpeg`` of the same stem is that
+  image's mask. Elsewhere such a ``.png`` is a mask only if it looks like one: one channel, the
+  size of the ``.jpg``, at most two distinct values; any other ``.png`` is a part like any
+  other. Every mask left out is returned with its reason (:meth:`Listing.masks_skipped`), so
+  that a scan lists it in ``skipped.csv``.
 - **Patterns.** ``include`` / ``exclude`` are shell globs (``*.png``, ``good/*``) matched
   against the file name and against the path relative to the folder (``/`` separators); a
   file is listed when it matches some include pattern (or none are given) and no exclude
@@ -30,6 +34,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from core.data.images import IMAGE_EXTENSIONS, Skipped
 
 #: Written into every scan output folder; a folder holding it is never scanned as parts.
@@ -37,6 +43,32 @@ RUN_MARKER = ".anomaly-inspector-run"
 #: MVTec AD keeps its defect masks here.
 MVTEC_MASK_DIR = "ground_truth"
 _MTD_IMAGE_SUFFIXES = (".jpg", ".jpeg")
+MASK_REASON = "a mask of a dataset layout, not a part"
+
+
+def _is_mtd_folder(d: Path) -> bool:
+    """``MT_<category>/Imgs``: where the Magnetic Tile Defects dataset keeps a mask beside each tile."""
+    return d.name == "Imgs" and d.parent.name.startswith("MT_")
+
+
+def _looks_like_mask(png: Path, jpg: Path) -> bool:
+    """A ``.png`` that is one channel, of ``jpg``'s size, with at most two distinct values."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(jpg) as im:
+                size = im.size
+            with Image.open(png) as im:
+                if im.mode not in ("1", "L") or im.size != size or size[0] * size[1] > 64_000_000:
+                    return False
+                im.load()
+                return np.unique(np.asarray(im)).size <= 2
+    except Exception:  # unreadable: a part, and the scan says what is wrong with it
+        return False
 
 
 @dataclass
@@ -49,10 +81,16 @@ class Listing:
     problems: list[Skipped] = field(default_factory=list)
     #: Image files recognised as masks of a dataset layout (not parts).
     masks: list[Path] = field(default_factory=list)
+    #: Why each of :attr:`masks` is one.
+    mask_reasons: dict[Path, str] = field(default_factory=dict)
     #: Image files left out by the include / exclude patterns.
     excluded: list[Path] = field(default_factory=list)
     #: Output folders of scans (the run marker, or ``skip``) that were not descended into.
     outputs: list[Path] = field(default_factory=list)
+
+    def masks_skipped(self) -> list[Skipped]:
+        """The masks left out, each with its reason (a scan lists them in ``skipped.csv``)."""
+        return [Skipped(p, self.mask_reasons.get(p, MASK_REASON)) for p in self.masks]
 
     def describe(self) -> str:
         """One line on what was left out (empty when nothing was)."""
@@ -140,7 +178,10 @@ def list_folder(
                     out.outputs.append(p)
                     continue
                 if e.name == MVTEC_MASK_DIR:
-                    out.masks.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS))
+                    found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS)
+                    out.masks.extend(found)
+                    out.mask_reasons.update((q, f"a mask of the MVTec AD layout ({MVTEC_MASK_DIR}/), not a part")
+                                            for q in found)
                     continue
                 if _key(st) in visited:
                     out.problems.append(Skipped(p, "symbolic link loop (this folder is already listed)"))
@@ -153,9 +194,11 @@ def list_folder(
             if not stat.S_ISREG(st.st_mode):
                 out.problems.append(Skipped(p, "not a regular file (a pipe, socket or device)"))
                 continue
-            if suffix == ".png" and any(f"{p.stem}{s}" in names or f"{p.stem}{s.upper()}" in names
-                                        for s in _MTD_IMAGE_SUFFIXES):
-                out.masks.append(p)  # MTD: the mask of the .jpg beside it
+            jpg = next((n for s in _MTD_IMAGE_SUFFIXES for n in (f"{p.stem}{s}", f"{p.stem}{s.upper()}") if n in names),
+                       None) if suffix == ".png" else None
+            if jpg is not None and (_is_mtd_folder(d) or _looks_like_mask(p, d / jpg)):
+                out.masks.append(p)  # the mask of the .jpg beside it
+                out.mask_reasons[p] = f"the mask of {jpg} beside it, not a part"
                 continue
             if (inc and not _matches(rel, e.name, inc)) or (exc and _matches(rel, e.name, exc)):
                 out.excluded.append(p)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from core.data.images import Skipped, iter_batches
+from core.detectors.common import check_same_layout
 from core.detectors.config import ConfigError, DetectorConfig
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.results import ScoreResult
@@ -247,9 +248,15 @@ class Detector(ABC):
         det = cls(cfg, device=device)
         det.meta = dict(doc.get("meta") or {})
         try:
-            det._restore(tensors, det.meta)
+            for k, t in sorted(tensors.items()):  # no detector's weights hold NaN or infinity
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"'{k}' holds NaN or infinite values")
+            det._restore(tensors, det.meta)  # each detector checks its tensors' dtypes, shapes and ranges
+            check_same_layout(tensors, det._state())
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
-            raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' ({exc})") from None
+            msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+            raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' "
+                                  f"({' '.join(msg.split())})") from None
         det.fitted = True
         if doc.get("threshold"):
             det.threshold = Threshold.from_dict(doc["threshold"])
@@ -293,6 +300,18 @@ class Detector(ABC):
         neutral = set(self.neutral_fields())
         return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
                 if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
+
+    def decode_side(self) -> int | None:
+        """The longest image side scoring can use, or None when it needs every pixel.
+
+        A detector that brings each whole image down to its working size (``image_size``) gains
+        nothing from pixels beyond a few times that size, so a streamed scan may decode a very
+        large image (over :data:`core.data.images.FULL_DECODE_PIXELS`) at reduced size, its long
+        side no shorter than this (:func:`core.data.images.read_image_for`): eight times the
+        working size, at least 2048. A detector that looks at full resolution (tiles) returns None.
+        """
+        size = getattr(self.config, "image_size", None)
+        return max(2048, 8 * int(size)) if isinstance(size, int) and size > 0 else None
 
     def to(self, device: str | torch.device) -> Detector:
         self.device = resolve_device(device)

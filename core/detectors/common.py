@@ -69,3 +69,52 @@ def check_unet_shape(block_out_channels: Sequence[int], norm_num_groups: int, sa
     if sample_size % stride:
         raise ValueError(f"image size {sample_size} must be a multiple of 2^(levels - 1) = {stride} "
                          f"for {levels} U-Net levels")
+
+
+def expect_tensor(tensors: dict[str, torch.Tensor], name: str, *, dtype: torch.dtype,
+                  shape: Sequence[int | None] | None = None, low: float | None = None, high: float | None = None,
+                  why: str = "") -> torch.Tensor:
+    """``tensors[name]`` when it is of ``dtype`` and ``shape`` (``None``: any size on that axis),
+    finite, and within ``[low, high]``; else ``ValueError`` naming the tensor and what is wrong
+    (``why`` says where the range comes from). A model folder is untrusted input: a variance of
+    -1 or 1e30 loads as easily as a trained one and scores every image 0."""
+    if name not in tensors:
+        raise KeyError(f"the weights hold no '{name}'")
+    t = tensors[name]
+    if t.dtype != dtype:
+        raise ValueError(f"'{name}' is {str(t.dtype).replace('torch.', '')}, not "
+                         f"{str(dtype).replace('torch.', '')}")
+    if shape is not None and (t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape))):
+        want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+        raise ValueError(f"'{name}' has shape {tuple(t.shape)}, not {want}")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"'{name}' holds NaN or infinite values")
+    if t.numel() and ((low is not None and float(t.min()) < low) or (high is not None and float(t.max()) > high)):
+        span = f"[{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}]"
+        raise ValueError(f"'{name}' holds values outside {span}" + (f" ({why})" if why else "")
+                         + f": {float(t.min()):g} to {float(t.max()):g}")
+    return t
+
+
+def check_same_layout(loaded: dict[str, torch.Tensor], held: dict[str, torch.Tensor]) -> None:
+    """What a model holds after loading is what the file held: the same tensor names, dtypes and
+    shapes (``load_state_dict`` converts an int8 or float64 tensor into a float32 parameter
+    without a word; a model folder with such weights was not written by this program)."""
+    extra, missing = sorted(set(loaded) - set(held)), sorted(set(held) - set(loaded))
+    if extra or missing:
+        raise ValueError(f"unexpected tensors {extra[:3]}" if extra else f"missing tensors {missing[:3]}")
+    for k in sorted(loaded):
+        a, b = loaded[k], held[k]
+        if a.dtype != b.dtype:
+            raise ValueError(f"'{k}' is {str(a.dtype).replace('torch.', '')}, the model holds "
+                             f"{str(b.dtype).replace('torch.', '')}")
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"'{k}' has shape {tuple(a.shape)}, the model holds {tuple(b.shape)}")
+
+
+def load_module_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str = "") -> None:
+    """``module.load_state_dict(tensors, strict=True)`` after :func:`check_same_layout`, so that a
+    tensor of another dtype or shape is refused naming it (``prefix`` + its name, as saved)."""
+    check_same_layout({prefix + k: v for k, v in tensors.items()},
+                      {prefix + k: v for k, v in module.state_dict().items()})
+    module.load_state_dict(tensors, strict=True)

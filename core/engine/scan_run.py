@@ -14,7 +14,8 @@ SIGINT/SIGTERM turned into a cancel request, writes everything into a fresh fold
 - a failure to write (a full disk) leaves ``out`` as it was and says so.
 
 Every file the listing saw is in ``results.csv`` or ``skipped.csv`` (with broken links,
-loops and unreadable folders among the skipped).
+loops, unreadable folders and the masks of a dataset layout among the skipped, each with its
+reason).
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from typing import Optional
 from core.data.images import ImageSource, Skipped
 from core.data.listing import RUN_MARKER, Listing, list_folder
 from core.detectors.base import Detector
-from core.engine.stream_scan import NOT_SCORED, partial_marker, read_partial, run_fingerprint, stream_scan
+from core.engine.stream_scan import (
+    NOT_SCORED,
+    partial_marker,
+    read_partial,
+    run_fingerprint,
+    run_marker_readable,
+    stream_scan,
+)
 from core.engine.workflows import scan_images
 from core.io.export import display_path, export_scan, write_skipped
 from core.io.run_folder import OutputFolderError, RunFolder  # noqa: F401 - raised from here
@@ -143,7 +151,7 @@ def scan_to_folder(
             result = scan(detector, source, threshold, progress, token)
         seen = {str(r.path) for r in result.rows} | {str(s.path) for s in result.skipped}
         unscored = [Skipped(p, NOT_SCORED) for p in listing.images if str(p) not in seen] if result.interrupted else []
-        result.skipped = [*listing.problems, *result.skipped, *unscored]
+        result.skipped = [*listing.problems, *listing.masks_skipped(), *result.skipped, *unscored]
         complete = not result.interrupted
         with deferred_signals(lambda name: say(f"\n{name}: finishing writing the results to {out}; "
                                                "interrupt again to abandon (the folder is then left as it was)")) as late:
@@ -176,7 +184,7 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
     partial = None
     if marker is not None and marker.get("fingerprint") == fingerprint and resume is not False:
         try:
-            partial = read_partial(run.out, listing.images)
+            partial = read_partial(run.out, listing.images, thr, heatmaps)
         except (OSError, ValueError, csv.Error) as exc:
             if resume:
                 raise ResumeError(f"cannot resume from {out}: its results cannot be read ({exc})") from None
@@ -184,10 +192,12 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
         else:
             say(f"resuming the interrupted run in {out}: {len(partial.rows)} images scored and "
                 f"{len(partial.skipped)} skipped before are kept"
-                + (f" ({partial.dropped} rows of files no longer listed are dropped)" if partial.dropped else ""))
+                + (f" ({partial.dropped} rows of files no longer listed are dropped)" if partial.dropped else "")
+                + (f"; {partial.describe_rejected()}" if partial.rejected else ""))
     elif resume:
         why = ("it holds no run" if not (run.out / RUN_MARKER).exists() else
-               "its run is complete" if marker is None else
+               "its run marker cannot be read (damaged or not written by a scan)" if not run_marker_readable(run.out)
+               else "its run is complete" if marker is None else
                "its interrupted run is of another model, other score settings, threshold or heat-map choice")
         raise ResumeError(f"cannot resume {out}: {why}")
     elif marker is not None and resume is None:
@@ -207,7 +217,7 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
                               events=engine(detector, token) if engine else None)
     except OSError as exc:
         raise _export_error(exc, out) from None
-    skipped = [*listing.problems, *res.skipped]
+    skipped = [*listing.problems, *listing.masks_skipped(), *res.skipped]
     complete = not res.interrupted
     written: dict[str, Path] = {}
     with deferred_signals(lambda name: say(f"\n{name}: finishing writing the results to {out}; "
@@ -220,6 +230,8 @@ def _streamed(run: RunFolder, listing: Listing, out: Path, detector: Detector, *
                 res.store.close()
                 if complete:
                     res.store.remove()  # kept only by an interrupted run, for a resume
+            if res.journal is not None and complete:
+                res.journal.remove()
             n_unscored = sum(1 for s in res.skipped if s.reason == NOT_SCORED)
             note = (f"Stopped by {stopped[0]} after {res.scored} of {len(listing.images)} images; "
                     f"the {n_unscored} not reached are listed in skipped.csv. Run the same scan into this "

@@ -14,6 +14,7 @@ the batch is grouped and the session's hand moves are laid over the new grouping
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector
 from core.grouping import DEFAULT_METHOD, GroupingError
-from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
+from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup, score_error
 from core.results.threshold import Threshold
 from core.runtime.cancel import Cancelled, CancelToken
 from core.runtime.progress import ProgressFn
@@ -121,6 +122,9 @@ def scan_into_session(
 
     def collect(j: int, res: ScoreResult) -> None:
         i = todo[j]
+        if not math.isfinite(res.score):  # never stored, never "not flagged": an error for this image
+            skipped.append(Skipped(Path(paths[i]), score_error(res.score)))
+            return
         rows[i] = make_row(Path(paths[i]), res, res.image_shape, thr, keep_extras=keep_extras)
         origin[i] = None
         if on_row is not None:

@@ -24,7 +24,7 @@ from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector, FitError
 from core.engine.selfcheck import SelfCheck, run_self_check
 from core.grouping import DEFAULT_METHOD, GroupingError
-from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup
+from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup, score_error
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
 from core.runtime.cancel import Cancelled, CancelToken, check
 from core.runtime.progress import ProgressFn, SubProgress
@@ -299,8 +299,7 @@ def scan_images(
 
     def collect(i: int, res: ScoreResult) -> None:
         if not math.isfinite(res.score):  # never "not flagged": an error for this image
-            skipped.append(Skipped(source.path(i) or Path(source.name(i)),
-                                   f"score is not a number ({res.score}): the model or this image is broken"))
+            skipped.append(Skipped(source.path(i) or Path(source.name(i)), score_error(res.score)))
             return
         row = make_row(source.path(i) or Path(source.name(i)), res, res.image_shape, thr, keep_extras)
         rows[i] = row

@@ -9,12 +9,19 @@ UTF-8 (possible on Linux) has each undecodable byte written as ``\\xNN``
 (:func:`display_path`); in ``flagged.txt`` a path holding a newline, a carriage return or a
 double quote is written in double quotes with inner quotes doubled (the CSV rule), so every
 line is exactly one file. ``results.csv`` names each row's heat map in its ``heatmap`` column.
+
+**Spreadsheet formulas.** A text cell (a path, a reason, a note, a user, a text column) that a
+spreadsheet would run as a formula — it starts with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return (the OWASP list for CSV injection) — is written with a ``'`` in front and in
+double quotes (:func:`csv_text`), so a spreadsheet shows it as text. So is a text cell that
+starts with ``'`` itself, which makes the rule reversible: the exact text of any cell is the
+cell with one leading ``'`` removed when it has one (:func:`csv_text_raw`). Numbers (scores,
+thresholds, detector values, negative ones included) are never changed. ``flagged.txt`` follows
+the same rule.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -26,7 +33,7 @@ import cv2
 import numpy as np
 
 from core.data.images import Skipped
-from core.io.colormap import COLORMAP_NAME, colorize, robust_range
+from core.io.colormap import COLORMAP_NAME, colorize, lut, normalise, robust_range
 from core.results import ScanResult, ScanRow
 
 RESULTS_NAME = "results.csv"
@@ -42,12 +49,31 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: A text cell starting with one of these is run as a formula by spreadsheets (OWASP, CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run: ``'`` in front when it starts like a formula or
+    with ``'`` (see the module docstring; :func:`csv_text_raw` reverses it)."""
+    return "'" + text if text[:1] in FORMULA_START or text[:1] == "'" else text
+
+
+def csv_text_raw(cell: str) -> str:
+    """The exact text of a cell written by :func:`csv_text` (and of any number cell)."""
+    return cell[1:] if cell[:1] == "'" else cell
+
+
+def csv_row(cells: Iterable[str]) -> str:
+    """One CSV line: a cell is double-quoted (inner quotes doubled) when it holds a comma, a
+    quote or a line break, as :mod:`csv` does, and when :func:`csv_text` neutralised it."""
+    out = ['"' + c.replace('"', '""') + '"' if c[:1] == "'" or any(ch in c for ch in ',"\r\n') else c
+           for c in cells]
+    return (",".join(out) if out != [""] else '""') + "\n"
+
+
 def _csv_text(header: list[str], rows: Iterable[list]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()
+    return csv_row(header) + "".join(csv_row(r) for r in rows)
 
 
 def display_path(path) -> str:
@@ -61,22 +87,26 @@ def display_path(path) -> str:
 
 
 def flagged_line(path) -> str:
-    """One line of ``flagged.txt``: the path, quoted CSV-style if it holds a newline or a quote."""
-    text = display_path(path)
-    if any(c in text for c in '"\n\r'):
+    """One line of ``flagged.txt``: the path, quoted CSV-style if it holds a newline or a quote,
+    with a ``'`` in front (and quoted) when it starts like a spreadsheet formula."""
+    text = csv_text(display_path(path))
+    if any(c in text for c in '"\n\r') or text[:1] == "'":
         text = '"' + text.replace('"', '""') + '"'
     return text + "\n"
 
 
 def csv_value(v) -> str:
-    """One CSV cell: empty for None, true/false, floats to 8 significant digits."""
+    """One CSV cell: empty for None, true/false, floats to 8 significant digits, other numbers
+    as they print, text through :func:`csv_text`."""
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):
         return f"{v:.8g}"
-    return str(v)
+    if isinstance(v, (int, np.number)):
+        return str(v)
+    return csv_text(str(v))
 
 
 def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> str:
@@ -87,8 +117,9 @@ def results_csv(rows: list[ScanRow], heatmaps: Optional[list[str]] = None) -> st
             if k not in extra:
                 extra.append(k)
     header = ["path", "score", "flagged", *extra, *(["heatmap"] if heatmaps is not None else [])]
-    body = ([display_path(r.path), csv_value(r.score), csv_value(r.flagged), *(csv_value(r.columns.get(k)) for k in extra),
-             *([heatmaps[i]] if heatmaps is not None else [])] for i, r in enumerate(rows))
+    body = ([csv_text(display_path(r.path)), csv_value(r.score), csv_value(r.flagged),
+             *(csv_value(r.columns.get(k)) for k in extra), *([heatmaps[i]] if heatmaps is not None else [])]
+            for i, r in enumerate(rows))
     return _csv_text(header, body)
 
 
@@ -107,7 +138,8 @@ def write_flagged(out_dir: str | os.PathLike, rows: list[ScanRow], with_scores: 
     flagged = [r for r in rows if r.flagged]
     _write_text(out / FLAGGED_NAME, "".join(flagged_line(r.path) for r in flagged))
     if with_scores:
-        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([display_path(r.path), csv_value(r.score)] for r in flagged)))
+        _write_text(out / "flagged.csv", _csv_text(["path", "score"], ([csv_text(display_path(r.path)), csv_value(r.score)]
+                                                                      for r in flagged)))
     return out / FLAGGED_NAME
 
 
@@ -115,8 +147,13 @@ def write_skipped(out_dir: str | os.PathLike, skipped: list[Skipped]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / SKIPPED_NAME
-    _write_text(path, _csv_text(["path", "reason"], ([display_path(s.path), s.reason] for s in skipped)))
+    _write_text(path, _csv_text(["path", "reason"], [skipped_cells(s) for s in skipped]))
     return path
+
+
+def skipped_cells(s: Skipped) -> list[str]:
+    """The two cells of a ``skipped.csv`` row (``path,reason``)."""
+    return [csv_text(display_path(s.path)), csv_text(s.reason)]
 
 
 def heatmap_names(rows: list[ScanRow]) -> list[str]:
@@ -165,14 +202,41 @@ def write_heatmaps(out_dir: str | os.PathLike, rows: list[ScanRow],
     return folder, len(with_maps)
 
 
+#: Heat maps of images larger than this are coloured in bands of rows (see :func:`_colour_in_bands`).
+BANDED_FROM_PIXELS = 16_000_000
+
+
+def _colour_in_bands(m: np.ndarray, h: int, w: int, lo: float, hi: float, rows: int = 256) -> np.ndarray:
+    """The BGR heat map of the small map ``m`` brought up to ``h`` x ``w``, made a band of rows
+    at a time: the same bilinear upsampling as ``cv2.resize`` (columns first, then rows, pixel
+    centres aligned), but never a full-size float map (a 12000 x 12000 image: 576 MB each for
+    the map, its normalised copy and their temporaries, where the BGR result is 432 MB)."""
+    mh = m.shape[0]
+    cols = cv2.resize(m, (w, mh), interpolation=cv2.INTER_LINEAR) if m.shape[1] != w else m
+    bgr = np.empty((h, w, 3), np.uint8)
+    table = np.ascontiguousarray(lut()[:, ::-1])
+    for y0 in range(0, h, rows):
+        y = (np.arange(y0, min(h, y0 + rows), dtype=np.float64) + 0.5) * (mh / h) - 0.5
+        y = np.clip(y, 0.0, mh - 1)
+        i0 = np.floor(y).astype(np.int64)
+        i1 = np.minimum(i0 + 1, mh - 1)
+        t = (y - i0).astype(np.float32)[:, None]
+        band = cols[i0] * (1.0 - t) + cols[i1] * t
+        bgr[y0:y0 + len(y)] = table[np.round(normalise(band, lo, hi) * 255.0).astype(np.uint8)]
+    return bgr
+
+
 def write_heatmap(folder: Path, name: str, m: np.ndarray, image_shape: tuple[int, int], lo: float, hi: float) -> Path:
     """One colour heat map ``folder/name`` at the image's size (H, W), on the scale [lo, hi]."""
     m = m.astype(np.float32)
     h, w = image_shape if image_shape[0] > 0 else m.shape
-    if m.shape != (h, w):
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
-    rgb = colorize(m, lo, hi)
-    ok, buf = cv2.imencode(".png", rgb[:, :, ::-1])
+    if m.shape != (h, w) and h * w > BANDED_FROM_PIXELS:
+        bgr = _colour_in_bands(m, h, w, lo, hi)
+    else:
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        bgr = colorize(m, lo, hi)[:, :, ::-1]
+    ok, buf = cv2.imencode(".png", bgr)
     if not ok:  # pragma: no cover - encoding a uint8 RGB array does not fail
         raise OSError(f"could not encode heat map {name}")
     tmp = folder / f".{name}.tmp"
@@ -203,9 +267,8 @@ class ResultsAppender:
         self.header: Optional[list[str]] = list(header) if header else None
         self._csv_fh = open(out / RESULTS_NAME, "w", encoding="utf-8", newline="")
         self._flag_fh = open(out / FLAGGED_NAME, "w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._csv_fh, lineterminator="\n")
         if self.header:
-            self._csv.writerow(self.header)
+            self._csv_fh.write(csv_row(self.header))
         self.rows = 0
         self.flagged = 0
 
@@ -213,25 +276,30 @@ class ResultsAppender:
         if self.header is None:
             with_map = self.heatmaps and row.anomaly_map is not None
             self.header = ["path", "score", "flagged", *row.columns, *(["heatmap"] if with_map else [])]
-            self._csv.writerow(self.header)
+            self._csv_fh.write(csv_row(self.header))
         return self.header
 
-    def add(self, row: ScanRow, heatmap: str = "") -> None:
+    def add(self, row: ScanRow, heatmap: str = "") -> list[str]:
+        """Write ``row``; returns the cells written (in :attr:`header` order)."""
         header = self._start(row)
-        values = {"path": display_path(row.path), "score": csv_value(row.score), "flagged": csv_value(row.flagged),
+        values = {"path": csv_text(display_path(row.path)), "score": csv_value(row.score),
+                  "flagged": csv_value(row.flagged),
                   "heatmap": heatmap if row.anomaly_map is not None else ""}
-        self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
+        return self.add_fields({k: values[k] if k in values else csv_value(row.columns.get(k)) for k in header})
 
-    def add_fields(self, fields: dict[str, str]) -> None:
-        """A row given as text per column (a row carried over from an interrupted run)."""
+    def add_fields(self, fields: dict[str, str]) -> list[str]:
+        """A row given as its cells per column, as written (a row carried over from an interrupted
+        run); returns the cells written."""
         if self.header is None:
             self.header = list(fields)
-            self._csv.writerow(self.header)
-        self._csv.writerow([fields.get(k, "") for k in self.header])
+            self._csv_fh.write(csv_row(self.header))
+        cells = [fields.get(k, "") for k in self.header]
+        self._csv_fh.write(csv_row(cells))
         self.rows += 1
         if fields.get("flagged") == "true":
-            self._flag_fh.write(flagged_line(fields["path"]))
+            self._flag_fh.write(flagged_line(csv_text_raw(fields["path"])))
             self.flagged += 1
+        return cells
 
     def flush(self) -> None:
         self._csv_fh.flush()
@@ -239,7 +307,7 @@ class ResultsAppender:
 
     def close(self) -> None:
         if self.header is None:  # no row at all: still a valid, empty table
-            self._csv.writerow(["path", "score", "flagged"])
+            self._csv_fh.write(csv_row(["path", "score", "flagged"]))
         self._csv_fh.close()
         self._flag_fh.close()
 

@@ -23,8 +23,10 @@ interrupted one keeps it so that a resumed scan can colour every image on one sc
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,9 +46,22 @@ def _subsample(m: np.ndarray) -> np.ndarray:
     return m[:: max(1, m.shape[0] // 64), :: max(1, m.shape[1] // 64)].ravel()
 
 
-#: One record of the index file per map: listing index, image H and W, map h and w, byte offset.
-_RECORD = np.dtype([("index", "<i8"), ("ih", "<i4"), ("iw", "<i4"), ("mh", "<i4"), ("mw", "<i4"), ("offset", "<i8")])
+#: One record of the index file per map: listing index, image H and W, map h and w, byte offset,
+#: and a digest of all that but the offset plus the map's bytes (checked when a resumed scan
+#: takes the maps over: a record edited, swapped with another's index or pointing at damaged
+#: bytes is not taken, and its image is scored again).
+_RECORD = np.dtype([("index", "<i8"), ("ih", "<i4"), ("iw", "<i4"), ("mh", "<i4"), ("mw", "<i4"), ("offset", "<i8"),
+                    ("digest", "<u8")])
 DATA_NAME, INDEX_NAME = "maps.f16", "maps.idx"
+#: The largest side a stored map may have (maps come reduced to MAP_STORE_SIZE; a record
+#: claiming more is damaged).
+MAX_MAP_SIDE = 4096
+
+
+def _digest(index: int, ih: int, iw: int, mh: int, mw: int, data: bytes) -> int:
+    h = hashlib.blake2b(struct.pack("<q4i", index, ih, iw, mh, mw), digest_size=8)
+    h.update(data)
+    return int.from_bytes(h.digest(), "little")
 
 
 class MapStore:
@@ -97,7 +112,8 @@ class MapStore:
         m16 = np.ascontiguousarray(m, dtype=np.float16)
         buf = m16.tobytes()
         self._data.write(buf)
-        rec = np.array([(index, shape[0], shape[1], m16.shape[0], m16.shape[1], self._offset)], dtype=_RECORD)
+        dig = _digest(index, shape[0], shape[1], m16.shape[0], m16.shape[1], buf)
+        rec = np.array([(index, shape[0], shape[1], m16.shape[0], m16.shape[1], self._offset, dig)], dtype=_RECORD)
         self._index.write(rec.tobytes())
         self._offset += len(buf)
         self._count += 1
@@ -129,26 +145,56 @@ class MapStore:
             raise OSError(f"map store truncated at image {int(rec['index'])}")
         return m.reshape(int(rec["mh"]), int(rec["mw"]))
 
-    def adopt(self, other: str | os.PathLike, keep: set[int] | None = None) -> int:
-        """Take over the maps of an earlier, interrupted run's store (copied: that run stays
-        whole if this one never completes), those whose index is in ``keep`` (all when None);
-        returns how many."""
-        src = Path(other)
-        recs = self._records(src)
-        n = 0
+    @classmethod
+    def _checked(cls, folder: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, tuple[int, int]]]:
+        """``(index, map, (H, W))`` of each record of an earlier run's store that passes its check."""
+        src = Path(folder)
+        recs = cls._records(src)
         if not len(recs):
-            return 0
-        with open(src / DATA_NAME, "rb") as fh:
+            return
+        try:
+            fh = open(src / DATA_NAME, "rb")
+        except OSError:
+            return
+        with fh:
             for rec in recs:
-                if keep is not None and int(rec["index"]) not in keep:
-                    continue
-                try:
-                    m = self._read(fh, rec)
-                except OSError:
-                    break  # the interrupted run's last map was cut short: it is scored again
-                self.add(int(rec["index"]), m, (int(rec["ih"]), int(rec["iw"])))
-                n += 1
-        return n
+                m = cls._check(fh, rec)
+                if m is not None:
+                    yield int(rec["index"]), m, (int(rec["ih"]), int(rec["iw"]))
+
+    @classmethod
+    def valid(cls, folder: str | os.PathLike) -> set[int]:
+        """The indices of the maps in an earlier run's store that pass their check (digest,
+        sizes, finite values)."""
+        return {index for index, _, _ in cls._checked(folder)}
+
+    @classmethod
+    def _check(cls, fh, rec) -> np.ndarray | None:
+        """The map of ``rec`` if it passes its check, else None."""
+        dims = [int(rec[k]) for k in ("ih", "iw", "mh", "mw")]
+        if min(dims) < 1 or max(dims[2:]) > MAX_MAP_SIDE or int(rec["offset"]) < 0:
+            return None
+        try:
+            m = cls._read(fh, rec)
+        except (OSError, ValueError):
+            return None
+        if _digest(int(rec["index"]), *dims, m.tobytes()) != int(rec["digest"]) or not np.isfinite(m).all():
+            return None
+        return m
+
+    def adopt(self, other: str | os.PathLike, keep: dict[int, int] | None = None) -> set[int]:
+        """Take over the maps of an earlier, interrupted run's store (copied: that run stays
+        whole if this one never completes) that pass their check (:meth:`valid`); a damaged,
+        edited or cut-short one is left out and its image scored again. ``keep`` maps an index
+        of that run to the index the map gets here (its image's place in this run's listing);
+        None takes every map under its own index. Returns the indices (here) taken."""
+        taken: set[int] = set()
+        for old, m, shape in self._checked(other):
+            new = old if keep is None else keep.get(old)
+            if new is not None and new not in taken:
+                self.add(new, m, shape)
+                taken.add(new)
+        return taken
 
     def scale(self) -> tuple[float, float]:
         """(lo, hi) exactly as :func:`core.io.colormap.robust_range` gives it for all the maps."""

@@ -9,6 +9,8 @@
    there at once, so a read-only place is reported before the work, naming the path.
 2. **Lock**: ``.<name>.lock`` beside ``--out`` holds the process id; a second run into the
    same folder is refused while the first is alive (a lock left by a killed run is taken over).
+   A ``--out`` that is a symbolic link is written through: the folder it points to is the one
+   replaced, and the link stays.
 3. **Write into a fresh folder** beside ``--out`` with a unique name
    (``.<name>.tmp-<pid>-<random>``), never into ``--out`` itself.
 4. **Replace when done**: the run marker (:data:`~core.data.listing.RUN_MARKER`, JSON: complete
@@ -73,7 +75,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 #: What a scan writes: a folder holding only these (and a results.csv) is an older scan's output.
 SCAN_OUTPUT_NAMES = frozenset({"results.csv", "flagged.txt", "flagged.csv", "skipped.csv", "heatmaps",
-                               "heatmap_scale.json", INCOMPLETE_NAME, RUN_MARKER})
+                               "heatmap_scale.json", "provenance.json", INCOMPLETE_NAME, RUN_MARKER})
 
 
 def is_run_output(folder: Path) -> bool:
@@ -95,6 +97,8 @@ class RunFolder:
 
     def __init__(self, out: str | os.PathLike, *, overwrite: bool = False, protect: Sequence[str | os.PathLike] = ()):
         self.out = Path(out).absolute()
+        if self.out.is_symlink():  # write through the link: the folder it names is replaced, the link stays
+            self.out = Path(os.path.realpath(self.out))
         self.overwrite = overwrite
         self.protect = [Path(p).resolve() for p in protect]
         self.temp: Path | None = None

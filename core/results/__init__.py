@@ -84,6 +84,12 @@ class ScanResult:
             r.flagged = None if threshold is None else threshold.flags(r.score)
 
 
+def score_error(score: float) -> str:
+    """The skip reason of an image whose score is NaN or infinite: an error for that image,
+    never "not flagged" (every scan path, plain, streamed or into a session, says the same)."""
+    return f"score is not a number ({score}): the model or this image is broken"
+
+
 def compact_map(m: np.ndarray, limit: int = MAP_STORE_SIZE) -> np.ndarray:
     import cv2
 

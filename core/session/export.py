@@ -11,14 +11,13 @@ threshold and group moves.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from pathlib import Path
 from typing import Optional
 
-from core.io.export import csv_value, write_flagged, write_heatmaps, write_skipped
+from core.io.export import csv_row, csv_text, csv_value, display_path, write_flagged, write_heatmaps, write_skipped
+from core.io.run_folder import RunFolder
 from core.session.identity import app_version, now
 from core.session.store import Session, disagrees
 
@@ -38,8 +37,8 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
     value = session.threshold_value(info.id)
     band = session.review_band(info.id)
     return {
-        "session": str(session.path),
-        "folder": str(session.folder) if session.folder else None,
+        "session": display_path(session.path),
+        "folder": display_path(session.folder) if session.folder else None,
         "run": info.id,
         "detector": info.detector,
         "model_fingerprint": info.fingerprint,
@@ -62,10 +61,27 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
 
 
 def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optional[int] = None,
-                   heatmaps: bool = True) -> dict[str, Path]:
-    """Write the run's files into ``out_dir``; returns ``{kind: path}``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+                   heatmaps: bool = True, overwrite: bool = False) -> dict[str, Path]:
+    """Write the run's files into ``out_dir``; returns ``{kind: path}``.
+
+    ``out_dir`` follows a scan's output rules (:class:`core.io.run_folder.RunFolder`): checked
+    first (not the session's folder or above it; missing, empty or an earlier export or scan,
+    else refused unless ``overwrite``), written into a fresh folder and put in place whole, so a
+    re-export leaves no earlier heat maps; it gets the run marker, so a later scan of a folder
+    holding it never takes its heat maps for parts. Raises
+    :class:`~core.io.run_folder.OutputFolderError`.
+    """
+    info = session.run(run_id)
+    protect = [session.folder] if session.folder is not None and session.folder.is_absolute() else []
+    with RunFolder(out_dir, overwrite=overwrite, protect=protect) as run:
+        assert run.temp is not None
+        written, n_rows = _export_into(session, run.temp, info.id, heatmaps)
+        names = {k: v.relative_to(run.temp) for k, v in written.items()}
+        run.commit(True, info={"export": True, "run": info.id, "rows": n_rows})
+        return {k: run.out / v for k, v in names.items()}
+
+
+def _export_into(session: Session, out: Path, run_id: int, heatmaps: bool) -> tuple[dict[str, Path], int]:
     info = session.run(run_id)
     result = session.load_run(info.id, maps=heatmaps)
     verdicts, notes = session.verdicts(), session.notes()
@@ -79,18 +95,17 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
                  "run_finished", "app_version"]
     header = ["path", "score", "flagged", "verdict", "disagrees", "note", "verdict_by", "verdict_at", *extra,
               *prov_cols]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
+    lines = [csv_row(header)]
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        w.writerow([str(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
-                    csv_value(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
-                    d.at if d else "", *(csv_value(r.columns.get(k)) for k in extra),
-                    *(csv_value(prov[k]) for k in prov_cols)])
+        lines.append(csv_row([csv_text(display_path(r.path)), csv_value(r.score), csv_value(r.flagged),
+                              csv_value(d.value if d else None), csv_value(disagrees(d.value if d else None, r.flagged)),
+                              csv_value(n.value if n else None), csv_value(d.user if d else None),
+                              csv_value(d.at if d else None), *(csv_value(r.columns.get(k)) for k in extra),
+                              *(csv_value(prov[k]) for k in prov_cols)]))
     written = {"results": out / RESULTS_NAME}
-    _atomic_text(written["results"], buf.getvalue())
+    _atomic_text(written["results"], "".join(lines))
     written["flagged"] = write_flagged(out, result.rows)
     written["skipped"] = write_skipped(out, result.skipped)
     _atomic_text(out / PROVENANCE_NAME, json.dumps(prov, indent=2))
@@ -99,4 +114,4 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
         folder, n = write_heatmaps(out, result.rows)
         if n:
             written["heatmaps"] = folder
-    return written
+    return written, len(result.rows)

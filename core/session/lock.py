@@ -78,6 +78,28 @@ def describe_holder(holder: dict) -> str:
             f"since {holder.get('since', '?')})")
 
 
+def writer_active(db_path: Path) -> bool:
+    """Whether a process holds the session's writer lock now (probed without taking it: a
+    shared lock tried and dropped at once). A lock file that cannot be probed counts as held."""
+    path = lock_path(db_path)
+    if not path.exists():
+        return False
+    if sys.platform == "win32":  # pragma: no cover - a held lock cannot be probed read-only there
+        return True
+    import fcntl
+
+    try:
+        with open(path, "rb") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return True
+
+
 class WriterLock:
     """The exclusive writer lock of one session file."""
 

@@ -49,16 +49,35 @@ def encode_map(m: np.ndarray, codec: str = CODEC, level: int = 1) -> tuple[str, 
     raise ValueError(f"unknown anomaly-map codec {codec!r} (one of {', '.join(CODECS)})")
 
 
+#: The largest map side a session holds (maps are stored at most MAP_STORE_SIZE = 384 a side; a
+#: blob claiming more is damaged or hostile and is refused before anything is decompressed).
+MAX_SIDE = 4096
+
+
 def decode_map(codec: str, height: int, width: int, blob: bytes) -> np.ndarray:
-    """The float16 map of a blob written by :func:`encode_map`."""
+    """The float16 map of a blob written by :func:`encode_map`. A session file is untrusted
+    input: the size is checked first and decompression stops at the bytes that size needs, so a
+    zlib bomb or a PNG claiming a huge image costs nothing (``ValueError`` instead)."""
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise ValueError(f"anomaly map of {height} x {width} pixels (at most {MAX_SIDE} a side)")
     if codec == LOSSLESS:
-        raw = np.frombuffer(zlib.decompress(blob), dtype=np.uint8)
-        if raw.size != 2 * height * width:
-            raise ValueError(f"anomaly map blob holds {raw.size} bytes, {2 * height * width} expected")
+        want = 2 * height * width
+        d = zlib.decompressobj()
+        data = d.decompress(blob, want)
+        if len(data) != want or d.unconsumed_tail or not d.eof:
+            raise ValueError(f"anomaly map blob does not hold the {want} bytes of a {height} x {width} map")
+        raw = np.frombuffer(data, dtype=np.uint8)
         pairs = raw.reshape(2, -1).T.copy()
         return pairs.view("<f2").reshape(height, width).astype(np.float16)
     if codec == PNG8:
+        if len(blob) < 16 + 24 or blob[16:24] != b"\x89PNG\r\n\x1a\n" or blob[28:32] != b"IHDR":
+            raise ValueError("anomaly map blob does not hold a PNG")
         lo, hi = struct.unpack("<dd", blob[:16])
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("anomaly map blob holds a scale that is not finite")
+        png_w, png_h = struct.unpack(">II", blob[32:40])  # IHDR: the first chunk, read before decoding
+        if (png_h, png_w) != (height, width):
+            raise ValueError(f"anomaly map blob holds a {png_w} x {png_h} PNG, not {width} x {height}")
         q = cv2.imdecode(np.frombuffer(blob[16:], np.uint8), cv2.IMREAD_UNCHANGED)
         if q is None or q.shape != (height, width):
             raise ValueError(f"anomaly map blob does not hold a {height}x{width} PNG")

@@ -12,6 +12,7 @@ import os
 import re
 import sqlite3
 import threading
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,13 +22,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from core.data.images import Skipped
+from core.data.images import Skipped, max_pixels
 from core.grouping import GROUP_NAMES, Grouping
+from core.io.export import display_path
 from core.results import ScanResult, ScanRow, apply_grouping
 from core.results.threshold import Threshold, calibrate
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
-from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
+from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder, writer_active
 from core.session.maps import CODEC, CODECS, decode_map, encode_map
 from core.session.schema import SchemaError, current_version, migrate, read_version
 
@@ -145,6 +147,9 @@ def default_session_path(folder: str | os.PathLike) -> Path:
     return data_dir() / SESSIONS_DIR / f"{slug}-{key}.db"
 
 
+#: The longest image side a stored row may claim (libpng's own limit on PNG rows; an export writes
+#: each heat map at its image's size).
+MAX_IMAGE_SIDE = 1_000_000
 #: Rows of a run are written in transactions of this many images (see :meth:`Session.record_run`).
 RECORD_CHUNK = 256
 #: A run whose rows are all written (``finished_at`` is set last); others are not shown or reused.
@@ -179,6 +184,8 @@ class Session:
         stored = meta.get("folder")
         #: How anomaly maps are stored (:mod:`core.session.maps`), chosen when the session was created.
         self.map_codec = meta.get("map_codec", CODEC)
+        if not isinstance(stored, (str, type(None))) or self.map_codec not in CODECS:
+            raise SessionError(f"session {path} is damaged: its folder or map codec cannot be read")
         self.folder: Optional[Path] = folder if folder is not None else (Path(stored) if stored else None)
         if folder is not None and not stored and not self.read_only:
             self._set_meta("folder", str(folder))
@@ -234,14 +241,19 @@ class Session:
     def _rel(self, path: str | os.PathLike) -> str:
         return relative_to(Path(path), self.folder.resolve() if self.folder is not None else None)
 
-    def _abs(self, rel: str) -> Path:
-        p = Path(rel)
+    def _key(self, path: str | os.PathLike) -> str | bytes:
+        """``images.path`` of ``path``: its relative path as text, or, for a file name that is not
+        UTF-8 (possible on POSIX), its bytes (a BLOB), so that the stored name finds the file again."""
+        return _db_text(self._rel(path))
+
+    def _abs(self, rel: str | bytes) -> Path:
+        p = Path(os.fsdecode(rel))
         if p.is_absolute() or self.folder is None:
             return p
         return self.folder / p
 
     def _image_id(self, path: str | os.PathLike) -> int:
-        row = self.conn.execute("SELECT id FROM images WHERE path = ?", (self._rel(path),)).fetchone()
+        row = self.conn.execute("SELECT id FROM images WHERE path = ?", (self._key(path),)).fetchone()
         if row is None:
             raise SessionError(f"{path} is not an image of this session")
         return int(row[0])
@@ -258,7 +270,7 @@ class Session:
             for p in paths:
                 path = Path(p)
                 st = path.stat()
-                rel = self._rel(path)
+                rel = self._key(path)
                 row = c.execute("SELECT id, size, mtime, sha256 FROM images WHERE path = ?", (rel,)).fetchone()
                 if row is not None and row[1] == st.st_size and row[2] == st.st_mtime:
                     out.append(ImageRecord(int(row[0]), path, st.st_size, st.st_mtime, row[3], "same"))
@@ -290,7 +302,10 @@ class Session:
             f"JOIN runs u ON u.id = r.run_id WHERE u.run_key = ? AND {_DONE} ORDER BY r.run_id", (run_key,))
         for scored_in, sha, score, columns, h, w in rows:
             if sha in wanted:
-                out[sha] = StoredScore(int(scored_in), sha, float(score), json.loads(columns), int(h), int(w))
+                try:
+                    out[sha] = StoredScore(int(scored_in), sha, float(score), dict(json.loads(columns)), int(h), int(w))
+                except (ValueError, TypeError, OverflowError) as exc:
+                    raise self._damaged(f"a stored score of run {scored_in}", exc) from None
         return out
 
     def record_run(
@@ -383,9 +398,24 @@ class Session:
                                else f"session {self.path} holds no runs yet")
         return self._run_info(row)
 
+    def _damaged(self, what: str, exc: BaseException) -> SessionError:
+        """The error for a session whose content cannot be read (edited by hand, damaged)."""
+        return SessionError(f"session {self.path} is damaged: {what} cannot be read "
+                            f"({type(exc).__name__ if not str(exc) else ' '.join(str(exc).split())})")
+
     def _run_info(self, r: tuple) -> RunInfo:
+        try:
+            return self._run_info_of(r)
+        except (ValueError, TypeError, OverflowError, KeyError, IndexError, AttributeError) as exc:
+            raise self._damaged(f"run {r[0]}", exc) from None
+
+    def _run_info_of(self, r: tuple) -> RunInfo:
         (rid, detector, fingerprint, settings, key, threshold, version, user, started, finished, seconds, n_new,
          n_reused, skipped, grouping, note, n) = tuple(r)
+        for name, v in (("detector", detector), ("fingerprint", fingerprint), ("run key", key), ("app version", version),
+                        ("user", user), ("start", started), ("finish", finished), ("grouping note", note)):
+            if not isinstance(v, str):
+                raise TypeError(f"its {name} is not text")
         return RunInfo(
             int(rid), detector, fingerprint, json.loads(settings), key,
             Threshold.from_dict(json.loads(threshold)) if threshold else None, version, user, started, finished,
@@ -407,14 +437,24 @@ class Session:
                 "SELECT i.path, r.score, r.flagged, r.columns, r.height, r.width, r.image_sha256, r.scored_in "
                 "FROM results r JOIN images i ON i.id = r.image_id WHERE r.run_id = ? ORDER BY r.position", (info.id,)):
             m = self.stored_map(int(src), sha) if maps else None
-            rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
-                                (int(h), int(w)), m, json.loads(columns)))
+            try:
+                cols = json.loads(columns)
+                if not (0 < int(h) <= MAX_IMAGE_SIDE and 0 < int(w) <= MAX_IMAGE_SIDE and int(h) * int(w) <= max_pixels()):
+                    raise ValueError(f"an image size of {h} x {w}")  # its heat map is written at that size
+                rows.append(ScanRow(self._abs(rel), float(score), None if flagged is None else bool(flagged),
+                                    (int(h), int(w)), m, cols if isinstance(cols, dict) else dict(cols)))
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise self._damaged(f"the row of {display_path(self._abs(rel))} in run {info.id}", exc) from None
         result = ScanResult(info.detector, rows, list(info.skipped), info.threshold, info.seconds)
         result.grouping_note = info.grouping_note
         if info.grouping_method is not None:
-            g = json.loads(self.conn.execute("SELECT grouping FROM runs WHERE id = ?", (info.id,)).fetchone()[0])
-            labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows], dtype=np.int64)
-            result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
+            try:
+                g = json.loads(self.conn.execute("SELECT grouping FROM runs WHERE id = ?", (info.id,)).fetchone()[0])
+                labels = np.array([GROUP_NAMES.index(r.columns.get("group", GROUP_NAMES[0])) for r in rows],
+                                  dtype=np.int64)
+                result.grouping = Grouping(labels, g["method"], g.get("cut_value"), list(g.get("moved", [])))
+            except (ValueError, TypeError, OverflowError, KeyError, AttributeError) as exc:
+                raise self._damaged(f"the grouping of run {info.id}", exc) from None
         if decisions:
             self.apply_decisions(result, info.id)
         return result
@@ -454,7 +494,25 @@ class Session:
     def stored_map(self, run_id: int, sha: str) -> Optional[np.ndarray]:
         row = self.conn.execute("SELECT codec, height, width, data FROM maps WHERE run_id = ? AND image_sha256 = ?",
                                 (run_id, sha)).fetchone()
-        return None if row is None else decode_map(row[0], int(row[1]), int(row[2]), bytes(row[3]))
+        if row is None:
+            return None
+        try:  # bounded: a tampered blob (a zlib bomb, a PNG claiming a huge size) is refused, not decoded
+            if not isinstance(row[0], str) or not isinstance(row[3], bytes):
+                raise TypeError("its codec or data has the wrong type")
+            return decode_map(row[0], int(row[1]), int(row[2]), row[3])
+        except (ValueError, TypeError, OverflowError, zlib.error) as exc:
+            raise SessionError(f"session {self.path} is damaged: a stored heat map cannot be read ({exc})") from None
+
+    def result_sources(self, run_id: Optional[int] = None) -> dict[Path, tuple[str, int]]:
+        """``{image path: (content hash when scanned, run holding its map)}`` for the rows of
+        ``run_id`` (default latest): what :meth:`stored_map` needs, and what the file must still hash to."""
+        info = self.run(run_id)
+        try:
+            return {self._abs(p): (str(sha), int(src)) for p, sha, src in self.conn.execute(
+                "SELECT i.path, r.image_sha256, r.scored_in FROM results r JOIN images i ON i.id = r.image_id "
+                "WHERE r.run_id = ?", (info.id,))}
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise self._damaged(f"the rows of run {info.id}", exc) from None
 
     # ------------------------------------------------------------------ decisions
     def _latest(self, table: str, column: str) -> dict[Path, Decision]:
@@ -580,7 +638,15 @@ class Session:
                       (key, json.dumps(value), self.user, now()))
 
     def ui_state(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM ui_state")}
+        """The front-end state saved (an entry that is not valid JSON is left out: state to
+        restore, not data)."""
+        out: dict[str, Any] = {}
+        for k, v in self.conn.execute("SELECT key, value FROM ui_state"):
+            try:
+                out[k] = json.loads(v)
+            except (ValueError, TypeError):
+                continue
+        return out
 
     # ------------------------------------------------------------------ review
     def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewStatus:
@@ -613,6 +679,16 @@ class Session:
         return [r.path for r in sorted(todo, key=lambda r: -r.score)]
 
 
+def _db_text(text: str) -> str | bytes:
+    """``text`` as SQLite can hold it: itself, or the bytes of a file name that is not UTF-8
+    (its undecodable bytes are surrogates in Python, which SQLite's UTF-8 text cannot hold)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+
+
 def _json_default(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
@@ -624,7 +700,12 @@ def _json_default(v: Any) -> Any:
 # --------------------------------------------------------------------------- opening
 def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
     if read_only:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
+        # A session no one writes (no writer lock held, no write-ahead log beside it) is opened
+        # immutable: SQLite then creates no -wal / -shm files beside it, and it opens in a folder
+        # this user cannot write. Otherwise read-only through the log the writer keeps.
+        wal = path.with_name(path.name + "-wal")
+        quiet = not wal.exists() and not writer_active(path)
+        uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if quiet else "")
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10.0, check_same_thread=False)
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=10.0, check_same_thread=False)
@@ -649,13 +730,21 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
     if map_codec not in CODECS:
         raise ValueError(f"map_codec is one of {', '.join(CODECS)}, not {map_codec!r}")
     db = Path(path).expanduser()
-    root = Path(folder).expanduser() if folder is not None else None
+    # resolved: a relative folder would mean another folder from another working directory
+    root = Path(folder).expanduser().resolve() if folder is not None else None
     if db.exists() and db.is_dir():
         raise SessionError(f"session must be a file, not a folder: {db}")
     if not db.exists():
         if mode == "ro" or not create:
             raise SessionError(f"session not found: {db}")
-        db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise SessionError(f"cannot create session {db}: {db.parent} is a file, not a folder") from None
+        except OSError as exc:
+            raise SessionError(f"cannot create session {db}: {exc.strerror or exc}") from None
+    elif mode == "ro" and db.stat().st_size == 0:
+        raise SessionError(f"session {db} is empty (0 bytes): no session was ever written to it")
     lock: Optional[WriterLock] = None
     reason = ""
     if mode in ("rw", "auto"):
@@ -673,6 +762,7 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             lock, reason = None, f"cannot write beside it ({exc.strerror or exc})"
     else:
         reason = "opened read-only"
+    conn: Optional[sqlite3.Connection] = None
     try:
         conn = _connect(db, read_only=lock is None)
         if lock is not None:
@@ -689,12 +779,17 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
             version = read_version(conn)
             if version != current_version():
                 conn.close()
+                if version == 0:
+                    raise SessionError(f"{db} is not an Anomaly Inspector session (an empty or foreign SQLite file)")
                 if version > current_version():
                     raise SchemaError(f"session {db} has schema version {version}, newer than this program reads "
                                       f"({current_version()}); update Anomaly Inspector")
                 raise SessionError(f"session {db} is at schema version {version} and must be upgraded: open it for "
                                    "writing once")
+        return Session(db, conn, lock, root, reason)  # reads the meta table: a damaged file fails here too
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         if lock is not None:
             lock.release()
         raise SessionError(f"cannot open session {db}: {exc}") from None
@@ -702,4 +797,3 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
         if lock is not None:
             lock.release()
         raise
-    return Session(db, conn, lock, root, reason)

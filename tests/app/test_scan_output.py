@@ -207,12 +207,15 @@ def test_out_names_with_glob_characters(tiny_parts, tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symbolic links as on POSIX")
-def test_out_as_a_symbolic_link_is_replaced_not_its_target(tiny_parts, tmp_path):
+def test_out_as_a_symbolic_link_is_written_through(tiny_parts, tmp_path):
+    # issue 27, finding 10: the link stays, and the folder it names holds the run (it was
+    # replaced by a real folder before, leaving the target empty)
     target = tmp_path / "elsewhere"
-    assert scan(tiny_parts / "batch", tiny_parts / "good", target) == 0
+    small = tmp_path / "small"
+    write_png(small / "s.png", make_part(np.random.default_rng(5)))
+    assert scan(small, tiny_parts / "good", target) == 0
     link = tmp_path / "out"
     link.symlink_to(target)
     assert scan(tiny_parts / "batch", tiny_parts / "good", link) == 0
-    assert not link.is_symlink() and len(rows(link / "results.csv")) == 8
-    assert len(rows(target / "results.csv")) == 8  # the link's target is left alone
+    assert link.is_symlink() and len(rows(target / "results.csv")) == 8
     assert leftovers(tmp_path) == []

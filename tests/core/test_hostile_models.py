@@ -94,17 +94,22 @@ def test_finding5_set_nan_or_inf_is_a_config_error(name, setting):
         create_detector(name, setting, "cpu")
 
 
-def test_finding5_nan_weights_give_an_error_per_image_not_a_pass(model_dir, tmp_path):
+def test_finding5_nan_weights_are_refused_and_a_nan_score_is_an_error_per_image(model_dir, tmp_path):
+    # since issue 27 (finding 7) NaN weights are refused when the model loads, naming the tensor
     m = copy_model(model_dir, tmp_path / "m")
     tensors = load_file(str(m / WEIGHTS_NAME))
     tensors = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(m / WEIGHTS_NAME))
     edit_config(m, lambda d: d.update(weights_sha256=_sha256(m / WEIGHTS_NAME)))
-    det = load_model(m, device="cpu")
+    assert_refused(m, "NaN or infinite")
+    # a NaN score from anywhere else (here an image holding NaN) is still an error for that image
+    det = load_model(model_dir, device="cpu")
     rng = np.random.default_rng(1)
-    result = scan_images(det, ImageSource([make_part(rng, defect=True), make_part(rng)]))
-    assert result.rows == []
-    assert len(result.skipped) == 2 and all("not a number" in s.reason for s in result.skipped)
+    broken = make_part(rng)
+    broken[3, 3, 0] = np.nan
+    result = scan_images(det, ImageSource([broken, make_part(rng)]))
+    assert len(result.rows) == 1
+    assert len(result.skipped) == 1 and "not a number" in result.skipped[0].reason
 
 
 # -------------------------------------------------------------- finding 6: model folders

@@ -82,3 +82,25 @@ def test_not_recursive_and_wrong_paths(tmp_path):
         list_folder(tmp_path / "missing")
     with pytest.raises(NotADirectoryError):
         list_folder(tmp_path / "a.png")
+
+
+def test_issue27_finding6_a_png_beside_a_jpg_is_a_part_unless_it_is_a_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    photo = rng.random((12, 10, 3)).astype(np.float32)
+    write_png(tmp_path / "plain" / "x.jpg", photo)
+    write_png(tmp_path / "plain" / "x.png", photo)  # the same photo twice: both are parts
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:6, 2:5] = 255
+    write_png(tmp_path / "plain" / "y.jpg", photo)
+    write_png(tmp_path / "plain" / "y.png", mask)  # a binary mask of y.jpg's size
+    write_png(tmp_path / "plain" / "z.jpg", photo)
+    write_png(tmp_path / "plain" / "z.png", mask[:8])  # binary, but not of z.jpg's size: a part
+    soft = (rng.random((12, 10)) * 40).astype(np.uint8)  # MTD's masks are not strictly binary
+    write_png(tmp_path / "MT_Crack" / "Imgs" / "t.jpg", photo)
+    write_png(tmp_path / "MT_Crack" / "Imgs" / "t.png", soft)
+    got = list_folder(tmp_path)
+    assert names(got.images, tmp_path) == ["MT_Crack/Imgs/t.jpg", "plain/x.jpg", "plain/x.png", "plain/y.jpg",
+                                           "plain/z.jpg", "plain/z.png"]
+    left = {s.path.relative_to(tmp_path).as_posix(): s.reason for s in got.masks_skipped()}
+    assert left == {"MT_Crack/Imgs/t.png": "the mask of t.jpg beside it, not a part",
+                    "plain/y.png": "the mask of y.jpg beside it, not a part"}

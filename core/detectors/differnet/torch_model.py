@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.detectors.common import load_module_state
+
 EFFICIENTNETS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 BACKBONES = ("alexnet", *EFFICIENTNETS, "tiny-random")
 #: The weight set of the store each real backbone loads.
@@ -236,10 +238,10 @@ class DifferNet(nn.Module):
 
     def load_flow_state(self, tensors: dict[str, torch.Tensor]) -> None:
         flow = {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}
-        self.flow.load_state_dict(flow, strict=True)
+        load_module_state(self.flow, flow, "flow.")
         if self.shape.backbone == "tiny-random":
             ext = {k[10:]: v for k, v in tensors.items() if k.startswith("extractor.")}
-            self.extractor.backbone.load_state_dict(ext, strict=True)
+            load_module_state(self.extractor.backbone, ext, "extractor.")
 
 
 # ----------------------------------------------------------------------------- transforms

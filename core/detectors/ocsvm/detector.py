@@ -25,7 +25,7 @@ import torch
 
 from core.data.images import Skipped, iter_batches
 from core.detectors.base import Detector, FitError
-from core.detectors.common import infer_channels, to_tensor_batch
+from core.detectors.common import expect_tensor, infer_channels, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -117,9 +117,16 @@ class OCSVMDetector(Detector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         dim = int(meta["channels"]) * self.config.image_size ** 2
-        if tensors["support"].shape[1] != dim:
-            raise ValueError(f"support vectors have {tensors['support'].shape[1]} features, config implies {dim}")
-        self.support, self.alpha, self.params = tensors["support"], tensors["alpha"], tensors["params"]
+        # the support vectors are training images' pixels (in [0, 1]); the dual coefficients of a
+        # one-class SVM are in [0, 1]; the RBF kernel's gamma is positive
+        support = expect_tensor(tensors, "support", dtype=torch.float64, shape=(None, dim), low=0.0, high=1.0,
+                                why="pixels of training images")
+        alpha = expect_tensor(tensors, "alpha", dtype=torch.float64, shape=(support.shape[0],), low=0.0, high=1.0 + 1e-6,
+                              why="one-class SVM dual coefficients")
+        params = expect_tensor(tensors, "params", dtype=torch.float64, shape=(2,))
+        if not float(params[0]) > 0:
+            raise ValueError(f"the kernel's gamma is {float(params[0]):g}, not positive")
+        self.support, self.alpha, self.params = support, alpha, params
         self._moved()
 
     def _moved(self) -> None:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from core.data.images import Skipped, iter_batches
 from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY, backbone_parts
 from core.detectors.base import Detector, FitError, WeightRequirement
-from core.detectors.common import gaussian_blur, map_to_input
+from core.detectors.common import expect_tensor, gaussian_blur, load_module_state, map_to_input
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.patchcore.anomaly_map import (
     SCORE_RULES,
@@ -424,6 +424,10 @@ class PatchCoreDetector(Detector):
         q = crop.feats.reshape(-1, crop.feats.shape[-1]).float()
         return reweighted_score(flat_d, idx.flatten(), q, self.bank, cfg.neighbours), amap
 
+    def decode_side(self) -> int | None:
+        """Tiling scores large images at full resolution: then every pixel counts."""
+        return None if self.config.tile_size > 0 else super().decode_side()
+
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         results = []
         tiled = [self._crops(img) for img in images]
@@ -459,26 +463,29 @@ class PatchCoreDetector(Detector):
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = []
         model = self._build(str(meta["backbone"]))
-        bank = tensors["memory_bank"]
-        if model.feature_dim != int(meta["feature_dim"]) or bank.ndim != 2 or bank.shape[1] != model.feature_dim:
+        bank = expect_tensor(tensors, "memory_bank", dtype=torch.float32, shape=(None, None))
+        if model.feature_dim != int(meta["feature_dim"]) or bank.shape[1] != model.feature_dim or not len(bank):
             raise ValueError(f"backbone features of dimension {model.feature_dim} differ from the saved "
                              f"bank's {tuple(bank.shape)}")
-        if not bank.is_floating_point() or bank.shape[0] < 1 or not bool(torch.isfinite(bank).all()):
-            raise ValueError("the memory bank is empty, not floating point or not finite")
         self._check_pinned(meta.get("weights"))
         if any(p in TEST_ONLY for p in backbone_parts(model.kind)):
-            model.stages.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, strict=True)
+            load_module_state(model.stages, {k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, "stages.")
+        d = model.feature_dim
         if self.config.stage_weighting == "standardize":
-            model.load_standardization(tensors["standardize.shift"], tensors["standardize.scale"])
+            model.load_standardization(expect_tensor(tensors, "standardize.shift", dtype=torch.float32, shape=(d,)),
+                                       expect_tensor(tensors, "standardize.scale", dtype=torch.float32, shape=(d,),
+                                                     low=0.0))
         fg = None
         if "foreground.side" in tensors:
-            fg = {"mean": tensors["foreground.mean"].float(), "direction": tensors["foreground.direction"].float(),
-                  "threshold": tensors["foreground.threshold"].float().reshape(()),
-                  "side": tensors["foreground.side"].long().reshape(()),
-                  "clarity": tensors["foreground.clarity"].float().reshape(())}
-            check_model(fg, model.feature_dim)
+            fg = {"mean": expect_tensor(tensors, "foreground.mean", dtype=torch.float32, shape=(d,)),
+                  "direction": expect_tensor(tensors, "foreground.direction", dtype=torch.float32, shape=(d,)),
+                  "threshold": expect_tensor(tensors, "foreground.threshold", dtype=torch.float32, shape=(1,)).reshape(()),
+                  "side": expect_tensor(tensors, "foreground.side", dtype=torch.int64, shape=(1,), low=-1,
+                                        high=1).reshape(()),
+                  "clarity": expect_tensor(tensors, "foreground.clarity", dtype=torch.float32, shape=(1,)).reshape(())}
+            check_model(fg, d)
         self.model = model.to(self.device).eval()
-        self.bank = bank.float().to(self.device)
+        self.bank = bank.to(self.device)
         self.fg_model = fg
         self._index = None
 

@@ -18,7 +18,7 @@ import torch
 
 from core.data.images import Skipped, iter_batches
 from core.detectors.base import Detector, FitError
-from core.detectors.common import gaussian_blur, infer_channels, map_to_input, to_tensor_batch
+from core.detectors.common import expect_tensor, gaussian_blur, infer_channels, map_to_input, to_tensor_batch
 from core.detectors.config import DetectorConfig
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
@@ -89,10 +89,16 @@ class PixelGaussianDetector(Detector):
         return {"mean": self.mean, "var": self.var}
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        mean, var = tensors["mean"], tensors["var"]
-        expect = (int(meta["channels"]), self.config.image_size, self.config.image_size)
-        if tuple(mean.shape) != expect or tuple(var.shape) != expect:
-            raise ValueError(f"mean/var shape {tuple(mean.shape)} does not match config {expect}")
+        channels = int(meta["channels"])
+        if channels not in (1, 3):
+            raise ValueError(f"meta 'channels' is {channels}, not 1 or 3")
+        expect = (channels, self.config.image_size, self.config.image_size)
+        # intensities are in [0, 1]: so is their mean, and their (unbiased, n >= 2) variance is at
+        # most n / (n - 1) * 1/4 <= 1/2 (Popoviciu's inequality)
+        mean = expect_tensor(tensors, "mean", dtype=torch.float32, shape=expect, low=0.0, high=1.0,
+                             why="a mean of intensities in [0, 1]")
+        var = expect_tensor(tensors, "var", dtype=torch.float32, shape=expect, low=0.0, high=0.5,
+                            why="a variance of intensities in [0, 1]")
         self.mean, self.var = mean.to(self.device), var.to(self.device)
 
     def _moved(self) -> None:

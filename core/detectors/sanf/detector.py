@@ -40,7 +40,7 @@ from torch import nn
 
 from core.data.images import Skipped, iter_batches
 from core.detectors.base import Detector, FitError, WeightRequirement
-from core.detectors.common import map_to_input, to_tensor_batch
+from core.detectors.common import expect_tensor, load_module_state, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.sanf.backbones import BACKBONE_WEIGHTS, PATCH, TEST_ONLY, TokenExtractor
 from core.detectors.sanf.flow import build_flow, flow_attention, nll
@@ -135,12 +135,12 @@ class SANF(nn.Module):
         return out
 
     def load_trained_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.flow.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, strict=True)
+        load_module_state(self.flow, {k[5:]: v for k, v in tensors.items() if k.startswith("flow.")}, "flow.")
         for k in ("sem_mean", "sem_std", "tok_mean", "tok_std"):
             getattr(self, k).copy_(tensors[k])
         if self.extractor.kind in TEST_ONLY:
             ext = {k[10:]: v for k, v in tensors.items() if k.startswith("extractor.")}
-            self.extractor.net.load_state_dict(ext, strict=True)
+            load_module_state(self.extractor.net, ext, "extractor.")
 
 
 class SANFDetector(Detector):
@@ -301,6 +301,10 @@ class SANFDetector(Detector):
             raise ValueError(f"backbone tokens {model.extractor.dim}, {model.extractor.token_shape} differ from the saved "
                              f"{meta['class_dim']}, {meta['token_shape']}")
         check_pinned_weights(self._weights, meta.get("weights"))
+        for k in ("sem_std", "tok_std"):  # standard deviations the features are divided by
+            t = expect_tensor(tensors, k, dtype=torch.float32)
+            if t.numel() and not float(t.min()) > 0:
+                raise ValueError(f"'{k}' holds values that are not positive (a standard deviation): {float(t.min()):g}")
         model.load_trained_state(tensors)
         self.model = model.to(self.device).eval()
 

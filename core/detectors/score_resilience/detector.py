@@ -49,7 +49,7 @@ import torch
 
 from core.data.images import Skipped
 from core.detectors.base import Detector
-from core.detectors.common import to_tensor_batch
+from core.detectors.common import load_module_state, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.score_resilience.anomaly_map import error_maps, map_to_input_lanczos
 from core.detectors.score_resilience.torch_model import EMA, ScoreNet, ScoreNetShape, dsm_loss, sigma_k
@@ -246,7 +246,7 @@ class ScoreResilienceDetector(Detector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         model = ScoreNet(self.config.shape(int(meta["channels"])))
-        model.load_state_dict(tensors, strict=True)
+        load_module_state(model, tensors)
         self.model = model.to(self.device).eval()
         self._eps_cache = None
 

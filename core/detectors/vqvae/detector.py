@@ -38,7 +38,7 @@ import torch
 
 from core.data.images import Skipped
 from core.detectors.base import Detector
-from core.detectors.common import map_to_input, to_tensor_batch
+from core.detectors.common import load_module_state, map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.training import (
     TrainingLoop,
@@ -250,7 +250,7 @@ class VQVAEDetector(Detector):
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         model = VQVAE(self._shape(int(meta["channels"])))
-        model.load_state_dict(tensors, strict=True)
+        load_module_state(model, tensors)
         self.model = model.to(self.device).eval()
 
     def _moved(self) -> None:
