@@ -21,13 +21,14 @@ from app.gui import apply_style
 from app.main_window import MainWindow
 
 
-def main(folder: str, good: str, out: str) -> int:
+def main(folder: str, good: str, out: str, size: str = "1600x1000") -> int:
+    width, height = (int(v) for v in size.split("x"))
     app = QApplication.instance() or QApplication([])
     apply_style(app)
     scratch = tempfile.mkdtemp()
     win = MainWindow(settings=QSettings(str(Path(scratch) / "s.ini"), QSettings.IniFormat), cuda_available=False)
     win.ask_before_discarding = False
-    win.resize(1600, 1000)
+    win.resize(width, height)
     win.show()
     c = win.controller
     step = {"n": 0}
@@ -79,4 +80,4 @@ def main(folder: str, good: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

@@ -1,0 +1,166 @@
+"""The inspector's decisions on the open folder, as plain Python (no Qt): verdicts, notes, the
+review band, "this one is normal", the "to review" walk and the ROC of the verdicts.
+
+Every decision is committed to the session at once (through :class:`~app.session_state.SessionState`);
+the controller tells the views afterwards. Tested without a window in ``tests/app/test_rooms.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from app.session_state import LogFn, SessionState
+from core.metrics.curves import threshold_for_recall, verdict_curves
+from core.results import ScanResult
+from core.results.threshold import Threshold
+from core.session import ReviewBand, ReviewStatus, Session, SessionError
+
+
+class ReviewState:
+    def __init__(self, sessions: SessionState, log: LogFn) -> None:
+        self.sessions = sessions
+        self.log = log
+        self.band: Optional[ReviewBand] = None
+        self.root: Optional[Path] = None  # the open folder: names in the log are relative to it
+        self._verdicts: dict[str, str] = {}
+        self._notes: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ loading
+    def load(self, session: Optional[Session]) -> None:
+        """The decisions kept in ``session`` (None: none)."""
+        self._verdicts = {str(p): d.value for p, d in session.verdicts().items()} if session is not None else {}
+        self._notes = {str(p): d.value for p, d in session.notes().items()} if session is not None else {}
+
+    def clear(self) -> None:
+        self.band = None
+        self.load(None)
+
+    # ------------------------------------------------------------------ reading
+    def name(self, path: Path) -> str:
+        """``path`` relative to the open folder (subfolders keep files of the same name apart)."""
+        root = self.root
+        return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.name
+
+    def verdict(self, path: Path) -> Optional[str]:
+        return self._verdicts.get(str(path))
+
+    def verdicts(self) -> dict[str, str]:
+        """The inspector's verdicts, keyed by ``str(path)``."""
+        return dict(self._verdicts)
+
+    def note(self, path: Path) -> str:
+        return self._notes.get(str(path), "")
+
+    # ------------------------------------------------------------------ deciding
+    def _decide(self, fn) -> bool:
+        """Record one decision in the session (committed at once); False, said in the log, when it cannot be."""
+        s = self.sessions.session
+        if s is None:
+            self.log("warning", "No session is open: this decision is not kept.")
+            return False
+        if s.read_only:
+            self.log("warning", f"The session is read-only ({s.read_only_reason}): this decision is not recorded.")
+            return False
+        fn(s)
+        return True
+
+    def _on_image(self, path: Path, fn) -> bool:
+        """:meth:`_decide` ``fn(session)`` about ``path``, recording the image first when no run covered it."""
+        def go(s: Session) -> None:
+            try:
+                fn(s)
+            except SessionError:  # an image the session has not seen yet (no run covered it)
+                s.sync_images([path])
+                fn(s)
+        return self._decide(go)
+
+    def set_verdict(self, path: Path, verdict: Optional[str]) -> bool:
+        """OK / NG / unsure (``None`` clears) for ``path``; committed to the session at once."""
+        path = Path(path)
+        if not self._on_image(path, lambda s: s.set_verdict(path, verdict)):
+            return False
+        if verdict is None:
+            self._verdicts.pop(str(path), None)
+        else:
+            self._verdicts[str(path)] = verdict
+        self.log("info", f"{self.name(path)}: {verdict.upper() if verdict else 'verdict cleared'}")
+        return True
+
+    def set_note(self, path: Path, text: str) -> bool:
+        path = Path(path)
+        if text == self.note(path):
+            return True
+        if not self._on_image(path, lambda s: s.set_note(path, text)):
+            return False
+        self._notes[str(path)] = text
+        return True
+
+    def move_to_group(self, path: Path, group: str) -> bool:
+        return self._decide(lambda s: s.move_to_group(path, group))
+
+    def set_band(self, low: Optional[float], high: Optional[float]) -> bool:
+        """Two thresholds: at or below ``low`` passes, above ``high`` fails, between is to review
+        (``None, None`` removes the band). Kept with the session's run shown."""
+        if (low is None) != (high is None):
+            raise ValueError("a review band needs both thresholds (or neither)")
+        if low is not None and low > high:
+            low, high = high, low
+        run_id = self.sessions.run_id
+        if run_id is None:
+            self.log("warning", "Run the detector first: the review band belongs to a stored run.")
+            return False
+        if not self._decide(lambda s: s.set_review_band(run_id, low, high)):
+            return False
+        self.band = None if low is None else ReviewBand(float(low), float(high))
+        self.log("info", f"Review band: {low:.6g} .. {high:.6g}" if low is not None else "Review band removed")
+        return True
+
+    def mark_normal(self, path: Path) -> tuple[bool, Optional[Threshold]]:
+        """"This one is normal": the image joins the session's good set and the run's threshold is
+        re-calibrated with it (no re-scoring). Returns (recorded, the new threshold or None)."""
+        path, rid = Path(path), self.sessions.run_id
+        if rid is None:
+            self.log("warning", "Run the detector first: 'this one is normal' re-calibrates a stored run.")
+            return False, None
+        if not self._on_image(path, lambda s: s.mark_normal(path)):
+            return False, None
+        try:
+            thr = self.sessions.session.recalibrate_with_good_set(rid)
+        except SessionError as exc:
+            self.log("warning", f"{path.name} added to the good set; the threshold is unchanged: {exc}")
+            return True, None
+        self.log("info", f"{self.name(path)} marked normal; {thr.describe()}")
+        return True, thr
+
+    def normal_count(self) -> int:
+        s = self.sessions.session
+        return len(s.good_set()) if s is not None else 0
+
+    # ------------------------------------------------------------------ the walk and its counters
+    def review_queue(self, result: Optional[ScanResult]) -> list[Path]:
+        """Unreviewed images in the band or flagged, highest score first (the "to review" walk)."""
+        s, rid = self.sessions.session, self.sessions.run_id
+        if s is None or rid is None or result is None:
+            return []
+        return s.review_queue(rid, result=result)
+
+    def review_status(self, result: Optional[ScanResult]) -> Optional[ReviewStatus]:
+        s, rid = self.sessions.session, self.sessions.run_id
+        if s is None or rid is None or result is None:
+            return None
+        return s.review_status(rid, result=result)
+
+    def curves(self, result: Optional[ScanResult], recall: float = 0.95):
+        """ROC / precision-recall of ``result`` from the inspector's OK / NG verdicts, and the
+        threshold that flags ``recall`` of the NG images: ``(curves | None, suggestion | None, why)``."""
+        rows = result.rows if result is not None else []
+        labelled = [(1 if self._verdicts[str(r.path)] == "ng" else 0, r.score) for r in rows
+                    if self._verdicts.get(str(r.path)) in ("ok", "ng")]
+        if not labelled:
+            return None, None, "No OK / NG verdicts on this run yet."
+        labels, scores = [y for y, _ in labelled], [s for _, s in labelled]
+        curves = verdict_curves(labels, scores)
+        suggestion = threshold_for_recall(labels, scores, recall)
+        why = "" if curves is not None else "The curves need both OK and NG verdicts."
+        return curves, suggestion, why
