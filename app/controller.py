@@ -40,7 +40,7 @@ from core.grouping import GroupingError
 from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold
 from core.runtime.device import describe_device, resolve_device
-from core.session import ReviewBand, ReviewStatus, Session
+from core.session import ReviewBand, ReviewCounts, Session
 
 __all__ = ["EXPORT_KINDS", "Controller", "FolderInfo"]
 
@@ -70,6 +70,7 @@ class Controller(QObject):
     review_changed = Signal()  # verdicts, notes or the review band changed
     maps_restored = Signal()  # the heat maps of a restored run are in its rows
     session_restored = Signal(dict)  # front-end state kept in the session (sort, filter, selection, ...)
+    counts_changed = Signal(object)  # ReviewCounts: every count on screen, recomputed on every change
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -96,6 +97,9 @@ class Controller(QObject):
         self._scan_detector: Optional[Detector] = None  # the model of the scan under way
         self._stale = ""
         self._source_before_restore: Optional[str] = None
+        for changed in (self.result_changed, self.threshold_changed, self.review_changed, self.grouping_changed,
+                        self.rows_arrived):  # every count follows every change (one function: counts())
+            changed.connect(self._recount)
         self.jobs.busy_changed.connect(self.busy_changed)
         self.jobs.busy_changed.connect(lambda _title: self._sync_stale())
         self.jobs.progressed.connect(self.progressed)
@@ -297,14 +301,17 @@ class Controller(QObject):
         ``fpr``, a threshold calibrated at that false-positive rate)."""
         return self.models.matches(name, overrides, fpr)
 
-    def set_detector(self, detector: Optional[Detector], source: str = "") -> None:
+    def set_detector(self, detector: Optional[Detector], source: str = "", store: bool = False) -> None:
         """Make ``detector`` the model in memory (``source``: where it came from, for the
         threshold's provenance). Its threshold is the one in force from now on, for the shown
-        results too (which are marked as a previous run until it scores them)."""
+        results too (which are marked as a previous run until it scores them); with ``store``, the
+        shown run's session records it."""
         self.models.detector = detector
         self.state.model_source = source
         self._source_before_restore = None
         self.state.apply_threshold(None, detector.threshold if detector is not None else None)
+        if store:
+            self._store_threshold(f"threshold of the model in memory ({source or 'no source'})")
         self.detector_changed.emit(detector)
         self.threshold_changed.emit(self.threshold)
         self._sync_stale()
@@ -320,7 +327,7 @@ class Controller(QObject):
         return self.model_room.train(name, dict(overrides or {}), fpr, device, then_scan)
 
     def _model_ready(self, det: Detector, source: str, then_scan: bool) -> None:
-        self.set_detector(det, source)
+        self.set_detector(det, source, store=not then_scan)
         if then_scan:
             self._start_scan()
 
@@ -416,6 +423,8 @@ class Controller(QObject):
         self.sessions.run_id = out.run_id
         if self.threshold_override is not None and self.session is not None and out.run_id is not None:
             self.sessions.store_threshold(self.threshold_override.value, "set by hand")
+        if out.run_id is not None:
+            self.review.carry_band(out.run_id, out.result.detector)
         self._scanned(out.result)
         self.log("info", f"Session run {out.run_id}: {out.describe()} ({self.session.path})")
         self.review_changed.emit()
@@ -457,13 +466,12 @@ class Controller(QObject):
         self.log("info", f"Re-calibrated {det.name} at FPR {fpr:g}: {new.describe()}"
                          + ("; the threshold set by hand stays in force" if self.threshold_override else ""))
         if self.threshold_override is None:
-            self._apply_threshold(None, new)
+            self._apply_threshold(None, new, f"re-calibrated at FPR {fpr:g} without retraining")
         return True
 
     def set_threshold(self, value: float) -> None:
         """Set the decision threshold by hand; every shown row is re-flagged."""
-        self._apply_threshold(Threshold.explicit(float(value)))
-        self.sessions.store_threshold(float(value), "set by hand")
+        self._apply_threshold(Threshold.explicit(float(value)), reason="set by hand")
         rows = self.rows()
         self.log("info", f"Threshold set by hand to {value:.6g}: {sum(bool(r.flagged) for r in rows)} of "
                          f"{len(rows)} flagged")
@@ -473,14 +481,33 @@ class Controller(QObject):
         thr = self.detector.threshold if self.detector is not None else None
         if thr is None and self.run_id is not None and self.session is not None:
             thr = self.session.run(self.run_id).threshold  # a restored run: its own threshold
-        self._apply_threshold(None, thr)
-        if thr is not None:
-            self.sessions.store_threshold(thr.value, "reset")
+        self._apply_threshold(None, thr, "reset")
         self.log("info", f"Threshold reset: {thr.describe() if thr else 'no threshold'}")
 
-    def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> None:
+    def _apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None,
+                         reason: str = "") -> None:
+        """Put a threshold in force (``override`` set by hand, else ``fallback``); with ``reason``,
+        the shown run's session records it (the report and the export then count with it)."""
         self.threshold_changed.emit(self.state.apply_threshold(override, fallback))
+        if reason:
+            self._store_threshold(reason)
         self.heat.request()  # the anchored scale follows the threshold
+
+    def _store_threshold(self, reason: str) -> None:
+        """Record the threshold in force for the session's run shown (not for a grouped run)."""
+        thr, res = self.threshold, self.result
+        if thr is not None and res is not None and res.grouping is None:
+            self.sessions.store_threshold(thr.value, reason)
+
+    def counts(self) -> ReviewCounts:
+        """Every count on screen (flagged, reviewed, to review, disagree, the band's zones, the ≠
+        marks, the walk) from the one function the report and the export use too."""
+        thr, res = self.threshold, self.result
+        grouped = res is not None and res.grouping is not None
+        return self.review.counts(self.rows(), None if thr is None or grouped else thr.value)
+
+    def _recount(self, *_args) -> None:
+        self.counts_changed.emit(self.counts())
 
     # ================================================================ grouping (zero-shot scans)
     def regroup(self, method: str) -> bool:
@@ -552,7 +579,7 @@ class Controller(QObject):
         if self._source_before_restore is None:  # the model in memory's own provenance, back at the next scan
             self._source_before_restore = self.state.model_source
         self.state.model_source = f"session run {run.id} of {run.finished_at[:16]}"
-        self.review.band = got.band
+        self.review.restore_band(got.band, run.detector)
         self._set_result(result)
         self.threshold_changed.emit(self.threshold)
         self.log("info", f"Restored {run.describe()}; {self.threshold_source}; {len(self.review.verdicts())} verdicts")
@@ -637,10 +664,7 @@ class Controller(QObject):
 
     def review_queue(self) -> list[Path]:
         """Unreviewed images in the band or flagged, highest score first (the "to review" walk)."""
-        return self.review.review_queue(self.result)
-
-    def review_status(self) -> Optional[ReviewStatus]:
-        return self.review.review_status(self.result)
+        return list(self.counts().queue) if self.result is not None else []
 
     def mark_normal(self, path: Path) -> bool:
         """"This one is normal": the image joins the session's good set and the run's threshold is

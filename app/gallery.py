@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gallery_model import (  # noqa: F401 - the roles and names are read through this module too
+    DisagreeRole,
     ErrorRole,
     FlaggedRole,
     GalleryModel,
@@ -110,6 +111,7 @@ class GalleryPanel(QWidget):
         self.view.zoom_requested.connect(lambda step: self.set_thumb_size(round(self.thumb_size() * 1.15 ** step)))
         self.view.selectionModel().currentChanged.connect(self._current_moved)
         self._kept: Optional[Path] = None
+        self.counts = None  # ReviewCounts of the rows shown (set by the window)
 
         self.sort_combo = QComboBox()
         self.sort_combo.addItems(["Name", "Score (highest first)"])
@@ -291,16 +293,23 @@ class GalleryPanel(QWidget):
     def _current_moved(self, current, _previous) -> None:
         self.current_changed.emit(current.data(PathRole) if current.isValid() else None)
 
+    def set_counts(self, counts) -> None:
+        """The controller's :class:`~core.results.review.ReviewCounts`: the header's numbers and the ≠ marks."""
+        self.counts = counts
+        self.model.set_disagreeing(counts.disagreeing)
+        self._update_count()
+
     def _update_count(self, *_args) -> None:
-        n, scored, flagged, visible = self.model.counts()
+        n, _scored, _flagged, visible = self.model.counts()
         if n == 0:
             self.count_label.setText("no images")
             return
         text = f"{n} images"
         if self.model.thumbs_done < n:
             text += f" · loading thumbnails {self.model.thumbs_done} / {n}"
+        scored = self.counts.n_images if self.counts is not None else 0
         if scored:
-            text += f" · {scored} scored · {flagged} flagged"
+            text += f" · {scored} scored · {self.counts.n_flagged} flagged"
         if self.model.flagged_only or self.model.group_filter is not None or self.model.review_only is not None:
             text += f" · showing {visible}"
         if self.model.stale and scored:

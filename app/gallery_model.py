@@ -16,7 +16,6 @@ from PySide6.QtGui import QImage
 
 from core.results import ScanRow
 from core.results.threshold import Threshold
-from core.session import disagrees
 
 PathRole = Qt.UserRole + 1
 ScoreRole = Qt.UserRole + 2
@@ -26,6 +25,7 @@ ErrorRole = Qt.UserRole + 5
 NameRole = Qt.UserRole + 6
 VerdictRole = Qt.UserRole + 7
 LabelRole = Qt.UserRole + 8  # the name as a tile shows it (see label_names)
+DisagreeRole = Qt.UserRole + 9  # the verdict contradicts the flag: the ≠ mark (from the controller's counts)
 
 def qimage_from_array(arr: np.ndarray) -> QImage:
     """uint8 (H, W) grey or (H, W, 3) RGB -> a QImage that owns its pixels."""
@@ -108,6 +108,7 @@ class GalleryModel(QAbstractListModel):
         self.stale = ""  # "" or e.g. "previous run (ocsvm)": scores and flags are drawn greyed
         self.verdicts: dict[str, str] = {}  # str(path) -> "ok" | "ng" | "unsure"
         self.review_only: Optional[np.ndarray] = None  # the "to review" walk: these entries, in this order
+        self.disagreeing: frozenset[str] = frozenset()  # str(path) of the ≠ marks (ReviewCounts.disagreeing)
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -133,6 +134,8 @@ class GalleryModel(QAbstractListModel):
             return e.error
         if role == VerdictRole:
             return self.verdicts.get(str(e.path))
+        if role == DisagreeRole:
+            return str(e.path) in self.disagreeing
         if role == Qt.ToolTipRole:
             return self._tooltip(e)
         return None
@@ -148,7 +151,7 @@ class GalleryModel(QAbstractListModel):
             v = self.verdicts.get(str(e.path))
             if v is not None:
                 lines.append(f"inspector's verdict: {v.upper()}" + (" — disagrees with the detector"
-                                                                    if disagrees(v, e.flagged) else ""))
+                                                                    if str(e.path) in self.disagreeing else ""))
             if e.group:
                 lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
             else:
@@ -239,6 +242,13 @@ class GalleryModel(QAbstractListModel):
         """Show only the normal (0) or the suspect (1) group of a grouped scan; None: all."""
         self.group_filter = group
         self._reorder()
+
+    def set_disagreeing(self, disagreeing: frozenset[str]) -> None:
+        """The ≠ marks: ``str(path)`` of the verdicts that contradict the flag, as counted once for the
+        whole window (:func:`core.results.review.review_counts`)."""
+        if disagreeing != self.disagreeing:
+            self.disagreeing = frozenset(disagreeing)
+            self._changed(range(len(self._entries)), [DisagreeRole, Qt.ToolTipRole])
 
     def set_verdicts(self, verdicts: dict[str, str]) -> None:
         self.verdicts = dict(verdicts)

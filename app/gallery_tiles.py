@@ -9,9 +9,17 @@ from PySide6.QtCore import QRect, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetrics, QImage, QPainter, QPen
 from PySide6.QtWidgets import QStyle, QStyledItemDelegate, QStyleOptionViewItem
 
-from app.gallery_model import ErrorRole, FlaggedRole, GalleryModel, LabelRole, ScoreRole, ThumbRole, VerdictRole
+from app.gallery_model import (
+    DisagreeRole,
+    ErrorRole,
+    FlaggedRole,
+    GalleryModel,
+    LabelRole,
+    ScoreRole,
+    ThumbRole,
+    VerdictRole,
+)
 from app.theme import ACCENT, MUTED, SELECTION, TILE_BG
-from core.session import disagrees
 
 #: The inspector's verdicts as drawn on a tile: (label, fill colour).
 VERDICT_CHIPS = {"ok": ("OK", "#2e9d5b"), "ng": ("NG", "#d0463b"), "unsure": ("?", "#c9a227")}
@@ -93,7 +101,7 @@ class TileDelegate(QStyledItemDelegate):
         p.setOpacity(1.0)
         verdict = index.data(VerdictRole)
         if verdict in VERDICT_CHIPS:
-            self._verdict_chip(p, option.font, box, verdict, disagrees(verdict, index.data(FlaggedRole)))
+            self._verdict_chip(p, option.font, box, verdict, bool(index.data(DisagreeRole)))
         if self._model.stale:
             p.setOpacity(0.4)
         if flagged:

@@ -40,6 +40,7 @@ class HistogramPanel(QWidget):
         self._groups: Optional[np.ndarray] = None  # suspect flags of a grouped (zero-shot) scan
         self.source = ""  # where the threshold came from, in words (the controller's threshold_source)
         self.stale = ""  # "" or e.g. "previous run (ocsvm)"
+        self.counts = None  # the window's ReviewCounts: "flagged" is its number (one source for every count)
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -235,7 +236,14 @@ class HistogramPanel(QWidget):
                 left.setTickSpacing(step, step)
             else:
                 left.setTickSpacing()
-        self._set_count(int(flagged.sum()))
+        self._set_count(self.counts.n_flagged if self.counts is not None and self.counts.n_images == s.size
+                        else int(flagged.sum()))
+
+    def set_counts(self, counts) -> None:
+        """The controller's :class:`~core.results.review.ReviewCounts` of the scores shown."""
+        self.counts = counts
+        if self.scores.size and counts.n_images == self.scores.size:
+            self._set_count(counts.n_flagged)
 
     def _set_count(self, flagged: Optional[int], preview: bool = False) -> None:
         n = self.scores.size

@@ -12,9 +12,10 @@ from typing import Optional
 
 from app.session_state import LogFn, SessionState
 from core.metrics.curves import threshold_for_recall, verdict_curves
-from core.results import ScanResult
+from core.results import ScanResult, ScanRow
+from core.results.review import ReviewBand, ReviewCounts, review_counts
 from core.results.threshold import Threshold
-from core.session import ReviewBand, ReviewStatus, Session, SessionError
+from core.session import Session, SessionError
 
 
 class ReviewState:
@@ -22,6 +23,7 @@ class ReviewState:
         self.sessions = sessions
         self.log = log
         self.band: Optional[ReviewBand] = None
+        self.band_detector = ""  # the detector whose scores the band was set on
         self.root: Optional[Path] = None  # the open folder: names in the log are relative to it
         self._verdicts: dict[str, str] = {}
         self._notes: dict[str, str] = {}
@@ -33,7 +35,7 @@ class ReviewState:
         self._notes = {str(p): d.value for p, d in session.notes().items()} if session is not None else {}
 
     def clear(self) -> None:
-        self.band = None
+        self.band, self.band_detector = None, ""
         self.load(None)
 
     # ------------------------------------------------------------------ reading
@@ -113,8 +115,26 @@ class ReviewState:
         if not self._decide(lambda s: s.set_review_band(run_id, low, high)):
             return False
         self.band = None if low is None else ReviewBand(float(low), float(high))
+        self.band_detector = self.sessions.session.run(run_id).detector
         self.log("info", f"Review band: {low:.6g} .. {high:.6g}" if low is not None else "Review band removed")
         return True
+
+    def restore_band(self, band: Optional[ReviewBand], detector: str) -> None:
+        self.band, self.band_detector = band, detector if band is not None else ""
+
+    def carry_band(self, run_id: int, detector: str) -> None:
+        """A new run of the session: the band goes on with it when the same detector scored it
+        (its scores are on the band's scale); another detector's run starts without one."""
+        band = self.band
+        if band is None:
+            return
+        s = self.sessions.writable
+        if detector == self.band_detector and s is not None:
+            s.set_review_band(run_id, band.low, band.high)
+            return
+        self.log("info", f"The review band {band.low:.6g} .. {band.high:.6g} was set on {self.band_detector or 'other'} "
+                         f"scores: {detector}'s run starts without one.")
+        self.band, self.band_detector = None, ""
 
     def mark_normal(self, path: Path) -> tuple[bool, Optional[Threshold]]:
         """"This one is normal": the image joins the session's good set and the run's threshold is
@@ -137,19 +157,11 @@ class ReviewState:
         s = self.sessions.session
         return len(s.good_set()) if s is not None else 0
 
-    # ------------------------------------------------------------------ the walk and its counters
-    def review_queue(self, result: Optional[ScanResult]) -> list[Path]:
-        """Unreviewed images in the band or flagged, highest score first (the "to review" walk)."""
-        s, rid = self.sessions.session, self.sessions.run_id
-        if s is None or rid is None or result is None:
-            return []
-        return s.review_queue(rid, result=result)
-
-    def review_status(self, result: Optional[ScanResult]) -> Optional[ReviewStatus]:
-        s, rid = self.sessions.session, self.sessions.run_id
-        if s is None or rid is None or result is None:
-            return None
-        return s.review_status(rid, result=result)
+    # ------------------------------------------------------------------ the counts and the ROC
+    def counts(self, rows: list[ScanRow], threshold: Optional[float]) -> ReviewCounts:
+        """Every count of ``rows`` under ``threshold`` with this band and these verdicts (the one
+        function :func:`core.results.review.review_counts`, shared with the report and the export)."""
+        return review_counts(rows, threshold, self.band, self._verdicts)
 
     def curves(self, result: Optional[ScanResult], recall: float = 0.95):
         """ROC / precision-recall of ``result`` from the inspector's OK / NG verdicts, and the

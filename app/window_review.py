@@ -44,12 +44,22 @@ class ReviewMixin:
         if on and not self._restoring:
             self.gallery.select_row(0)  # the walk starts at the highest score
 
+    def _counts_changed(self, counts) -> None:
+        """Every count on screen from the controller's one :class:`~core.results.review.ReviewCounts`:
+        the gallery header and ≠ marks, the histogram's "flagged", the review counters and the walk."""
+        c = self.controller
+        self.gallery.set_counts(counts)
+        self.histogram.set_counts(counts)
+        if self.gallery.review_check.isChecked():
+            self.gallery.model.set_review_only(list(counts.queue))
+        self.review.show_counters(counts.describe() if c.session is not None and c.run_id is not None else
+                                  "no stored run" if c.result is None or c.session is None else "not stored")
+
     def _review_changed(self) -> None:
-        """Verdicts, notes or the band changed: tiles, counters, the band and the queue follow."""
+        """Verdicts, notes or the band changed: tiles, the band and the note follow (the counts
+        follow through :meth:`_counts_changed`)."""
         c = self.controller
         self.gallery.model.set_verdicts(c.verdicts())
-        if self.gallery.review_check.isChecked():
-            self.gallery.model.set_review_only(c.review_queue())
         band = c.band
         self.histogram.set_band(band.low if band else None, band.high if band else None)
         if band is not None:
@@ -58,9 +68,6 @@ class ReviewMixin:
             scores = [r.score for r in c.result.rows]
             margin = (max(scores) - min(scores)) * 0.05
             self.review.show_band(c.threshold.value - margin, c.threshold.value + margin)
-        status = c.review_status()
-        self.review.show_counters(status.describe() if status is not None else
-                                  "no stored run" if c.result is None or c.session is None else "not stored")
         path = self.gallery.current_path()
         self.review.show_image(path, c.verdict(path) if path else None, c.note(path) if path else "")
 

@@ -20,7 +20,7 @@ from typing import Optional
 
 from core.io.export import csv_value, write_flagged, write_heatmaps, write_skipped
 from core.session.identity import app_version, now
-from core.session.store import Session, disagrees
+from core.session.store import Session
 
 RESULTS_NAME = "results.csv"
 PROVENANCE_NAME = "provenance.json"
@@ -69,6 +69,9 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
     info = session.run(run_id)
     result = session.load_run(info.id, maps=heatmaps)
     verdicts, notes = session.verdicts(), session.notes()
+    counts = session.review_counts(info.id, result)  # flags and disagreements as the window and the report count them
+    for r in result.rows:
+        r.flagged = counts.flags[str(r.path)]
     prov = provenance(session, info.id)
     extra: list[str] = []
     for r in result.rows:
@@ -85,8 +88,9 @@ def export_session(session: Session, out_dir: str | os.PathLike, run_id: Optiona
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        w.writerow([str(r.path), csv_value(r.score), csv_value(r.flagged), d.value if d else "",
-                    csv_value(disagrees(d.value if d else None, r.flagged)), n.value if n else "", d.user if d else "",
+        key = str(r.path)
+        w.writerow([key, csv_value(r.score), csv_value(counts.flags[key]), d.value if d else "",
+                    csv_value(key in counts.disagreeing), n.value if n else "", d.user if d else "",
                     d.at if d else "", *(csv_value(r.columns.get(k)) for k in extra),
                     *(csv_value(prov[k]) for k in prov_cols)])
     written = {"results": out / RESULTS_NAME}

@@ -27,7 +27,7 @@ from core.io.colormap import colorize, normalise, robust_range
 from core.metrics import image_auroc
 from core.results import ScanRow
 from core.session.identity import app_version, now
-from core.session.store import Session, disagrees
+from core.session.store import Session
 from core.session.svg import histogram_svg, roc_svg
 
 THUMB = 220
@@ -98,17 +98,16 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
     notes = session.notes()
     band = session.review_band(info.id)
     thr_value = session.threshold_value(info.id)
-    status = session.review_status(info.id, result)
+    status = session.review_counts(info.id, result)  # the one function of every count (the window's too)
     rows = result.rows
     scores = [r.score for r in rows]
 
     # ---------------------------------------------------------------- summary
-    cards = [("images", len(rows)), ("flagged", len(result.flagged)), ("skipped", len(result.skipped)),
+    cards = [("images", len(rows)), ("flagged", status.n_flagged), ("skipped", len(result.skipped)),
              ("reviewed", status.reviewed), ("to review", status.to_review), ("disagree", status.disagree)]
     cards += [(f"verdict {k.upper()}", n) for k, n in status.verdicts.items()]
-    if band is not None:
-        zones = [band.zone(s) for s in scores]
-        cards += [(f"band: {z}", zones.count(z)) for z in ("pass", "review", "fail")]
+    if status.zones is not None:
+        cards += [(f"band: {z}", n) for z, n in status.zones.items()]
     card_html = "".join(f'<div class="card{" warn" if k == "disagree" and n else ""}"><b>{n}</b><span>{escape(k)}'
                         f'</span></div>' for k, n in cards)
 
@@ -131,8 +130,8 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
                       '"unsure" verdicts are left out.</p>')
 
     # ---------------------------------------------------------------- images
-    dis = [r for r in rows if disagrees(verdicts.get(r.path), r.flagged)]
-    flagged = [r for r in sorted(result.flagged, key=lambda r: -r.score) if r not in dis]
+    dis = [r for r in rows if str(r.path) in status.disagreeing]
+    flagged = [r for r in sorted(rows, key=lambda r: -r.score) if status.flags[str(r.path)] and r not in dis]
     chosen: list[tuple[ScanRow, bool]] = [(r, True) for r in dis] + [(r, False) for r in flagged]
     hidden = max(0, len(chosen) - max_images)
     chosen = chosen[:max_images]
@@ -151,7 +150,7 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
         items.append(
             f'<tr class="{"dis" if is_dis else ""}"><td><div class="img">{pics}</div>{escape(why)}</td>'
             f'<td class="mono">{escape(str(r.path))}</td><td>{r.score:.5g}</td>'
-            f'<td>{"yes" if r.flagged else "no"}{" (" + escape(group) + ")" if group else ""}</td>'
+            f'<td>{"yes" if status.flags[str(r.path)] else "no"}{" (" + escape(group) + ")" if group else ""}</td>'
             f'<td>{_verdict_html(v)}{" <span class=tag>disagrees</span>" if is_dis else ""}</td>'
             f'<td>{escape(note.value) if note else ""}'
             f'{"<br><small>" + escape(note.user) + ", " + escape(note.at[:19]) + "</small>" if note else ""}</td></tr>')

@@ -24,6 +24,7 @@ import numpy as np
 from core.data.images import Skipped
 from core.grouping import GROUP_NAMES, Grouping
 from core.results import ScanResult, ScanRow, apply_grouping
+from core.results.review import VERDICTS, ReviewBand, ReviewCounts, review_counts
 from core.results.threshold import Threshold, calibrate
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
@@ -31,8 +32,11 @@ from core.session.lock import SessionLockedError, WriterLock, describe_holder, r
 from core.session.maps import CODEC, CODECS, decode_map, encode_map
 from core.session.schema import SchemaError, current_version, migrate, read_version
 
-VERDICTS = ("ok", "ng", "unsure")
 SESSIONS_DIR = "sessions"
+
+
+#: The counters of a run's review (one function for every count: :mod:`core.results.review`).
+ReviewStatus = ReviewCounts
 
 
 class SessionError(Exception):
@@ -99,41 +103,6 @@ class Decision:
     value: Any
     user: str
     at: str
-
-
-@dataclass(frozen=True)
-class ReviewBand:
-    """Two thresholds: a score at or below ``low`` passes, above ``high`` fails, between is to review."""
-
-    low: float
-    high: float
-
-    def zone(self, score: float) -> str:
-        if score <= self.low:
-            return "pass"
-        if score > self.high:
-            return "fail"
-        return "review"
-
-
-@dataclass(frozen=True)
-class ReviewStatus:
-    n_images: int
-    n_flagged: int
-    reviewed: int  # images with a verdict
-    to_review: int  # unreviewed images in the band or flagged
-    disagree: int  # a verdict that contradicts the flag (ok but flagged, ng but not)
-    verdicts: dict[str, int]
-
-    def describe(self) -> str:
-        return f"reviewed {self.reviewed} / {self.reviewed + self.to_review}, {self.disagree} disagree"
-
-
-def disagrees(verdict: Optional[str], flagged: Optional[bool]) -> bool:
-    """Whether an inspector's verdict contradicts the detector's flag (``unsure`` never does)."""
-    if flagged is None or verdict not in ("ok", "ng"):
-        return False
-    return (verdict == "ng") != bool(flagged)
 
 
 def default_session_path(folder: str | os.PathLike) -> Path:
@@ -583,34 +552,24 @@ class Session:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM ui_state")}
 
     # ------------------------------------------------------------------ review
-    def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewStatus:
-        """Counters of the review of ``run_id`` (default latest): reviewed, left to review
-        (unreviewed images in the band or flagged), verdicts that disagree with the flag."""
+    def review_counts(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewCounts:
+        """Every count of the review of ``run_id`` (default latest) under the session's current
+        threshold, band and verdicts (:func:`core.results.review.review_counts`, the one function
+        the window, the report and the export share). ``result``: the run as loaded already."""
         info = self.run(run_id)
         result = result if result is not None else self.load_run(info.id)
-        band = self.review_band(info.id)
-        verdicts = self.verdicts()
-        counts = dict.fromkeys(VERDICTS, 0)
-        reviewed = to_review = disagree = 0
-        for row in result.rows:
-            d = verdicts.get(row.path)
-            if d is not None:
-                reviewed += 1
-                counts[d.value] += 1
-                disagree += disagrees(d.value, row.flagged)
-            elif row.flagged or (band is not None and band.zone(row.score) == "review"):
-                to_review += 1
-        return ReviewStatus(len(result.rows), len(result.flagged), reviewed, to_review, disagree, counts)
+        threshold = None if result.grouping is not None else self.threshold_value(info.id)
+        return review_counts(result.rows, threshold, self.review_band(info.id),
+                             {p: d.value for p, d in self.verdicts().items()})
+
+    def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewCounts:
+        """Counters of the review of ``run_id`` (default latest): reviewed, left to review
+        (unreviewed images in the band or flagged), verdicts that disagree with the flag."""
+        return self.review_counts(run_id, result)
 
     def review_queue(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> list[Path]:
         """Unreviewed images in the review band or flagged, highest score first: the "to review" walk."""
-        info = self.run(run_id)
-        result = result if result is not None else self.load_run(info.id)
-        band = self.review_band(info.id)
-        verdicts = self.verdicts()
-        todo = [r for r in result.rows if r.path not in verdicts
-                and (r.flagged or (band is not None and band.zone(r.score) == "review"))]
-        return [r.path for r in sorted(todo, key=lambda r: -r.score)]
+        return list(self.review_counts(run_id, result).queue)
 
 
 def _json_default(v: Any) -> Any:
