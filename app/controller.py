@@ -15,7 +15,7 @@ tests without a window (``tests/app/test_controller.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +35,7 @@ from core.detectors.base import Detector
 from core.detectors.registry import REGISTRY
 from core.engine.jobs import CallableJob, ScanJob
 from core.engine.qt_bridge import JobRunner
-from core.engine.session_scan import scan_into_session
+from core.engine.session_model import scan_keeping_model
 from core.grouping import GroupingError
 from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.threshold import DEFAULT_FPR, Threshold
@@ -71,6 +71,7 @@ class Controller(QObject):
     maps_restored = Signal()  # the heat maps of a restored run are in its rows
     session_restored = Signal(dict)  # front-end state kept in the session (sort, filter, selection, ...)
     counts_changed = Signal(object)  # ReviewCounts: every count on screen, recomputed on every change
+    good_folder_restored = Signal(str)  # the open folder's own good images ("" when it has none yet)
 
     def __init__(self, runner: Optional[JobRunner] = None, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -93,6 +94,9 @@ class Controller(QObject):
         self.model_room.ready.connect(self._model_ready)
         self.model_room.hand_threshold_saved.connect(self._hand_threshold_saved)
         self.exports.exported.connect(self.exported)
+        #: Asks the inspector a yes / no question (the window shows a dialog); the answer of a bare
+        #: controller is no.
+        self.ask: Callable[[str, str], bool] = lambda _title, _text: False
         self.operation = 0  # counts the user's commands; a scan that follows training is the same one
         self._scan_detector: Optional[Detector] = None  # the model of the scan under way
         self._stale = ""
@@ -264,11 +268,13 @@ class Controller(QObject):
         if self.scanning:  # a scan started while the listing ran: keep the folder it scans
             self.log("warning", f"Not opening {info.folder}: a scan is running.")
             return
+        before = self.folder
         self.files.show(info)
         self._set_result(None)
         self.state.previous = None
         self._open_session(info.folder)
         self.folder_opened.emit(info)
+        self._restore_good_folder(before.folder if before is not None else None, info.folder)
         self.skipped_changed.emit(0)
         self.files.decode_thumbnails()
         self._restore_latest_run()
@@ -295,6 +301,26 @@ class Controller(QObject):
         """Why the good folder cannot be trained on ("" when it can)."""
         return self.model_room.good_folder_problem()
 
+    def keep_good_folder(self) -> None:
+        """The good-images folder shown is the open folder's: its session keeps it for reopening."""
+        if self.folder is not None:
+            self.sessions.set_good_folder(self.good_folder)
+
+    def _restore_good_folder(self, before: Optional[Path], now: Path) -> None:
+        """The good images belong to the folder: its session's come back; another folder's are not
+        carried over (the field is emptied); a first folder keeps the ones given (``gui --good``)."""
+        s = self.session
+        kept = s.good_folder() if s is not None else None
+        if kept is not None:
+            self.set_good_folder(kept)
+            self.good_folder_restored.emit(str(kept))
+        elif before is not None and before != now and self.good_folder is not None:
+            self.log("info", f"The good images {self.good_folder} were {before}'s: choose {now}'s (Detector panel).")
+            self.set_good_folder(None)
+            self.good_folder_restored.emit("")
+        else:
+            self.keep_good_folder()
+
     # ================================================================ the model
     def detector_matches(self, name: str, overrides: dict, fpr: Optional[float] = None) -> bool:
         """Whether the current detector is ``name`` with exactly these settings (and, given
@@ -306,7 +332,7 @@ class Controller(QObject):
         threshold's provenance). Its threshold is the one in force from now on, for the shown
         results too (which are marked as a previous run until it scores them); with ``store``, the
         shown run's session records it."""
-        self.models.detector = detector
+        self.models.bind(detector, self.folder.folder if self.folder else None, self.good_folder)
         self.state.model_source = source
         self._source_before_restore = None
         self.state.apply_threshold(None, detector.threshold if detector is not None else None)
@@ -324,12 +350,27 @@ class Controller(QObject):
             return False
         if not then_scan:
             self.operation += 1
-        return self.model_room.train(name, dict(overrides or {}), fpr, device, then_scan)
+        started = self.model_room.train(name, dict(overrides or {}), fpr, device, then_scan)
+        if started:
+            self.keep_good_folder()
+        return started
 
     def _model_ready(self, det: Detector, source: str, then_scan: bool) -> None:
-        self.set_detector(det, source, store=not then_scan)
+        self.set_detector(det, source, store=not then_scan)  # the model of the open folder, with its good images
         if then_scan:
             self._start_scan()
+
+    def run_plan(self, name: str, overrides: dict, fpr: float = DEFAULT_FPR) -> str:
+        """What Run does now: "scan" with the model in memory; "train" a new one first; "ask" before
+        using a model that is not the open folder's (another folder's, or one trained on other good
+        images while none are chosen); "blocked" while the good images chosen cannot be used."""
+        if not self.models.matches(name, overrides, fpr):
+            return "train"
+        if REGISTRY[name].zero_shot:
+            return "scan"
+        if self.models.stale_good(self.good_folder):
+            return "ask" if self.good_folder is None else "blocked" if self.good_folder_problem() else "train"
+        return "ask" if self.models.foreign(self.folder.folder if self.folder else None) else "scan"
 
     def run(self, name: str, overrides: Optional[dict] = None, fpr: float = DEFAULT_FPR, device: str = "auto") -> bool:
         """Score the open folder; trains first when no model fits the chosen settings."""
@@ -340,12 +381,31 @@ class Controller(QObject):
             return False
         self.operation += 1
         overrides = dict(overrides or {})
-        if self.detector_matches(name, overrides, fpr):
+        plan = self.run_plan(name, overrides, fpr)
+        if plan == "blocked":
+            self.log("error", f"Cannot run: the {self.good_folder_problem()} (the model in memory was trained on "
+                              f"{self.models.trained_on()})")
+            return False
+        if plan == "ask":
+            folder = self.folder.folder
+            if self.ask("Use another folder's model?", self.models.question(folder, self.good_folder)):
+                self.models.bind(self.detector, folder, self.good_folder, self.models.fingerprint)
+                self.log("info", f"Scoring {folder} with the {self.detector.name} model of another folder, as asked.")
+                plan = "scan"
+            elif self.good_folder_problem():
+                self.log("info", f"Not scored: the model in memory is not {folder}'s; choose its good images to "
+                                 "train its own.")
+                return False
+            else:
+                plan = "train"
+        if plan == "scan":
             self._start_scan()
             return True
         started = self.train(name, overrides, fpr, device, then_scan=True)
         if started and not REGISTRY[name].zero_shot:
-            self.log("info", f"No {name} model trained with these settings yet: training on {self.good_folder} first.")
+            why = ("the good images changed since the model in memory was trained"
+                   if self.models.matches(name, overrides, fpr) else f"no {name} model trained with these settings yet")
+            self.log("info", f"{why[0].upper()}{why[1:]}: training on {self.good_folder} first.")
         return started
 
     def save_model(self, folder: str | os.PathLike, store_hand_threshold: bool = False) -> bool:
@@ -384,11 +444,11 @@ class Controller(QObject):
         self.state.begin_scan()
         self._scan_detector = det
         session = self.sessions.writable
-        if session is not None:  # incremental: only new or changed images are scored
-            src, thr = self.source, self.threshold_override
-            job = CallableJob(lambda p, c, e: scan_into_session(session, det, src, threshold=thr, progress=p,
-                                                                cancel=c, on_row=lambda i, row: e((i, row)),
-                                                                keep_extras=True),
+        if session is not None:  # incremental: only new or changed images are scored; the model is kept
+            src, thr, good = self.source, self.threshold_override, self.models.trained_on()
+            job = CallableJob(lambda p, c, e: scan_keeping_model(session, det, src, good, threshold=thr, progress=p,
+                                                                 cancel=c, on_row=lambda i, row: e((i, row)),
+                                                                 keep_extras=True),
                               title=f"Scoring {len(src)} images with {det.name} into the session")
             done = self._scanned_into_session
         else:
@@ -419,7 +479,12 @@ class Controller(QObject):
         self.log("info", f"Scanned {len(result.rows)} images with {result.detector} in {result.seconds:.1f} s: "
                          f"{len(result.flagged)} flagged; {thr}; {len(result.skipped)} skipped")
 
-    def _scanned_into_session(self, out) -> None:
+    def _scanned_into_session(self, done) -> None:
+        out, kept, why = done
+        if kept is not None and self.detector is self._scan_detector:
+            self.models.fingerprint = kept.fingerprint
+        if why:
+            self.log("warning", f"{why[0].upper()}{why[1:]}")
         self.sessions.run_id = out.run_id
         if self.threshold_override is not None and self.session is not None and out.run_id is not None:
             self.sessions.store_threshold(self.threshold_override.value, "set by hand")
@@ -565,7 +630,8 @@ class Controller(QObject):
         run = runs[-1]
         # Scores, flags and decisions first (a fraction of a second for thousands of images); the
         # heat maps follow off the UI thread, the one on screen at once (:meth:`load_image`).
-        self._submit(CallableJob(lambda p, c, e: read_run(s, run), title=f"Restoring session run {run.id}"),
+        have = self.models.fingerprint
+        self._submit(CallableJob(lambda p, c, e: read_run(s, run, have), title=f"Restoring session run {run.id}"),
                      "restore", self._restored, main=True,
                      on_failure=lambda msg, tb: self.log("error", f"Cannot restore session run {run.id}: {msg}"))
 
@@ -576,6 +642,17 @@ class Controller(QObject):
         self.sessions.run_id = run.id
         self.state.previous = None
         self.state.threshold_override = got.hand
+        if got.model_problem:
+            self.log("warning", f"{got.model_problem[0].upper()}{got.model_problem[1:]}")
+        if got.model is not None or (got.model_record is not None and self.models.fingerprint == run.fingerprint):
+            # the folder's own model, as kept with the run: it scored the results shown
+            det, rec = got.model or self.detector, got.model_record
+            self.models.bind(det, self.folder.folder, self.good_folder or rec.good_folder, run.fingerprint)
+            self.state.scored_by = det
+            if got.model is not None:
+                self._source_before_restore = f"the model kept with session run {run.id}"
+                self.detector_changed.emit(det)
+                self.log("info", f"Model of run {run.id} restored: {det.name} from {rec.path}")
         if self._source_before_restore is None:  # the model in memory's own provenance, back at the next scan
             self._source_before_restore = self.state.model_source
         self.state.model_source = f"session run {run.id} of {run.finished_at[:16]}"

@@ -168,6 +168,8 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
         c.session_restored.connect(self._session_restored)
         c.review_changed.connect(self._review_changed)
         c.counts_changed.connect(self._counts_changed)
+        c.good_folder_restored.connect(self.detector_panel.set_good_folder)
+        c.ask = self._ask_yes_no
         c.maps_restored.connect(self._refresh_current)
         self.review.verdict_requested.connect(self.set_verdict)
         self.review.note_edited.connect(self._note_edited)

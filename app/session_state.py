@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from core.detectors.base import Detector
+from core.engine.session_model import load_kept_model
+from core.io.checkpoint import CheckpointError
 from core.results import ScanResult
 from core.results.threshold import Threshold
-from core.session import ReviewBand, RunInfo, Session, SessionError, default_session_path, open_session
+from core.session import ModelRecord, ReviewBand, RunInfo, Session, SessionError, default_session_path, open_session
 
 LogFn = Callable[[str, str], None]
 
@@ -128,6 +131,11 @@ class SessionState:
         if s is not None:
             s.set_ui_state(key, value)
 
+    def set_good_folder(self, folder: Optional[Path]) -> None:
+        s = self.writable
+        if s is not None and s.good_folder() != folder:
+            s.set_good_folder(folder)
+
     def store_threshold(self, value: float, reason: str) -> None:
         s = self.writable
         if s is not None and self.run_id is not None:
@@ -144,16 +152,28 @@ class RestoredRun:
     hand: Optional[Threshold]  # a threshold the inspector changed, kept in the session (None: the run's own)
     band: Optional[ReviewBand]
     ui: dict  # front-end state kept in the session, with the run's detector and settings
+    model: Optional[Detector] = None  # the model the run was scored with, loaded from the session
+    model_record: Optional[ModelRecord] = None
+    model_problem: str = ""  # why the kept model could not be loaded ("" when it was, or none is kept)
 
 
-def read_run(session: Session, run: RunInfo) -> RestoredRun:
-    """The stored ``run`` of ``session`` as the window restores it (a worker-thread function)."""
+def read_run(session: Session, run: RunInfo, have_fingerprint: str = "") -> RestoredRun:
+    """The stored ``run`` of ``session`` as the window restores it, with the model it was scored
+    with when the session keeps it and it is not the one in memory (``have_fingerprint``): a
+    worker-thread function."""
     result = session.load_run(run.id)
     hand = None
     if result.threshold is not None and run.threshold is not None and result.threshold.value != run.threshold.value:
         hand = result.threshold
     ui = {**session.ui_state(), "run_detector": run.detector, "run_settings": run.settings}
-    return RestoredRun(session, run, result, hand, session.review_band(run.id), ui)
+    got = RestoredRun(session, run, result, hand, session.review_band(run.id), ui)
+    got.model_record = session.model(run.fingerprint)
+    if got.model_record is not None and run.fingerprint != have_fingerprint:
+        try:
+            got.model = load_kept_model(got.model_record)
+        except (CheckpointError, OSError, ValueError) as exc:
+            got.model_problem = f"the model kept with run {run.id} cannot be loaded: {exc}"
+    return got
 
 
 def read_maps(session: Session, run_id: int, paths: list[Path], progress, cancel) -> list:

@@ -63,6 +63,8 @@ class CommandsMixin:
         problem = self.controller.good_folder_problem() if folder else ""
         if problem:
             self.controller.log("error", f"{problem[0].upper()}{problem[1:]}: Train is blocked until it is corrected")
+        else:
+            self.controller.keep_good_folder()  # the open folder's session keeps it
 
     def _good_folder_edited(self, folder: str) -> None:
         self.controller.set_good_folder(folder or None)
@@ -104,6 +106,10 @@ class CommandsMixin:
             return c.cancel()
         c.log("info", f"'{title}' finished before the cancel was confirmed; nothing was cancelled.")
         return False
+
+    def _ask_yes_no(self, title: str, text: str) -> bool:
+        """The controller's questions (e.g. before scoring a folder with another folder's model)."""
+        return QMessageBox.question(self, title, text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No) == QMessageBox.Yes
 
     def _ask_overwrite(self, what: str, folder: Path, existing: list[Path]) -> bool:
         names = "\n".join(f"  {p.relative_to(folder) if p.is_relative_to(folder) else p}" for p in existing[:6])
@@ -192,22 +198,29 @@ class CommandsMixin:
         self._update_model_state()
 
     def _update_model_state(self) -> None:
+        """The detector panel says what the model in memory is and what Run will do with it."""
         c, p = self.controller, self.detector_panel
-        name = p.current_name()
-        det = c.detector
+        name, m, det = p.current_name(), c.models, c.detector
         zero_shot = REGISTRY[name].zero_shot
-        matches = det is not None and c.detector_matches(name, p.overrides(), p.fpr())
+        plan = c.run_plan(name, p.overrides(), p.fpr())
         problem = "" if zero_shot or c.good_folder is None else c.good_folder_problem()
         if zero_shot:
             text = "Zero-shot: needs no good images; press Run."
-            if det is not None and not matches:
+            if det is not None and plan != "scan":
                 text += f" (The {det.name} model stays in memory until then.)"
             p.set_model_state(text)
-        elif matches:
+        elif plan == "scan":
             thr = c.threshold
-            n = det.meta.get("n_train")
-            p.set_model_state(f"Model: {det.name}" + (f", trained on {n} images" if n else "")
-                              + (f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr else "; no threshold"))
+            p.set_model_state(m.describe() + (f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr
+                                              else "; no threshold"))
+        elif plan in ("ask", "blocked") or (det is not None and c.detector_matches(name, p.overrides(), p.fpr())):
+            here = c.folder.folder if c.folder is not None else None
+            text = (f"Model in memory: {det.name} of {m.folder}, trained on {m.trained_on()}. " if m.foreign(here)
+                    else f"Model in memory: {det.name} trained on {m.trained_on()}; the good images are now "
+                         f"{c.good_folder or 'not chosen'}. ")
+            text += {"ask": "Run asks before scoring this folder with it.",
+                     "blocked": f"Run is blocked: the {problem}.", "train": "Run trains a new one."}[plan]
+            p.set_model_state(text, stale=True)
         elif det is not None:
             p.set_model_state(f"Model in memory: {det.name} with other settings or target FPR. "
                               + (f"Run would train a new one, but the {problem}." if problem
@@ -216,7 +229,7 @@ class CommandsMixin:
             p.set_model_state("No model yet: choose the good images and press Train or Run "
                               "(or File > Open model…)." if not problem else f"No model yet, and the {problem}.")
         p.set_good_state(problem)
-        p.set_allowed(train=not problem, run=zero_shot or matches or not problem)
+        p.set_allowed(train=not problem, run=zero_shot or plan in ("scan", "ask") or (plan == "train" and not problem))
         for act in self.detector_group.actions():
             act.setChecked(act.data() == name)
 

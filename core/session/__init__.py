@@ -55,6 +55,11 @@ Review (each call commits at once)::
 Every count comes from one function, :func:`core.results.review.review_counts` (rows, threshold,
 band, verdicts): the window, the report and the export call it, so they agree.
 
+Models: a front end keeps the model it scored with beside the session
+(:func:`core.engine.session_model.keep_model` saves it in ``s.models_dir()`` and records it:
+``s.model(run.fingerprint)`` is the run's model, with its weights' checksum), and the folder of
+good images (``s.set_good_folder(path)`` / ``s.good_folder()``), so reopening a folder restores both.
+
 Groups of a zero-shot run: ``s.move_to_group(path, "suspect")`` (``None`` undoes it);
 ``s.apply_decisions(result, run_id)`` lays the moves over any grouping, so they survive a
 regroup, a rerun and a restart.
@@ -81,6 +86,7 @@ from core.session.store import (
     VERDICTS,
     Decision,
     ImageRecord,
+    ModelRecord,
     ReviewBand,
     ReviewStatus,
     RunInfo,
@@ -96,6 +102,7 @@ __all__ = [
     "VERDICTS",
     "Decision",
     "ImageRecord",
+    "ModelRecord",
     "ReviewBand",
     "ReviewCounts",
     "ReviewStatus",

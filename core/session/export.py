@@ -37,12 +37,15 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
     t = info.threshold
     value = session.threshold_value(info.id)
     band = session.review_band(info.id)
+    kept = session.model(info.fingerprint)
     return {
         "session": str(session.path),
         "folder": str(session.folder) if session.folder else None,
         "run": info.id,
         "detector": info.detector,
         "model_fingerprint": info.fingerprint,
+        "model_kept": None if kept is None else {"path": str(kept.path), "weights_sha256": kept.weights_sha256,
+                                                 "good_folder": str(kept.good_folder) if kept.good_folder else None},
         "settings": info.settings,
         "threshold": value,
         "threshold_calibration": t.describe() if t is not None else None,

@@ -160,9 +160,12 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
 
     # ---------------------------------------------------------------- provenance
     t = info.threshold
+    kept = session.model(info.fingerprint)
     prov = [
         ("detector", info.detector),
         ("model fingerprint", info.fingerprint),
+        ("model kept", "–" if kept is None else f"{kept.path} (weights SHA-256 {kept.weights_sha256}; trained on "
+                                                f"{kept.good_folder or 'good images not recorded'})"),
         ("settings", json.dumps(info.settings, sort_keys=True)),
         ("threshold (run)", t.describe() if t is not None else "none (zero-shot: grouped)"),
         ("threshold (now)", "–" if thr_value is None else f"{thr_value:.6g}"),

@@ -97,6 +97,21 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class ModelRecord:
+    """A model the session keeps: the one a run with the same ``fingerprint`` was scored with."""
+
+    id: int
+    fingerprint: str
+    detector: str
+    path: Path  # the model folder (config.json + weights.safetensors)
+    weights_sha256: str
+    good_folder: Optional[Path]  # the good images it was trained on (None: not known)
+    settings: dict
+    user: str
+    at: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """The current value of one of an image's decisions, with who made it and when."""
 
@@ -541,6 +556,48 @@ class Session:
         self.set_threshold(info.id, thr.value, f"re-calibrated at FPR {rate:g} on {len(base.calibration_scores)} "
                                                f"held-out + {len(extra)} images marked normal")
         return thr
+
+    # ------------------------------------------------------------------ models and the good folder
+    def models_dir(self) -> Path:
+        """Where the models this session keeps are saved: a folder beside the session file."""
+        return self.path.with_name(self.path.stem + ".models")
+
+    def record_model(self, fingerprint: str, detector: str, path: str | os.PathLike, weights_sha256: str,
+                     good_folder: Optional[str | os.PathLike], settings: dict) -> ModelRecord:
+        """Record the model saved in ``path`` (its weights' checksum ``weights_sha256``); a model of
+        the same fingerprint recorded before is replaced."""
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO models (fingerprint, detector, path, weights_sha256, good_folder, "
+                      "settings, user, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (fingerprint, detector, str(Path(path)), weights_sha256,
+                       str(good_folder) if good_folder is not None else None,
+                       json.dumps(settings, sort_keys=True, default=str), self.user, now()))
+        return self.model(fingerprint)
+
+    def _model_record(self, row) -> ModelRecord:
+        mid, fp, det, path, sha, good, settings, user, at = row
+        return ModelRecord(int(mid), fp, det, Path(path), sha, Path(good) if good else None, json.loads(settings),
+                           user, at)
+
+    def model(self, fingerprint: str) -> Optional[ModelRecord]:
+        """The kept model of this fingerprint (a run's ``fingerprint`` names the model it was scored with)."""
+        row = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, user, "
+                                "at FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        return None if row is None else self._model_record(row)
+
+    def models(self) -> list[ModelRecord]:
+        """Every kept model, oldest first."""
+        return [self._model_record(r) for r in self.conn.execute(
+            "SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, user, at FROM models "
+            "ORDER BY id")]
+
+    def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
+        """The folder of good images of this inspection (what the window's good-images field shows)."""
+        self._set_meta("good_folder", str(folder) if folder is not None else "")
+
+    def good_folder(self) -> Optional[Path]:
+        value = self.meta().get("good_folder")
+        return Path(value) if value else None
 
     def set_ui_state(self, key: str, value: Any) -> None:
         """Front-end state to restore on reopening (JSON-serialisable: sort, filter, selection, ...)."""
