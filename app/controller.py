@@ -335,7 +335,14 @@ class Controller(QObject):
         self.models.bind(detector, self.folder.folder if self.folder else None, self.good_folder)
         self.state.model_source = source
         self._source_before_restore = None
-        self.state.apply_threshold(None, detector.threshold if detector is not None else None)
+        hand, new = self.state.hand_threshold, detector.threshold if detector is not None else None
+        keep = hand is not None and new is not None and not self.ask("Replace the hand-set threshold?", (
+            f"The threshold in force, {hand.value:.6g}, was {self.state.override_reason}. The new {detector.name} "
+            f"model brings its own: {new.describe()}.\n\nYes: use the model's threshold.\nNo: keep {hand.value:.6g}."))
+        if keep:
+            self.log("info", f"The threshold {hand.value:.6g} ({self.state.override_reason}) stays in force; the "
+                             f"{detector.name} model's own is {new.value:.6g} (Reset threshold to use it).")
+        self.state.apply_threshold(hand if keep else None, new, self.state.override_reason if keep else "set by hand")
         if store:
             self._store_threshold(f"threshold of the model in memory ({source or 'no source'})")
         self.detector_changed.emit(detector)
@@ -416,7 +423,7 @@ class Controller(QObject):
             return False
         if self.detector is not None and self.detector.fitted:
             self.operation += 1
-        return self.model_room.save(folder, self.threshold_override, store_hand_threshold)
+        return self.model_room.save(folder, self.state.hand_threshold, store_hand_threshold)
 
     def _hand_threshold_saved(self, folder_name: str) -> None:
         self.state.model_source = f"saved with the model {folder_name}"
@@ -445,14 +452,14 @@ class Controller(QObject):
         self._scan_detector = det
         session = self.sessions.writable
         if session is not None:  # incremental: only new or changed images are scored; the model is kept
-            src, thr, good = self.source, self.threshold_override, self.models.trained_on()
+            src, thr, good = self.source, self.state.hand_threshold, self.models.trained_on()
             job = CallableJob(lambda p, c, e: scan_keeping_model(session, det, src, good, threshold=thr, progress=p,
                                                                  cancel=c, on_row=lambda i, row: e((i, row)),
                                                                  keep_extras=True),
                               title=f"Scoring {len(src)} images with {det.name} into the session")
             done = self._scanned_into_session
         else:
-            job, done = ScanJob(det, self.source, threshold=self.threshold_override, keep_extras=True), self._scanned
+            job, done = ScanJob(det, self.source, threshold=self.state.hand_threshold, keep_extras=True), self._scanned
         self.sessions.run_id = None
         self._submit(job, "scan", done, main=True, on_partial=self._scan_rows,
                      on_failure=lambda msg, tb: self._scan_ended(f"Scan failed: {msg}", "error"),
@@ -486,13 +493,30 @@ class Controller(QObject):
         if why:
             self.log("warning", f"{why[0].upper()}{why[1:]}")
         self.sessions.run_id = out.run_id
-        if self.threshold_override is not None and self.session is not None and out.run_id is not None:
-            self.sessions.store_threshold(self.threshold_override.value, "set by hand")
+        hand = self.state.hand_threshold
         if out.run_id is not None:
+            if hand is not None:
+                self.sessions.store_threshold(hand.value, self.state.override_reason)
+            elif out.result.grouping is None:
+                self._recalibrate_new_run(out)
             self.review.carry_band(out.run_id, out.result.detector)
         self._scanned(out.result)
         self.log("info", f"Session run {out.run_id}: {out.describe()} ({self.session.path})")
         self.review_changed.emit()
+
+    def _recalibrate_new_run(self, out) -> None:
+        """A new run of a session whose good set ("this one is normal") holds some of its images:
+        its threshold is re-calibrated with them, as the last run's was."""
+        thr, n = self.review.recalibrate(out.run_id, out.result.rows)
+        if thr is None:
+            return
+        self.state.threshold_override = None
+        out.result.apply_threshold(thr)
+        if self.detector is self._scan_detector and self.detector is not None:
+            self.detector.threshold = thr
+        self.state.model_source = f"re-calibrated with {n} image{'s' if n != 1 else ''} marked normal"
+        self.log("info", f"Run {out.run_id} re-calibrated with the {n} image{'s' if n != 1 else ''} marked normal: "
+                         f"{thr.describe()}")
 
     def _scan_ended(self, what: str, level: str) -> None:
         """A scan that did not complete: its partial rows are discarded, never shown as final."""
@@ -534,12 +558,12 @@ class Controller(QObject):
             self._apply_threshold(None, new, f"re-calibrated at FPR {fpr:g} without retraining")
         return True
 
-    def set_threshold(self, value: float) -> None:
-        """Set the decision threshold by hand; every shown row is re-flagged."""
-        self._apply_threshold(Threshold.explicit(float(value)), reason="set by hand")
+    def set_threshold(self, value: float, how: str = "set by hand") -> None:
+        """Set the decision threshold by hand (``how``: e.g. "set from the verdict ROC at recall 0.95");
+        every shown row is re-flagged."""
+        self._apply_threshold(Threshold.explicit(float(value)), reason=how)
         rows = self.rows()
-        self.log("info", f"Threshold set by hand to {value:.6g}: {sum(bool(r.flagged) for r in rows)} of "
-                         f"{len(rows)} flagged")
+        self.log("info", f"Threshold {how}: {value:.6g}; {sum(bool(r.flagged) for r in rows)} of {len(rows)} flagged")
 
     def reset_threshold(self) -> None:
         """Back to the detector's calibrated threshold."""
@@ -553,7 +577,7 @@ class Controller(QObject):
                          reason: str = "") -> None:
         """Put a threshold in force (``override`` set by hand, else ``fallback``); with ``reason``,
         the shown run's session records it (the report and the export then count with it)."""
-        self.threshold_changed.emit(self.state.apply_threshold(override, fallback))
+        self.threshold_changed.emit(self.state.apply_threshold(override, fallback, reason if override else "set by hand"))
         if reason:
             self._store_threshold(reason)
         self.heat.request()  # the anchored scale follows the threshold
@@ -641,7 +665,7 @@ class Controller(QObject):
         run, result = got.run, got.result
         self.sessions.run_id = run.id
         self.state.previous = None
-        self.state.threshold_override = got.hand
+        self.state.threshold_override, self.state.override_reason = got.hand, got.reason
         if got.model_problem:
             self.log("warning", f"{got.model_problem[0].upper()}{got.model_problem[1:]}")
         if got.model is not None or (got.model_record is not None and self.models.fingerprint == run.fingerprint):

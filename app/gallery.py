@@ -31,6 +31,7 @@ from app.gallery_model import (  # noqa: F401 - the roles and names are read thr
     GalleryModel,
     LabelRole,
     NameRole,
+    NormalRole,
     PathRole,
     ScoreRole,
     ThumbRole,

@@ -26,6 +26,7 @@ NameRole = Qt.UserRole + 6
 VerdictRole = Qt.UserRole + 7
 LabelRole = Qt.UserRole + 8  # the name as a tile shows it (see label_names)
 DisagreeRole = Qt.UserRole + 9  # the verdict contradicts the flag: the ≠ mark (from the controller's counts)
+NormalRole = Qt.UserRole + 10  # marked "this one is normal" (in the session's good set)
 
 def qimage_from_array(arr: np.ndarray) -> QImage:
     """uint8 (H, W) grey or (H, W, 3) RGB -> a QImage that owns its pixels."""
@@ -109,6 +110,7 @@ class GalleryModel(QAbstractListModel):
         self.verdicts: dict[str, str] = {}  # str(path) -> "ok" | "ng" | "unsure"
         self.review_only: Optional[np.ndarray] = None  # the "to review" walk: these entries, in this order
         self.disagreeing: frozenset[str] = frozenset()  # str(path) of the ≠ marks (ReviewCounts.disagreeing)
+        self.normal: frozenset[str] = frozenset()  # str(path) of the images marked "this one is normal"
 
     # -- Qt model interface
     def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008 - Qt signature
@@ -136,6 +138,8 @@ class GalleryModel(QAbstractListModel):
             return self.verdicts.get(str(e.path))
         if role == DisagreeRole:
             return str(e.path) in self.disagreeing
+        if role == NormalRole:
+            return str(e.path) in self.normal
         if role == Qt.ToolTipRole:
             return self._tooltip(e)
         return None
@@ -152,6 +156,8 @@ class GalleryModel(QAbstractListModel):
             if v is not None:
                 lines.append(f"inspector's verdict: {v.upper()}" + (" — disagrees with the detector"
                                                                     if str(e.path) in self.disagreeing else ""))
+            if str(e.path) in self.normal:
+                lines.append("marked normal: in the session's good set, its score takes part in the calibration")
             if e.group:
                 lines.append(f"{e.group} group (zero-shot grouping; flagged = suspect)")
             else:
@@ -249,6 +255,12 @@ class GalleryModel(QAbstractListModel):
         if disagreeing != self.disagreeing:
             self.disagreeing = frozenset(disagreeing)
             self._changed(range(len(self._entries)), [DisagreeRole, Qt.ToolTipRole])
+
+    def set_normal(self, normal: frozenset[str]) -> None:
+        """The images marked "this one is normal" (``str(path)``): their tiles carry the mark."""
+        if normal != self.normal:
+            self.normal = frozenset(normal)
+            self._changed(range(len(self._entries)), [NormalRole, Qt.ToolTipRole])
 
     def set_verdicts(self, verdicts: dict[str, str]) -> None:
         self.verdicts = dict(verdicts)

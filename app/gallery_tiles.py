@@ -15,6 +15,7 @@ from app.gallery_model import (
     FlaggedRole,
     GalleryModel,
     LabelRole,
+    NormalRole,
     ScoreRole,
     ThumbRole,
     VerdictRole,
@@ -24,6 +25,7 @@ from app.theme import ACCENT, MUTED, SELECTION, TILE_BG
 #: The inspector's verdicts as drawn on a tile: (label, fill colour).
 VERDICT_CHIPS = {"ok": ("OK", "#2e9d5b"), "ng": ("NG", "#d0463b"), "unsure": ("?", "#c9a227")}
 DISAGREE = "#ffd23f"  # the mark of a verdict that contradicts the detector's flag
+NORMAL_MARK = "#2aa39a"  # "this one is normal": in the session's good set
 
 THUMB_DEFAULT = 100  # thumbnail box, pixels (Ctrl+wheel changes it)
 THUMB_MIN, THUMB_MAX = 56, 240
@@ -99,6 +101,8 @@ class TileDelegate(QStyledItemDelegate):
         if score is not None:
             self._badge(p, option.font, box, score, index.data(FlaggedRole))
         p.setOpacity(1.0)
+        if index.data(NormalRole):
+            self._normal_mark(p, option.font, box)
         verdict = index.data(VerdictRole)
         if verdict in VERDICT_CHIPS:
             self._verdict_chip(p, option.font, box, verdict, bool(index.data(DisagreeRole)))
@@ -130,6 +134,22 @@ class TileDelegate(QStyledItemDelegate):
         p.drawRoundedRect(chip, 4, 4)
         p.setPen(QColor("#ffffff"))
         p.drawText(chip, Qt.AlignCenter, text)
+        p.setFont(base)
+
+    def _normal_mark(self, p: QPainter, base: QFont, box: QRect) -> None:
+        """"This one is normal" at the thumbnail's bottom left, whatever the flag says now."""
+        font = QFont(base)
+        font.setBold(True)
+        font.setPointSizeF(max(6.0, base.pointSizeF() * 0.85))
+        p.setFont(font)
+        fm = QFontMetrics(font)
+        text = "normal"
+        mark = QRect(box.left() + 3, box.bottom() - fm.height() - 5, fm.horizontalAdvance(text) + 8, fm.height() + 3)
+        p.setPen(QPen(QColor(0, 0, 0, 160), 1))
+        p.setBrush(QColor(NORMAL_MARK))
+        p.drawRoundedRect(mark, 4, 4)
+        p.setPen(QColor("#ffffff"))
+        p.drawText(mark, Qt.AlignCenter, text)
         p.setFont(base)
 
     def _badge(self, p: QPainter, base: QFont, box: QRect, score: float, flagged: Optional[bool]) -> None:

@@ -56,6 +56,9 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
     #: Opening another folder or closing with results no session keeps asks first (tests of other
     #: rooms switch it off; the prompt itself is tested with it on).
     ask_before_discarding = True
+    #: The controller's questions (another folder's model, replacing a hand-set threshold) show a
+    #: dialog; False answers each with its safe default, No (tests of other rooms switch it off).
+    ask_questions = True
 
     def __init__(self, settings: Optional[QSettings] = None, controller: Optional[Controller] = None,
                  cuda_available: Optional[bool] = None, parent: Optional[QWidget] = None) -> None:

@@ -75,6 +75,11 @@ class ReviewPanel(QWidget):
         self.clear_band_button.clicked.connect(lambda: self.band_requested.emit(None, None))
         self.counters = QLabel("no review yet")
         self.counters.setObjectName("reviewCounters")
+        self.band_warning = QLabel("")
+        self.band_warning.setObjectName("bandWarning")
+        self.band_warning.setWordWrap(True)
+        self.band_warning.setStyleSheet("color:#f0b429;padding:0 6px;")
+        self.band_warning.hide()
 
         row1 = QHBoxLayout()
         row1.setContentsMargins(6, 2, 6, 2)
@@ -100,6 +105,7 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.banner)
         lay.addLayout(row1)
         lay.addLayout(row2)
+        lay.addWidget(self.band_warning)
         self.show_image(None, None, "")
 
     def show_image(self, path: Optional[Path], verdict: Optional[str], note: str) -> None:
@@ -121,8 +127,11 @@ class ReviewPanel(QWidget):
                 spin.setValue(v)
                 spin.blockSignals(False)
 
-    def show_counters(self, text: str) -> None:
+    def show_counters(self, text: str, band_warning: str = "") -> None:
+        """The counters, and a warning when the threshold contradicts the review band."""
         self.counters.setText(text)
+        self.band_warning.setText(f"⚠ {band_warning}" if band_warning else "")
+        self.band_warning.setVisible(bool(band_warning))
 
     def set_read_only(self, reason: str) -> None:
         """A banner while the session cannot be written (``reason``: who holds it); "" hides it."""

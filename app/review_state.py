@@ -27,12 +27,14 @@ class ReviewState:
         self.root: Optional[Path] = None  # the open folder: names in the log are relative to it
         self._verdicts: dict[str, str] = {}
         self._notes: dict[str, str] = {}
+        self._normal: set[str] = set()  # str(path) of the images marked "this one is normal"
 
     # ------------------------------------------------------------------ loading
     def load(self, session: Optional[Session]) -> None:
         """The decisions kept in ``session`` (None: none)."""
         self._verdicts = {str(p): d.value for p, d in session.verdicts().items()} if session is not None else {}
         self._notes = {str(p): d.value for p, d in session.notes().items()} if session is not None else {}
+        self._normal = {str(p) for p in session.good_set()} if session is not None else set()
 
     def clear(self) -> None:
         self.band, self.band_detector = None, ""
@@ -53,6 +55,10 @@ class ReviewState:
 
     def note(self, path: Path) -> str:
         return self._notes.get(str(path), "")
+
+    def normal(self) -> frozenset[str]:
+        """``str(path)`` of the images marked "this one is normal" (the session's good set)."""
+        return frozenset(self._normal)
 
     # ------------------------------------------------------------------ deciding
     def _decide(self, fn) -> bool:
@@ -145,6 +151,7 @@ class ReviewState:
             return False, None
         if not self._on_image(path, lambda s: s.mark_normal(path)):
             return False, None
+        self._normal.add(str(path))
         try:
             thr = self.sessions.session.recalibrate_with_good_set(rid)
         except SessionError as exc:
@@ -154,8 +161,19 @@ class ReviewState:
         return True, thr
 
     def normal_count(self) -> int:
-        s = self.sessions.session
-        return len(s.good_set()) if s is not None else 0
+        return len(self._normal)
+
+    def recalibrate(self, run_id: int, rows: list[ScanRow]) -> tuple[Optional[Threshold], int]:
+        """Re-calibrate a new run's threshold with the images marked normal among its ``rows`` (no
+        re-scoring); ``(None, 0)`` when it holds none or its threshold is not calibrated."""
+        s = self.sessions.writable
+        n = len(self._normal & {str(r.path) for r in rows})
+        if s is None or not n:
+            return None, 0
+        try:
+            return s.recalibrate_with_good_set(run_id), n
+        except SessionError:
+            return None, 0
 
     # ------------------------------------------------------------------ the counts and the ROC
     def counts(self, rows: list[ScanRow], threshold: Optional[float]) -> ReviewCounts:

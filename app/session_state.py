@@ -149,7 +149,8 @@ class RestoredRun:
     session: Session
     run: RunInfo
     result: ScanResult  # the current threshold and group moves applied
-    hand: Optional[Threshold]  # a threshold the inspector changed, kept in the session (None: the run's own)
+    hand: Optional[Threshold]  # a threshold changed after the run, kept in the session (None: the run's own)
+    reason: str
     band: Optional[ReviewBand]
     ui: dict  # front-end state kept in the session, with the run's detector and settings
     model: Optional[Detector] = None  # the model the run was scored with, loaded from the session
@@ -162,11 +163,13 @@ def read_run(session: Session, run: RunInfo, have_fingerprint: str = "") -> Rest
     with when the session keeps it and it is not the one in memory (``have_fingerprint``): a
     worker-thread function."""
     result = session.load_run(run.id)
-    hand = None
+    hand, reason = None, "set by hand"
     if result.threshold is not None and run.threshold is not None and result.threshold.value != run.threshold.value:
         hand = result.threshold
+        changes = [h for h in session.threshold_history(run.id) if h["value"] is not None]
+        reason = changes[-1]["reason"] if changes and changes[-1]["reason"] else reason
     ui = {**session.ui_state(), "run_detector": run.detector, "run_settings": run.settings}
-    got = RestoredRun(session, run, result, hand, session.review_band(run.id), ui)
+    got = RestoredRun(session, run, result, hand, reason, session.review_band(run.id), ui)
     got.model_record = session.model(run.fingerprint)
     if got.model_record is not None and run.fingerprint != have_fingerprint:
         try:

@@ -109,6 +109,9 @@ class CommandsMixin:
 
     def _ask_yes_no(self, title: str, text: str) -> bool:
         """The controller's questions (e.g. before scoring a folder with another folder's model)."""
+        if not self.ask_questions:
+            self.controller.log("info", f"{title} No (not asked: {text.splitlines()[0]})")
+            return False
         return QMessageBox.question(self, title, text, QMessageBox.Yes | QMessageBox.No, QMessageBox.No) == QMessageBox.Yes
 
     def _ask_overwrite(self, what: str, folder: Path, existing: list[Path]) -> bool:

@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from app.curves_dialog import CurvesDialog
 from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, make_config
+from core.session import SessionError, open_session
 
 
 class ReviewMixin:
@@ -53,13 +54,15 @@ class ReviewMixin:
         if self.gallery.review_check.isChecked():
             self.gallery.model.set_review_only(list(counts.queue))
         self.review.show_counters(counts.describe() if c.session is not None and c.run_id is not None else
-                                  "no stored run" if c.result is None or c.session is None else "not stored")
+                                  "no stored run" if c.result is None or c.session is None else "not stored",
+                                  counts.band_warning)
 
     def _review_changed(self) -> None:
         """Verdicts, notes or the band changed: tiles, the band and the note follow (the counts
         follow through :meth:`_counts_changed`)."""
         c = self.controller
         self.gallery.model.set_verdicts(c.verdicts())
+        self.gallery.model.set_normal(c.review.normal())
         band = c.band
         self.histogram.set_band(band.low if band else None, band.high if band else None)
         if band is not None:
@@ -154,9 +157,18 @@ class ReviewMixin:
         if not folder or not Path(folder).is_dir():
             return False
         answer = QMessageBox.question(self, "Reopen the last session?",
-                                      f"Reopen the session of {folder} (results, threshold, verdicts and notes)?",
+                                      f"Reopen the session of {folder}?\n\nIt holds {self._session_summary()}.",
                                       QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
         return answer == QMessageBox.Yes and self.reopen_last_session()
+
+    def _session_summary(self) -> str:
+        """What the last session really holds, read from its file (read-only, beside any writer)."""
+        last = self.settings.value("session/last", "", type=str)
+        try:
+            with open_session(last, mode="ro") as s:
+                return s.summary()
+        except (SessionError, OSError) as exc:
+            return f"what it holds cannot be read ({exc})"
 
     def save_session_as(self, path: Optional[str] = None) -> bool:
         c = self.controller

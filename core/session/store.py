@@ -599,6 +599,29 @@ class Session:
         value = self.meta().get("good_folder")
         return Path(value) if value else None
 
+    def summary(self) -> str:
+        """What the session holds, in one line (the window's offer to reopen it says it)."""
+        runs = self.runs()
+        if not runs:
+            return "no runs yet"
+        r = runs[-1]
+
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}{'' if k == 1 else 's'}"
+
+        band = self.review_band(r.id)
+        value = self.threshold_value(r.id)
+        parts = [f"run {r.id} of {len(runs)}: {r.detector} on {n(r.n_images, 'image')} ({r.finished_at[:16]})",
+                 n(len(self.verdicts()), "verdict"), n(len(self.notes()), "note")]
+        if value is not None and (r.threshold is None or value != r.threshold.value):
+            parts.append(f"threshold {value:.6g} changed after the run")
+        if band is not None:
+            parts.append(f"review band {band.low:.6g}–{band.high:.6g}")
+        if self.good_set():
+            parts.append(n(len(self.good_set()), "image") + " marked normal")
+        parts.append("its model kept" if self.model(r.fingerprint) is not None else "no model kept")
+        return "; ".join(parts)
+
     def set_ui_state(self, key: str, value: Any) -> None:
         """Front-end state to restore on reopening (JSON-serialisable: sort, filter, selection, ...)."""
         with self._write() as c:

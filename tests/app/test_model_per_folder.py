@@ -39,7 +39,9 @@ def other(parts, tmp_path):
     return folder, good
 
 
-def answer(monkeypatch, choice, asked: list):
+def answer(monkeypatch, win, choice, asked: list):
+    win.ask_questions = True
+
     def question(_parent, _title, text, *_a, **_k):
         asked.append(text)
         return choice
@@ -84,12 +86,12 @@ def test_1_another_folders_model_is_used_only_after_a_question_naming_both(qtbot
     open_folder(qtbot, window, folder)
     assert window.detector_panel.good_edit.text() == ""  # the batch's good images are not this folder's
     asked: list[str] = []
-    answer(monkeypatch, QMessageBox.No, asked)
+    answer(monkeypatch, window, QMessageBox.No, asked)
     assert not window.run_detector()
     assert len(asked) == 1 and str(parts.batch) in asked[0] and str(folder) in asked[0]
     assert str(parts.good.resolve()) in asked[0]
     assert not c.busy and c.result is None
-    answer(monkeypatch, QMessageBox.Yes, asked)
+    answer(monkeypatch, window, QMessageBox.Yes, asked)
     assert window.run_detector()
     wait_done(qtbot, window)
     assert len(asked) == 2 and len(c.result.rows) == 4
