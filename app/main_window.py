@@ -27,6 +27,7 @@ from app.gallery import GalleryPanel
 from app.grouping import GroupingPanel
 from app.histogram import HistogramPanel
 from app.image_view import ImageView
+from app.input_guard import guard_inputs
 from app.panels import DetectorPanel, FolderPanel, LogPanel
 from app.review_panel import ReviewPanel
 from app.window_commands import CommandsMixin
@@ -132,6 +133,7 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
         self._default_state = self.saveState(STATE_VERSION)
         self._restore_settings()
         self._update_model_state()
+        guard_inputs(self)  # the wheel and the letter keys never change a field by accident
         self.controller.describe_device()
         self.statusBar().showMessage("Open a folder of part images to start (File > Open folder…)")
 
@@ -176,6 +178,7 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
         c.maps_restored.connect(self._refresh_current)
         self.review.verdict_requested.connect(self.set_verdict)
         self.review.note_edited.connect(self._note_edited)
+        self.review.note_done.connect(self.gallery.view.setFocus)
         self.review.normal_requested.connect(self.mark_normal)
         self.review.band_requested.connect(c.set_review_band)
         self.histogram.band_moved.connect(c.set_review_band)

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.input_guard import guard_inputs
 from app.theme import ACCENT
 from app.workers import split_patterns
 from core.detectors.config import DetectorConfig, field_type
@@ -93,6 +94,7 @@ class ConfigForm(QWidget):
                 self._advanced.append(f.name)
         self.advanced_check.setVisible(bool(self._advanced))
         self._show_advanced(self.advanced_check.isChecked())
+        guard_inputs(self)
 
     def _editor(self, f: dataclasses.Field, tp: Any, value: Any) -> QWidget:
         md = f.metadata
@@ -279,6 +281,7 @@ class DetectorPanel(QWidget):
         self.fpr_spin.setRange(0.0, 0.5)
         self.fpr_spin.setSingleStep(0.005)
         self.fpr_spin.setValue(DEFAULT_FPR)
+        self.fpr_spin.setKeyboardTracking(False)  # applies on Enter / focus-out, not on every keystroke
         self.fpr_spin.setToolTip("Target false-positive rate on held-out good images; sets the threshold")
         self.device_combo = QComboBox()
         for d in DEVICE_CHOICES:

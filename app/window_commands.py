@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 from app.controller import EXPORT_KINDS
 from core.detectors.registry import REGISTRY
 from core.io.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from core.results.threshold import DEFAULT_FPR
 
 
 class CommandsMixin:
@@ -81,10 +82,12 @@ class CommandsMixin:
 
     def train(self) -> bool:
         p = self.detector_panel
+        self.gallery.view.setFocus()  # the keys belong to the gallery again, not to the last field edited
         return self.controller.train(p.current_name(), p.overrides(), p.fpr(), p.device())
 
     def run_detector(self) -> bool:
         p = self.detector_panel
+        self.gallery.view.setFocus()
         return self.controller.run(p.current_name(), p.overrides(), p.fpr(), p.device())
 
     def request_cancel(self, confirm: Optional[bool] = None) -> bool:
@@ -189,8 +192,16 @@ class CommandsMixin:
 
     def _fpr_changed(self, fpr: float) -> None:
         """A new target FPR re-calibrates the model in memory on its held-out scores (when it is
-        the one the panel shows) instead of asking for a retrain."""
+        the one the panel shows) instead of asking for a retrain; 0 is refused."""
         c, p = self.controller, self.detector_panel
+        if fpr <= 0.0:
+            kept = c.detector.threshold.fpr if c.detector is not None and c.detector.threshold is not None \
+                and c.detector.threshold.fpr else DEFAULT_FPR
+            c.log("warning", f"Target FPR {fpr:g} refused: no threshold flags no good image ever; it stays {kept:g}.")
+            p.fpr_spin.blockSignals(True)
+            p.fpr_spin.setValue(kept)
+            p.fpr_spin.blockSignals(False)
+            return
         if c.detector is not None and c.detector_matches(p.current_name(), p.overrides()):
             c.recalibrate(fpr)
         self._update_model_state()

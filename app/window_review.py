@@ -28,8 +28,8 @@ class ReviewMixin:
 
     def _note_edited(self, text: str) -> None:
         path = self.review.path
-        if path is not None:
-            self.controller.set_note(path, text)
+        if path is not None and text != self.controller.note(path) and self.controller.set_note(path, text):
+            self.review.show_note_saved()
 
     def mark_normal(self) -> bool:
         path = self.gallery.current_path()
