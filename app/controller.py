@@ -440,6 +440,8 @@ class Controller(QObject):
     def _set_result(self, result: Optional[ScanResult]) -> None:
         self.heat.stop()  # an estimate under way is superseded
         self.state.set_result(result, self.state.scored_by)  # the scorer was recorded when the scan ended
+        if not any(r.anomaly_map is not None for r in self.rows()):
+            self._range_computed((0.0, 1.0), None)  # no maps shown: no scale of earlier ones lingers
         self.result_changed.emit(result)
         self._sync_stale()
         self.heat.request()

@@ -48,6 +48,7 @@ from app.gallery_tiles import (  # noqa: F401
     TileDelegate,
     badge_colors,
     elide_name,
+    tile_lines,
     tile_size,
 )
 from core.results import ScanRow
@@ -113,6 +114,12 @@ class GalleryPanel(QWidget):
         self.view.selectionModel().currentChanged.connect(self._current_moved)
         self._kept: Optional[Path] = None
         self.counts = None  # ReviewCounts of the rows shown (set by the window)
+        self.panel_detector = ""  # the detector the detector panel shows
+        self.empty_label = QLabel("")
+        self.empty_label.setObjectName("muted")
+        self.empty_label.setAlignment(Qt.AlignCenter)
+        self.empty_label.setWordWrap(True)
+        self.empty_label.hide()
 
         self.sort_combo = QComboBox()
         self.sort_combo.addItems(["Name", "Score (highest first)"])
@@ -156,6 +163,7 @@ class GalleryPanel(QWidget):
         lay.setSpacing(0)
         lay.addLayout(bar)
         lay.addWidget(self.view, 1)
+        lay.addWidget(self.empty_label, 1)
         m = self.model
         m.modelAboutToBeReset.connect(lambda: setattr(self, "_kept", self.current_path()))
         m.view_reset.connect(self._restore_current)
@@ -181,8 +189,17 @@ class GalleryPanel(QWidget):
     # -- controller slots
     def set_paths(self, paths: list[Path], root: Optional[Path] = None) -> None:
         self.model.set_paths(paths, root)
+        self.empty_label.setText(f"{root} holds no image files (png, jpg, bmp, tif, webp).\n\nOpen another folder, "
+                                 "or tick 'Include subfolders' in the Folder panel." if root is not None else "")
+        self.empty_label.setVisible(not paths and root is not None)
+        self.view.setVisible(bool(paths) or root is None)
         if paths:
             self.select_row(0)
+
+    def set_panel_detector(self, name: str) -> None:
+        """The detector the panel shows: results of another one say so in the header."""
+        self.panel_detector = name
+        self._update_count()
 
     def add_thumbnails(self, items: list) -> None:
         self.model.set_thumbnails(items)
@@ -310,7 +327,10 @@ class GalleryPanel(QWidget):
             text += f" · loading thumbnails {self.model.thumbs_done} / {n}"
         scored = self.counts.n_images if self.counts is not None else 0
         if scored:
-            text += f" · {scored} scored · {self.counts.n_flagged} flagged"
+            by = self.model.detector_name
+            text += f" · {by + ': ' if by else ''}{scored} scored · {self.counts.n_flagged} flagged"
+            if by and self.panel_detector and self.panel_detector != by:
+                text += f" (scored by {by}; the panel shows {self.panel_detector}: Run scores with it)"
         if self.model.flagged_only or self.model.group_filter is not None or self.model.review_only is not None:
             text += f" · showing {visible}"
         if self.model.stale and scored:

@@ -29,7 +29,7 @@ NORMAL_MARK = "#2aa39a"  # "this one is normal": in the session's good set
 
 THUMB_DEFAULT = 100  # thumbnail box, pixels (Ctrl+wheel changes it)
 THUMB_MIN, THUMB_MAX = 56, 240
-NAME_HEIGHT = 34  # room under the thumbnail for the name
+NAME_HEIGHT = 36  # room under the thumbnail for the name: two lines, the folder and the file
 
 
 def tile_size(thumb: int) -> QSize:
@@ -51,6 +51,19 @@ def elide_name(name: str, fm: QFontMetrics, width: int) -> str:
     return fm.elidedText(folder, Qt.ElideMiddle, room) + "/" + file
 
 
+def tile_lines(label: str, fm: QFontMetrics, width: int) -> list[str]:
+    """The lines a tile draws for ``label`` (a name from :func:`~app.gallery_model.label_names`):
+    the folders that tell images apart on the first (``broken_large``, ``MT_Blowhole``, elided in
+    the middle), the file on the second (elided on the left: its end, a number and the extension,
+    is what tells files apart), so that neither is ever dropped."""
+    folder, sep, file = label.rpartition("/")
+    lines = [fm.elidedText(file, Qt.ElideLeft, width)]
+    folder = "/".join(part for part in folder.split("/") if part != "…")
+    if sep and folder:
+        lines.insert(0, fm.elidedText(folder, Qt.ElideMiddle, width))
+    return lines
+
+
 def badge_colors(flagged: Optional[bool]) -> tuple[QColor, QColor]:
     """(fill, text) of a score badge: the flagged accent only on a flagged image; a neutral
     grey otherwise, so that no normal image's badge can be taken for a flagged one."""
@@ -69,6 +82,10 @@ class TileDelegate(QStyledItemDelegate):
 
     def sizeHint(self, option, index) -> QSize:
         return tile_size(self.thumb)
+
+    def name_width(self) -> int:
+        """Pixels a tile's name lines may take."""
+        return tile_size(self.thumb).width() - 14
 
     def paint(self, p: QPainter, option: QStyleOptionViewItem, index) -> None:
         p.save()
@@ -93,8 +110,8 @@ class TileDelegate(QStyledItemDelegate):
         name_rect = QRect(r.left() + 4, box.bottom() + 4, r.width() - 8, r.bottom() - box.bottom() - 6)
         p.setPen(QColor("#e6e6e6") if selected else QColor("#c8cbd0"))
         fm = QFontMetrics(option.font)
-        p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter,
-                   elide_name(str(index.data(LabelRole)), fm, name_rect.width()))
+        lines = tile_lines(str(index.data(LabelRole)), fm, name_rect.width())
+        p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter, "\n".join(lines))
         score = index.data(ScoreRole)
         if self._model.stale:  # results of a previous run: greyed until the new ones arrive
             p.setOpacity(0.4)

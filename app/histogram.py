@@ -95,13 +95,14 @@ class HistogramPanel(QWidget):
         top.addWidget(self.count_label, 1)
         top.addWidget(self.log_check)
         bottom = QHBoxLayout()
-        bottom.addWidget(self.info_label, 1)
+        bottom.addStretch(1)
         bottom.addWidget(self.curves_button)
         bottom.addWidget(self.reset_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 6)
         lay.addLayout(top)
         lay.addWidget(self.plot, 1)
+        lay.addWidget(self.info_label)  # the threshold's provenance on the panel's whole width, never clipped
         lay.addLayout(bottom)
 
     # ------------------------------------------------------------------ data in

@@ -113,9 +113,15 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.detector_panel)
         scroll.setFrameShape(QScrollArea.NoFrame)
+        detector = QWidget()  # the settings scroll; what the model is and Train / Run / Cancel stay in view
+        dlay = QVBoxLayout(detector)
+        dlay.setContentsMargins(0, 0, 0, 0)
+        dlay.setSpacing(0)
+        dlay.addWidget(scroll, 1)
+        dlay.addWidget(self.detector_panel.controls)
         self.docks = {
             "folder": self._dock("Folder", self.folder_panel, Qt.LeftDockWidgetArea),
-            "detector": self._dock("Detector", scroll, Qt.LeftDockWidgetArea),
+            "detector": self._dock("Detector", detector, Qt.LeftDockWidgetArea),
             "histogram": self._dock("Score histogram", self.histogram, Qt.RightDockWidgetArea),
             "grouping": self._dock("Grouping (zero-shot)", self.grouping, Qt.RightDockWidgetArea),
             "log": self._dock("Log", self.log_panel, Qt.BottomDockWidgetArea),
@@ -269,8 +275,8 @@ class MainWindow(CommandsMixin, ReviewMixin, MenusMixin, QMainWindow):
         self.setWindowTitle(f"{APP_NAME} — {info.folder}")
         self.histogram.clear()
         self.image_view.clear()
+        self.image_view.name_root = info.folder  # before the first image is selected and titled
         self.gallery.set_paths(info.paths, info.folder)
-        self.image_view.name_root = info.folder
         self._remember_folder(info.folder)
         self.gallery.view.setFocus()
         self._sync_actions()

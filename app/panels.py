@@ -304,6 +304,9 @@ class DetectorPanel(QWidget):
         self._progress_message = ""
 
         self.model_label = _label("No model trained", "modelState", wrap=True)
+        self.support_label = _label("", "supportWarning", wrap=True)  # the calibration's caveat, beside it
+        self.support_label.setStyleSheet("color:#f0b429;")
+        self.support_label.hide()
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train on the good images (Ctrl+T)")
         self.run_button = QPushButton("Run")
@@ -332,11 +335,18 @@ class DetectorPanel(QWidget):
         lay.addWidget(self.form)
         lay.addWidget(_label("Training and threshold", "sectionTitle"))
         lay.addLayout(common)
-        lay.addWidget(self.model_label)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.progress_label)
         lay.addStretch(1)
+        # What the model is, Train / Run / Cancel and the progress: a block of their own that the
+        # window keeps in view under the (scrolling) settings, at any window size.
+        self.controls = QWidget()
+        self.controls.setObjectName("detectorControls")
+        low = QVBoxLayout(self.controls)
+        low.setContentsMargins(8, 4, 8, 8)
+        low.addWidget(self.model_label)
+        low.addWidget(self.support_label)
+        low.addLayout(buttons)
+        low.addWidget(self.progress)
+        low.addWidget(self.progress_label)
         self.combo.setCurrentIndex(max(0, self.combo.findData(default_detector())))
         self.combo.currentIndexChanged.connect(self._combo_changed)
         self._combo_changed()
@@ -409,6 +419,11 @@ class DetectorPanel(QWidget):
         self.model_label.setText(text)
         self.model_label.setProperty("stale", stale)
         self.model_label.setStyleSheet(f"color: {ACCENT};" if stale else "")
+
+    def set_support_warning(self, text: str) -> None:
+        """What the calibration rests on, when it is too little for the target FPR ("" hides it)."""
+        self.support_label.setText(f"⚠ {text}" if text else "")
+        self.support_label.setVisible(bool(text))
 
     def set_good_state(self, problem: str) -> None:
         """Mark the good-folder field as unusable (``problem`` says why) or usable ("")."""

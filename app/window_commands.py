@@ -242,6 +242,9 @@ class CommandsMixin:
         else:
             p.set_model_state("No model yet: choose the good images and press Train or Run "
                               "(or File > Open model…)." if not problem else f"No model yet, and the {problem}.")
+        self.gallery.set_panel_detector(name)
+        own = det.threshold if det is not None and plan == "scan" and not zero_shot else None
+        p.set_support_warning(own.support_warning() if own is not None else "")
         p.set_good_state(problem)
         p.set_allowed(train=not problem, run=zero_shot or plan in ("scan", "ask") or (plan == "train" and not problem))
         for act in self.detector_group.actions():

@@ -79,7 +79,8 @@ class ReviewMixin:
         if self._curves is None:
             self._curves = CurvesDialog(self)
             self._curves.recall_changed.connect(lambda _r: self._update_curves())
-            self._curves.apply_requested.connect(self.controller.set_threshold)
+            self._curves.apply_requested.connect(
+                lambda value, recall: self.controller.set_threshold(value, f"set from the verdict ROC at recall {recall:g}"))
             self.controller.review_changed.connect(self._update_curves)
             self.controller.result_changed.connect(lambda _r: self._update_curves())
         self._update_curves()

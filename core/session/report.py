@@ -28,7 +28,7 @@ from core.metrics import image_auroc
 from core.results import ScanRow
 from core.session.identity import app_version, now
 from core.session.store import Session
-from core.session.svg import histogram_svg, roc_svg
+from core.session.svg import colorbar_svg, histogram_svg, roc_svg
 
 THUMB = 220
 MAX_IMAGES = 80
@@ -103,11 +103,15 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
     scores = [r.score for r in rows]
 
     # ---------------------------------------------------------------- summary
-    cards = [("images", len(rows)), ("flagged", status.n_flagged), ("skipped", len(result.skipped)),
+    flagged_by = ("suspect group" if result.grouping is not None else
+                  "no threshold" if thr_value is None else f"score > {thr_value:.4g}")
+    cards = [("images", len(rows)), (f"flagged ({flagged_by})", status.n_flagged), ("skipped", len(result.skipped)),
              ("reviewed", status.reviewed), ("to review", status.to_review), ("disagree", status.disagree)]
     cards += [(f"verdict {k.upper()}", n) for k, n in status.verdicts.items()]
-    if status.zones is not None:
-        cards += [(f"band: {z}", n) for z, n in status.zones.items()]
+    if status.zones is not None:  # the band's own bounds beside its counts: "fail" is not "flagged"
+        bounds = {"pass": f"score ≤ {band.low:.4g}", "review": f"{band.low:.4g} < score ≤ {band.high:.4g}",
+                  "fail": f"score > {band.high:.4g}"}
+        cards += [(f"band {z} ({bounds[z]})", n) for z, n in status.zones.items()]
     card_html = "".join(f'<div class="card{" warn" if k == "disagree" and n else ""}"><b>{n}</b><span>{escape(k)}'
                         f'</span></div>' for k, n in cards)
 
@@ -155,7 +159,9 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
             f'<td>{escape(note.value) if note else ""}'
             f'{"<br><small>" + escape(note.user) + ", " + escape(note.at[:19]) + "</small>" if note else ""}</td></tr>')
     more = f"<p>{hidden} more flagged images are not shown (see the export's results.csv).</p>" if hidden else ""
-    images_html = ("<table><tr><th>image / heat map</th><th>path</th><th>score</th><th>flagged</th><th>verdict</th>"
+    legend_maps = (f'<p class="legend">Heat maps on one scale for the images below (transparent at the low end):'
+                   f"</p>{colorbar_svg(lo, hi)}" if present else "")
+    images_html = legend_maps + ("<table><tr><th>image / heat map</th><th>path</th><th>score</th><th>flagged</th><th>verdict</th>"
                    f"<th>note</th></tr>{''.join(items)}</table>{more}" if items else "<p>No flagged or disagreeing images.</p>")
 
     # ---------------------------------------------------------------- provenance
