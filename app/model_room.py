@@ -41,6 +41,37 @@ class ModelRoom(QObject):
     def detector(self) -> Optional[Detector]:
         return self.state.detector
 
+    def restore_good(self, kept: Optional[Path], before: Optional[Path], now: Path) -> Optional[str]:
+        """The good images belong to the inspected folder: ``now``'s session's (``kept``) come back;
+        ``before``'s are not carried to another folder (emptied); a first folder keeps the ones given
+        (``gui --good``). Returns the field's new text, or None to leave it."""
+        if kept is not None:
+            self.good_folder = kept
+            return str(kept)
+        if before is not None and before != now and self.good_folder is not None:
+            self.log("info", f"The good images {self.good_folder} were {before}'s: choose {now}'s (Detector panel).")
+            self.good_folder = None
+            return ""
+        return None
+
+    def decide_run(self, plan: str, folder: Path, ask: Callable[[str, str], bool]) -> Optional[str]:
+        """Run's :meth:`ModelState.plan` made final: "scan", "train", or None (nothing to do; said why)."""
+        m = self.state
+        if plan == "blocked":
+            self.log("error", f"Cannot run: the {self.good_folder_problem()} (the model in memory was trained on "
+                              f"{m.trained_on()})")
+            return None
+        if plan != "ask":
+            return plan
+        if ask("Use another folder's model?", m.question(folder, self.good_folder)):
+            m.bind(m.detector, folder, self.good_folder, m.fingerprint)
+            self.log("info", f"Scoring {folder} with the {m.detector.name} model of another folder, as asked.")
+            return "scan"
+        if self.good_folder_problem():
+            self.log("info", f"Not scored: the model in memory is not {folder}'s; choose its good images to train its own.")
+            return None
+        return "train"
+
     def good_folder_problem(self) -> str:
         """Why the good folder cannot be trained on ("" when it can)."""
         g = self.good_folder

@@ -17,7 +17,7 @@ from typing import Optional
 
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
-from core.detectors.registry import make_config
+from core.detectors.registry import REGISTRY, make_config
 from core.results.threshold import Threshold, calibrate
 
 
@@ -66,6 +66,19 @@ class ModelState:
         return (f"The model in memory, {det.name}, belongs to {self.folder} ({own}).\n\n"
                 f"Score {folder} with it? ({mine}.)\n\nNo: nothing is scored; choose this folder's good images "
                 "and press Run to train its own model.")
+
+    def plan(self, name: str, overrides: dict, fpr: float, folder: Optional[Path], good: Optional[Path],
+             good_problem: str) -> str:
+        """What Run does: "scan" with the model in memory; "train" a new one first; "ask" before using
+        a model that is not ``folder``'s (another folder's, or one trained on other good images while
+        none are chosen); "blocked" while the good images chosen (``good_problem``) cannot be used."""
+        if not self.matches(name, overrides, fpr):
+            return "train"
+        if REGISTRY[name].zero_shot:
+            return "scan"
+        if self.stale_good(good):
+            return "ask" if good is None else "blocked" if good_problem else "train"
+        return "ask" if self.foreign(folder) else "scan"
 
     def describe(self) -> str:
         """What the model in memory is, in a few words (the detector panel shows it)."""

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from app.session_state import LogFn, SessionState
+from core.grouping import GroupingError
 from core.metrics.curves import threshold_for_recall, verdict_curves
-from core.results import ScanResult, ScanRow
+from core.results import ScanResult, ScanRow, move_to_group, regroup
 from core.results.review import ReviewBand, ReviewCounts, review_counts
 from core.results.threshold import Threshold
 from core.session import Session, SessionError
@@ -104,8 +105,34 @@ class ReviewState:
         self._notes[str(path)] = text
         return True
 
-    def move_to_group(self, path: Path, group: str) -> bool:
-        return self._decide(lambda s: s.move_to_group(path, group))
+    def move_to_group(self, result: ScanResult, path: Path, group: Optional[str] = None) -> bool:
+        """Move the image at ``path`` of a grouped (zero-shot) ``result`` to ``group`` ('normal' /
+        'suspect'; default: the other one); the session keeps the move over any later grouping."""
+        index = next((i for i, r in enumerate(result.rows) if str(r.path) == str(path)), None)
+        if result.grouping is None or index is None:
+            return False
+        row = result.rows[index]
+        if group is None:
+            group = "normal" if row.columns.get("group") == "suspect" else "suspect"
+        move_to_group(result, index, group)
+        self._decide(lambda s: s.move_to_group(row.path, group))
+        self.log("info", f"Moved {Path(path).name} to the {group} group ({result.grouping.describe()})")
+        return True
+
+    def regroup(self, result: ScanResult, method: str, seed: int) -> bool:
+        """Split a grouped (zero-shot) ``result`` again with ``method``; the hand moves stay on top."""
+        if result.grouping is None:
+            return False
+        try:
+            g = regroup(result, method, seed=seed)  # milliseconds for thousands of scores
+        except GroupingError as exc:
+            self.log("error", f"Cannot group: {exc}")
+            return False
+        s, rid = self.sessions.session, self.sessions.run_id
+        if s is not None and rid is not None:
+            s.apply_decisions(result, rid)
+        self.log("info", f"Regrouped: {g.describe()}")
+        return True
 
     def set_band(self, low: Optional[float], high: Optional[float]) -> bool:
         """Two thresholds: at or below ``low`` passes, above ``high`` fails, between is to review
