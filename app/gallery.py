@@ -328,9 +328,10 @@ class GalleryPanel(QWidget):
         scored = self.counts.n_images if self.counts is not None else 0
         if scored:
             by = self.model.detector_name
-            text += f" · {by + ': ' if by else ''}{scored} scored · {self.counts.n_flagged} flagged"
+            text += (f" · {scored} scored" if scored < n else "") + f" · {self.counts.n_flagged} flagged"
+            text += f" by {by}" if by else ""
             if by and self.panel_detector and self.panel_detector != by:
-                text += f" (scored by {by}; the panel shows {self.panel_detector}: Run scores with it)"
+                text += f" (the panel shows {self.panel_detector}: Run scores with it)"
         if self.model.flagged_only or self.model.group_filter is not None or self.model.review_only is not None:
             text += f" · showing {visible}"
         if self.model.stale and scored:

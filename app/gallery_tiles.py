@@ -29,7 +29,7 @@ NORMAL_MARK = "#2aa39a"  # "this one is normal": in the session's good set
 
 THUMB_DEFAULT = 100  # thumbnail box, pixels (Ctrl+wheel changes it)
 THUMB_MIN, THUMB_MAX = 56, 240
-NAME_HEIGHT = 36  # room under the thumbnail for the name: two lines, the folder and the file
+NAME_HEIGHT = 40  # room under the thumbnail for the name: two lines, the folder and the file
 
 
 def tile_size(thumb: int) -> QSize:
@@ -83,6 +83,13 @@ class TileDelegate(QStyledItemDelegate):
     def sizeHint(self, option, index) -> QSize:
         return tile_size(self.thumb)
 
+    @staticmethod
+    def name_font(base: QFont) -> QFont:
+        """The names' font: a little smaller than the view's, so that two lines fit under the thumbnail."""
+        font = QFont(base)
+        font.setPointSizeF(max(7.0, base.pointSizeF() * 0.9))
+        return font
+
     def name_width(self) -> int:
         """Pixels a tile's name lines may take."""
         return tile_size(self.thumb).width() - 14
@@ -107,11 +114,13 @@ class TileDelegate(QStyledItemDelegate):
             p.setPen(QColor(MUTED))
             p.drawText(box, Qt.AlignCenter | Qt.TextWordWrap,
                        "unreadable" if index.data(ErrorRole) else "…")
-        name_rect = QRect(r.left() + 4, box.bottom() + 4, r.width() - 8, r.bottom() - box.bottom() - 6)
+        name_rect = QRect(r.left() + 4, box.bottom() + 2, r.width() - 8, r.bottom() - box.bottom() - 3)
         p.setPen(QColor("#e6e6e6") if selected else QColor("#c8cbd0"))
-        fm = QFontMetrics(option.font)
-        lines = tile_lines(str(index.data(LabelRole)), fm, name_rect.width())
+        font = self.name_font(option.font)
+        p.setFont(font)
+        lines = tile_lines(str(index.data(LabelRole)), QFontMetrics(font), name_rect.width())
         p.drawText(name_rect, Qt.AlignHCenter | Qt.AlignVCenter, "\n".join(lines))
+        p.setFont(option.font)
         score = index.data(ScoreRole)
         if self._model.stale:  # results of a previous run: greyed until the new ones arrive
             p.setOpacity(0.4)

@@ -42,7 +42,7 @@ SCALES = {"threshold": "at threshold", "batch": "batch", "image": "this image"}
 ANCHOR_AT = 0.5  # fraction of the colours below the threshold's level on the anchored scale
 BELOW_ALPHA = 0.45  # opacity just under the threshold's level on the anchored scale
 ABOVE_ALPHA = 0.6  # opacity just above it: the step that shows where the threshold is crossed
-TOP_ALPHA = 0.8  # opacity of the hottest colour: even there the defect itself shows through
+TOP_ALPHA = 0.7  # opacity of the hottest colour: even there the defect itself shows through
 
 
 def overlay_lut() -> np.ndarray:
@@ -447,7 +447,7 @@ class ImageView(QWidget):
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0.0, 1.0, 256), rgba))
         self.colorbar.setLevels((scale.lo, scale.hi))
         at = f" {self.threshold.value:.4g}" if self.threshold is not None else ""
-        label = {"threshold": f"map value (line: map level at threshold{at})" if anchored else "",
+        label = {"threshold": f"map · line at threshold{at}" if anchored else "",
                  "batch": "anomaly (batch scale)", "image": "anomaly (this image)"}[kind]
         self.colorbar.getAxis("left").setLabel(label)
         if anchored:

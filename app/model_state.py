@@ -80,15 +80,21 @@ class ModelState:
             return "ask" if good is None else "blocked" if good_problem else "train"
         return "ask" if self.foreign(folder) else "scan"
 
-    def describe(self) -> str:
-        """What the model in memory is, in a few words (the detector panel shows it)."""
+    def describe(self, short: bool = False) -> str:
+        """What the model in memory is, in a few words (the detector panel shows it; ``short``:
+        folders by their last two names)."""
         det = self.detector
         if det is None:
             return ""
         n = det.meta.get("n_train")
         on = self.trained_on()
+
+        def name(p: Path) -> str:
+            return "/".join(p.parts[-2:]) if short else str(p)
+
         return (f"Model: {det.name}" + (f", trained on {n} images" if n else "")
-                + (f" of {on}" if on is not None else "") + (f" for {self.folder}" if self.folder is not None else ""))
+                + (f" of {name(on)}" if on is not None else "")
+                + (f" for {name(self.folder)}" if self.folder is not None else ""))
 
     @property
     def threshold(self) -> Optional[Threshold]:

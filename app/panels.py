@@ -335,15 +335,15 @@ class DetectorPanel(QWidget):
         lay.addWidget(self.form)
         lay.addWidget(_label("Training and threshold", "sectionTitle"))
         lay.addLayout(common)
+        lay.addWidget(self.model_label)
+        lay.addWidget(self.support_label)
         lay.addStretch(1)
-        # What the model is, Train / Run / Cancel and the progress: a block of their own that the
-        # window keeps in view under the (scrolling) settings, at any window size.
+        # Train / Run / Cancel and the progress: a block of their own that the window keeps in view
+        # under the (scrolling) settings, at any window size.
         self.controls = QWidget()
         self.controls.setObjectName("detectorControls")
         low = QVBoxLayout(self.controls)
         low.setContentsMargins(8, 4, 8, 8)
-        low.addWidget(self.model_label)
-        low.addWidget(self.support_label)
         low.addLayout(buttons)
         low.addWidget(self.progress)
         low.addWidget(self.progress_label)
@@ -415,15 +415,18 @@ class DetectorPanel(QWidget):
                 w.setVisible(trained)
         self.settings_changed.emit()
 
-    def set_model_state(self, text: str, stale: bool = False) -> None:
+    def set_model_state(self, text: str, stale: bool = False, details: str = "") -> None:
         self.model_label.setText(text)
+        self.model_label.setToolTip(details or text)
         self.model_label.setProperty("stale", stale)
         self.model_label.setStyleSheet(f"color: {ACCENT};" if stale else "")
 
-    def set_support_warning(self, text: str) -> None:
-        """What the calibration rests on, when it is too little for the target FPR ("" hides it)."""
-        self.support_label.setText(f"⚠ {text}" if text else "")
-        self.support_label.setVisible(bool(text))
+    def set_support_warning(self, short: str, full: str = "") -> None:
+        """What the calibration rests on, when it is too little for the target FPR (``short`` in view,
+        ``full`` in the tooltip; "" hides it)."""
+        self.support_label.setText(f"⚠ {short}" if short else "")
+        self.support_label.setToolTip(full)
+        self.support_label.setVisible(bool(short))
 
     def set_good_state(self, problem: str) -> None:
         """Mark the good-folder field as unusable (``problem`` says why) or usable ("")."""

@@ -225,8 +225,8 @@ class CommandsMixin:
             p.set_model_state(text)
         elif plan == "scan":
             thr = c.threshold
-            p.set_model_state(m.describe() + (f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr
-                                              else "; no threshold"))
+            tail = f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr else "; no threshold"
+            p.set_model_state(m.describe(short=True) + tail, details=m.describe() + tail)
         elif plan in ("ask", "blocked") or (det is not None and c.detector_matches(name, p.overrides(), p.fpr())):
             here = c.folder.folder if c.folder is not None else None
             text = (f"Model in memory: {det.name} of {m.folder}, trained on {m.trained_on()}. " if m.foreign(here)
@@ -244,7 +244,9 @@ class CommandsMixin:
                               "(or File > Open model…)." if not problem else f"No model yet, and the {problem}.")
         self.gallery.set_panel_detector(name)
         own = det.threshold if det is not None and plan == "scan" and not zero_shot else None
-        p.set_support_warning(own.support_warning() if own is not None else "")
+        full = own.support_warning() if own is not None else ""
+        p.set_support_warning(f"{own.n_calibration} held-out images support an FPR of about {own.min_supported_fpr:.2g} "
+                              f"at best, not {own.fpr:g}: the threshold is their highest score" if full else "", full)
         p.set_good_state(problem)
         p.set_allowed(train=not problem, run=zero_shot or plan in ("scan", "ask") or (plan == "train" and not problem))
         for act in self.detector_group.actions():

@@ -27,7 +27,7 @@ from tests.conftest import make_part, write_png
 def tiles(win) -> dict[str, list[str]]:
     """The lines each tile draws under its thumbnail, by tooltip path."""
     g = win.gallery
-    fm = QFontMetrics(g.view.font())
+    fm = QFontMetrics(g.delegate.name_font(g.view.font()))
     width = g.delegate.name_width()
     m = g.model
     return {str(m.path_at(i)): gallery_tiles.tile_lines(m.index(i).data(LabelRole), fm, width) for i in range(m.rowCount())}
@@ -99,7 +99,8 @@ def test_5_the_calibration_warning_is_in_the_panel_and_the_roc_says_what_it_rest
     open_folder(qtbot, window, parts.batch)
     scan(qtbot, window, good=parts.good)  # 12 good images: 3 held out, too few for FPR 0.01
     p, c = window.detector_panel, window.controller
-    assert p.support_label.isVisibleTo(p) and "3 calibration images" in p.support_label.text()
+    assert p.support_label.isVisibleTo(p) and "3 held-out images" in p.support_label.text()
+    assert "3 calibration images" in p.support_label.toolTip()  # the whole of core's warning
     rows = sorted(c.result.rows, key=lambda r: r.score)
     c.set_verdict(rows[0].path, "ok")
     c.set_verdict(rows[1].path, "ng")
