@@ -180,6 +180,10 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     run_script(conn, _V2)
 
 
+#: The oldest version a read-only open reads as it is (version 2 only added a table: a version-1
+#: session read by ``report`` / ``export`` simply keeps no models).
+READABLE_FROM = 1
+
 #: ``MIGRATIONS[k]`` upgrades a database at version ``k`` to ``k + 1``.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2]
 

@@ -30,7 +30,7 @@ from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
 from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder
 from core.session.maps import CODEC, CODECS, decode_map, encode_map
-from core.session.schema import SchemaError, current_version, migrate, read_version
+from core.session.schema import READABLE_FROM, SchemaError, current_version, migrate, read_version
 
 SESSIONS_DIR = "sessions"
 
@@ -581,15 +581,21 @@ class Session:
 
     def model(self, fingerprint: str) -> Optional[ModelRecord]:
         """The kept model of this fingerprint (a run's ``fingerprint`` names the model it was scored with)."""
-        row = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, user, "
-                                "at FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        try:
+            row = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, "
+                                    "user, at FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        except sqlite3.OperationalError:  # a version-1 session read without upgrading it: it keeps no models
+            return None
         return None if row is None else self._model_record(row)
 
     def models(self) -> list[ModelRecord]:
         """Every kept model, oldest first."""
-        return [self._model_record(r) for r in self.conn.execute(
-            "SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, user, at FROM models "
-            "ORDER BY id")]
+        try:
+            rows = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, "
+                                     "user, at FROM models ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # a version-1 session read without upgrading it: it keeps no models
+            return []
+        return [self._model_record(r) for r in rows]
 
     def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
         """The folder of good images of this inspection (what the window's good-images field shows)."""
@@ -726,7 +732,7 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
                              "('map_codec', ?)", (now(), os_user(), app_version(), map_codec))
         else:
             version = read_version(conn)
-            if version != current_version():
+            if version != current_version() and not READABLE_FROM <= version < current_version():
                 conn.close()
                 if version > current_version():
                     raise SchemaError(f"session {db} has schema version {version}, newer than this program reads "

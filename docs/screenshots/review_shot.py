@@ -1,7 +1,8 @@
-"""Take docs/screenshots/review_bottle.png: a bottle batch under review (offscreen).
+"""Take docs/screenshots/review_bottle.png (and review_bottle_1366x768.png): a bottle batch under
+review (offscreen), at the window size given last (default 1600x1000).
 
     QT_QPA_PLATFORM=offscreen ANOMALY_INSPECTOR_HOME=$(mktemp -d) python docs/screenshots/review_shot.py \
-        ../shared/datasets/mvtec_ad/bottle/test ../shared/datasets/mvtec_ad/bottle/train/good out.png
+        ../shared/datasets/mvtec_ad/bottle/test ../shared/datasets/mvtec_ad/bottle/train/good out.png [1366x768]
 
 Drives the real window as an inspector would: scan (recursive) with pixel-gaussian, a review
 band around the threshold, the "to review" walk, a few verdicts (one disagreeing) and a note;

@@ -93,6 +93,14 @@ def test_migration_from_version_1_keeps_data(tmp_path, monkeypatch):
         assert s.models() == [] and s.good_folder() is None
         assert s.verdicts()[paths[1]].value == "ng" and len(s.load_run().rows) == 3
 
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current[:1])
+    with open_session(tmp_path / "v1.db", folder=tmp_path / "imgs") as s:
+        _store(s, _result(paths))
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current)
+    with open_session(tmp_path / "v1.db", mode="ro") as s:  # report / export read an old session as it is
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert s.models() == [] and s.model(s.run().fingerprint) is None and len(s.load_run().rows) == 3
+
     def to_v3(conn):
         conn.execute("ALTER TABLE images ADD COLUMN camera TEXT NOT NULL DEFAULT 'cam-1'")
 
