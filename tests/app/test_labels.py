@@ -116,7 +116,9 @@ def test_5_the_calibration_warning_is_in_the_panel_and_the_roc_says_what_it_rest
 def test_5_a_cancelled_first_scan_leaves_no_colour_level(qtbot, window, parts):
     open_folder(qtbot, window, parts.batch)
     c = window.controller
-    c.set_detector(trained(SlowGaussian, parts.good, delay=0.4, batch_size=1, blur_sigma=1.2))
+    det = trained(SlowGaussian, parts.good, delay=0.0, batch_size=1, blur_sigma=1.2)
+    det.delay = 1.5  # 12 s of scoring: time enough for a live colour scale, never for the end
+    c.set_detector(det)
     set_form(window, batch_size=1, blur_sigma=1.2)
     assert window.run_detector()
     qtbot.waitUntil(lambda: window.image_view.heat_scale is not None, timeout=20000)  # the live estimate
