@@ -15,7 +15,7 @@ from core.metrics.curves import Curves, RecallThreshold
 
 class CurvesDialog(QDialog):
     recall_changed = Signal(float)
-    apply_requested = Signal(float)  # the suggested threshold
+    apply_requested = Signal(float, float)  # the suggested threshold, the recall asked for
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -48,7 +48,7 @@ class CurvesDialog(QDialog):
         self.info.setWordWrap(True)
         self.apply_button = QPushButton("Use this threshold")
         self.apply_button.clicked.connect(lambda: self.suggestion and self.apply_requested.emit(
-            self.suggestion.threshold))
+            self.suggestion.threshold, self.recall.value()))
         plots = QHBoxLayout()
         plots.addWidget(self.roc)
         plots.addWidget(self.pr)
@@ -71,7 +71,8 @@ class CurvesDialog(QDialog):
         else:
             self.roc_curve.setData([0.0, *curves.fpr], [0.0, *curves.tpr])
             self.pr_curve.setData(list(curves.tpr), list(curves.precision))
-            self.info.setText(f"{curves.n_pos} NG, {curves.n_neg} OK verdicts. " +
+            self.info.setText(f"AUROC {curves.auroc:.3f} from {curves.n_pos} NG, {curves.n_neg} OK verdicts "
+                              "(unsure ones left out). " +
                               (f"Suggested: {suggestion.describe()}." if suggestion else ""))
         if suggestion is not None:
             self.roc_mark.setData([suggestion.fpr], [suggestion.recall])

@@ -40,6 +40,7 @@ class HistogramPanel(QWidget):
         self._groups: Optional[np.ndarray] = None  # suspect flags of a grouped (zero-shot) scan
         self.source = ""  # where the threshold came from, in words (the controller's threshold_source)
         self.stale = ""  # "" or e.g. "previous run (ocsvm)"
+        self.counts = None  # the window's ReviewCounts: "flagged" is its number (one source for every count)
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)
@@ -94,13 +95,14 @@ class HistogramPanel(QWidget):
         top.addWidget(self.count_label, 1)
         top.addWidget(self.log_check)
         bottom = QHBoxLayout()
-        bottom.addWidget(self.info_label, 1)
+        bottom.addStretch(1)
         bottom.addWidget(self.curves_button)
         bottom.addWidget(self.reset_button)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(6, 4, 6, 6)
         lay.addLayout(top)
         lay.addWidget(self.plot, 1)
+        lay.addWidget(self.info_label)  # the threshold's provenance on the panel's whole width, never clipped
         lay.addLayout(bottom)
 
     # ------------------------------------------------------------------ data in
@@ -235,7 +237,14 @@ class HistogramPanel(QWidget):
                 left.setTickSpacing(step, step)
             else:
                 left.setTickSpacing()
-        self._set_count(int(flagged.sum()))
+        self._set_count(self.counts.n_flagged if self.counts is not None and self.counts.n_images == s.size
+                        else int(flagged.sum()))
+
+    def set_counts(self, counts) -> None:
+        """The controller's :class:`~core.results.review.ReviewCounts` of the scores shown."""
+        self.counts = counts
+        if self.scores.size and counts.n_images == self.scores.size:
+            self._set_count(counts.n_flagged)
 
     def _set_count(self, flagged: Optional[int], preview: bool = False) -> None:
         n = self.scores.size

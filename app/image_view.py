@@ -41,25 +41,30 @@ FADE = 0.15  # the lowest 15 % of the scale fade in from transparent
 SCALES = {"threshold": "at threshold", "batch": "batch", "image": "this image"}
 ANCHOR_AT = 0.5  # fraction of the colours below the threshold's level on the anchored scale
 BELOW_ALPHA = 0.45  # opacity just under the threshold's level on the anchored scale
+ABOVE_ALPHA = 0.6  # opacity just above it: the step that shows where the threshold is crossed
+TOP_ALPHA = 0.7  # opacity of the hottest colour: even there the defect itself shows through
 
 
 def overlay_lut() -> np.ndarray:
-    """(256, 4) RGBA: the shared colormap, low values transparent."""
-    alpha = np.clip(np.linspace(0.0, 1.0, 256) / FADE, 0.0, 1.0)
+    """(256, 4) RGBA: the shared colormap, low values transparent, ramping up to ``TOP_ALPHA``."""
+    t = np.linspace(0.0, 1.0, 256)
+    alpha = np.clip(t / FADE, 0.0, 1.0) * (BELOW_ALPHA + (TOP_ALPHA - BELOW_ALPHA) * t)
     return np.concatenate([lut(), (alpha * 255).astype(np.uint8)[:, None]], axis=1)
 
 
 def anchored_lut(scale: HeatScale) -> np.ndarray:
     """(256, 4) RGBA over ``scale.lo..scale.hi``: values up to the anchor take the lower
     ``ANCHOR_AT`` of the colormap and stay translucent; values above it take the hot upper part,
-    opaque."""
+    their opacity ramping from ``ABOVE_ALPHA`` to ``TOP_ALPHA`` (never opaque: the defect under the
+    hottest colour stays visible)."""
     v = np.linspace(scale.lo, scale.hi, 256)
     a = scale.anchor
     below = v <= a
     t = np.where(below, ANCHOR_AT * (v - scale.lo) / (a - scale.lo),
                  ANCHOR_AT + (1 - ANCHOR_AT) * (v - a) / max(scale.hi - a, 1e-12))
     idx = np.clip(np.round(t * 255), 0, 255).astype(int)
-    alpha = np.where(below, np.clip(t / ANCHOR_AT, 0, 1) * BELOW_ALPHA, 1.0)
+    above = ABOVE_ALPHA + (TOP_ALPHA - ABOVE_ALPHA) * np.clip((t - ANCHOR_AT) / (1 - ANCHOR_AT), 0, 1)
+    alpha = np.where(below, np.clip(t / ANCHOR_AT, 0, 1) * BELOW_ALPHA, above)
     alpha = np.where(below & (t < FADE * ANCHOR_AT), alpha * t / (FADE * ANCHOR_AT), alpha)
     return np.concatenate([lut()[idx], (alpha * 255).astype(np.uint8)[:, None]], axis=1)
 
@@ -189,17 +194,20 @@ class ImageView(QWidget):
         controls.addSpacing(8)
         controls.addWidget(QLabel("Scale"))
         controls.addWidget(self.scale_combo)
-        controls.addSpacing(8)
-        controls.addWidget(self.readout, 1)
-        controls.addWidget(self.zoom_label)
+        controls.addStretch(1)
         for b in buttons:
             controls.addWidget(b)
+        under = QHBoxLayout()  # the pixel readout on a line of its own: it is never squeezed
+        under.setContentsMargins(8, 0, 8, 2)
+        under.addWidget(self.readout, 1)
+        under.addWidget(self.zoom_label)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(0)
         lay.addLayout(head)
         lay.addWidget(self.graphics, 1)
         lay.addLayout(controls)
+        lay.addLayout(under)
 
     # ------------------------------------------------------------------ layout
     def _layout_views(self, extra_names: list[str]) -> None:
@@ -410,7 +418,7 @@ class ImageView(QWidget):
             return
         text = f"score {row.score:.4g}"
         if thr is not None:
-            text += f"   threshold {thr.value:.4g}"
+            text += f"   threshold (score) {thr.value:.4g}"
         if self.stale:
             text = f"{self.stale}: {text}"
         self.score_label.setText(text)
@@ -438,16 +446,17 @@ class ImageView(QWidget):
         rgba[:, 3] = 255  # the bar shows the colours, opaque
         self.colorbar.setColorMap(pg.ColorMap(np.linspace(0.0, 1.0, 256), rgba))
         self.colorbar.setLevels((scale.lo, scale.hi))
-        label = {"threshold": f"anomaly · line = threshold level {scale.anchor:.3g}" if anchored else "",
+        at = f" {self.threshold.value:.4g}" if self.threshold is not None else ""
+        label = {"threshold": f"map · line at threshold{at}" if anchored else "",
                  "batch": "anomaly (batch scale)", "image": "anomaly (this image)"}[kind]
         self.colorbar.getAxis("left").setLabel(label)
         if anchored:
             self.anchor_line.setValue(256.0 * (scale.anchor - scale.lo) / (scale.hi - scale.lo))
-            self.anchor_line.label.setFormat(f"threshold ({scale.anchor:.3g})")
+            self.anchor_line.label.setFormat(f"map {scale.anchor:.3g} at threshold{at}")
             self.anchor_line.show()
-            self.colorbar.setToolTip(f"Colours in map units. The line marks the threshold's map level "
-                                     f"{scale.anchor:.4g}: the hottest pixel of an image scoring exactly at the "
-                                     "threshold; everything above it is hot and opaque.")
+            self.colorbar.setToolTip(f"Colours in map units. The line marks map value {scale.anchor:.4g}: the "
+                                     f"hottest pixel of an image whose score is exactly the threshold{at}; above "
+                                     "it the colours are hot.")
         else:
             self.anchor_line.hide()
             self.colorbar.setToolTip("Heat-map colours in map units, "

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.input_guard import guard_inputs
 from app.theme import ACCENT
 from app.workers import split_patterns
 from core.detectors.config import DetectorConfig, field_type
@@ -93,6 +94,7 @@ class ConfigForm(QWidget):
                 self._advanced.append(f.name)
         self.advanced_check.setVisible(bool(self._advanced))
         self._show_advanced(self.advanced_check.isChecked())
+        guard_inputs(self)
 
     def _editor(self, f: dataclasses.Field, tp: Any, value: Any) -> QWidget:
         md = f.metadata
@@ -279,6 +281,7 @@ class DetectorPanel(QWidget):
         self.fpr_spin.setRange(0.0, 0.5)
         self.fpr_spin.setSingleStep(0.005)
         self.fpr_spin.setValue(DEFAULT_FPR)
+        self.fpr_spin.setKeyboardTracking(False)  # applies on Enter / focus-out, not on every keystroke
         self.fpr_spin.setToolTip("Target false-positive rate on held-out good images; sets the threshold")
         self.device_combo = QComboBox()
         for d in DEVICE_CHOICES:
@@ -301,6 +304,9 @@ class DetectorPanel(QWidget):
         self._progress_message = ""
 
         self.model_label = _label("No model trained", "modelState", wrap=True)
+        self.support_label = _label("", "supportWarning", wrap=True)  # the calibration's caveat, beside it
+        self.support_label.setStyleSheet("color:#f0b429;")
+        self.support_label.hide()
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train on the good images (Ctrl+T)")
         self.run_button = QPushButton("Run")
@@ -330,10 +336,17 @@ class DetectorPanel(QWidget):
         lay.addWidget(_label("Training and threshold", "sectionTitle"))
         lay.addLayout(common)
         lay.addWidget(self.model_label)
-        lay.addLayout(buttons)
-        lay.addWidget(self.progress)
-        lay.addWidget(self.progress_label)
+        lay.addWidget(self.support_label)
         lay.addStretch(1)
+        # Train / Run / Cancel and the progress: a block of their own that the window keeps in view
+        # under the (scrolling) settings, at any window size.
+        self.controls = QWidget()
+        self.controls.setObjectName("detectorControls")
+        low = QVBoxLayout(self.controls)
+        low.setContentsMargins(8, 4, 8, 8)
+        low.addLayout(buttons)
+        low.addWidget(self.progress)
+        low.addWidget(self.progress_label)
         self.combo.setCurrentIndex(max(0, self.combo.findData(default_detector())))
         self.combo.currentIndexChanged.connect(self._combo_changed)
         self._combo_changed()
@@ -402,10 +415,18 @@ class DetectorPanel(QWidget):
                 w.setVisible(trained)
         self.settings_changed.emit()
 
-    def set_model_state(self, text: str, stale: bool = False) -> None:
+    def set_model_state(self, text: str, stale: bool = False, details: str = "") -> None:
         self.model_label.setText(text)
+        self.model_label.setToolTip(details or text)
         self.model_label.setProperty("stale", stale)
         self.model_label.setStyleSheet(f"color: {ACCENT};" if stale else "")
+
+    def set_support_warning(self, short: str, full: str = "") -> None:
+        """What the calibration rests on, when it is too little for the target FPR (``short`` in view,
+        ``full`` in the tooltip; "" hides it)."""
+        self.support_label.setText(f"⚠ {short}" if short else "")
+        self.support_label.setToolTip(full)
+        self.support_label.setVisible(bool(short))
 
     def set_good_state(self, problem: str) -> None:
         """Mark the good-folder field as unusable (``problem`` says why) or usable ("")."""

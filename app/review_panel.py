@@ -34,6 +34,7 @@ class ReviewPanel(QWidget):
     note_edited = Signal(str)
     normal_requested = Signal()  # "this one is normal"
     band_requested = Signal(object, object)  # low, high (None, None removes the band)
+    note_done = Signal()  # Enter in the note: it is saved, the keys go back to the gallery
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -60,6 +61,11 @@ class ReviewPanel(QWidget):
         self.note = QLineEdit()
         self.note.setPlaceholderText(f"Note on this image ({NOTE_KEY}; Enter keeps it)")
         self.note.editingFinished.connect(lambda: self.note_edited.emit(self.note.text()))
+        self.note.returnPressed.connect(self.note_done)
+        self.note_status = QLabel("")
+        self.note_status.setObjectName("noteStatus")
+        self.note_status.setStyleSheet("color:#7fd1a0;")
+        self.note_status.hide()
 
         self.low = QDoubleSpinBox()
         self.high = QDoubleSpinBox()
@@ -75,6 +81,11 @@ class ReviewPanel(QWidget):
         self.clear_band_button.clicked.connect(lambda: self.band_requested.emit(None, None))
         self.counters = QLabel("no review yet")
         self.counters.setObjectName("reviewCounters")
+        self.band_warning = QLabel("")
+        self.band_warning.setObjectName("bandWarning")
+        self.band_warning.setWordWrap(True)
+        self.band_warning.setStyleSheet("color:#f0b429;padding:0 6px;")
+        self.band_warning.hide()
 
         row1 = QHBoxLayout()
         row1.setContentsMargins(6, 2, 6, 2)
@@ -84,6 +95,7 @@ class ReviewPanel(QWidget):
         row1.addSpacing(8)
         row1.addWidget(self.normal_button)
         row1.addWidget(self.note, 1)
+        row1.addWidget(self.note_status)
         row2 = QHBoxLayout()
         row2.setContentsMargins(6, 0, 6, 2)
         row2.addWidget(QLabel("Review band"))
@@ -100,10 +112,13 @@ class ReviewPanel(QWidget):
         lay.addWidget(self.banner)
         lay.addLayout(row1)
         lay.addLayout(row2)
+        lay.addWidget(self.band_warning)
         self.show_image(None, None, "")
 
     def show_image(self, path: Optional[Path], verdict: Optional[str], note: str) -> None:
         """The image the verdict buttons and the note apply to."""
+        if path != self.path or path is None:
+            self.note_status.hide()
         self.path = path
         for v, b in self.buttons.items():
             b.setEnabled(path is not None)
@@ -114,6 +129,11 @@ class ReviewPanel(QWidget):
         if not self.note.hasFocus() or self.note.text() != note:
             self.note.setText(note)
 
+    def show_note_saved(self) -> None:
+        """The note was committed to the session: say so beside it."""
+        self.note_status.setText("✓ note saved")
+        self.note_status.show()
+
     def show_band(self, low: Optional[float], high: Optional[float]) -> None:
         for spin, v in ((self.low, low), (self.high, high)):
             if v is not None:
@@ -121,8 +141,11 @@ class ReviewPanel(QWidget):
                 spin.setValue(v)
                 spin.blockSignals(False)
 
-    def show_counters(self, text: str) -> None:
+    def show_counters(self, text: str, band_warning: str = "") -> None:
+        """The counters, and a warning when the threshold contradicts the review band."""
         self.counters.setText(text)
+        self.band_warning.setText(f"⚠ {band_warning}" if band_warning else "")
+        self.band_warning.setVisible(bool(band_warning))
 
     def set_read_only(self, reason: str) -> None:
         """A banner while the session cannot be written (``reason``: who holds it); "" hides it."""

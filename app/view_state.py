@@ -19,7 +19,10 @@ class ViewState:
         self.result: Optional[ScanResult] = None  # the complete scan shown (None while scanning)
         self.live: list[ScanRow] = []  # rows of the scan in progress
         self.previous: Optional[ScanResult] = None  # the complete scan a running one will replace
-        self.threshold_override: Optional[Threshold] = None  # set by hand (the histogram line)
+        self.threshold_override: Optional[Threshold] = None  # set by hand (the histogram line), or restored
+        #: How the override came about: "set by hand", "set from the verdict ROC at recall 0.95", or for a
+        #: restored run's re-calibration with images marked normal "re-calibrated ..." (not a hand decision).
+        self.override_reason = "set by hand"
         self.model_source = ""  # where the model in memory came from: "trained now", "from the model m", …
         self.scored_by: object = None  # the model that scored the complete result shown (compared by identity)
         self.map_range: tuple[float, float] = (0.0, 1.0)  # the batch-wide heat-map scale (exports use it)
@@ -75,12 +78,20 @@ class ViewState:
             return f"previous run ({shown.detector})"
         return ""
 
+    @property
+    def hand_threshold(self) -> Optional[Threshold]:
+        """The override when the inspector set it (by hand or from the verdict ROC), else None."""
+        o = self.threshold_override
+        return o if o is not None and not self.override_reason.startswith("re-calibrated") else None
+
     def threshold_source(self, detector_threshold: Optional[Threshold]) -> str:
         """Where the threshold in force came from, in words (shown beside it everywhere)."""
         thr = self.threshold(detector_threshold)
         if thr is None:
             return "no threshold"
-        if self.threshold_override is not None or thr.method == "explicit":
+        if self.threshold_override is not None:
+            how = self.override_reason or "set by hand"
+        elif thr.method == "explicit":
             how = "set by hand"
         else:
             how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} held-out good images"
@@ -101,9 +112,12 @@ class ViewState:
             return self.result.threshold
         return detector_threshold
 
-    def apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None) -> Optional[Threshold]:
-        """Set (or clear) the hand-set threshold and re-flag every shown row; returns the one in force."""
+    def apply_threshold(self, override: Optional[Threshold], fallback: Optional[Threshold] = None,
+                        reason: str = "set by hand") -> Optional[Threshold]:
+        """Set (or clear) the hand-set threshold (``reason``: how it came about) and re-flag every
+        shown row; returns the one in force."""
         self.threshold_override = override
+        self.override_reason = reason
         thr = override or fallback
         if self.result is not None:
             self.result.apply_threshold(thr)

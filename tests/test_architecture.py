@@ -51,3 +51,14 @@ def test_layers_contract_breaks_on_an_inverted_import(tmp_path):
     assert proc.returncode != 0, proc.stdout
     assert "core is layered" in proc.stdout and "BROKEN" in proc.stdout
     assert "core.runtime.cancel -> core.engine.jobs" in proc.stdout
+
+
+#: A front-end module beyond this many lines holds more than one concern (issue 26: the controller,
+#: the main window and the gallery had grown to 700-1,000): split it along its seams.
+FRONT_END_LIMIT = 500
+
+
+def test_no_front_end_module_passes_500_lines():
+    big = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / "app").rglob("*.py"))
+           if (n := len(p.read_text(encoding="utf-8").splitlines())) > FRONT_END_LIMIT}
+    assert big == {}, f"front-end modules over {FRONT_END_LIMIT} lines: {big}"

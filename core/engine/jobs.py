@@ -62,6 +62,7 @@ class FitJob(Job):
         good = ImageSource.from_folder(self.good_folder, recursive=self.recursive)
         report = train_detector(detector, good, fpr=self.fpr, threshold=self.threshold, max_train=self.max_train,
                                 progress=progress, cancel=cancel)
+        detector.meta["good_folder"] = str(self.good_folder.resolve())  # what it learnt normal from (saved with it)
         return FitOutcome(detector, report)
 
 

@@ -29,6 +29,13 @@ class Curves:
     n_pos: int
     n_neg: int
 
+    @property
+    def auroc(self) -> float:
+        """Area under the ROC (from (0, 0) through every point; the last one flags every image)."""
+        x = np.concatenate([[0.0], self.fpr])
+        y = np.concatenate([[0.0], self.tpr])
+        return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
 
 @dataclass(frozen=True)
 class RecallThreshold:

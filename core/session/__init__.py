@@ -48,8 +48,17 @@ Review (each call commits at once)::
     s.set_review_band(run_id, low, high)                    # s.review_band(run_id) -> ReviewBand.zone(score)
     s.set_threshold(run_id, 0.42)                           # s.threshold_value(run_id), s.threshold_history(run_id)
     s.review_queue(run_id)      # unreviewed images in the band or flagged, highest score first
-    s.review_status(run_id)     # counters: .describe() -> "reviewed 40 / 83, 3 disagree"
+    s.review_counts(run_id)     # every count: .describe() -> "reviewed 40 / 83, 3 disagree", .n_flagged,
+                                # .zones (per zone of the band), .disagreeing (the ≠ marks), .queue
     disagrees(verdict, flagged) # whether to mark a verdict that contradicts the flag
+
+Every count comes from one function, :func:`core.results.review.review_counts` (rows, threshold,
+band, verdicts): the window, the report and the export call it, so they agree.
+
+Models: a front end keeps the model it scored with beside the session
+(:func:`core.engine.session_model.keep_model` saves it in ``s.models_dir()`` and records it:
+``s.model(run.fingerprint)`` is the run's model, with its weights' checksum), and the folder of
+good images (``s.set_good_folder(path)`` / ``s.good_folder()``), so reopening a folder restores both.
 
 Groups of a zero-shot run: ``s.move_to_group(path, "suspect")`` (``None`` undoes it);
 ``s.apply_decisions(result, run_id)`` lays the moves over any grouping, so they survive a
@@ -70,12 +79,14 @@ Reports: :func:`core.session.report.write_report` (one self-contained HTML file)
 column, flagged list, heat maps).
 """
 
+from core.results.review import ReviewCounts, disagrees, review_counts
 from core.session.lock import SessionLockedError
 from core.session.schema import SchemaError
 from core.session.store import (
     VERDICTS,
     Decision,
     ImageRecord,
+    ModelRecord,
     ReviewBand,
     ReviewStatus,
     RunInfo,
@@ -84,7 +95,6 @@ from core.session.store import (
     SessionReadOnlyError,
     StoredScore,
     default_session_path,
-    disagrees,
     open_session,
 )
 
@@ -92,7 +102,9 @@ __all__ = [
     "VERDICTS",
     "Decision",
     "ImageRecord",
+    "ModelRecord",
     "ReviewBand",
+    "ReviewCounts",
     "ReviewStatus",
     "RunInfo",
     "SchemaError",
@@ -104,4 +116,5 @@ __all__ = [
     "default_session_path",
     "disagrees",
     "open_session",
+    "review_counts",
 ]

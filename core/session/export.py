@@ -19,7 +19,7 @@ from typing import Optional
 from core.io.export import csv_row, csv_text, csv_value, display_path, write_flagged, write_heatmaps, write_skipped
 from core.io.run_folder import RunFolder
 from core.session.identity import app_version, now
-from core.session.store import Session, disagrees
+from core.session.store import Session
 
 RESULTS_NAME = "results.csv"
 PROVENANCE_NAME = "provenance.json"
@@ -36,12 +36,15 @@ def provenance(session: Session, run_id: Optional[int] = None) -> dict:
     t = info.threshold
     value = session.threshold_value(info.id)
     band = session.review_band(info.id)
+    kept = session.model(info.fingerprint)
     return {
         "session": display_path(session.path),
         "folder": display_path(session.folder) if session.folder else None,
         "run": info.id,
         "detector": info.detector,
         "model_fingerprint": info.fingerprint,
+        "model_kept": None if kept is None else {"path": str(kept.path), "weights_sha256": kept.weights_sha256,
+                                                 "good_folder": str(kept.good_folder) if kept.good_folder else None},
         "settings": info.settings,
         "threshold": value,
         "threshold_calibration": t.describe() if t is not None else None,
@@ -85,6 +88,9 @@ def _export_into(session: Session, out: Path, run_id: int, heatmaps: bool) -> tu
     info = session.run(run_id)
     result = session.load_run(info.id, maps=heatmaps)
     verdicts, notes = session.verdicts(), session.notes()
+    counts = session.review_counts(info.id, result)  # flags and disagreements as the window and the report count them
+    for r in result.rows:
+        r.flagged = counts.flags[str(r.path)]
     prov = provenance(session, info.id)
     extra: list[str] = []
     for r in result.rows:
@@ -99,8 +105,9 @@ def _export_into(session: Session, out: Path, run_id: int, heatmaps: bool) -> tu
     for r in result.rows:
         d = verdicts.get(r.path)
         n = notes.get(r.path)
-        lines.append(csv_row([csv_text(display_path(r.path)), csv_value(r.score), csv_value(r.flagged),
-                              csv_value(d.value if d else None), csv_value(disagrees(d.value if d else None, r.flagged)),
+        key = str(r.path)
+        lines.append(csv_row([csv_text(display_path(r.path)), csv_value(r.score), csv_value(counts.flags[key]),
+                              csv_value(d.value if d else None), csv_value(key in counts.disagreeing),
                               csv_value(n.value if n else None), csv_value(d.user if d else None),
                               csv_value(d.at if d else None), *(csv_value(r.columns.get(k)) for k in extra),
                               *(csv_value(prov[k]) for k in prov_cols)]))

@@ -38,8 +38,8 @@ from core.io.export import display_path
 from core.metrics import image_auroc
 from core.results import ScanRow
 from core.session.identity import app_version, file_sha256, now
-from core.session.store import Session, SessionError, disagrees
-from core.session.svg import histogram_svg, roc_svg
+from core.session.store import Session, SessionError
+from core.session.svg import colorbar_svg, histogram_svg, roc_svg
 
 THUMB = 220
 MAX_IMAGES = 80
@@ -188,17 +188,20 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
     notes = session.notes()
     band = session.review_band(info.id)
     thr_value = session.threshold_value(info.id)
-    status = session.review_status(info.id, result)
+    status = session.review_counts(info.id, result)  # the one function of every count (the window's too)
     rows = result.rows
     scores = [r.score for r in rows]
 
     # ---------------------------------------------------------------- summary
-    cards = [("images", len(rows)), ("flagged", len(result.flagged)), ("skipped", len(result.skipped)),
+    flagged_by = ("suspect group" if result.grouping is not None else
+                  "no threshold" if thr_value is None else f"score > {thr_value:.4g}")
+    cards = [("images", len(rows)), (f"flagged ({flagged_by})", status.n_flagged), ("skipped", len(result.skipped)),
              ("reviewed", status.reviewed), ("to review", status.to_review), ("disagree", status.disagree)]
     cards += [(f"verdict {k.upper()}", n) for k, n in status.verdicts.items()]
-    if band is not None:
-        zones = [band.zone(s) for s in scores]
-        cards += [(f"band: {z}", zones.count(z)) for z in ("pass", "review", "fail")]
+    if status.zones is not None:  # the band's own bounds beside its counts: "fail" is not "flagged"
+        bounds = {"pass": f"score ≤ {band.low:.4g}", "review": f"{band.low:.4g} < score ≤ {band.high:.4g}",
+                  "fail": f"score > {band.high:.4g}"}
+        cards += [(f"band {z} ({bounds[z]})", n) for z, n in status.zones.items()]
     card_html = "".join(f'<div class="card{" warn" if k == "disagree" and n else ""}"><b>{n}</b><span>{escape(k)}'
                         f'</span></div>' for k, n in cards)
 
@@ -221,8 +224,8 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
                       '"unsure" verdicts are left out.</p>')
 
     # ---------------------------------------------------------------- images
-    dis = [r for r in rows if disagrees(verdicts.get(r.path), r.flagged)]
-    flagged = [r for r in sorted(result.flagged, key=lambda r: -r.score) if r not in dis]
+    dis = [r for r in rows if str(r.path) in status.disagreeing]
+    flagged = [r for r in sorted(rows, key=lambda r: -r.score) if status.flags[str(r.path)] and r not in dis]
     chosen: list[tuple[ScanRow, bool]] = [(r, True) for r in dis] + [(r, False) for r in flagged]
     hidden = max(0, len(chosen) - max_images)
     chosen = chosen[:max_images]
@@ -252,19 +255,24 @@ def build_report(session: Session, run_id: Optional[int] = None, max_images: int
         items.append(
             f'<tr class="{"dis" if is_dis else ""}"><td><div class="img">{pics}</div>{_h(why)}</td>'
             f'<td class="mono">{shown.path(r.path)}</td><td>{r.score:.5g}</td>'
-            f'<td>{"yes" if r.flagged else "no"}{" (" + _h(group) + ")" if group else ""}</td>'
+            f'<td>{"yes" if status.flags[str(r.path)] else "no"}{" (" + _h(group) + ")" if group else ""}</td>'
             f'<td>{_verdict_html(v)}{" <span class=tag>disagrees</span>" if is_dis else ""}</td>'
             f'<td>{_h(note.value) if note else ""}'
             f'{"<br><small>" + shown.user(note.user) + ", " + _h(note.at[:19]) + "</small>" if note else ""}</td></tr>')
     more = f"<p>{hidden} more flagged images are not shown (see the export's results.csv).</p>" if hidden else ""
-    images_html = ("<table><tr><th>image / heat map</th><th>path</th><th>score</th><th>flagged</th><th>verdict</th>"
+    legend_maps = (f'<p class="legend">Heat maps on one scale for the images below (transparent at the low end):'
+                   f"</p>{colorbar_svg(lo, hi)}" if present else "")
+    images_html = legend_maps + ("<table><tr><th>image / heat map</th><th>path</th><th>score</th><th>flagged</th><th>verdict</th>"
                    f"<th>note</th></tr>{''.join(items)}</table>{more}" if items else "<p>No flagged or disagreeing images.</p>")
 
     # ---------------------------------------------------------------- provenance
     t = info.threshold
+    kept = session.model(info.fingerprint)
     prov = [
         ("detector", _h(info.detector)),
         ("model fingerprint", _h(info.fingerprint)),
+        ("model kept", "–" if kept is None else f"{shown.path(kept.path)} (weights SHA-256 {_h(kept.weights_sha256)}; "
+                                                 f"trained on {shown.path(kept.good_folder) if kept.good_folder else 'good images not recorded'})"),
         ("settings", shown.settings(info.settings)),
         ("threshold (run)", _h(t.describe() if t is not None else "none (zero-shot: grouped)")),
         ("threshold (now)", "–" if thr_value is None else f"{thr_value:.6g}"),

@@ -28,6 +28,15 @@ Tables (version 1):
 ``good_set``        "this one is normal": images added to (or removed from) the good set.
 ``ui_state``        key/value state a front end restores on reopen (sort, filter, selection).
 
+Version 2 adds
+
+``models``          the models the session keeps (a front end saves the model it scored with in a
+                    folder beside the session): detector, fingerprint (the runs' ``fingerprint``
+                    names the model that scored them), folder, SHA-256 of the weights file, the
+                    good-image folder it was trained on, settings, who and when.
+
+and the meta key ``good_folder`` (the folder of good images of the inspected folder).
+
 Every decision table records ``user`` (the OS user name) and ``at`` (UTC, ISO 8601).
 """
 
@@ -148,12 +157,35 @@ def run_script(conn: sqlite3.Connection, script: str) -> None:
             conn.execute(statement)
 
 
+_V2 = """
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY,
+    fingerprint TEXT NOT NULL UNIQUE,
+    detector TEXT NOT NULL,
+    path TEXT NOT NULL,
+    weights_sha256 TEXT NOT NULL,
+    good_folder TEXT,
+    settings TEXT NOT NULL,
+    user TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+"""
+
+
 def _to_v1(conn: sqlite3.Connection) -> None:
     run_script(conn, _V1)
 
 
+def _to_v2(conn: sqlite3.Connection) -> None:
+    run_script(conn, _V2)
+
+
+#: The oldest version a read-only open reads as it is (version 2 only added a table: a version-1
+#: session read by ``report`` / ``export`` simply keeps no models).
+READABLE_FROM = 1
+
 #: ``MIGRATIONS[k]`` upgrades a database at version ``k`` to ``k + 1``.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_to_v1, _to_v2]
 
 
 def current_version() -> int:

@@ -26,15 +26,19 @@ from core.data.images import Skipped, max_pixels
 from core.grouping import GROUP_NAMES, Grouping
 from core.io.export import display_path
 from core.results import ScanResult, ScanRow, apply_grouping
+from core.results.review import VERDICTS, ReviewBand, ReviewCounts, review_counts
 from core.results.threshold import Threshold, calibrate
 from core.runtime.paths import data_dir
 from core.session.identity import app_version, file_sha256, now, os_user, relative_to
 from core.session.lock import SessionLockedError, WriterLock, describe_holder, read_holder, writer_active
 from core.session.maps import CODEC, CODECS, decode_map, encode_map
-from core.session.schema import SchemaError, current_version, migrate, read_version
+from core.session.schema import READABLE_FROM, SchemaError, current_version, migrate, read_version
 
-VERDICTS = ("ok", "ng", "unsure")
 SESSIONS_DIR = "sessions"
+
+
+#: The counters of a run's review (one function for every count: :mod:`core.results.review`).
+ReviewStatus = ReviewCounts
 
 
 class SessionError(Exception):
@@ -95,47 +99,27 @@ class RunInfo:
 
 
 @dataclass(frozen=True)
+class ModelRecord:
+    """A model the session keeps: the one a run with the same ``fingerprint`` was scored with."""
+
+    id: int
+    fingerprint: str
+    detector: str
+    path: Path  # the model folder (config.json + weights.safetensors)
+    weights_sha256: str
+    good_folder: Optional[Path]  # the good images it was trained on (None: not known)
+    settings: dict
+    user: str
+    at: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """The current value of one of an image's decisions, with who made it and when."""
 
     value: Any
     user: str
     at: str
-
-
-@dataclass(frozen=True)
-class ReviewBand:
-    """Two thresholds: a score at or below ``low`` passes, above ``high`` fails, between is to review."""
-
-    low: float
-    high: float
-
-    def zone(self, score: float) -> str:
-        if score <= self.low:
-            return "pass"
-        if score > self.high:
-            return "fail"
-        return "review"
-
-
-@dataclass(frozen=True)
-class ReviewStatus:
-    n_images: int
-    n_flagged: int
-    reviewed: int  # images with a verdict
-    to_review: int  # unreviewed images in the band or flagged
-    disagree: int  # a verdict that contradicts the flag (ok but flagged, ng but not)
-    verdicts: dict[str, int]
-
-    def describe(self) -> str:
-        return f"reviewed {self.reviewed} / {self.reviewed + self.to_review}, {self.disagree} disagree"
-
-
-def disagrees(verdict: Optional[str], flagged: Optional[bool]) -> bool:
-    """Whether an inspector's verdict contradicts the detector's flag (``unsure`` never does)."""
-    if flagged is None or verdict not in ("ok", "ng"):
-        return False
-    return (verdict == "ng") != bool(flagged)
 
 
 def default_session_path(folder: str | os.PathLike) -> Path:
@@ -631,6 +615,77 @@ class Session:
                                                f"held-out + {len(extra)} images marked normal")
         return thr
 
+    # ------------------------------------------------------------------ models and the good folder
+    def models_dir(self) -> Path:
+        """Where the models this session keeps are saved: a folder beside the session file."""
+        return self.path.with_name(self.path.stem + ".models")
+
+    def record_model(self, fingerprint: str, detector: str, path: str | os.PathLike, weights_sha256: str,
+                     good_folder: Optional[str | os.PathLike], settings: dict) -> ModelRecord:
+        """Record the model saved in ``path`` (its weights' checksum ``weights_sha256``); a model of
+        the same fingerprint recorded before is replaced."""
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO models (fingerprint, detector, path, weights_sha256, good_folder, "
+                      "settings, user, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (fingerprint, detector, str(Path(path)), weights_sha256,
+                       str(good_folder) if good_folder is not None else None,
+                       json.dumps(settings, sort_keys=True, default=str), self.user, now()))
+        return self.model(fingerprint)
+
+    def _model_record(self, row) -> ModelRecord:
+        mid, fp, det, path, sha, good, settings, user, at = row
+        return ModelRecord(int(mid), fp, det, Path(path), sha, Path(good) if good else None, json.loads(settings),
+                           user, at)
+
+    def model(self, fingerprint: str) -> Optional[ModelRecord]:
+        """The kept model of this fingerprint (a run's ``fingerprint`` names the model it was scored with)."""
+        try:
+            row = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, "
+                                    "user, at FROM models WHERE fingerprint = ?", (fingerprint,)).fetchone()
+        except sqlite3.OperationalError:  # a version-1 session read without upgrading it: it keeps no models
+            return None
+        return None if row is None else self._model_record(row)
+
+    def models(self) -> list[ModelRecord]:
+        """Every kept model, oldest first."""
+        try:
+            rows = self.conn.execute("SELECT id, fingerprint, detector, path, weights_sha256, good_folder, settings, "
+                                     "user, at FROM models ORDER BY id").fetchall()
+        except sqlite3.OperationalError:  # a version-1 session read without upgrading it: it keeps no models
+            return []
+        return [self._model_record(r) for r in rows]
+
+    def set_good_folder(self, folder: Optional[str | os.PathLike]) -> None:
+        """The folder of good images of this inspection (what the window's good-images field shows)."""
+        self._set_meta("good_folder", str(folder) if folder is not None else "")
+
+    def good_folder(self) -> Optional[Path]:
+        value = self.meta().get("good_folder")
+        return Path(value) if value else None
+
+    def summary(self) -> str:
+        """What the session holds, in one line (the window's offer to reopen it says it)."""
+        runs = self.runs()
+        if not runs:
+            return "no runs yet"
+        r = runs[-1]
+
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}{'' if k == 1 else 's'}"
+
+        band = self.review_band(r.id)
+        value = self.threshold_value(r.id)
+        parts = [f"run {r.id} of {len(runs)}: {r.detector} on {n(r.n_images, 'image')} ({r.finished_at[:16]})",
+                 n(len(self.verdicts()), "verdict"), n(len(self.notes()), "note")]
+        if value is not None and (r.threshold is None or value != r.threshold.value):
+            parts.append(f"threshold {value:.6g} changed after the run")
+        if band is not None:
+            parts.append(f"review band {band.low:.6g}–{band.high:.6g}")
+        if self.good_set():
+            parts.append(n(len(self.good_set()), "image") + " marked normal")
+        parts.append("its model kept" if self.model(r.fingerprint) is not None else "no model kept")
+        return "; ".join(parts)
+
     def set_ui_state(self, key: str, value: Any) -> None:
         """Front-end state to restore on reopening (JSON-serialisable: sort, filter, selection, ...)."""
         with self._write() as c:
@@ -649,34 +704,24 @@ class Session:
         return out
 
     # ------------------------------------------------------------------ review
-    def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewStatus:
-        """Counters of the review of ``run_id`` (default latest): reviewed, left to review
-        (unreviewed images in the band or flagged), verdicts that disagree with the flag."""
+    def review_counts(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewCounts:
+        """Every count of the review of ``run_id`` (default latest) under the session's current
+        threshold, band and verdicts (:func:`core.results.review.review_counts`, the one function
+        the window, the report and the export share). ``result``: the run as loaded already."""
         info = self.run(run_id)
         result = result if result is not None else self.load_run(info.id)
-        band = self.review_band(info.id)
-        verdicts = self.verdicts()
-        counts = dict.fromkeys(VERDICTS, 0)
-        reviewed = to_review = disagree = 0
-        for row in result.rows:
-            d = verdicts.get(row.path)
-            if d is not None:
-                reviewed += 1
-                counts[d.value] += 1
-                disagree += disagrees(d.value, row.flagged)
-            elif row.flagged or (band is not None and band.zone(row.score) == "review"):
-                to_review += 1
-        return ReviewStatus(len(result.rows), len(result.flagged), reviewed, to_review, disagree, counts)
+        threshold = None if result.grouping is not None else self.threshold_value(info.id)
+        return review_counts(result.rows, threshold, self.review_band(info.id),
+                             {p: d.value for p, d in self.verdicts().items()})
+
+    def review_status(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> ReviewCounts:
+        """Counters of the review of ``run_id`` (default latest): reviewed, left to review
+        (unreviewed images in the band or flagged), verdicts that disagree with the flag."""
+        return self.review_counts(run_id, result)
 
     def review_queue(self, run_id: Optional[int] = None, result: Optional[ScanResult] = None) -> list[Path]:
         """Unreviewed images in the review band or flagged, highest score first: the "to review" walk."""
-        info = self.run(run_id)
-        result = result if result is not None else self.load_run(info.id)
-        band = self.review_band(info.id)
-        verdicts = self.verdicts()
-        todo = [r for r in result.rows if r.path not in verdicts
-                and (r.flagged or (band is not None and band.zone(r.score) == "review"))]
-        return [r.path for r in sorted(todo, key=lambda r: -r.score)]
+        return list(self.review_counts(run_id, result).queue)
 
 
 def _db_text(text: str) -> str | bytes:
@@ -777,7 +822,7 @@ def open_session(path: str | os.PathLike, *, folder: str | os.PathLike | None = 
                              "('map_codec', ?)", (now(), os_user(), app_version(), map_codec))
         else:
             version = read_version(conn)
-            if version != current_version():
+            if version != current_version() and not READABLE_FROM <= version < current_version():
                 conn.close()
                 if version == 0:
                     raise SessionError(f"{db} is not an Anomaly Inspector session (an empty or foreign SQLite file)")

@@ -164,3 +164,18 @@ def roc_svg(labels: Sequence[int], scores: Sequence[float], threshold: Optional[
     if auroc is not None:
         body.append(f'<text x="{PAD_L + pw - 4}" y="{PAD_T + ph - 8}" text-anchor="end">AUROC {auroc:.3f}</text>')
     return _svg(body, "ROC from the inspector's verdicts")
+
+
+def colorbar_svg(lo: float, hi: float, width: int = 260, stops: int = 16) -> str:
+    """The heat maps' colour scale as a horizontal bar, ``lo`` to ``hi`` in map values."""
+    from core.io.colormap import lut
+
+    colors = lut()[np.linspace(0, 255, stops).round().astype(int)]
+    grad = "".join(f'<stop offset="{i / (stops - 1):.3f}" stop-color="#{r:02x}{g:02x}{b:02x}"/>'
+                   for i, (r, g, b) in enumerate(colors))
+    return (f'<svg class="colorbar" width="{width + 120}" height="34" xmlns="http://www.w3.org/2000/svg" '
+            f'font-family="sans-serif" font-size="11"><title>heat-map colour scale</title>'
+            f'<defs><linearGradient id="heat">{grad}</linearGradient></defs>'
+            f'<text x="0" y="15">map value</text><rect x="62" y="4" width="{width}" height="14" fill="url(#heat)" '
+            f'stroke="#888"/><text x="62" y="31">{_fmt(lo)}</text>'
+            f'<text x="{62 + width}" y="31" text-anchor="end">{_fmt(hi)}</text></svg>')

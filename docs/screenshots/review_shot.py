@@ -1,7 +1,8 @@
-"""Take docs/screenshots/review_bottle.png: a bottle batch under review (offscreen).
+"""Take docs/screenshots/review_bottle.png (and review_bottle_1366x768.png): a bottle batch under
+review (offscreen), at the window size given last (default 1600x1000).
 
     QT_QPA_PLATFORM=offscreen ANOMALY_INSPECTOR_HOME=$(mktemp -d) python docs/screenshots/review_shot.py \
-        ../shared/datasets/mvtec_ad/bottle/test ../shared/datasets/mvtec_ad/bottle/train/good out.png
+        ../shared/datasets/mvtec_ad/bottle/test ../shared/datasets/mvtec_ad/bottle/train/good out.png [1366x768]
 
 Drives the real window as an inspector would: scan (recursive) with pixel-gaussian, a review
 band around the threshold, the "to review" walk, a few verdicts (one disagreeing) and a note;
@@ -21,13 +22,14 @@ from app.gui import apply_style
 from app.main_window import MainWindow
 
 
-def main(folder: str, good: str, out: str) -> int:
+def main(folder: str, good: str, out: str, size: str = "1600x1000") -> int:
+    width, height = (int(v) for v in size.split("x"))
     app = QApplication.instance() or QApplication([])
     apply_style(app)
     scratch = tempfile.mkdtemp()
     win = MainWindow(settings=QSettings(str(Path(scratch) / "s.ini"), QSettings.IniFormat), cuda_available=False)
     win.ask_before_discarding = False
-    win.resize(1600, 1000)
+    win.resize(width, height)
     win.show()
     c = win.controller
     step = {"n": 0}
@@ -79,4 +81,4 @@ def main(folder: str, good: str, out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(*sys.argv[1:4]))
+    sys.exit(main(*sys.argv[1:5]))

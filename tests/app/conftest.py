@@ -84,6 +84,7 @@ def make_window(qtbot, settings, detector: str | None = "pixel-gaussian") -> Mai
     win = MainWindow(settings=settings, cuda_available=False)
     win.confirm_close_when_busy = False  # teardown closes windows: never wait on a dialog there
     win.ask_before_discarding = False  # nor on the discard prompt (tested on its own)
+    win.ask_questions = False  # nor on the controller's questions: each gets its safe answer, No (tested on their own)
     qtbot.addWidget(win)  # closed (which cancels and waits for jobs) at teardown
     # the GUI tests drive the cheap baseline (the window's default is patchcore where its weights are);
     # detector=None keeps what the window restored from its settings

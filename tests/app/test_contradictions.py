@@ -42,7 +42,7 @@ def scanned(qtbot, window, parts):
 
 
 # ---------------------------------------------------------------- 1. one threshold in force
-def test_1_opened_model_threshold_is_the_one_everywhere(qtbot, scanned, tmp_path):
+def test_1_opened_model_threshold_is_the_one_everywhere(qtbot, scanned, tmp_path, monkeypatch):
     win, c = scanned, scanned.controller
     model = tmp_path / "model"
     assert win.save_model(str(model))
@@ -50,9 +50,13 @@ def test_1_opened_model_threshold_is_the_one_everywhere(qtbot, scanned, tmp_path
     model_thr = c.detector.threshold.value
     c.set_threshold(-1.0)  # dragged by hand: everything flagged
     assert all(r.flagged for r in c.result.rows)
+    win.ask_questions = True  # the opened model's threshold replaces the hand-set one only when asked to (#26)
+    asked: list = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a[2]) or QMessageBox.Yes)
     assert win.open_model(str(model))
     qtbot.waitUntil(lambda: c.detector is not None and not c.busy, timeout=10000)
     wait_idle(qtbot, c)
+    assert asked and "set by hand" in asked[0]
     assert c.threshold.value == pytest.approx(model_thr)
     assert win.histogram.threshold.value == pytest.approx(model_thr)
     win.gallery.select_row(0)

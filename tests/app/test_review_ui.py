@@ -265,7 +265,7 @@ def test_roc_from_verdicts_suggests_a_threshold_for_a_recall(qtbot, window, part
     assert dlg.suggestion.threshold == pytest.approx(want) and dlg.suggestion.fpr == 0.0
     assert len(dlg.roc_curve.getData()[0]) == 4  # (0, 0) and one point per score
     dlg.apply_button.click()
-    assert c.threshold.value == pytest.approx(want) and c.threshold_source == "set by hand"
+    assert c.threshold.value == pytest.approx(want) and c.threshold_source == "set from the verdict ROC at recall 1"
     assert c.session.threshold_value(c.run_id) == pytest.approx(want)
 
 

@@ -43,3 +43,13 @@ def test_threshold_for_recall():
     for want in (0.5, 0.8, 0.95, 1.0):
         got = threshold_for_recall(y, s, want)
         assert got.recall >= want and (s[y] > got.threshold).mean() == got.recall
+
+
+def test_curves_auroc_is_the_image_auroc_of_the_same_labels():
+    from core.metrics import image_auroc
+
+    rng = np.random.default_rng(7)
+    labels = [0] * 30 + [1] * 12
+    scores = list(rng.normal(0, 1, 30)) + list(rng.normal(1.2, 1, 12))
+    scores[3] = scores[35]  # a tie between an OK and an NG image
+    assert verdict_curves(labels, scores).auroc == pytest.approx(image_auroc(labels, scores))

@@ -82,23 +82,38 @@ def test_new_session_has_current_schema_and_wal(tmp_path):
 
 def test_migration_from_version_1_keeps_data(tmp_path, monkeypatch):
     paths = _files(tmp_path / "imgs", 3)
+    current = schema_mod.MIGRATIONS
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current[:1])  # a session written by the first release
     with open_session(tmp_path / "s.db", folder=tmp_path / "imgs") as s:
         _store(s, _result(paths))
         s.set_verdict(paths[1], "ng")
-    assert schema_mod.current_version() == 1
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current)
+    with open_session(tmp_path / "s.db") as s:  # version 2: the models the session keeps
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == schema_mod.current_version() == 2
+        assert s.models() == [] and s.good_folder() is None
+        assert s.verdicts()[paths[1]].value == "ng" and len(s.load_run().rows) == 3
 
-    def to_v2(conn):
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current[:1])
+    with open_session(tmp_path / "v1.db", folder=tmp_path / "imgs") as s:
+        _store(s, _result(paths))
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", current)
+    with open_session(tmp_path / "v1.db", mode="ro") as s:  # report / export read an old session as it is
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert s.models() == [] and s.model(s.run().fingerprint) is None and len(s.load_run().rows) == 3
+
+    def to_v3(conn):
         conn.execute("ALTER TABLE images ADD COLUMN camera TEXT NOT NULL DEFAULT 'cam-1'")
 
-    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*schema_mod.MIGRATIONS, to_v2])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*current, to_v3])
     with open_session(tmp_path / "s.db") as s:
-        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert s.conn.execute("PRAGMA user_version").fetchone()[0] == 3
         assert {r[0] for r in s.conn.execute("SELECT camera FROM images")} == {"cam-1"}
         assert s.verdicts()[paths[1]].value == "ng" and len(s.load_run().rows) == 3
 
 
 def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     open_session(tmp_path / "s.db").close()
+    before = schema_mod.current_version()
 
     def broken(conn):
         conn.execute("ALTER TABLE images ADD COLUMN camera TEXT")
@@ -108,7 +123,7 @@ def test_a_failed_migration_leaves_the_previous_version(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="half-way"):
         open_session(tmp_path / "s.db")
     conn = sqlite3.connect(tmp_path / "s.db")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == before
     assert "camera" not in {r[1] for r in conn.execute("PRAGMA table_info(images)")}
     conn.close()
 
