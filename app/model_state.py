@@ -18,6 +18,7 @@ from typing import Optional
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
 from core.detectors.registry import REGISTRY, make_config
+from core.results.self_check import SelfCheck
 from core.results.threshold import Threshold, calibrate
 
 
@@ -95,6 +96,17 @@ class ModelState:
         return (f"Model: {det.name}" + (f", trained on {n} images" if n else "")
                 + (f" of {name(on)}" if on is not None else "")
                 + (f" for {name(self.folder)}" if self.folder is not None else ""))
+
+    def quality(self) -> tuple[str, str]:
+        """(a few words, the full sentences) on what the model is and how well it sees synthetic
+        defects (its self-check: no real defect needed); ("", "") without a model."""
+        det = self.detector
+        if det is None:
+            return "", ""
+        check = det.meta.get("self_check")
+        result = SelfCheck.from_dict(check) if isinstance(check, dict) else None
+        full = det.describe_model() + (f"\n{result.describe()}" if result is not None else "")
+        return (result.short() if result is not None else ""), full
 
     @property
     def threshold(self) -> Optional[Threshold]:

@@ -226,7 +226,9 @@ class CommandsMixin:
         elif plan == "scan":
             thr = c.threshold
             tail = f"; threshold {thr.value:.4g} ({c.threshold_source})" if thr else "; no threshold"
-            p.set_model_state(m.describe(short=True) + tail, details=m.describe() + tail)
+            check, full = m.quality()
+            p.set_model_state(m.describe(short=True) + (f"; {check}" if check else "") + tail,
+                              details=m.describe() + tail + (f"\n{full}" if full else ""))
         elif plan in ("ask", "blocked") or (det is not None and c.detector_matches(name, p.overrides(), p.fpr())):
             here = c.folder.folder if c.folder is not None else None
             text = (f"Model in memory: {det.name} of {m.folder}, trained on {m.trained_on()}. " if m.foreign(here)

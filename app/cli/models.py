@@ -76,7 +76,7 @@ def _train(detector, good_dir: Path, args: argparse.Namespace):
     for s in report.skipped:
         info(f"skipped {s.path}: {s.reason}", args.quiet)
     for c in report.candidates or []:
-        from core.engine.selfcheck import SelfCheck
+        from core.results.self_check import SelfCheck
 
         sets = " ".join(f"{k}={v}" for k, v in c["settings"].items()) or "(its own settings)"
         info(f"auto: {sets}: {SelfCheck.from_dict(c['self_check']).describe()}"

@@ -16,7 +16,6 @@ is a floor on what the model can see of *this kind* of defect; a real defect unl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -24,48 +23,13 @@ from core.data.images import ImageReadError, ImageSource
 from core.data.synthetic import KINDS, SIZES, synthetic_defects
 from core.detectors.base import Detector
 from core.metrics.auroc import auroc_from_split
+from core.results.self_check import SEPARATES, SelfCheck
 from core.runtime.cancel import CancelToken, check
 from core.runtime.progress import ProgressFn
 
 #: at most this many held-out good images get synthetic defects (each gets one of every kind
 #: and size: 6 images each); the good scores of all held-out images count
 MAX_BASE = 20
-#: the per-size AUROC at which a defect size counts as separated
-SEPARATES = 0.9
-
-
-@dataclass
-class SelfCheck:
-    auroc: float | None
-    by_size: dict[str, float | None]
-    by_kind: dict[str, float | None]
-    smallest_separated: float | None
-    n_good: int
-    n_synthetic: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SelfCheck:
-        return cls(**{k: d.get(k) for k in ("auroc", "by_size", "by_kind", "smallest_separated", "n_good",
-                                             "n_synthetic")})
-
-    @property
-    def selection_key(self) -> tuple[float, float]:
-        """What ``auto`` maximises: the mean of the per-size AUROCs (small defects count as much
-        as large ones, and it saturates later than the pooled AUROC), then the pooled AUROC."""
-        sizes = [v for v in self.by_size.values() if v is not None]
-        return (float(np.mean(sizes)) if sizes else 0.0, self.auroc or 0.0)
-
-    def describe(self) -> str:
-        if self.auroc is None:
-            return "self-check: not enough images"
-        smallest = (f"separates synthetic defects down to {self.smallest_separated:.0%} of the image side"
-                    if self.smallest_separated is not None else
-                    f"separates none of the synthetic defect sizes at AUROC {SEPARATES}")
-        return (f"self-check AUROC {self.auroc:.3f} ({self.n_synthetic} synthetic defects against "
-                f"{self.n_good} held-out good images); {smallest}")
 
 
 def _decoded(images: ImageSource, limit: int, seed: int) -> list[np.ndarray]:

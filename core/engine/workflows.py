@@ -22,9 +22,10 @@ import numpy as np
 
 from core.data.images import ImageSource, Skipped
 from core.detectors.base import Detector, FitError
-from core.engine.selfcheck import SelfCheck, run_self_check
+from core.engine.selfcheck import run_self_check
 from core.grouping import DEFAULT_METHOD, GroupingError
 from core.results import ScanResult, ScanRow, ScoreResult, make_row, regroup, score_error
+from core.results.self_check import SelfCheck
 from core.results.threshold import DEFAULT_FPR, Threshold, calibrate, split_calibration
 from core.runtime.cancel import Cancelled, CancelToken, check
 from core.runtime.progress import ProgressFn, SubProgress

@@ -126,3 +126,16 @@ def test_1_changing_the_good_images_makes_the_model_stale_and_run_trains(qtbot, 
     wait_done(qtbot, window)
     assert len(logged(window, "Trained ")) == n + 1
     assert window.controller.detector.meta["good_folder"] == str(good.resolve())
+
+
+def test_the_model_panel_says_what_the_model_is_and_its_self_check(qtbot, settings, parts):
+    """Issue 24, part 4: the model panel shows the self-check beside the model (pixel-gaussian
+    self-checks by default), and its tooltip what the model is."""
+    win = make_window(qtbot, settings)
+    open_folder(qtbot, win, parts.batch)
+    scan(qtbot, win, good=parts.good)
+    det = win.controller.detector
+    assert det.meta.get("self_check") is not None
+    label = win.detector_panel.model_label
+    assert "self-check AUROC" in label.text()
+    assert det.describe_model() in label.toolTip() and "synthetic defects" in label.toolTip()

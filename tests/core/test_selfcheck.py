@@ -10,8 +10,9 @@ from core.data.images import ImageSource
 from core.data.synthetic import KINDS, SIZES, perlin, synthetic_defects
 from core.detectors.base import FitError
 from core.detectors.registry import create_detector
-from core.engine.selfcheck import SEPARATES, SelfCheck, run_self_check
+from core.engine.selfcheck import run_self_check
 from core.engine.workflows import train_detector
+from core.results.self_check import SEPARATES, SelfCheck
 
 
 def gradients(n: int, seed: int = 0, size: int = 48) -> list[np.ndarray]:
