@@ -118,17 +118,28 @@ class JobRunner(QObject):
         t.succeeded.connect(self.succeeded)
         t.failed.connect(self.failed)
         t.cancelled.connect(self.cancelled)
-        t.finished.connect(lambda jid=job_id: self._on_thread_finished(jid))
+        # a bound slot, not a lambda: Qt drops the queued call if this runner is deleted first (a
+        # lambda has no receiver and would reach a deleted runner: "Signal source has been deleted")
+        t.finished.connect(self._thread_finished)
         self._threads[job_id] = t
         t.start()
         self.started.emit(job_id, getattr(job, "title", "job"))
         return job_id
 
-    def _on_thread_finished(self, job_id: int) -> None:
-        t = self._threads.pop(job_id, None)
-        if t is not None:
-            t.deleteLater()
+    def _thread_finished(self) -> None:
+        t = self.sender()
+        job_id = getattr(t, "job_id", None)
+        if job_id is None:
+            return
+        self._threads.pop(job_id, None)
+        t.deleteLater()
         self.finished.emit(job_id)
+
+    def settled(self) -> bool:
+        """No job is running and every job's signals have reached the GUI thread (``finished``
+        included). ``is_running`` turns False as soon as a thread's ``run`` returns, while its
+        last signals may still wait in the event queue."""
+        return not self._threads
 
     def is_running(self, job_id: Optional[int] = None) -> bool:
         if job_id is None:

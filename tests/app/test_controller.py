@@ -125,7 +125,9 @@ def test_a_replaced_helper_is_cancelled_and_its_late_result_dropped(qtbot):
 
     t.submit(CallableJob(slow, title="old"), "image", got.append)
     t.submit(CallableJob(lambda p, c, e: "new", title="new"), "image", got.append)
-    qtbot.waitUntil(lambda: not t.runner.is_running(), timeout=5000)
+    # settled: the threads ended and their last signals were delivered (on a busy machine the
+    # results can still wait in the event queue when the threads have stopped)
+    qtbot.waitUntil(t.runner.settled, timeout=10000)
     assert got == ["new"] and not t.helper_running("image")
     t.shutdown()
 

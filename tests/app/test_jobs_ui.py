@@ -72,9 +72,10 @@ def test_cancelled_first_scan_shows_no_results(qtbot, window, parts, monkeypatch
 
 def test_ui_thread_keeps_servicing_events_while_scoring(qtbot, window, many_parts, parts):
     """Scoring runs off the UI thread, which keeps firing its timer. The detector records the
-    threads it scored on (the structural check); the gap bound is generous (the job takes 3 s on
-    the UI thread's watch, a loaded 2-core machine can still delay a tick by a few hundred ms), so
-    it catches a job run on the UI thread, not scheduling noise. Timings: benchmarks, not here."""
+    threads it scored on (the structural check). The gap bound is relative to the scan's own
+    duration on the same clock: a job run on the UI thread would block it for the whole scan, while
+    a busy machine's scheduling delays (seen: over 1.5 s at 8 runnable jobs on 2 cores) stay well
+    under half of it, however slow the machine. Timings: benchmarks, not here."""
     det = trained(SlowGaussian, parts.good, delay=0.03)
     det.scoring_threads.clear()
     window.controller.set_detector(det)
@@ -86,14 +87,17 @@ def test_ui_thread_keeps_servicing_events_while_scoring(qtbot, window, many_part
     timer.start()
     with qtbot.waitSignal(window.controller.folder_opened, timeout=10000):
         window.open_folder(str(many_parts))
+    t0 = time.perf_counter()
     assert window.run_detector()  # scoring, thumbnails and the first image decode all run at once
-    qtbot.waitUntil(lambda: window.controller.result is not None, timeout=30000)
+    qtbot.waitUntil(lambda: window.controller.result is not None, timeout=60000)
     wait_idle(qtbot, window.controller)
+    elapsed = time.perf_counter() - t0
     timer.stop()
-    gaps = np.diff(ticks)
+    gaps = np.diff([t for t in ticks if t >= t0])
     assert len(window.controller.result.rows) == 100
     assert det.scoring_threads and threading.main_thread().name not in det.scoring_threads
-    assert len(ticks) > 20 and gaps.max() < 1.5, f"UI thread blocked for {gaps.max() * 1000:.0f} ms"
+    assert len(gaps) > 10 and gaps.max() < 0.5 * elapsed, \
+        f"UI thread blocked for {gaps.max():.1f} s of a {elapsed:.1f} s scan"
 
 
 def test_closing_the_window_cancels_and_waits_for_jobs(qtbot, settings, parts):
