@@ -256,3 +256,15 @@ def test_cancel_inside_the_mutual_scores_leaves_a_usable_cache():
 def test_bad_settings_are_refused(bad):
     with pytest.raises(ConfigError):
         create_detector("mutual", {**TINY, **bad}, "cpu")
+
+
+def test_layer_norm_makes_features_blind_to_an_image_wide_scale_and_shift_of_each_stage():
+    """3.2: the paper's LayerNorm standardises each image's layer over channels and positions, so
+    a stage map times a constant plus a constant gives the same patch features."""
+    det = create_detector("mutual", TINY, "cpu")
+    model = det._ensure_model()
+    maps = model.maps(torch.rand(2, 3, 32, 32))
+    changed = [m * 3.0 + 0.5 for m in maps]
+    same = model.degree(changed, 3, layer_norm=True)
+    torch.testing.assert_close(same, model.degree(maps, 3, layer_norm=True), rtol=1e-3, atol=5e-4)  # LayerNorm eps
+    assert not torch.allclose(model.degree(changed, 3), model.degree(maps, 3), atol=1e-3)

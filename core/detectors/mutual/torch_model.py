@@ -57,9 +57,14 @@ class MultiDegreeFeatures(nn.Module):
         return [m.float() for m in self.features.stage_maps(x)]
 
     @torch.no_grad()
-    def degree(self, maps: list[torch.Tensor], r: int) -> torch.Tensor:
-        """(N, h, w, D) patch features aggregated over r x r neighbourhoods (unit length if ``unit``)."""
-        f = self.features.aggregate([m.float() for m in maps], r)
+    def degree(self, maps: list[torch.Tensor], r: int, layer_norm: bool = False) -> torch.Tensor:
+        """(N, h, w, D) patch features aggregated over r x r neighbourhoods (unit length if ``unit``).
+        ``layer_norm``: each image's stage map first standardised over all its channels and
+        positions (3.2, the paper's LayerNorm of each layer, without affine parameters)."""
+        maps = [m.float() for m in maps]
+        if layer_norm:
+            maps = [F.layer_norm(m, m.shape[1:]) for m in maps]
+        f = self.features.aggregate(maps, r)
         return F.normalize(f, dim=-1) if self.unit else f
 
     @torch.no_grad()
