@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data.images import ImageSource, Skipped, iter_batches
-from core.detectors.backbones import BACKBONE_WEIGHTS, TEST_ONLY, backbone_parts
+from core.detectors.backbones import BACKBONE_WEIGHTS
 from core.detectors.base import Detector, FitError, OnResult, WeightRequirement
 from core.detectors.common import gaussian_blur, map_to_input
 from core.detectors.config import ConfigError, DetectorConfig
@@ -77,10 +77,9 @@ from core.detectors.mutual.scoring import (
 )
 from core.detectors.mutual.torch_model import MultiDegreeFeatures
 from core.detectors.patchcore.anomaly_map import top_mean
-from core.detectors.patchcore.detector import BACKBONE_CHOICES, resolve_backbone
+from core.detectors.patchcore.detector import BACKBONE_CHOICES, PatchCoreConfig, PatchCoreDetector, resolve_backbone
 from core.detectors.patchcore.inputs import RESIZE_RULES, Frame, to_frame, valid_grid, working_frame
-from core.detectors.patchcore.torch_model import PatchFeatures
-from core.detectors.training import backbone_weights_available, weights_requirement
+from core.detectors.training import weights_requirement
 from core.grouping import METHODS
 from core.io import weights as store
 from core.results import ScoreResult
@@ -120,13 +119,7 @@ class MutualConfig(DetectorConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.weights_path and self.backbone not in BACKBONE_WEIGHTS:
-            raise ConfigError(f"weights_path needs one of the single backbones {', '.join(BACKBONE_WEIGHTS)}")
-        if self.feature_dim % 2:
-            raise ConfigError(f"feature_dim={self.feature_dim} must be even (two stages share it)")
-        if self.feature_dim and self.stage_weighting != "pool":
-            raise ConfigError(f"feature_dim applies to stage_weighting=pool only ({self.stage_weighting} keeps the "
-                              "stages' channels); leave it at 0")
+        self.patchcore_config()  # the feature settings are PatchCore's: its own rules check them
         if not self.patch_sizes or any(p < 1 or p > 15 or p % 2 == 0 for p in self.patch_sizes):
             raise ConfigError(f"patch_sizes={','.join(map(str, self.patch_sizes)) or '(none)'}: give odd sizes "
                               "from 1 to 15, e.g. 1,3,5")
@@ -134,6 +127,14 @@ class MutualConfig(DetectorConfig):
         if not w or any(k < 0 for k in w) or (0 in w and len(w) > 1):
             raise ConfigError(f"rescore_windows={','.join(map(str, w)) or '(none)'}: give neighbourhood sizes of 1 "
                               "or more (e.g. 1,2,3), or 0 alone for no re-scoring")
+
+    def patchcore_config(self) -> PatchCoreConfig:
+        """PatchCore's config of the same features (validated; ``patch_size`` is chosen per degree)."""
+        cfg = PatchCoreConfig(backbone=self.backbone, weights_path=self.weights_path, image_size=self.image_size,
+                              resize=self.resize, stage_weighting=self.stage_weighting, feature_dim=self.feature_dim,
+                              patch_size=1)
+        cfg.validate()
+        return cfg
 
 
 @dataclass
@@ -176,21 +177,12 @@ class MutualDetector(Detector):
         key = (backbone, cfg.weights_path, cfg.feature_dim, cfg.stage_weighting, cfg.distance, str(self.device))
         if self.model is not None and key == self._model_key:
             return self.model
-        parts = backbone_parts(backbone)
-        if cfg.weights_path and len(parts) > 1:
-            raise FitError(f"weights_path names one file; {backbone} needs {len(parts)}: use the weights store")
-        files = []
-        for part in parts:
-            if part not in BACKBONE_WEIGHTS:
-                files.append(None)
-                continue
-            ok, why = backbone_weights_available(part, BACKBONE_WEIGHTS, TEST_ONLY)
-            if not ok and not cfg.weights_path:
-                raise FitError(f"backbone {part} is unavailable: {why}")
-            files.append(store.resolve(BACKBONE_WEIGHTS[part], cfg.weights_path or None).path)
+        # PatchCore builds its feature module (weights from the store, each part of an A+B backbone)
+        builder = PatchCoreDetector(cfg.patchcore_config(), device=self.device)
         try:
-            feats = PatchFeatures(backbone, files if len(parts) > 1 else files[0], cfg.feature_dim, 1,
-                                  cfg.stage_weighting)
+            feats = builder._build(backbone)
+        except store.WeightsError as exc:
+            raise FitError(str(exc)) from None
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.model = MultiDegreeFeatures(feats, unit=cfg.distance == "cosine").to(self.device).eval()
