@@ -268,3 +268,28 @@ def test_layer_norm_makes_features_blind_to_an_image_wide_scale_and_shift_of_eac
     same = model.degree(changed, 3, layer_norm=True)
     torch.testing.assert_close(same, model.degree(maps, 3, layer_norm=True), rtol=1e-3, atol=5e-4)  # LayerNorm eps
     assert not torch.allclose(model.degree(changed, 3), model.degree(maps, 3), atol=1e-3)
+
+
+def test_a_session_re_run_over_a_grown_folder_reuses_what_the_detector_computed(tmp_path):
+    """A zero-shot session run scores the whole batch again (its scores depend on the batch); the same
+    detector (the GUI keeps it while the settings stay) computes only the new images' features and
+    the pairs with them, and the run's scores are those of a fresh detector."""
+    from core.engine.session_scan import scan_into_session
+    from core.session import open_session
+    from tests.conftest import write_png
+
+    folder = tmp_path / "batch"
+    for i, img in enumerate(parts(12) + parts(1, seed=3, defect=True)):
+        write_png(folder / f"p{i:02d}.png", img)
+    det = create_detector("mutual", {**TINY, "references": 5}, "cpu")
+    with open_session(tmp_path / "s.db", folder=folder) as s:
+        scan_into_session(s, det, ImageSource.from_folder(folder))
+        for i, img in enumerate(parts(3, seed=7)):
+            write_png(folder / f"q{i}.png", img)
+        second = scan_into_session(s, det, ImageSource.from_folder(folder))
+    assert second.n_new == 16 and det.stats.images_computed == 3 and det.stats.images_reused == 13
+    assert 0 < det.stats.pairs_reused < det.stats.pairs_needed
+    fresh = scan_images(create_detector("mutual", {**TINY, "references": 5}, "cpu"), ImageSource.from_folder(folder))
+    assert [r.path for r in second.result.rows] == [r.path for r in fresh.rows]
+    np.testing.assert_allclose([r.score for r in second.result.rows], [r.score for r in fresh.rows], rtol=1e-5)
+    assert [r.columns["group"] for r in second.result.rows] == [r.columns["group"] for r in fresh.rows]
