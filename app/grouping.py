@@ -43,7 +43,7 @@ class GroupingPanel(QWidget):
         self.plot.setMouseEnabled(x=True, y=False)
         self.plot.hideButtons()
         pi = self.plot.getPlotItem()
-        pi.setLabel("bottom", "score (mean noise estimation error)")
+        pi.setLabel("bottom", "score")  # named after the detector once a result comes (set_result)
         pi.getAxis("bottom").enableAutoSIPrefix(False)  # the axis reads in the units the badges use
         pi.hideAxis("left")
         self.plot.setYRange(-1.6, 1.6, padding=0)
@@ -105,6 +105,7 @@ class GroupingPanel(QWidget):
             self._sync_enabled()
             return
         self.plot.show()
+        self.plot.getPlotItem().setLabel("bottom", f"{self.result.detector} score")
         for t in (self.normal_text, self.suspect_text):
             t.show()
         g = self.result.grouping

@@ -209,7 +209,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
         detector = make_detector(args.detector, parse_sets(args.set), args.device)
         if not detector.zero_shot:
             if not args.train:
-                raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR")
+                from core.detectors.registry import default_zero_shot_detector
+
+                raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR "
+                                 f"(with no good images, a zero-shot detector needs neither: --detector "
+                                 f"{default_zero_shot_detector()})")
             _train(detector, existing_dir(args.train, "good-image folder"), args)
         return detector
 

@@ -11,6 +11,7 @@ from core.detectors.base import Detector
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.differnet import DifferNetDetector
 from core.detectors.ldm_zero_shot import LDMZeroShotDetector
+from core.detectors.mutual import MutualDetector
 from core.detectors.ocsvm import OCSVMDetector
 from core.detectors.patchcore import PatchCoreDetector
 from core.detectors.pixel_gaussian import PixelGaussianDetector
@@ -25,6 +26,7 @@ REGISTRY: dict[str, type[Detector]] = {
     ScoreResilienceDetector.name: ScoreResilienceDetector,
     VQVAEDetector.name: VQVAEDetector,
     DifferNetDetector.name: DifferNetDetector,
+    MutualDetector.name: MutualDetector,
     LDMZeroShotDetector.name: LDMZeroShotDetector,
     SANFDetector.name: SANFDetector,
     PatchCoreDetector.name: PatchCoreDetector,
@@ -38,6 +40,13 @@ def default_detector() -> str:
     """The GUI's and the demo's default: ``patchcore`` when its backbone weights are found
     (they are a dependency), else the no-weights fallback ``pixel-gaussian``."""
     return PatchCoreDetector.name if PatchCoreDetector.availability()[0] else FALLBACK_DETECTOR
+
+
+def default_zero_shot_detector() -> str:
+    """The zero-shot detector offered first (listed before ``ldm-zero-shot``; named by ``scan``):
+    ``mutual``, measured better on both of the zero-shot paper's batches (docs/benchmarks.md,
+    "mutual"), when its backbone weights are found (they are a dependency); else ``ldm-zero-shot``."""
+    return MutualDetector.name if MutualDetector.availability()[0] else LDMZeroShotDetector.name
 
 
 class UnknownDetectorError(KeyError):

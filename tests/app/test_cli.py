@@ -93,6 +93,7 @@ def test_threshold_and_fpr_options(tiny_parts, tmp_path):
         (["scan", "{batch}", "--detector", "pixel-gaussian", "--train", "{good}", "--set", "image_size=huge"], "image_size"),
         (["scan", "{batch}", "--detector", "pixel-gaussian", "--train", "{good}", "--set", "colour=red"], "unknown setting"),
         (["scan", "{batch}", "--detector", "pixel-gaussian"], "--train GOOD_DIR or --model"),
+        (["scan", "{batch}", "--detector", "pixel-gaussian"], "a zero-shot detector needs neither: --detector mutual"),
         (["scan", "{batch}", "--detector", "pixel-gaussian", "--model", "/no/model"], "model folder not found"),
         (["scan", "{empty}", "--detector", "pixel-gaussian", "--train", "{good}"], "no image files"),
         (["train", "{good}", "--detector", "ocsvm", "--model", "{batch}/ok0.png"], "must be a folder"),
@@ -242,3 +243,14 @@ def test_engine_ray_needs_a_saved_model(tiny_parts, tmp_path, monkeypatch, capsy
     code = main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--train", str(tiny_parts / "good"),
                  "--out", str(tmp_path / "out"), "--engine", "ray", "-q"])
     assert code == 2 and "--model" in capsys.readouterr().err
+
+
+def test_scan_with_the_zero_shot_mutual_detector_groups_the_batch(tiny_parts, tmp_path):
+    out = tmp_path / "out"
+    assert main(["scan", str(tiny_parts / "batch"), "--detector", "mutual", "--out", str(out), "-q",
+                 "--set", "backbone=tiny-random", "--set", "image_size=32", "--set", "references=4"]) == 0
+    got = {r["path"].rsplit("/", 1)[-1]: r for r in rows(out / "results.csv")}
+    # half of this batch is defective, the same blob in the same place: not the rare defects mutual scoring
+    # finds (tests/core/test_mutual.py has those); here the scan runs and every image gets a group
+    assert len(got) == 8 and {r["group"] for r in got.values()} <= {"normal", "suspect"}
+    assert all(float(r["score"]) >= 0 and r["references"] == "4" for r in got.values())

@@ -97,3 +97,22 @@ def test_cli_scan_of_a_zero_shot_detector_needs_no_training_and_writes_groups(pa
     assert main(["scan", str(parts.batch), "--detector", "pixel-gaussian", "--group", "ncut",
                  "--train", str(parts.good), "--out", str(out)]) == 2
     assert "zero-shot detectors only" in capsys.readouterr().err
+
+
+def test_grouping_dock_shows_the_mutual_split(qtbot, window, parts):
+    """The zero-shot detector offered first splits the batch in the same dock; the dock's axis names
+    the detector whose scores it shows (it said "mean noise estimation error", ldm-zero-shot's, for any)."""
+    open_folder(qtbot, window, parts.batch)
+    window.select_detector("mutual")
+    for k, v in {"backbone": "tiny-random", "image_size": 32, "references": 4}.items():
+        window.detector_panel.form.set_value(k, v)
+    assert window.run_detector()
+    qtbot.waitUntil(lambda: window.controller.result is not None and not window.controller.busy, timeout=30000)
+    wait_idle(qtbot, window.controller)
+    res = window.controller.result
+    assert res.detector == "mutual" and res.grouping is not None and res.grouping.method == "gmm"
+    panel = window.grouping
+    assert window.docks["grouping"].isVisible() and len(panel.points.data) == parts.n_readable
+    assert panel.sizes_label.text() == f"normal: {res.grouping.sizes[0]}   suspect: {res.grouping.sizes[1]}"
+    label = panel.plot.getPlotItem().getAxis("bottom").labelText
+    assert "mutual" in label and "noise" not in label

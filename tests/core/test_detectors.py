@@ -27,6 +27,8 @@ TINY = {
     # zero-shot; model=batch trains inside score on the batch itself (see test_ldm_zero_shot.py)
     "ldm-zero-shot": {"image_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4, "epochs": 2,
                       "timesteps": 3, "train_timesteps": 50, "batch_size": 4},
+    # zero-shot; scores the whole batch against itself (see test_mutual.py)
+    "mutual": {"backbone": "tiny-random", "image_size": 32, "batch_size": 4, "references": 4, "blur_sigma": 1.0},
     # tiny-random: the same seeded random CNN as the CNN-token variant's stand-in, no weight file.
     # tiny-random: a seeded two-stage random CNN, no weight file.
     "patchcore": {"backbone": "tiny-random", "image_size": 32, "batch_size": 4, "coreset_ratio": 0.5, "blur_sigma": 1.0},
@@ -72,8 +74,8 @@ def test_grey_and_colour_inputs_mix(name):
     det = create_detector(name, TINY[name], device="cpu")
     det.fit(ImageSource(images(6)))
     grey = images(2)[0].mean(axis=2, keepdims=True)
-    res = det.score(ImageSource([grey]))
-    assert np.isfinite(res[0].score)
+    res = det.score(ImageSource([grey] + images(2, seed=3)))  # a zero-shot detector scores a batch
+    assert all(np.isfinite(r.score) for r in res.values())
 
 
 def test_save_load_same_scores(name, tmp_path):
@@ -234,6 +236,7 @@ def test_pixel_gaussian_map_is_squared_z_score():
 #: Fields the generic test cannot try here, and why.
 CANNOT_TRY = {
     ("ldm-zero-shot", "model"): "names a Stable Diffusion folder or hub id; none can be fetched here",
+    ("mutual", "weights_path"): "a weights file of a real backbone; the tiny test backbone takes none",
 }
 
 

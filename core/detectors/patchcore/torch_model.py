@@ -101,12 +101,16 @@ class PatchFeatures(nn.Module):
             return feats
         return (feats - self.shift) * self.scale
 
-    def forward(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
-        """(N, h, w, D) patch features; ``raw`` skips the standardization (used to learn it)."""
-        maps = self.stages(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The frozen stages' maps of images ``x`` (N, 3, S, S) in [0, 1], shallow first."""
+        return self.stages(((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last))
+
+    def aggregate(self, maps: list[torch.Tensor], patch_size: int | None = None) -> torch.Tensor:
+        """(N, h, w, D) raw patch features of stage maps, each position aggregated over its
+        ``patch_size`` neighbourhood (default: this module's; ``mutual`` asks for several)."""
         h, w = maps[0].shape[-2:]
         share = self.feature_dim // len(maps) if self.weighting == "pool" else 0
-        p = self.patch_size
+        p = self.patch_size if patch_size is None else int(patch_size)
         out = []
         for m in maps:
             if p > 1:  # eq. 2: aggregate the neighbourhood N_p of each position
@@ -118,5 +122,9 @@ class PatchFeatures(nn.Module):
             if share and c != share:  # adaptive average pooling over the channels to this stage's share
                 flat = F.adaptive_avg_pool1d(flat, share)
             out.append(flat.reshape(n, h, w, flat.shape[-1]))
-        feats = torch.cat(out, dim=-1)
+        return torch.cat(out, dim=-1)
+
+    def forward(self, x: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """(N, h, w, D) patch features; ``raw`` skips the standardization (used to learn it)."""
+        feats = self.aggregate(self.stage_maps(x))
         return feats if raw else self.standardize(feats)

@@ -1,0 +1,3 @@
+from core.detectors.mutual.detector import MutualConfig, MutualDetector
+
+__all__ = ["MutualConfig", "MutualDetector"]
