@@ -41,6 +41,7 @@ ROWS=(
   "size-448|image_size=448"
   "resize-keep|resize=keep"
   "resize-pad|resize=pad"
+  "resize-native|resize=native"
   "tile-256|tile_size=256"
   "backbone-lite2|backbone=efficientnet-lite2"
   "backbone-lite0+lite2|backbone=efficientnet-lite0+efficientnet-lite2"

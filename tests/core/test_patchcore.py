@@ -473,3 +473,22 @@ def test_two_backbones_concatenate_their_stages(tmp_path):
     assert [w["name"] for w in det.meta["weights"]] == ["efficientnet-lite0-imagenet", "efficientnet-lite2-imagenet"]
     det.save(tmp_path / "m")
     assert torch.equal(load_model(tmp_path / "m", device="cpu").bank, det.bank)
+
+
+def test_native_rule_keeps_one_scale_for_every_image(tmp_path):
+    from core.detectors.patchcore.inputs import native_scale, working_frame
+
+    assert native_scale([(100, 100), (200, 200), (400, 400)], 100) == pytest.approx(0.5)
+    small, large = working_frame(100, 300, 224, "native", 16, 0.5), working_frame(200, 600, 224, "native", 16, 0.5)
+    assert small.shape == (48, 144) and large.shape == (96, 304)  # the same factor for both (to the stride)
+    with pytest.raises(ValueError, match="needs the scale"):
+        working_frame(100, 300, 224, "native", 16)
+    # tiles of two sizes: the detector learns the factor (median area -> 32 x 32) and keeps it
+    imgs = parts(3, size=32) + parts(3, seed=1, size=64)
+    det = _fitted(imgs, resize="native", image_size=32)
+    assert det.meta["native_scale"] == pytest.approx(32 / 64)  # the median of 3 x 32² and 3 x 64² areas: 64²
+    res = det.score(ImageSource(parts(1, seed=2, size=64)))[0]
+    assert res.anomaly_map.shape == (64, 64)
+    det.save(tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    assert again._scale == det._scale and "scale kept" in again.describe_model()

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.data.images import Skipped, iter_batches
+from core.data.images import ImageReadError, Skipped, iter_batches
 from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY, backbone_parts
 from core.detectors.base import Detector, FitError, WeightRequirement
 from core.detectors.common import expect_tensor, gaussian_blur, load_module_state, map_to_input
@@ -61,10 +61,11 @@ from core.detectors.patchcore.coreset import greedy_coreset
 from core.detectors.patchcore.foreground import check_model, fit_foreground, foreground_mask
 from core.detectors.patchcore.inputs import (
     AUGMENTS,
-    RESIZE_RULES,
+    TRAINED_RESIZE_RULES,
     Frame,
     augment_views,
     n_views,
+    native_scale,
     to_frame,
     valid_grid,
     working_frame,
@@ -96,7 +97,7 @@ class PatchCoreConfig(DetectorConfig):
     backbone: str = field(default="auto", metadata={"fixed": True, "help": "frozen CNN: auto = WideResNet-50 if in the weights store (paper), else the offline default EfficientNet-Lite0; tiny-random is for tests only", "choices": BACKBONE_CHOICES})
     weights_path: str = field(default="", metadata={"fixed": True, "help": "backbone weights file (empty: the weights store)", "advanced": True})
     image_size: int = field(default=224, metadata={"fixed": True, "help": "working resolution, pixels a side of the square (paper: 224); resize=keep keeps its area", "min": 16, "max": 1024})
-    resize: str = field(default="square", metadata={"fixed": True, "legacy": "square", "help": "how an image becomes the working frame: square (paper, without its crop), keep (aspect kept, the square's area), pad (aspect kept, padded to the square; padding never scored)", "choices": RESIZE_RULES})
+    resize: str = field(default="square", metadata={"fixed": True, "legacy": "square", "help": "how an image becomes the working frame: square (paper, without its crop), keep (aspect kept, the square's area), pad (aspect kept, padded to the square; padding never scored), native (aspect and relative scale kept: one factor for every image, from the training images' median size)", "choices": TRAINED_RESIZE_RULES})
     stage_weighting: str = field(default="pool", metadata={"fixed": True, "legacy": "pool", "help": "how the two stages share a patch feature: pool (authors' code: equal shares of feature_dim), concat (channels as they are), standardize (each channel standardised on the training patches, each stage the same weight)", "choices": WEIGHTINGS, "advanced": True})
     feature_dim: int = field(default=0, metadata={"fixed": True, "help": "stage_weighting=pool: patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
     patch_size: int = field(default=3, metadata={"fixed": True, "help": "neighbourhood aggregated into each patch feature (paper: 3)", "min": 1, "max": 9, "advanced": True})
@@ -167,6 +168,8 @@ class PatchCoreDetector(Detector):
         self._weights: list[tuple[str, store.Location]] = []
         self._cancel: CancelToken | None = None
         self._index: BankIndex | None = None
+        #: resize=native: the one resize factor, learned from the training images' sizes
+        self._scale: float | None = None
 
     # ------------------------------------------------------------------ weights
     @classmethod
@@ -228,7 +231,7 @@ class PatchCoreDetector(Detector):
 
     def _frame(self, crop: np.ndarray) -> Frame:
         return working_frame(int(crop.shape[0]), int(crop.shape[1]), self.config.image_size, self.config.resize,
-                             self.model.frame_stride)
+                             self.model.frame_stride, self._scale)
 
     def _features(self, crops: list[np.ndarray], raw: bool = False) -> list[_Crop]:
         """Each crop's patch features in its working frame, cropped to the frame's valid grid
@@ -277,8 +280,9 @@ class PatchCoreDetector(Detector):
             model = self._build(backbone).to(self.device).eval()
         except store.WeightsError as exc:
             raise FitError(str(exc)) from None
-        old = (self.model, self.bank, self.fg_model)
+        old = (self.model, self.bank, self.fg_model, self._scale)
         self.model = model
+        self._scale = self._learn_scale(images, cfg.seed) if cfg.resize == "native" else None
 
         feat = SubProgress(progress, 0.0, 0.6, "extracting patch features")
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -330,7 +334,7 @@ class PatchCoreDetector(Detector):
                 del features
                 fg_model = fit_foreground(fg_grids, cfg.seed)
         except BaseException:
-            self.model, self.bank, self.fg_model = old  # a cancelled or failed fit leaves the previous state
+            self.model, self.bank, self.fg_model, self._scale = old  # a cancelled or failed fit leaves the previous state
             raise
         finally:
             self._cancel = None
@@ -341,6 +345,7 @@ class PatchCoreDetector(Detector):
             "feature_dim": int(bank.shape[1]),
             "stage_channels": list(model.channels),
             "resize": cfg.resize,
+            **({"native_scale": self._scale} if self._scale is not None else {}),
             "grid": list(fg_grids[0].shape[:2]),
             "n_train": int(n_images),
             "n_crops": int(n_crops),
@@ -360,6 +365,23 @@ class PatchCoreDetector(Detector):
         if progress:
             progress(1000, 1000, f"fitted: bank of {bank.shape[0]} patches x {bank.shape[1]} ({backbone})")
 
+    def _learn_scale(self, images: Sequence[np.ndarray], seed: int, sample: int = 32) -> float:
+        """resize=native: the factor that gives the median training crop the square's area, from a
+        seeded sample of up to ``sample`` readable training images."""
+        order = np.random.default_rng(seed).permutation(len(images))[:4 * sample]
+        shapes: list[tuple[int, int]] = []
+        for i in order:
+            try:
+                img = images[int(i)]
+            except ImageReadError:
+                continue
+            shapes += [(int(c.shape[0]), int(c.shape[1])) for c in self._crops(img)[0]]
+            if len(shapes) >= sample:
+                break
+        if not shapes:
+            raise FitError("no readable training image to learn the native scale from")
+        return native_scale(shapes, self.config.image_size)
+
     def describe_model(self) -> str:
         """What the model is, in one line for the model panel and ``train`` (no scores)."""
         m, cfg = self.meta, self.config
@@ -367,7 +389,8 @@ class PatchCoreDetector(Detector):
         if m.get("n_train"):
             parts.append(f"trained on {m['n_train']} images")
         shape = {"square": f"{cfg.image_size} x {cfg.image_size} square",
-                 "keep": f"aspect kept at {cfg.image_size}² px", "pad": f"aspect kept, padded to {cfg.image_size} px"}
+                 "keep": f"aspect kept at {cfg.image_size}² px", "pad": f"aspect kept, padded to {cfg.image_size} px",
+                 "native": f"aspect and scale kept (x{m.get('native_scale', 0):.2f})"}
         parts.append(shape.get(cfg.resize, cfg.resize))
         if cfg.tile_size:
             parts.append(f"tiles of {cfg.tile_size} px")
@@ -484,6 +507,11 @@ class PatchCoreDetector(Detector):
                                         high=1).reshape(()),
                   "clarity": expect_tensor(tensors, "foreground.clarity", dtype=torch.float32, shape=(1,)).reshape(())}
             check_model(fg, d)
+        if self.config.resize == "native":
+            scale = float(meta["native_scale"])
+            if not (math.isfinite(scale) and scale > 0):
+                raise ValueError(f"native_scale {scale} is not a positive number")
+            self._scale = scale
         self.model = model.to(self.device).eval()
         self.bank = bank.to(self.device)
         self.fg_model = fg

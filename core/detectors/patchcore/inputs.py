@@ -14,6 +14,10 @@ Resize rules (``resize``):
   multiple of the backbone's deepest stride.
 - ``pad``: the longer side ``size``, the aspect kept, padded to the square at the bottom and the
   right with the image's mean colour; the padded patches are never scored or mapped.
+- ``native``: the aspect AND the relative scale kept: every image is resized by one factor, the
+  one that gives the training images' median area the square's area (learned when training), so
+  a texture has the same scale in every image whatever its crop (one camera, tiles of any size);
+  a frame's area is bounded by :data:`NATIVE_MAX_AREA` squares.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import numpy as np
 from core.data.images import resize, to_channels
 
 RESIZE_RULES = ("square", "keep", "pad")
+#: the rules that need a scale learned from the training images (not for zero-shot batches)
+TRAINED_RESIZE_RULES = RESIZE_RULES + ("native",)
+NATIVE_MAX_AREA = 4
 AUGMENTS = ("none", "flip", "rot4", "rot4+flip", "rot8")
 #: smallest working side (pixels); below it the stride-16 stage has almost no positions
 MIN_SIDE = 32
@@ -45,14 +52,29 @@ def _multiple(x: float, m: int) -> int:
     return max(m, int(round(x / m)) * m)
 
 
-def working_frame(height: int, width: int, size: int, rule: str, stride: int) -> Frame:
-    """The frame an image of ``height`` x ``width`` is resized into under ``rule``."""
+def native_scale(shapes: list[tuple[int, int]], size: int) -> float:
+    """``native``'s one factor: the square's area over the median area of ``shapes``."""
+    areas = sorted(h * w for h, w in shapes)
+    return size / math.sqrt(areas[len(areas) // 2])
+
+
+def working_frame(height: int, width: int, size: int, rule: str, stride: int, scale: float | None = None) -> Frame:
+    """The frame an image of ``height`` x ``width`` is resized into under ``rule`` (``native``
+    needs its ``scale``)."""
     if rule == "square":
         return Frame((size, size), (size, size))
-    if rule == "keep":
-        aspect = height / width
-        h = math.sqrt(size * size * aspect)
-        w = size * size / h
+    if rule in ("keep", "native"):
+        if rule == "native":
+            if not scale or scale <= 0:
+                raise ValueError("resize=native needs the scale learned from the training images")
+            h, w = height * scale, width * scale
+            cap = NATIVE_MAX_AREA * size * size
+            if h * w > cap:
+                h, w = h * math.sqrt(cap / (h * w)), w * math.sqrt(cap / (h * w))
+        else:
+            aspect = height / width
+            h = math.sqrt(size * size * aspect)
+            w = size * size / h
         lo = max(stride, min(MIN_SIDE, size))
         if min(h, w) < lo:  # a very long strip: its short side at the floor, the aspect kept
             h, w = h * lo / min(h, w), w * lo / min(h, w)
