@@ -334,3 +334,20 @@ class Detector(ABC):
 
     def _moved(self) -> None:
         """Called after ``self.device`` changed; move tensors there."""
+
+
+class ZeroShotDetector(Detector):
+    """A detector that needs no training: ``fit`` is a no-op and nothing is saved with a
+    "model" but its settings (a batch model, where one is trained while scoring, belongs to
+    its batch)."""
+
+    zero_shot: ClassVar[bool] = True
+
+    def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - fit is a no-op
+        return None
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        return None

@@ -44,13 +44,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
 from core.data.images import Skipped
-from core.detectors.base import Detector, FitError, OnResult
+from core.detectors.base import FitError, OnResult, ZeroShotDetector
 from core.detectors.common import map_to_input, to_tensor_batch
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.ldm_zero_shot.noise_error import draw_noise, noise_errors, pick_timesteps
@@ -141,14 +141,13 @@ class LDMZeroShotConfig(DetectorConfig):
                              self.layers_per_block, self.norm_num_groups)
 
 
-class LDMZeroShotDetector(Detector):
+class LDMZeroShotDetector(ZeroShotDetector):
     name = "ldm-zero-shot"
     title = "Zero-shot latent diffusion + normalized cut"
     summary = ("No training data: a diffusion model's noise-prediction error scores each image and the batch is split "
                "into normal and suspect groups (k-means; group=ncut for the paper's normalized cut). model=batch "
                "trains a small model on the batch.")
     paper = "zero-shot-latent-diffusion-normalized-cut"
-    zero_shot = True
     produces_maps = True
     config_class = LDMZeroShotConfig
 
@@ -305,16 +304,6 @@ class LDMZeroShotDetector(Detector):
         return (raw - enc.z_mean) / enc.z_std
 
     # ------------------------------------------------------------------ zero-shot: nothing to fit or save
-    def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - zero-shot: fit is a no-op
-        return None
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        """Nothing: the pretrained model is named by ``model``; a batch model belongs to its batch."""
-        return {}
-
-    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        return None
-
     def _moved(self) -> None:
         if self.pretrained is not None:
             self.pretrained.to(self.device)

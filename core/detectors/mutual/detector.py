@@ -54,7 +54,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +61,7 @@ import torch.nn.functional as F
 
 from core.data.images import ImageSource, Skipped, iter_batches
 from core.detectors.backbones import BACKBONE_WEIGHTS
-from core.detectors.base import Detector, FitError, OnResult, WeightRequirement
+from core.detectors.base import FitError, OnResult, WeightRequirement, ZeroShotDetector
 from core.detectors.common import gaussian_blur, map_to_input
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.mutual.cache import CacheStats, ImageEntry, MutualCache, content_digest
@@ -144,14 +143,13 @@ class _Item:
     digest: bytes
 
 
-class MutualDetector(Detector):
+class MutualDetector(ZeroShotDetector):
     name = "mutual"
     title = "MuSc: mutual scoring of the batch (zero-shot)"
     summary = ("No training data: each patch is scored by its distance to the most similar patches of the other images "
                "of the batch (MuSc), image scores refined by similar images; then the batch is split into normal and "
                "suspect groups.")
     paper = "musc"
-    zero_shot = True
     produces_maps = True
     config_class = MutualConfig
 
@@ -402,16 +400,6 @@ class MutualDetector(Detector):
         """One batch scored on its own (``score`` scores the whole batch at once)."""
         res = self.score(images)
         return [res[i] for i in range(len(images))]
-
-    def _fit(self, images, progress, cancel, skipped) -> None:  # pragma: no cover - zero-shot: fit is a no-op
-        return None
-
-    def _state(self) -> dict[str, torch.Tensor]:
-        """Nothing: the backbone is named by the settings, the scores belong to their batch."""
-        return {}
-
-    def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-        return None
 
     def _moved(self) -> None:
         self.model = None  # rebuilt on the new device at the next score
