@@ -420,7 +420,7 @@ class Controller(QObject):
 
     def _model_loaded(self, det: Detector, src: Path) -> None:
         thr = det.threshold.describe() if det.threshold else "no threshold"
-        self.log("info", f"Opened {det.name} model from {src}; {thr}")
+        self.log("info", f"Opened {det.name} model from {src} (runs on {det.runtime}); {thr}")
         self.set_detector(det, f"from the model {src.name}")
 
     # ================================================================ scanning

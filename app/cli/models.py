@@ -169,7 +169,20 @@ def _load_for_scan(args: argparse.Namespace):
         _warn_threshold(detector.threshold, args.quiet)
     if not is_exported(model_dir):
         detector = apply_runtime_cli(detector, args)
+    if args.threshold is None:
+        _warn_precision(detector, args.quiet)
     return detector
+
+
+def _warn_precision(detector, quiet: bool) -> None:
+    """Say when the threshold was calibrated on scores of another precision than this scan's."""
+    calibrated = str(detector.meta.get("calibrated_with") or "")
+    if detector.threshold is None or not calibrated:
+        return
+    if calibrated.split()[-1] != detector.runtime.split()[-1]:
+        info(f"note: the threshold was calibrated on {calibrated} scores and this scan runs {detector.runtime}; "
+             "its scores differ slightly (docs/benchmarks.md, Runtimes), so an image right at the threshold may be "
+             f"flagged differently (--precision {calibrated.split()[-1]} scores as calibrated)", quiet)
 
 
 def check_runtime_args(args: argparse.Namespace, trains: bool) -> None:

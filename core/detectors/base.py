@@ -23,7 +23,7 @@ import torch
 
 from core.data.images import Skipped, iter_batches
 from core.detectors.config import ConfigError, DetectorConfig
-from core.detectors.runtimes import ExportError, Graph, Runner
+from core.detectors.runtimes import ExportError, Graph, Runner, default_precision
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.results import ScoreResult
 from core.results.threshold import Threshold
@@ -104,9 +104,11 @@ class Detector(ABC):
         #: The runtimes running this detector's networks by name (see :meth:`use_runner`); a
         #: network without one runs as the torch module, in float32.
         self._runners: dict[str, Runner] = {}
-        #: Precision of the networks that run as torch modules on the CPU: ``float32`` or
-        #: ``bfloat16`` (CPU autocast; see :func:`core.detectors.runtimes.default_precision`).
-        self.torch_precision = "float32"
+        #: Precision of the networks that run as torch modules on the CPU: ``float32``,
+        #: ``bfloat16`` (CPU autocast) or ``auto`` (:func:`core.detectors.runtimes.default_precision`:
+        #: bfloat16 where the CPU has bf16 instructions). Training's reference features (a
+        #: memory bank) are always float32.
+        self.torch_precision = "auto"
 
     # ----------------------------------------------------------------- availability
     @classmethod
@@ -344,7 +346,11 @@ class Detector(ABC):
         return ", ".join(kinds) if kinds else f"torch {self._torch_precision()}"
 
     def _torch_precision(self) -> str:
-        return self.torch_precision if self.device.type == "cpu" else "float32"
+        if self.device.type != "cpu":
+            return "float32"
+        if self.torch_precision == "auto":
+            return default_precision("torch", self.device)
+        return self.torch_precision
 
     def _net(self, name: str, module: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
         """Run the network ``name``: its runner when one is set, else ``module`` (the torch code),

@@ -88,10 +88,10 @@ def export_model(detector: Detector, out: str | os.PathLike, runtime: str, preci
     if precision not in ("float32", "int8"):
         raise ExportError(f"an export is float32 or int8, not {precision} (bfloat16 is chosen when it runs: "
                           "--precision bfloat16 on scan)")
-    if not detector.fitted or detector.zero_shot:
-        raise ExportError(f"{detector.name} cannot be exported: "
-                          + ("it is zero-shot (it trains on each batch while scoring; there is no trained network)"
-                             if detector.zero_shot else "it has not been trained"))
+    if detector.zero_shot:
+        detector.graphs()  # raises, saying why
+    if not detector.fitted:
+        raise ExportError(f"{detector.name} cannot be exported: it has not been trained")
     check_runtime(runtime)
     if precision == "int8" and not calibration:
         raise ExportError("int8 needs good images to calibrate on (--calibration GOOD_DIR)")
@@ -183,7 +183,7 @@ def load_exported(folder: str | os.PathLike, runtime: str = "auto", precision: s
         raise RuntimeUnavailable(f"{root} was exported for {doc['runtime']}, not {runtime}: export the model again "
                                  f"with --format {runtime}, or scan it with --runtime {doc['runtime']}")
     if dev.type != "cpu":
-        raise RuntimeUnavailable(f"the {runtime} runtime runs on the CPU here; leave out --device {device}")
+        raise RuntimeUnavailable(f"the {runtime} runtime runs on the CPU here: choose the device cpu or auto, not {device}")
     check_runtime(runtime)
     prec = resolve_precision(runtime, precision, dev, doc["precision"])
     header, tensors = load_checkpoint(root)
@@ -221,10 +221,11 @@ def apply_runtime(detector: Detector, runtime: str = "auto", precision: str = "a
         if current:
             raise RuntimeUnavailable(f"this model runs as an exported {', '.join(sorted(current))} graph; load its "
                                      "folder with --runtime torch to run it in torch")
-        prec = resolve_precision("torch", precision, detector.device)
-        if prec == "bfloat16" and detector.device.type != "cpu":
-            raise RuntimeUnavailable("--precision bfloat16 applies to the CPU")
-        detector.torch_precision = prec
+        if precision != "auto":
+            resolve_precision("torch", precision, detector.device)
+            if precision == "bfloat16" and detector.device.type != "cpu":
+                raise RuntimeUnavailable("--precision bfloat16 applies to the CPU")
+        detector.torch_precision = precision
         return detector
     if current:
         raise RuntimeUnavailable(f"this model already runs as an exported {', '.join(sorted(current))} graph")

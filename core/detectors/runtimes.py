@@ -25,6 +25,7 @@ per-channel weights) on good images only, for ``onnx`` and ``openvino``. ``auto`
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -83,15 +84,24 @@ def bf16_instructions() -> bool:
     return bool(machine_info().get("bf16_instructions"))
 
 
+#: ``ANOMALY_INSPECTOR_PRECISION=float32`` (or ``bfloat16``) overrides what ``auto`` picks on
+#: this machine, for example to reproduce float32 scores exactly on a CPU with bf16 instructions.
+PRECISION_ENV = "ANOMALY_INSPECTOR_PRECISION"
+
+
 def default_precision(runtime: str, device: torch.device | None = None) -> str:
-    """The precision ``auto`` picks: the fastest one that kept image AUROC within 0.005 of float32
-    on bottle and MTD (docs/benchmarks.md, "Runtimes"), where the machine has the instructions
-    for it. bfloat16 where the CPU computes it natively (OpenVINO: its IR; torch: CPU autocast),
-    float32 everywhere else (a GPU, a CPU without bf16 instructions, ONNX Runtime, whose CPU
-    kernels have no bf16 path)."""
+    """The precision ``auto`` picks: the fastest that kept image AUROC within 0.005 of float32 on
+    bottle and MTD (docs/benchmarks.md, "Runtimes"), where the machine has the instructions for
+    it: bfloat16 where the CPU computes it natively (torch: CPU autocast of the network; OpenVINO:
+    its bf16 inference), float32 everywhere else (a GPU, a CPU without bf16 instructions, where
+    bf16 is emulated and slower, and ONNX Runtime, whose CPU kernels have no bf16 path).
+    :data:`PRECISION_ENV` overrides it."""
     if device is not None and device.type != "cpu":
         return "float32"
-    if runtime == "openvino" and bf16_instructions():
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced in ("float32", "bfloat16"):
+        return "float32" if forced == "bfloat16" and runtime == "onnx" else forced
+    if runtime in ("openvino", "torch") and bf16_instructions():
         return "bfloat16"
     return "float32"
 

@@ -322,3 +322,50 @@ def test_exported_copy_of_shutil_is_still_valid(exported, tmp_path):
     copy = tmp_path / "line-pc" / "model"
     shutil.copytree(exported, copy)
     assert load_model(copy).fitted
+
+
+@needs("onnx")
+def test_rows_of_another_runtime_are_never_mixed_in(exported):
+    """A resumed scan and a session reuse rows only of the same model, settings and runtime: an
+    exported graph's scores agree only within rounding, so its fingerprint differs; the torch
+    float32 fingerprint is the one earlier versions wrote."""
+    from core.engine.session_scan import score_settings
+    from core.engine.stream_scan import run_fingerprint
+
+    det = trained("patchcore", "patchcore", TINY["patchcore"])
+    ex = load_exported(exported, precision="float32")
+    assert "runtime" not in score_settings(det)
+    assert score_settings(ex)["runtime"] == "onnx float32"
+    assert run_fingerprint(det, det.threshold, True) != run_fingerprint(ex, ex.threshold, True)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """The default lever (docs/benchmarks.md, Runtimes): bf16 for torch and OpenVINO where the CPU
+    has bf16 instructions, float32 elsewhere, on a GPU and for ONNX Runtime; the environment
+    variable overrides it; a training's bank is float32 whatever the precision."""
+    from core.detectors import runtimes
+
+    monkeypatch.delenv(runtimes.PRECISION_ENV, raising=False)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(runtimes, "bf16_instructions", lambda: True)
+    assert [runtimes.default_precision(r, cpu) for r in ("torch", "openvino", "onnx")] == ["bfloat16", "bfloat16",
+                                                                                          "float32"]
+    assert runtimes.default_precision("torch", gpu) == "float32"
+    det = create_detector("patchcore", TINY["patchcore"], device="cpu")
+    assert det.runtime == "torch bfloat16"
+    monkeypatch.setenv(runtimes.PRECISION_ENV, "float32")
+    assert det.runtime == "torch float32" and runtimes.default_precision("openvino", cpu) == "float32"
+    monkeypatch.delenv(runtimes.PRECISION_ENV)
+    monkeypatch.setattr(runtimes, "bf16_instructions", lambda: False)
+    assert [runtimes.default_precision(r, cpu) for r in ("torch", "openvino", "onnx")] == ["float32"] * 3
+    assert det.runtime == "torch float32"
+
+
+def test_bank_is_float32_reference_features_whatever_the_scoring_precision():
+    a = create_detector("patchcore", TINY["patchcore"], device="cpu")
+    b = create_detector("patchcore", TINY["patchcore"], device="cpu")
+    apply_runtime(b, "torch", "bfloat16")
+    a.fit(ImageSource(parts(6, 0)))
+    b.fit(ImageSource(parts(6, 0)))
+    assert torch.equal(a.bank, b.bank)
+    assert b.runtime == "torch bfloat16"

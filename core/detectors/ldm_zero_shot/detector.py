@@ -149,6 +149,7 @@ class LDMZeroShotDetector(Detector):
                "trains a small model on the batch.")
     paper = "zero-shot-latent-diffusion-normalized-cut"
     zero_shot = True
+    export_refusal = "it is zero-shot: it trains on each batch while scoring, so there is no trained network to export"
     produces_maps = True
     config_class = LDMZeroShotConfig
 
