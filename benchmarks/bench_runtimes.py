@@ -13,9 +13,11 @@ printed and written to ``<out>/summary-<tag>.json``.
     .venv/bin/python benchmarks/bench_runtimes.py                         # bottle and MTD, every lever
     .venv/bin/python benchmarks/bench_runtimes.py --data bottle --levers torch-fp32,openvino-bf16
     .venv/bin/python benchmarks/bench_runtimes.py --set resize=keep --tag keep   # other patchcore settings
+    .venv/bin/python benchmarks/bench_runtimes.py --backbone MODEL --threads 1    # the network alone, per lever
 
-Run it with nothing else on the machine for speed figures; ``--threads N`` pins torch's threads
-(and so the runtimes' sessions). The datasets come from ``../shared/datasets`` (or ``$AI_DATASETS``).
+Run it with nothing else on the machine for speed figures; ``--threads N`` pins the threads of
+torch, faiss and the runtimes' sessions (``OMP_NUM_THREADS``; the images are still decoded ahead
+by ``scan``'s default number of threads). The datasets come from ``../shared/datasets`` (or ``$AI_DATASETS``).
 """
 
 from __future__ import annotations
@@ -80,6 +82,60 @@ def one(data: str, model: Path, lever: str, out: Path, sets: list[str], threads:
     out.write_text(json.dumps(res, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def backbone(model: Path, out: Path, levers: list[str], repeat: int = 6, batch: int = 8) -> list[dict]:
+    """The network alone, lever by lever: CPU ms per image of one batch of working frames (the
+    saved model's frame), its largest deviation from torch float32, in this process."""
+    import tempfile
+
+    import torch
+
+    from core.data.images import ImageSource
+    from core.detectors.registry import load_model
+    from core.detectors.runtimes import OnnxRunner, OpenVINORunner, TorchRunner, export_onnx, quantize_int8, to_openvino
+
+    det = load_model(model, device="cpu")
+    g = det.graphs([ImageSource(sorted((DATA["bottle"] / "train" / "good").glob("*.png"))[:32])[i] for i in range(32)])[0]
+    x = torch.rand((batch, *g.example[0].shape[1:]), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = g.module(x)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = export_onnx(g, Path(tmp) / "f.onnx")
+        q8 = None
+        for lever in levers:
+            runtime, precision, compile_ = LEVERS[lever]
+            if runtime == "torch":
+                runner = TorchRunner(torch.compile(g.module) if compile_ else det._raw, precision)
+            else:
+                path = f32
+                if precision == "int8":
+                    q8 = q8 or quantize_int8(f32, Path(tmp) / "q.onnx", g)
+                    path = q8
+                if runtime == "openvino":
+                    path = to_openvino(path, Path(tmp) / f"{lever}.xml")[0]
+                cls = OnnxRunner if runtime == "onnx" else OpenVINORunner
+                runner = cls(path, precision, g.frames, g.name)
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                runner(x)  # warm-up (and compilation)
+                first = time.perf_counter() - t0
+                c0, w0 = time.process_time(), time.perf_counter()
+                for _ in range(repeat):
+                    y = runner(x)
+                cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            rows.append({"lever": lever, "cpu_ms_per_image": 1000 * cpu / repeat / batch,
+                         "wall_ms_per_image": 1000 * wall / repeat / batch, "first_call_seconds": first,
+                         "max_abs_deviation": float((y.float() - ref).abs().max()), "max_abs_value": float(ref.abs().max())})
+            print(json.dumps(rows[-1]), flush=True)
+    from core.runtime.device import machine_info
+
+    doc = {"model": str(model), "frame": list(x.shape), "threads": torch.get_num_threads(), "rows": rows,
+           "machine": machine_info(), "load_average": list(os.getloadavg()), "command": " ".join(sys.argv)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return rows
+
+
 def train(data: str, model: Path, out: Path, sets: list[str]) -> None:
     if (model / "config.json").exists():
         return
@@ -114,6 +170,8 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="patchcore settings to train with")
     ap.add_argument("--tag", default="defaults", help="name of this set of settings in the file names")
     ap.add_argument("--threads", type=int, help="torch threads in each child (default: torch's own)")
+    ap.add_argument("--backbone", type=Path, metavar="MODEL",
+                    help="time the network alone per lever (one batch of 8 working frames) for this saved model")
     ap.add_argument("--one", nargs=3, metavar=("DATA", "MODEL", "LEVER"), help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -124,6 +182,13 @@ def main() -> int:
     unknown = [x for x in levers if x not in LEVERS]
     if unknown:
         ap.error(f"unknown lever(s) {', '.join(unknown)}")
+    if args.backbone:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        backbone(args.backbone, args.json or args.out / f"backbone-{args.tag}.json", levers)
+        return 0
     summary: dict[str, list[dict]] = {}
     for data in args.data:
         model = args.models / f"{data}-{args.tag}"
@@ -137,7 +202,9 @@ def main() -> int:
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             print("lever:", lever, flush=True)
-            done = subprocess.run(cmd, cwd=REPO)
+            # OMP_NUM_THREADS also pins faiss's and OpenBLAS's threads, not only torch's
+            env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+            done = subprocess.run(cmd, cwd=REPO, env=env)
             if done.returncode != 0:
                 print(f"  {lever} failed (exit {done.returncode})", flush=True)
                 continue

@@ -156,8 +156,9 @@ def add_runtime_options(sp: argparse.ArgumentParser) -> None:
     """``--runtime`` and ``--precision`` (scan, bench): what runs the detector's network."""
     sp.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
                     help="what runs the network: torch, onnx (ONNX Runtime) or openvino, the last two from an exported "
-                         "model or exported on the fly (auto: an exported model's own runtime, else torch)")
+                         "model or exported on the fly; auto: an exported model's own runtime, else the fastest "
+                         "installed (openvino, onnx, torch) for a detector that can be exported (README, Exporting)")
     sp.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                    help="float32, bfloat16 (CPUs with bf16 instructions) or int8 (an export quantised with "
-                         "export-model --precision int8); auto: the fastest that keeps the quality where the CPU has "
-                         "the instructions (README, Runtimes)")
+                    help="float32, bfloat16 (CPUs with bf16 instructions; not onnx) or int8 (an export quantised with "
+                         "export-model --precision int8); auto: bfloat16 for openvino where the CPU has bf16 "
+                         "instructions, else float32")

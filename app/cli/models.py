@@ -286,11 +286,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not detector.zero_shot:
             if not args.train:
                 raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR")
+            from core.detectors.exporting import resolve_runtime
+
             good_dir = existing_dir(args.train, "good-image folder")
-            if getattr(args, "runtime", "auto") in ("auto", "torch"):  # calibrated at the precision that scans
+            torch_runs = resolve_runtime(detector, getattr(args, "runtime", "auto"),
+                                         getattr(args, "precision", "auto")) == "torch"
+            if torch_runs:  # calibrated at the precision that scans
                 detector = apply_runtime_cli(detector, args)
             _train(detector, good_dir, args)
-            if getattr(args, "runtime", "auto") not in ("auto", "torch"):
+            if not torch_runs:  # exported now, calibrated again on the runtime's scores if not float32
                 detector = apply_runtime_cli(detector, args, good_dir)
         return detector
 

@@ -36,6 +36,7 @@ from core.detectors.runtimes import (
     check_precision,
     check_runtime,
     default_precision,
+    default_runtime,
     export_onnx,
     make_runner,
     quantize_int8,
@@ -45,7 +46,8 @@ from core.io.checkpoint import CheckpointError, load_checkpoint
 from core.io.colormap import COLORMAP_NAME
 from core.io.exported import GRAPH_SUFFIXES, ExportFolder, read_export
 
-__all__ = ["ExportReport", "apply_runtime", "export_model", "load_exported", "resolve_precision"]
+__all__ = ["ExportReport", "apply_runtime", "export_model", "exportable", "load_exported", "resolve_precision",
+           "resolve_runtime"]
 
 #: Largest deviation of an exported float32 graph from the torch module, relative to the largest
 #: output value, that export accepts (measured deviations are about 1e-6; docs/benchmarks.md).
@@ -203,18 +205,39 @@ def load_exported(folder: str | os.PathLike, runtime: str = "auto", precision: s
     return det
 
 
+def exportable(detector: Detector) -> bool:
+    """Whether ``detector``'s class writes its networks as graphs (:meth:`Detector.graphs`)."""
+    return type(detector).graphs is not Detector.graphs and not detector.zero_shot
+
+
+def resolve_runtime(detector: Detector, runtime: str, precision: str = "auto") -> str:
+    """``auto`` to the runtime that runs ``detector``: the one an exported model was loaded on;
+    for a detector that can be exported and runs on the CPU, the fastest installed here
+    (:func:`~core.detectors.runtimes.default_runtime`) that runs ``precision``; else torch."""
+    if runtime != "auto":
+        return runtime
+    current = sorted({r.runtime for r in detector._runners.values()})
+    if current:
+        return current[0]
+    if detector.device.type != "cpu" or not exportable(detector):
+        return "torch"
+    best = default_runtime()
+    if precision == "bfloat16" and best == "onnx":  # ONNX Runtime has no bf16 kernels
+        return "torch"
+    return best
+
+
 def apply_runtime(detector: Detector, runtime: str = "auto", precision: str = "auto",
                   calibration: Sequence[np.ndarray] | None = None, threads: int | None = None) -> Detector:
-    """``detector`` running its networks on ``runtime`` at ``precision`` (``auto``: torch, at
-    :func:`default_precision`). torch changes ``detector`` in place; ``onnx`` / ``openvino``
-    export it to a temporary folder and return the exported model loaded back (int8 calibrates
-    on the good images ``calibration``). A detector that already runs as an exported graph
-    can only change precision on its own runtime."""
+    """``detector`` running its networks on ``runtime`` at ``precision`` (``auto``:
+    :func:`resolve_runtime`, :func:`~core.detectors.runtimes.default_precision`). torch changes
+    ``detector`` in place; ``onnx`` / ``openvino`` export it to a temporary folder and return the
+    exported model loaded back (int8 calibrates on the good images ``calibration``). A detector
+    that already runs as an exported graph stays on its runtime."""
     current = {r.runtime for r in detector._runners.values()}
-    if runtime == "auto":
-        if current:  # an exported model stays on the runtime it was loaded for
-            return detector
-        runtime = "torch"
+    if current and runtime in ("auto", *current) and precision in ("auto", *(r.precision for r in detector._runners.values())):
+        return detector  # an exported model stays on the runtime and precision it was loaded for
+    runtime = resolve_runtime(detector, runtime, precision)
     if runtime not in RUNTIMES:
         raise RuntimeUnavailable(f"unknown runtime '{runtime}' (known: auto, {', '.join(RUNTIMES)})")
     if runtime == "torch":

@@ -19,7 +19,8 @@ Runtimes (``--runtime``):
 Precisions (``--precision``): ``float32``; ``bfloat16`` where the CPU has bf16 instructions
 (emulated, and slower, elsewhere); ``int8``: a graph quantised after training (static,
 per-channel weights) on good images only, for ``onnx`` and ``openvino``. ``auto`` is
-:func:`default_precision`; what was measured for each is in docs/benchmarks.md ("Runtimes").
+:func:`default_runtime` and :func:`default_precision`; what was measured for each is in
+docs/benchmarks.md ("Runtimes").
 """
 
 from __future__ import annotations
@@ -84,24 +85,38 @@ def bf16_instructions() -> bool:
     return bool(machine_info().get("bf16_instructions"))
 
 
-#: ``ANOMALY_INSPECTOR_PRECISION=float32`` (or ``bfloat16``) overrides what ``auto`` picks on
-#: this machine, for example to reproduce float32 scores exactly on a CPU with bf16 instructions.
+#: ``ANOMALY_INSPECTOR_RUNTIME`` / ``ANOMALY_INSPECTOR_PRECISION`` override what ``auto`` picks on
+#: this machine (``torch`` / ``float32``: the scores of earlier versions, to the last digit).
+RUNTIME_ENV = "ANOMALY_INSPECTOR_RUNTIME"
 PRECISION_ENV = "ANOMALY_INSPECTOR_PRECISION"
+#: What ``auto`` prefers, fastest first (docs/benchmarks.md, "Runtimes": the network of the
+#: default patchcore took 4.3 ms per image in OpenVINO bf16, 8.5 in OpenVINO float32, 12.0 in
+#: ONNX Runtime and 28.8 in torch, one thread, with image AUROC within 0.005 of float32).
+PREFERENCE = ("openvino", "onnx", "torch")
+
+
+def default_runtime() -> str:
+    """The runtime ``auto`` picks for a detector that can be exported: the fastest one installed
+    here (:data:`PREFERENCE`), or :data:`RUNTIME_ENV`. Nothing extra installed: torch, as before."""
+    forced = os.environ.get(RUNTIME_ENV, "").strip().lower()
+    if forced in RUNTIMES and runtime_available(forced)[0]:
+        return forced
+    return next(r for r in PREFERENCE if runtime_available(r)[0])
 
 
 def default_precision(runtime: str, device: torch.device | None = None) -> str:
-    """The precision ``auto`` picks: the fastest that kept image AUROC within 0.005 of float32 on
-    bottle and MTD (docs/benchmarks.md, "Runtimes"), where the machine has the instructions for
-    it: bfloat16 where the CPU computes it natively (torch: CPU autocast of the network; OpenVINO:
-    its bf16 inference), float32 everywhere else (a GPU, a CPU without bf16 instructions, where
-    bf16 is emulated and slower, and ONNX Runtime, whose CPU kernels have no bf16 path).
-    :data:`PRECISION_ENV` overrides it."""
+    """The precision ``auto`` picks: bfloat16 for OpenVINO where the CPU computes it natively
+    (AVX-512 BF16 or AMX: the fastest lever that kept image AUROC within 0.005 of float32 on bottle
+    and MTD, docs/benchmarks.md, "Runtimes"); float32 everywhere else: torch (its bf16 autocast is
+    offered, not the default, so that a user who installs nothing extra gets the scores of earlier
+    versions), ONNX Runtime (no bf16 CPU kernels), a CPU without bf16 instructions (emulated bf16
+    is slower than float32), a GPU. :data:`PRECISION_ENV` overrides it."""
     if device is not None and device.type != "cpu":
         return "float32"
     forced = os.environ.get(PRECISION_ENV, "").strip().lower()
     if forced in ("float32", "bfloat16"):
         return "float32" if forced == "bfloat16" and runtime == "onnx" else forced
-    if runtime in ("openvino", "torch") and bf16_instructions():
+    if runtime == "openvino" and bf16_instructions():
         return "bfloat16"
     return "float32"
 

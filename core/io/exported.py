@@ -191,6 +191,9 @@ class ExportFolder:
     def commit(self, header: dict[str, Any], names: list[str]) -> Path:
         """Write ``export.json`` (``header`` + the manifest of ``names``) and put the folder in place."""
         assert self.temp is not None
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.temp, 0o777 & ~mask)  # as a folder made with mkdir (mkdtemp makes it private)
         doc = {"format": EXPORT_FORMAT, "format_version": EXPORT_VERSION, **finite_json(header),
                "files": manifest(self.temp, names)}
         (self.temp / EXPORT_NAME).write_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", encoding="utf-8")

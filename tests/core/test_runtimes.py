@@ -195,6 +195,12 @@ def test_export_folder_holds_graph_model_threshold_and_manifest(exported):
     assert doc["threshold"]["value"] == json.loads((exported / "config.json").read_text())["threshold"]["value"]
     assert doc["preprocessing"]["settings"]["image_size"] == 32
     assert doc["colour_scale"]["colormap"] == "inferno"
+    assert "working frames" in doc["preprocessing"]["network input"]["features"]
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert exported.stat().st_mode & 0o777 == 0o777 & ~mask  # not private like a temporary folder
 
 
 def _flip(path: Path, at: int = -100) -> None:
@@ -339,26 +345,56 @@ def test_rows_of_another_runtime_are_never_mixed_in(exported):
     assert run_fingerprint(det, det.threshold, True) != run_fingerprint(ex, ex.threshold, True)
 
 
-def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch):
-    """The default lever (docs/benchmarks.md, Runtimes): bf16 for torch and OpenVINO where the CPU
-    has bf16 instructions, float32 elsewhere, on a GPU and for ONNX Runtime; the environment
-    variable overrides it; a training's bank is float32 whatever the precision."""
-    from core.detectors import runtimes
+def test_auto_is_the_fastest_installed_runtime_and_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """The default lever (docs/benchmarks.md, Runtimes): OpenVINO, else ONNX Runtime, else torch,
+    for a detector that can be exported, on the CPU; bf16 for OpenVINO where the CPU has bf16
+    instructions, float32 elsewhere and always for torch (nothing extra installed: the scores of
+    earlier versions); the environment variables override both."""
+    from core.detectors import exporting, runtimes
 
     monkeypatch.delenv(runtimes.PRECISION_ENV, raising=False)
+    monkeypatch.delenv(runtimes.RUNTIME_ENV, raising=False)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    installed = {"openvino": True, "onnx": True}
+    monkeypatch.setattr(runtimes, "runtime_available",
+                        lambda r: (r == "torch" or installed.get(r, False), "" if installed.get(r) else "missing"))
     monkeypatch.setattr(runtimes, "bf16_instructions", lambda: True)
-    assert [runtimes.default_precision(r, cpu) for r in ("torch", "openvino", "onnx")] == ["bfloat16", "bfloat16",
+    assert [runtimes.default_precision(r, cpu) for r in ("torch", "openvino", "onnx")] == ["float32", "bfloat16",
                                                                                           "float32"]
-    assert runtimes.default_precision("torch", gpu) == "float32"
-    det = create_detector("patchcore", TINY["patchcore"], device="cpu")
-    assert det.runtime == "torch bfloat16"
+    assert runtimes.default_precision("openvino", gpu) == "float32"
+    pc = create_detector("patchcore", TINY["patchcore"], device="cpu")
+    svm = create_detector("ocsvm", TINY["ocsvm"], device="cpu")
+    assert exporting.resolve_runtime(pc, "auto") == "openvino"
+    assert exporting.resolve_runtime(svm, "auto") == "torch"  # cannot be exported
+    assert exporting.resolve_runtime(pc, "torch") == "torch"
+    installed["openvino"] = False
+    assert exporting.resolve_runtime(pc, "auto") == "onnx"
+    assert exporting.resolve_runtime(pc, "auto", "bfloat16") == "torch"  # ONNX Runtime has no bf16
+    installed["onnx"] = False
+    assert exporting.resolve_runtime(pc, "auto") == "torch" and pc.runtime == "torch float32"
+    installed.update(openvino=True, onnx=True)
+    monkeypatch.setenv(runtimes.RUNTIME_ENV, "torch")
+    assert exporting.resolve_runtime(pc, "auto") == "torch"
     monkeypatch.setenv(runtimes.PRECISION_ENV, "float32")
-    assert det.runtime == "torch float32" and runtimes.default_precision("openvino", cpu) == "float32"
+    assert runtimes.default_precision("openvino", cpu) == "float32"
+    monkeypatch.setenv(runtimes.PRECISION_ENV, "bfloat16")
+    assert pc.runtime == "torch bfloat16"
     monkeypatch.delenv(runtimes.PRECISION_ENV)
     monkeypatch.setattr(runtimes, "bf16_instructions", lambda: False)
     assert [runtimes.default_precision(r, cpu) for r in ("torch", "openvino", "onnx")] == ["float32"] * 3
-    assert det.runtime == "torch float32"
+
+
+@needs("openvino")
+def test_auto_exports_an_exportable_model_on_the_fly(monkeypatch):
+    from core.detectors import runtimes
+
+    monkeypatch.delenv(runtimes.RUNTIME_ENV, raising=False)
+    monkeypatch.setenv(runtimes.PRECISION_ENV, "float32")
+    det = trained("pixel-gaussian", "pixel-gaussian", TINY["pixel-gaussian"])
+    on = apply_runtime(det, "auto", "auto")
+    assert on.runtime == "openvino float32"
+    agree(det.score(ImageSource(batch())), on.score(ImageSource(batch())), det.threshold.value)
+    assert apply_runtime(on, "auto", "auto") is on  # an exported model stays where it is
 
 
 def test_bank_is_float32_reference_features_whatever_the_scoring_precision():

@@ -549,7 +549,11 @@ class PatchCoreDetector(Detector):
         return [Graph("features", RawFeatures(module).eval(), (example,), ("images",), "features",
                       {"images": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 1: "rows", 2: "cols"}},
                       frames, batches if calibration else None, checks=checks,
-                      info={"strides": [self.model.stride, stride]})]
+                      info={"strides": [self.model.stride, stride],
+                            "input": f"working frames (N, 3, H, W), RGB float32 in [0, 1]: each image (or tile) area-resized "
+                                     f"by resize={cfg.resize} at image_size={cfg.image_size} (core/detectors/patchcore/"
+                                     "inputs.py); ImageNet normalisation is inside the graph; output: raw patch features "
+                                     f"(N, H/{self.model.stride}, W/{self.model.stride}, D) before the standardization"})]
 
     def _moved(self) -> None:
         if self.model is not None:

@@ -121,7 +121,10 @@ class PixelGaussianDetector(Detector):
 
         return [Graph("zscore", ZScoreMap(self.mean.cpu(), self.var.cpu()).eval(), example, ("images", "var_floor"),
                       "z2", {"images": {0: "batch"}, "z2": {0: "batch"}}, {"fixed": [s, s]},
-                      batches if calibration else None)]
+                      batches if calibration else None,
+                      info={"input": f"images (N, {c}, {s}, {s}) float32 in [0, 1], area-resized to image_size and "
+                                     "var_floor (1,); output: the squared z-score averaged over channels (N, S, S), "
+                                     "blurred and reduced to its maximum in Python"})]
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "var": self.var}
