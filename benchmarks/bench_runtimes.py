@@ -73,7 +73,7 @@ def one(data: str, model: Path, lever: str, out: Path, sets: list[str], threads:
     overrides = dict(s.split("=", 1) for s in sets if "=" in s)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    res = run_bench(DATA[data], "patchcore", device="cpu", model_dir=model, overrides=overrides, runtime=runtime,
+    res = run_bench(DATA.get(data, data), "patchcore", device="cpu", model_dir=model, overrides=overrides, runtime=runtime,
                     precision=precision, on_model=compiled if compile_ else None)
     res["lever"] = lever
     res["load_average"] = {"before": list(load_before), "after": list(os.getloadavg())}
