@@ -500,3 +500,16 @@ def test_maps_on_the_cpu_path_match_the_torch_ops():
         got = gaussian_blur_np(upsample_np(d, (H, W)), sigma)
         assert got.shape == (H, W) and got.dtype == np.float32
         assert np.abs(got - want.numpy()).max() <= 1e-5, ((h, w), (H, W))
+
+
+def test_an_images_nearest_distances_do_not_depend_on_its_batch():
+    """The nearest-neighbour search runs per image: a search over the whole batch changed an
+    image's distances in the last bits with the other images of its batch (the matrix product's
+    blocking), which flipped a near tie in the self-check (test_auto_keeps_the_candidate_...)."""
+    det = PatchCoreDetector(PatchCoreConfig(**{**TINY, "batch_size": 8, "image_size": 48}), device="cpu")
+    det.fit(ImageSource(parts(6, size=48)))
+    grids = [c.feats for c in det._features(parts(8, seed=12, size=48))]
+    together = det._distances(grids)
+    for g, (dist, idx) in zip(grids, together):
+        (alone, alone_idx), = det._distances([g])
+        assert torch.equal(dist, alone) and torch.equal(idx, alone_idx)

@@ -396,17 +396,16 @@ class PatchCoreDetector(Detector):
 
     def _distances(self, grids: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each patch's distance to, and index of, its nearest bank patch, for each (h, w, D)
-        grid: [((h, w), (h, w)), ...]; one search for all of them (fewer calls into faiss)."""
+        grid: [((h, w), (h, w)), ...]. One search per grid, not one for the batch: the matrix
+        product's blocking depends on how many queries it holds, so a batch-wide search would make
+        an image's distances depend (in the last bits) on the images scored with it."""
         if self._index is None or self._index.bank is not self.bank:
             self._index = BankIndex(self.bank)
-        d = self.bank.shape[1]
-        flat = torch.cat([g.reshape(-1, d) for g in grids]).float()
-        dist, idx = self._index.search(flat, 1)
-        out, at = [], 0
+        out = []
         for g in grids:
-            h, w = g.shape[:2]
-            out.append((dist[at:at + h * w, 0].reshape(h, w), idx[at:at + h * w, 0].reshape(h, w)))
-            at += h * w
+            h, w, d = g.shape
+            dist, idx = self._index.search(g.reshape(h * w, d).float(), 1)
+            out.append((dist[:, 0].reshape(h, w), idx[:, 0].reshape(h, w)))
         return out
 
     def _scored(self, crop: _Crop, dist: torch.Tensor, idx: torch.Tensor) -> tuple[float, np.ndarray]:
