@@ -166,7 +166,7 @@ class ModelRoom(QObject):
 
         def loaded(det: Detector) -> None:
             thr = det.threshold.describe() if det.threshold else "no threshold"
-            self.log("info", f"Opened {det.name} model from {src}; {thr}")
+            self.log("info", f"Opened {det.name} model from {src} (runs on {det.runtime}); {thr}")
             self.ready.emit(det, f"from the model {src.name}", False)
 
         self.jobs.submit(CallableJob(lambda p, c, e: load_model(src, device), title=f"Loading model {src}"), "load",

@@ -11,6 +11,13 @@ subprocess per count and reads the child's peak RSS from the kernel (``os.wait4`
 
 images/s is the scan's own figure (scoring and writing, from its summary line), and the wall
 time includes the interpreter and torch start-up.
+
+Real images instead of synthetic ones (issue 28: is decoding the bottleneck once the network is
+fast?): ``--folder`` scans that folder with the saved ``--model``, once per ``--workers`` value
+(decoding threads), with ``--extra`` passed on (``--runtime openvino``):
+
+    .venv/bin/python benchmarks/bench_stream_scan.py --folder ../shared/datasets/mvtec_ad/bottle \
+        --model MODEL --detector patchcore --workers 1 2 4 --extra "--runtime openvino" --json OUT.json
 """
 
 from __future__ import annotations
@@ -107,9 +114,27 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more scan options, e.g. '--workers 2' or '--engine ray'")
     ap.add_argument("--image-size", type=int, help="the model's working resolution (default: the detector's own: "
                     "256 for pixel-gaussian, 224 for patchcore)")
+    ap.add_argument("--folder", type=Path, help="scan this folder (with --model) instead of synthetic images")
+    ap.add_argument("--model", type=Path, help="the saved model --folder is scanned with")
+    ap.add_argument("--workers", type=int, nargs="+", help="--folder: one scan per number of decoding threads")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     extra = args.extra.split()
+    if args.folder is not None:
+        if args.model is None:
+            ap.error("--folder needs --model")
+        rows = []
+        for w in args.workers or [None]:
+            with tempfile.TemporaryDirectory() as tmp:
+                load = os.getloadavg()[0]
+                res = scan(args.folder, args.model, Path(tmp) / "out", args.root.resolve(),
+                           [*extra, *(["--workers", str(w)] if w else [])], args.detector)
+            res.update(folder=str(args.folder), workers=w, label=args.label, detector=args.detector, extra=args.extra,
+                       load_before=round(load, 2), load_after=round(os.getloadavg()[0], 2))
+            rows.append(res)
+            print(json.dumps(res), flush=True)
+        _write_json(args, rows)
+        return
     good = make_images(args.data / "good", 50, args.size, seed=1)
     name = "model" if args.detector == "pixel-gaussian" else f"model-{args.detector}"
     model = args.data / (name if args.image_size is None else f"{name}-{args.image_size}")
@@ -122,6 +147,10 @@ def main() -> None:
         res.update(count=n, label=args.label, detector=args.detector, size=args.size, extra=args.extra, model_image_size=args.image_size or model_size(model))
         rows.append(res)
         print(json.dumps(res), flush=True)
+    _write_json(args, rows)
+
+
+def _write_json(args: argparse.Namespace, rows: list[dict]) -> None:
     if args.json:
         from benchmarks._common import machine
 

@@ -9,6 +9,11 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Tiny test models run faster on one thread than on two contended ones.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The same scores on every machine and install: torch float32 where auto would pick an installed
+# OpenVINO or ONNX Runtime and bf16 (tests of the runtimes ask for them; tests/core/test_runtimes.py
+# checks what auto picks).
+os.environ.setdefault("ANOMALY_INSPECTOR_RUNTIME", "torch")
+os.environ.setdefault("ANOMALY_INSPECTOR_PRECISION", "float32")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

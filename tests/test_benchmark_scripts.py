@@ -284,3 +284,25 @@ def test_omp_wait_benchmark_measures_each_policy_in_its_own_process(tmp_path: Pa
     assert set(doc["results"]) == {"default (spin)", "OMP_WAIT_POLICY=PASSIVE"}
     assert all(set(r) == {"faiss"} and r["faiss"]["median_s"] > 0 for r in doc["results"].values())
     assert doc["extra_load_processes"] == 0
+
+
+def test_bench_runtimes_one_lever_writes_the_bench_json_with_lever_and_load(tmp_path: Path) -> None:
+    """benchmarks/bench_runtimes.py's child: one lever of one saved model, the bench JSON plus the
+    lever and the load average, and the summary row it makes of it."""
+    from benchmarks.bench_runtimes import one, row
+    from core.engine.bench import run_bench
+    from tests.core.test_bench import make_tree
+
+    tree = make_tree(tmp_path / "mvtec")
+    model = tmp_path / "model"
+    sets = {"backbone": "tiny-random", "image_size": "32", "batch_size": "4", "coreset_ratio": "0.5"}
+    run_bench(tree, "patchcore", device="cpu", overrides=sets, save_model=model, self_check=False)
+    out = tmp_path / "lever.json"
+    one(str(tree), model, "torch-fp32", out, [], None)
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["lever"] == "torch-fp32" and res["runtime"] == {**res["runtime"], "runtime": "torch", "precision": "float32"}
+    assert len(res["load_average"]["before"]) == 3
+    r = row(res, res)
+    assert r["delta_image_auroc"] == 0.0 and r["cpu_ms_per_image"] > 0

@@ -5,7 +5,7 @@ value), 130 interrupted. Usage errors print one line naming what is wrong.
 
 One module per group of sub-commands, each with ``add_parsers(sub)`` that sets a ``handler``:
 :mod:`app.cli.gui` (``gui``, ``demo``), :mod:`app.cli.models` (``detectors``, ``train``,
-``scan``), :mod:`app.cli.bench`, :mod:`app.cli.weights` and :mod:`app.cli.sessions` (``report``,
+``scan``), :mod:`app.cli.bench`, :mod:`app.cli.exporting` (``export-model``), :mod:`app.cli.weights` and :mod:`app.cli.sessions` (``report``,
 ``export``, ``scan --session``); what they share is in
 :mod:`app.cli.common`. A sub-command module that fails to import fails the whole command
 line loudly: none silently disappears.
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from app.cli import bench, gui, models, sessions, weights
+from app.cli import bench, exporting, gui, models, sessions, weights
 from app.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, UsageError, err, quiet_output, version
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     gui.add_demo_parser(sub)
     bench.add_parsers(sub)
+    exporting.add_parsers(sub)
     weights.add_parsers(sub)
     sessions.add_parsers(sub)
     return p

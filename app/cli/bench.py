@@ -12,7 +12,16 @@ import math
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import EXIT_OK, ProgressBar, UsageError, info, int_at_least, parse_sets, positive_int
+from app.cli.common import (
+    EXIT_OK,
+    ProgressBar,
+    UsageError,
+    add_runtime_options,
+    info,
+    int_at_least,
+    parse_sets,
+    positive_int,
+)
 
 LAYOUT_CHOICES = ("auto", "mvtec", "mtd", "folder")
 
@@ -74,6 +83,9 @@ def add_parsers(sub: Any) -> argparse.ArgumentParser:
                         "(default: on for the fast detectors)")
     b.add_argument("--auto", action="store_true",
                    help="let the detector choose its settings by self-check (no labels) before training")
+    add_runtime_options(b)
+    b.add_argument("--decode-workers", type=positive_int, metavar="N",
+                   help="threads decoding the test images ahead of the model (default: as scan, the cores, at most 4)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON to this file")
     b.add_argument("--scores", metavar="OUT.csv",
                    help="write every scored image's path, label (1 = defective), score and group to this CSV file")
@@ -116,6 +128,7 @@ def format_table(res: dict[str, Any]) -> str:
         ("fit", fit),
         *_training_rows(res.get("training")),
         ("scoring", f"{t['score_seconds']:.2f} s ({_fmt(ips, 1)} images/s)"),
+        *_runtime_rows(res.get("runtime"), t.get("decode_workers")),
         ("peak RSS", "n/a" if t["peak_rss_mb"] is None else f"{t['peak_rss_mb']:.0f} MB (process)"),
         ("peak GPU", "n/a" if t["peak_gpu_mb"] is None else f"{t['peak_gpu_mb']:.0f} MB"),
         *_machine_rows(res.get("machine")),
@@ -147,6 +160,18 @@ def _training_rows(training: dict[str, Any] | None) -> list[tuple[str, str]]:
     if training.get("stopped_by") == "time":
         parts.append("time budget reached")
     return [("trained", ", ".join(parts))] if parts else []
+
+
+def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[tuple[str, str]]:
+    """What ran the network while the test split was scored (runtime, precision, threads)."""
+    if not runtime:
+        return []
+    text = f"{runtime['runtime']} {runtime['precision']}, {runtime['threads']} threads"
+    if workers:
+        text += f", {workers} decoding"
+    if runtime.get("convert_seconds") is not None:
+        text += f" (exported and loaded in {runtime['convert_seconds']:.1f} s)"
+    return [("runtime", text)]
 
 
 def _machine_rows(machine: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -202,6 +227,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from core.data.layouts import DatasetError
     from core.detectors.config import ConfigError
     from core.detectors.registry import UnknownDetectorError, get_detector_class
+    from core.detectors.runtimes import ExportError, RuntimeUnavailable
     from core.engine.bench import run_bench
     from core.io.checkpoint import CheckpointError
     from core.runtime.device import DeviceError
@@ -229,8 +255,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         seed=args.seed, progress=bar, skipped=skipped, model_dir=args.model,
                         save_model=args.save_model, snapshot_minutes=args.snapshot_minutes,
                         snapshot_epochs=args.snapshot_epochs, zero_shot_batch=args.batch,
-                        per_image=per_image, self_check=args.self_check, auto=args.auto)
-    except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError) as exc:
+                        per_image=per_image, self_check=args.self_check, auto=args.auto, runtime=args.runtime,
+                        precision=args.precision, decode_workers=args.decode_workers)
+    except (DatasetError, UnknownDetectorError, ConfigError, DeviceError, CheckpointError, RuntimeUnavailable,
+            ExportError) as exc:
         raise UsageError(str(exc)) from None
     finally:
         bar.close()

@@ -184,3 +184,19 @@ def make_detector(name: str, sets: dict[str, str], device: str):
         return create_detector(name, sets, device)
     except (UnknownDetectorError, ConfigError, DeviceError) as exc:
         raise UsageError(str(exc)) from None
+
+
+RUNTIME_CHOICES = ("auto", "torch", "onnx", "openvino")
+PRECISION_CHOICES = ("auto", "float32", "bfloat16", "int8")
+
+
+def add_runtime_options(sp: argparse.ArgumentParser) -> None:
+    """``--runtime`` and ``--precision`` (scan, bench): what runs the detector's network."""
+    sp.add_argument("--runtime", choices=RUNTIME_CHOICES, default="auto",
+                    help="what runs the network: torch, onnx (ONNX Runtime) or openvino, the last two from an exported "
+                         "model or exported on the fly; auto: an exported model's own runtime, else the fastest "
+                         "installed (openvino, onnx, torch) for a detector that can be exported (README, Exporting)")
+    sp.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                    help="float32, bfloat16 (CPUs with bf16 instructions; not onnx) or int8 (an export quantised with "
+                         "export-model --precision int8); auto: bfloat16 for openvino where the CPU has bf16 "
+                         "instructions, else float32")

@@ -14,6 +14,7 @@ from app.cli.common import (
     EXIT_OK,
     ProgressBar,
     UsageError,
+    add_runtime_options,
     err,
     existing_dir,
     finite,
@@ -131,12 +132,20 @@ def _load_for_scan(args: argparse.Namespace):
         get_detector_class(args.detector)
     except UnknownDetectorError as exc:
         raise UsageError(str(exc)) from None
+    from core.detectors.exporting import load_exported
+    from core.detectors.runtimes import RuntimeUnavailable
+    from core.io.exported import is_exported
+
     model_dir = Path(args.model).expanduser()
     if not model_dir.exists():
         raise UsageError(f"model folder not found: {model_dir}")
+    runtime, precision = getattr(args, "runtime", "auto"), getattr(args, "precision", "auto")
     try:
-        detector = load_model(model_dir, device=args.device)
-    except (DeviceError, CheckpointError) as exc:  # not a model folder (or a broken one) is a bad path
+        if is_exported(model_dir):
+            detector = load_exported(model_dir, runtime, precision, "cpu" if args.device == "auto" else args.device)
+        else:
+            detector = load_model(model_dir, device=args.device)
+    except (DeviceError, CheckpointError, RuntimeUnavailable) as exc:  # not a model folder (or a broken one) is a bad path
         raise UsageError(str(exc)) from None
     if detector.name != args.detector:
         raise UsageError(f"{model_dir} holds a '{detector.name}' model, not '{args.detector}'")
@@ -158,7 +167,72 @@ def _load_for_scan(args: argparse.Namespace):
                                        "tail" if getattr(args, "tail", False) else thr.estimator, thr.scheme)
     if args.threshold is None:
         _warn_threshold(detector.threshold, args.quiet)
+    if not is_exported(model_dir):
+        detector = apply_runtime_cli(detector, args)
+    if args.threshold is None:
+        _warn_precision(detector, args.quiet)
     return detector
+
+
+def _warn_precision(detector, quiet: bool) -> None:
+    """Say when the threshold was calibrated on scores of another precision than this scan's."""
+    calibrated = str(detector.meta.get("calibrated_with") or "")
+    if detector.threshold is None or not calibrated:
+        return
+    if calibrated.split()[-1] != detector.runtime.split()[-1]:
+        info(f"note: the threshold was calibrated on {calibrated} scores and this scan runs {detector.runtime}; "
+             "its scores differ slightly (docs/benchmarks.md, Runtimes), so an image right at the threshold may be "
+             f"flagged differently (--precision {calibrated.split()[-1]} scores as calibrated)", quiet)
+
+
+def check_runtime_args(args: argparse.Namespace, trains: bool) -> None:
+    """``--runtime`` / ``--precision`` checked before any training or loading: the runtime is
+    installed (else the message names the extra), the precision can run on it."""
+    from core.detectors.runtimes import RuntimeUnavailable, check_precision, runtime_available
+
+    runtime, precision = getattr(args, "runtime", "auto"), getattr(args, "precision", "auto")
+    if precision == "int8" and trains:
+        raise UsageError("--precision int8 runs a model exported with export-model --precision int8 --calibration "
+                         "GOOD_DIR; scan it with --model")
+    if runtime not in ("auto", "torch"):
+        ok, why = runtime_available(runtime)
+        if not ok:
+            raise UsageError(why)
+    if precision != "auto":
+        try:
+            check_precision("torch" if runtime == "auto" else runtime, precision)
+        except RuntimeUnavailable as exc:
+            if not (runtime == "auto" and precision == "int8" and not trains):  # an int8 export runs int8
+                raise UsageError(str(exc)) from None
+
+
+def apply_runtime_cli(detector, args: argparse.Namespace, good_dir: Path | None = None):
+    """``--runtime`` / ``--precision`` on a loaded or trained model (an exported folder loads on its
+    own runtime). ONNX Runtime and OpenVINO get the model exported on the fly; after a training
+    (``good_dir``) the threshold is calibrated again on the runtime's scores of the same held-out
+    images when its precision is not float32."""
+    from core.detectors.exporting import apply_runtime
+    from core.detectors.runtimes import ExportError, RuntimeUnavailable
+
+    runtime, precision = getattr(args, "runtime", "auto"), getattr(args, "precision", "auto")
+    t0 = time.perf_counter()
+    try:
+        out = apply_runtime(detector, runtime, precision)
+    except (RuntimeUnavailable, ExportError) as exc:
+        raise UsageError(str(exc)) from None
+    if out is not detector:
+        info(f"exported the model for {out.runtime} in {time.perf_counter() - t0:.1f} s "
+             "(export-model once to skip this)", args.quiet)
+    if (good_dir is not None and out is not detector and not out.runtime.endswith("float32")
+            and args.threshold is None and out.threshold is not None and out.threshold.calibration_scores
+            and out.threshold.scheme == "holdout"):  # k-fold scores came from fold models: kept
+        from core.data.images import ImageSource
+        from core.engine.workflows import recalibrate
+
+        recalibrate(out, ImageSource.from_folder(good_dir, recursive=getattr(args, "recursive", False)),
+                    max_train=args.max_train, fpr=args.fpr)
+        info(f"threshold calibrated again on the {out.runtime} scores: {out.threshold.describe()}", args.quiet)
+    return out
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -187,6 +261,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if not zero_shot:
             raise UsageError(f"--group applies to zero-shot detectors only; {args.detector} flags by its threshold")
         args.set = [*(args.set or []), f"group={args.group}"]
+    check_runtime_args(args, trains=bool(args.train))
+    if getattr(args, "engine", "local") == "ray" and (args.runtime != "auto" or args.precision != "auto"):
+        raise UsageError("--engine ray scores with torch on each node; leave out --runtime and --precision")
     out_dir = Path(args.out).expanduser() if args.out else Path.cwd() / "anomaly-results" / (
         f"{folder.resolve().name}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
@@ -214,7 +291,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 raise UsageError(f"{detector.name} is a trained detector: give --train GOOD_DIR or --model MODEL_DIR "
                                  f"(with no good images, a zero-shot detector needs neither: --detector "
                                  f"{default_zero_shot_detector()})")
-            _train(detector, existing_dir(args.train, "good-image folder"), args)
+            from core.detectors.exporting import resolve_runtime
+
+            good_dir = existing_dir(args.train, "good-image folder")
+            torch_runs = resolve_runtime(detector, getattr(args, "runtime", "auto"),
+                                         getattr(args, "precision", "auto")) == "torch"
+            if torch_runs:  # calibrated at the precision that scans
+                detector = apply_runtime_cli(detector, args)
+            _train(detector, good_dir, args)
+            if not torch_runs:  # exported now, calibrated again on the runtime's scores if not float32
+                detector = apply_runtime_cli(detector, args, good_dir)
         return detector
 
     threshold = Threshold.explicit(args.threshold) if args.threshold is not None else None
@@ -344,6 +430,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue the interrupted run of the same model in --out (default: when there is one); "
                         "--resume requires one, --no-resume starts afresh")
+    add_runtime_options(s)
     s.add_argument("--group", choices=("ncut", "kmeans", "gmm"),
                    help="zero-shot detectors: how the batch is split into normal / suspect groups "
                         "(default: the detector's 'group' setting, kmeans; ncut is the paper's)")

@@ -186,3 +186,67 @@ def build_stages(kind: str, weights_file) -> tuple[nn.Module, tuple, tuple]:
     for p in net.parameters():
         p.requires_grad_(False)
     return net.eval(), mean, std
+
+
+class FixedSamePadConv2d(nn.Module):
+    """A TF-style "same" convolution with its padding fixed: what EfficientNet-Lite's dynamic
+    padding computes for one input size. The dynamic padding is Python arithmetic on the input
+    size, which a graph export (ONNX, OpenVINO) bakes in wrongly for every other size; fixed
+    padding is right for every size whose parity at this convolution is the same (any frame
+    that is a multiple of the backbone's deepest stride, see :func:`fix_same_padding`)."""
+
+    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+        super().__init__()
+        self.conv = conv
+        self.pads = tuple(int(p) for p in pads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if any(self.pads):
+            x = torch.nn.functional.pad(x, self.pads)
+        return torch.nn.functional.conv2d(x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def _same_pads(size: tuple[int, int], conv: nn.Conv2d) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) padding of a TF "same" convolution for an input of ``size``
+    (the arithmetic of ``efficientnet_lite_pytorch``'s ``Conv2dDynamicSamePadding``)."""
+    import math
+
+    (ih, iw), (kh, kw) = size, conv.weight.shape[-2:]
+    sh, sw = conv.stride if len(conv.stride) == 2 else (conv.stride[0],) * 2
+    dh, dw = conv.dilation if len(conv.dilation) == 2 else (conv.dilation[0],) * 2
+    pad_h = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+    pad_w = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
+    return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+
+
+def fix_same_padding(module: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
+    """A copy of ``module`` whose dynamic "same" padding convolutions are fixed for the sizes
+    they see when ``example`` goes through it; returns (the copy, how many were fixed). For a
+    graph export of any frame of the same parity pattern (a multiple of the deepest stride when
+    ``example`` is one). Other modules are shared with ``module``, not copied."""
+    import copy
+
+    dynamic = [m for m in module.modules() if type(m).__name__ == "Conv2dDynamicSamePadding"]
+    if not dynamic:
+        return module, 0
+    sizes: dict[int, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args: sizes.__setitem__(id(m), tuple(args[0].shape[-2:])))
+             for m in dynamic]
+    try:
+        with torch.inference_mode():
+            module(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    memo = {id(p): p for p in module.parameters()} | {id(b): b for b in module.buffers()}
+    fixed = copy.deepcopy(module, memo)  # the structure copied, the tensors shared
+    source = {id(b): id(a) for a, b in zip(module.modules(), fixed.modules())}
+    count = 0
+    for parent in list(fixed.modules()):
+        for name, child in list(parent.named_children()):
+            size = sizes.get(source.get(id(child), -1))
+            if size is not None:
+                setattr(parent, name, FixedSamePadConv2d(child, _same_pads(size, child)))
+                count += 1
+    return fixed, count

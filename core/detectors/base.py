@@ -24,6 +24,7 @@ import torch
 from core.data.images import Skipped, iter_batches
 from core.detectors.common import check_same_layout
 from core.detectors.config import ConfigError, DetectorConfig
+from core.detectors.runtimes import ExportError, Graph, Runner, default_precision
 from core.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from core.results import ScoreResult
 from core.results.threshold import Threshold
@@ -80,6 +81,9 @@ class Detector(ABC):
     #: Whether training self-checks the model on synthetic defects by default (it scores six
     #: synthetic images per held-out image, up to 120: on for detectors that score fast).
     self_check_default: ClassVar[bool] = False
+    #: Why this detector cannot run as an exported graph (ONNX, OpenVINO), in one clause; a
+    #: detector that can implements :meth:`graphs` instead.
+    export_refusal: ClassVar[str] = "its scoring is not written as an exportable network"
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto") -> None:
         cfg = config if config is not None else self.config_class()
@@ -98,6 +102,14 @@ class Detector(ABC):
         self.snapshot_minutes: tuple[float, ...] = ()
         self.snapshot_epochs: tuple[int, ...] = ()
         self.on_snapshot: Callable[[Detector, str], None] | None = None
+        #: The runtimes running this detector's networks by name (see :meth:`use_runner`); a
+        #: network without one runs as the torch module, in float32.
+        self._runners: dict[str, Runner] = {}
+        #: Precision of the networks that run as torch modules on the CPU: ``float32``,
+        #: ``bfloat16`` (CPU autocast) or ``auto`` (:func:`core.detectors.runtimes.default_precision`:
+        #: bfloat16 where the CPU has bf16 instructions). Training's reference features (a
+        #: memory bank) are always float32.
+        self.torch_precision = "auto"
 
     # ----------------------------------------------------------------- availability
     @classmethod
@@ -142,6 +154,7 @@ class Detector(ABC):
         torch.manual_seed(self.config.seed)
         with cancel_inside(cancel):
             self._fit(images, progress, cancel, skipped)
+        self._runners = {}  # graphs of an earlier model no longer fit this one
         self.fitted = True
 
     def score(
@@ -235,6 +248,13 @@ class Detector(ABC):
         """Load a saved model; the folder's detector name must match ``cls`` (use
         :func:`core.detectors.registry.load_model` to dispatch by name)."""
         doc, tensors = load_checkpoint(folder)
+        return cls.from_saved(folder, doc, tensors, device)
+
+    @classmethod
+    def from_saved(cls, folder: str | os.PathLike, doc: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   device: str | torch.device = "auto", graphs: dict[str, dict[str, Any]] | None = None) -> Detector:
+        """The detector of a checked ``config.json`` (``doc``) and its tensors; ``graphs`` (an
+        exported folder's graph records) restores it for its graphs (:meth:`_restore_exported`)."""
         if doc["detector"] != cls.name:
             raise CheckpointError(f"{folder} holds a '{doc['detector']}' model, not '{cls.name}'")
         if int(doc.get("state_version", 1)) > cls.state_version:
@@ -251,8 +271,11 @@ class Detector(ABC):
             for k, t in sorted(tensors.items()):  # no detector's weights hold NaN or infinity
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     raise ValueError(f"'{k}' holds NaN or infinite values")
-            det._restore(tensors, det.meta)  # each detector checks its tensors' dtypes, shapes and ranges
-            check_same_layout(tensors, det._state())
+            if graphs is None:
+                det._restore(tensors, det.meta)  # each detector checks its tensors' dtypes, shapes and ranges
+                check_same_layout(tensors, det._state())
+            else:
+                det._restore_exported(tensors, det.meta, graphs)
         except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as exc:
             msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
             raise CheckpointError(f"corrupt model: {folder} weights do not fit '{cls.name}' "
@@ -317,6 +340,55 @@ class Detector(ABC):
         self.device = resolve_device(device)
         self._moved()
         return self
+
+    # ----------------------------------------------------------------- runtimes
+    def graphs(self, calibration: Sequence[np.ndarray] | None = None) -> list[Graph]:
+        """This trained detector's networks as exportable graphs (:mod:`core.detectors.runtimes`):
+        the part of scoring a runtime (ONNX Runtime, OpenVINO, torch at another precision)
+        replaces; everything else stays in Python. ``calibration``: good images whose network
+        inputs an int8 quantisation calibrates on. Raises :class:`ExportError` saying why a
+        detector cannot be exported."""
+        raise ExportError(f"{self.name} cannot be exported: {self.export_refusal}")
+
+    def use_runner(self, name: str, runner: Runner | None) -> None:
+        """Run the network ``name`` (one of :meth:`graphs`) with ``runner`` from now on (None: the
+        torch module again)."""
+        if runner is None:
+            self._runners.pop(name, None)
+        else:
+            self._runners[name] = runner
+
+    @property
+    def runtime(self) -> str:
+        """What runs this detector's networks, as ``"torch float32"``, ``"openvino bfloat16"``."""
+        kinds = sorted({r.describe() for r in self._runners.values()})
+        return ", ".join(kinds) if kinds else f"torch {self._torch_precision()}"
+
+    def _torch_precision(self) -> str:
+        if self.device.type != "cpu":
+            return "float32"
+        if self.torch_precision == "auto":
+            return default_precision("torch", self.device)
+        return self.torch_precision
+
+    def _net(self, name: str, module: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        """Run the network ``name``: its runner when one is set, else ``module`` (the torch code),
+        under CPU bf16 autocast when :attr:`torch_precision` says so (the output in float32)."""
+        runner = self._runners.get(name)
+        if runner is not None:
+            return runner(*inputs)
+        if self._torch_precision() == "bfloat16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return module(*inputs).float()
+        return module(*inputs)
+
+    def _restore_exported(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                          graphs: dict[str, dict[str, Any]]) -> None:
+        """Like :meth:`_restore`, for a model loaded from an exported folder whose networks run as
+        graphs (set with :meth:`use_runner` after this): a detector whose torch network needs
+        files the exported folder does not carry (pretrained backbone weights) rebuilds only what
+        its Python scoring reads. ``graphs``: each graph's record in ``export.json``."""
+        self._restore(tensors, meta)
 
     # ----------------------------------------------------------------- for subclasses
     @abstractmethod

@@ -51,6 +51,26 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[:, 0]
 
 
+def gaussian_blur_np(m: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`gaussian_blur` of one (H, W) float32 map with OpenCV (the same kernel and borders:
+    reflected, or replicated when the map is smaller than the kernel's radius; equal within float
+    rounding). Single-threaded and about ten times cheaper than the torch convolution on a
+    224 x 224 map, which matters when a scan scores tens of images a second."""
+    if sigma <= 0:
+        return m
+    k = gaussian_kernel1d(sigma).numpy()
+    r = k.size // 2
+    border = cv2.BORDER_REFLECT_101 if min(m.shape[0], m.shape[1]) - 1 >= r else cv2.BORDER_REPLICATE
+    return cv2.sepFilter2D(np.ascontiguousarray(m, dtype=np.float32), -1, k, k, borderType=border)
+
+
+def upsample_np(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (h, w) float32 map to ``shape`` (H, W), half-pixel centres (as
+    ``F.interpolate(..., mode="bilinear", align_corners=False)``, within float rounding)."""
+    return cv2.resize(np.ascontiguousarray(m, dtype=np.float32), (int(shape[1]), int(shape[0])),
+                      interpolation=cv2.INTER_LINEAR)
+
+
 def map_to_input(map_small: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Bilinear resize of a working-resolution map back to the input image (H, W)."""
     h, w = shape[:2]

@@ -80,7 +80,15 @@ def create_detector(name: str, overrides: dict[str, Any] | None = None, device: 
 
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "auto") -> Detector:
-    """Load any saved model, dispatching on the detector name recorded in it."""
+    """Load any saved model, dispatching on the detector name recorded in it. An exported folder
+    (``export-model``) loads on the runtime it was exported for, on the CPU, at that runtime's
+    default precision (:func:`core.detectors.exporting.load_exported`)."""
+    from core.io.exported import is_exported
+
+    if is_exported(folder):
+        from core.detectors.exporting import load_exported
+
+        return load_exported(folder, device="cpu" if str(device) == "auto" else device)
     header = read_header(folder)
     name = header["detector"]
     if name not in REGISTRY:

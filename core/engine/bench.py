@@ -7,11 +7,12 @@ writes)::
     {"detector", "dataset", "category", "device", "config": {...}, "n_train", "n_test", "batch",
      "metrics": {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"},
      "groupings": {"ncut" | "kmeans" | "gmm": {"normal", "suspect", "accuracy", "recall", "error"}} | None,
-     "timing": {"fit_seconds", "score_seconds", "score_images_per_second",
-                "peak_rss_mb", "peak_gpu_mb"},
+     "timing": {"fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds",
+                "decode_workers", "peak_rss_mb", "peak_gpu_mb"},
      "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
      "self_check": {"auroc", "by_size", "by_kind", "smallest_separated", "n_good", "n_synthetic"} | None,
      "auto": [{"settings", "self_check", "chosen"}, ...] | None,
+     "runtime": {"runtime", "precision", "threads", "convert_seconds"},
      "machine": {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                  "gpu", "torch"},
      "version"}
@@ -29,7 +30,11 @@ CPU, fit time of a zero-shot detector) is ``None``.
 Timing is what a user waits for: ``fit_seconds`` is the whole of :func:`train_detector`
 (decoding, fitting, calibrating the threshold); ``score_seconds`` is a whole
 :func:`scan_images` of the test split (decoding, scoring, keeping the maps), measured after
-one untimed warm-up batch. On a GPU the device is synchronised before each clock reading.
+one untimed warm-up batch, with the images decoded ahead by ``decode_workers`` threads as
+``scan`` decodes them (before issue 28 they were decoded one after the other, in the scoring
+thread). ``score_cpu_seconds`` is the CPU time the process used meanwhile (every thread): on a
+machine shared with other work it is the figure that does not depend on the load. On a GPU the
+device is synchronised before each clock reading.
 ``peak_rss_mb`` is the peak resident memory of the *process* so far (``getrusage``), so it
 includes whatever ran before in the same process; ``peak_gpu_mb`` is the peak memory torch
 allocated on the device during this run.
@@ -43,20 +48,22 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
-from core.data.images import ImageSource
+from core.data.images import ImageReadError, ImageSource, Skipped
 from core.data.layouts import Dataset, DatasetError, Sample, detect_layout, load_dataset, read_mask
 from core.detectors.base import Detector
 from core.detectors.config import ConfigError
+from core.detectors.exporting import apply_runtime, resolve_runtime
 from core.detectors.registry import create_detector, detector_names, get_detector_class, load_model
 from core.detectors.training import epoch_label, minutes_label
-from core.engine.workflows import recalibrate, scan_images, train_detector
+from core.engine.stream_scan import default_workers, prefetch
+from core.engine.workflows import calibration_images, recalibrate, scan_images, train_detector
 from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
 from core.results import ScanRow
@@ -68,9 +75,10 @@ from core.runtime.progress import ProgressFn, SubProgress
 EVAL_SIZE = 256
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
-TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb", "peak_gpu_mb")
+TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds", "decode_workers",
+               "peak_rss_mb", "peak_gpu_mb")
 RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch", "metrics",
-               "groupings", "timing", "training", "self_check", "auto", "machine", "version")
+               "groupings", "timing", "training", "self_check", "auto", "runtime", "machine", "version")
 #: What a trained model's ``meta`` says about its training, copied into the result's ``training``.
 TRAINING_KEYS = ("epochs_done", "steps", "stopped_by")
 #: Per-image columns handed to ``run_bench(per_image=...)`` (``bench --scores``).
@@ -237,6 +245,45 @@ def compare_groupings(labels: np.ndarray, scores: np.ndarray, seed: int) -> dict
     return out
 
 
+class DecodedAhead(ImageSource):
+    """The images of ``source`` (files), decoded ahead by ``workers`` threads as ``scan`` decodes
+    them (:func:`core.engine.stream_scan.prefetch`), read once, in order, by the scoring loop."""
+
+    def __init__(self, source: ImageSource, workers: int, window: int, cancel: CancelToken | None = None) -> None:
+        paths = [source.path(i) for i in range(len(source))]
+        super().__init__(paths, [source.name(i) for i in range(len(source))])
+        self._ahead = prefetch(paths, workers, window, cancel)
+        self._next = 0
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice) or i != self._next:
+            raise IndexError("decoded-ahead images are read once, in order")
+        k, x = next(self._ahead)
+        self._next += 1
+        if isinstance(x, Skipped):
+            raise ImageReadError(x.reason)
+        return x
+
+
+def _on_runtime(detector: Detector, runtime: str, precision: str, dataset: Dataset, max_train: Optional[int],
+                cancel: CancelToken | None = None, recalibrate_here: bool = True) -> tuple[Detector, float]:
+    """The trained ``detector`` exported to ``runtime`` (int8 calibrated on the fit images) and,
+    at a precision other than float32 (``recalibrate_here``: it was trained on this dataset),
+    re-calibrated on its held-out images with the runtime's scores. Returns it and the seconds
+    that took."""
+    t0 = time.perf_counter()
+    calibration = None
+    if precision == "int8":
+        fit, _ = calibration_images(ImageSource(dataset.train), max_train, detector.config.seed)
+        calibration = [fit[i] for i in range(min(len(fit), 64))]
+    threshold = detector.threshold
+    converted = apply_runtime(detector, runtime, precision, calibration)
+    if (recalibrate_here and not converted.runtime.endswith("float32") and threshold is not None
+            and threshold.calibration_scores and threshold.scheme == "holdout"):
+        recalibrate(converted, ImageSource(dataset.train), max_train=max_train, cancel=cancel)
+    return converted, time.perf_counter() - t0
+
+
 # --------------------------------------------------------------------------- the harness
 def run_bench(
     dataset_root: str | os.PathLike,
@@ -259,6 +306,10 @@ def run_bench(
     per_image: Optional[list] = None,
     self_check: Optional[bool] = None,
     auto: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
+    decode_workers: Optional[int] = None,
+    on_model: Optional[Callable[[Detector], Detector]] = None,
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -295,6 +346,17 @@ def run_bench(
     ``<save_model>-<label>`` (labels ``10min``, ``24ep``; see :func:`snapshot_folder`), each
     ready for ``model_dir``; its ``fit_seconds`` is its training time, and it is calibrated
     when evaluated.
+
+    ``runtime`` / ``precision`` (:func:`core.detectors.exporting.apply_runtime`): what runs the
+    detector's network while the test split is scored (``auto``: as ``scan``, the fastest runtime
+    installed here for a detector that can be exported, at its default precision).
+    A torch precision is set before training, so the threshold is calibrated on the scores that
+    are evaluated; ONNX Runtime and OpenVINO run the trained model exported to a temporary folder
+    (int8 quantised on the fit images), re-calibrated on the same held-out images when their
+    precision is not float32. The result's ``runtime`` says what ran. The timed scan decodes the
+    images ahead with ``decode_workers`` threads (default: as ``scan`` does), as a scan does.
+    ``on_model(detector)`` (benchmark scripts: a lever the command line does not offer, such as
+    ``torch.compile``) returns the detector that scores the test split, after calibration.
 
     ``per_image``: a list that gets one dict per scored image (:data:`PER_IMAGE_KEYS`: path,
     label 0/1, score, group or ``None``), in the order scored, for a look at the scores
@@ -349,10 +411,18 @@ def run_bench(
         torch.cuda.reset_peak_memory_stats(dev)
 
     # ---- training (timed in full: decoding, fitting, calibration)
+    convert_seconds: float | None = None
     n_train = 0
     fit_seconds: float | None = None
+    runtime = resolve_runtime(detector, runtime, precision)
+    torch_first = runtime == "torch"
+    if torch_first:  # the threshold is calibrated at the precision that is evaluated
+        detector = apply_runtime(detector, "torch", precision)
     if model_dir is not None:
         saved = dict(detector.meta.get("bench") or {})
+        if not torch_first:
+            detector, convert_seconds = _on_runtime(detector, runtime, precision, dataset, saved.get("max_train"),
+                                                    recalibrate_here=False)
         fit_seconds = saved.get("fit_seconds")
         n_train = int(detector.meta.get("n_train", 0)) + (detector.threshold.n_calibration if detector.threshold else 0)
         if detector.threshold is None or detector.threshold_mismatch():
@@ -381,7 +451,12 @@ def run_bench(
         if save_model is not None:
             detector.meta["bench"] = {**origin, "fit_seconds": fit_seconds}
             detector.save(save_model)
+        if not torch_first:
+            detector, convert_seconds = _on_runtime(detector, runtime, precision, dataset, max_train, cancel)
     check(cancel)
+
+    if on_model is not None:
+        detector = on_model(detector)
 
     # ---- warm-up: the first batch, untimed
     source = ImageSource([s.path for s in test_samples])
@@ -396,11 +471,14 @@ def run_bench(
         rows[i] = row
 
     _sync(dev)
-    t0 = time.perf_counter()
-    result = scan_images(detector, source, progress=SubProgress(progress, 0.5, 0.95, "scoring"), cancel=cancel,
+    workers = decode_workers or default_workers()
+    ahead = DecodedAhead(source, workers, window=max(2 * detector.config.batch_size, 4 * workers), cancel=cancel)
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = scan_images(detector, ahead, progress=SubProgress(progress, 0.5, 0.95, "scoring"), cancel=cancel,
                          on_row=keep)
     _sync(dev)
     score_seconds = time.perf_counter() - t0
+    score_cpu = time.process_time() - c0
     skipped_out += result.skipped
     peak_gpu = float(torch.cuda.max_memory_allocated(dev)) / 2**20 if dev.type == "cuda" else None
     check(cancel)
@@ -450,12 +528,16 @@ def run_bench(
             "fit_seconds": fit_seconds,
             "score_seconds": score_seconds,
             "score_images_per_second": n_test / score_seconds if score_seconds > 0 else None,
+            "score_cpu_seconds": score_cpu,
+            "decode_workers": workers,
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu,
         },
         "training": {k: detector.meta[k] for k in TRAINING_KEYS if k in detector.meta} or None,
         "self_check": detector.meta.get("self_check"),
         "auto": detector.meta.get("auto"),
+        "runtime": {"runtime": detector.runtime.split()[0], "precision": detector.runtime.split()[-1],
+                    "threads": torch.get_num_threads(), "convert_seconds": convert_seconds},
         "machine": machine_info(dev),
         "version": package_version(),
     }

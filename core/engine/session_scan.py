@@ -50,9 +50,14 @@ def model_fingerprint(detector: Detector) -> str:
 
 
 def score_settings(detector: Detector) -> dict[str, Any]:
-    """The settings that change a score (fields marked ``neutral``, such as ``batch_size``, left out)."""
+    """The settings that change a score (fields marked ``neutral``, such as ``batch_size``, left out),
+    and the runtime when it is not torch float32 (an exported graph or another precision gives
+    scores that agree only within rounding: its rows are not mixed with the torch ones)."""
     neutral = set(detector.neutral_fields())
-    return {k: v for k, v in sorted(detector.config.to_dict().items()) if k not in neutral}
+    out = {k: v for k, v in sorted(detector.config.to_dict().items()) if k not in neutral}
+    if detector.runtime != "torch float32":
+        out["runtime"] = detector.runtime
+    return out
 
 
 @dataclass

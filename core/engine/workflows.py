@@ -98,6 +98,7 @@ def recalibrate(
     thr, _ = _calibrate_on(detector, cal, rate, progress, cancel)
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
+    detector.meta["calibrated_with"] = detector.runtime
     return thr
 
 
@@ -243,6 +244,8 @@ def train_detector(
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
     detector.meta["n_train"] = int(n_train)
+    # what computed the calibration scores (a scan at another precision says so)
+    detector.meta["calibrated_with"] = detector.runtime
     if check_result is not None:
         detector.meta["self_check"] = check_result.to_dict()
     if candidates is not None:

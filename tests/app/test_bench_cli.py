@@ -59,7 +59,8 @@ def test_bench_writes_json_and_table(root: Path, tmp_path: Path, capsys: pytest.
     assert "bench:" in captured.err  # progress goes to stderr
     res = json.loads(out.read_text(encoding="utf-8"))
     assert set(res) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                        "metrics", "groupings", "timing", "training", "self_check", "auto", "machine", "version"}
+                        "metrics", "groupings", "timing", "training", "self_check", "auto", "runtime", "machine",
+                        "version"}
     assert "machine" in captured.out
     # pixel-gaussian self-checks by default: the synthetic defects' AUROC beside the real one
     assert 0.0 <= res["self_check"]["auroc"] <= 1.0 and res["self_check"]["n_synthetic"] > 0

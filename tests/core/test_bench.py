@@ -72,14 +72,16 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert tuple(result["metrics"]) == METRIC_KEYS
     assert tuple(result["timing"]) == TIMING_KEYS
     assert set(result) == {"detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch",
-                           "metrics", "groupings", "timing", "training", "self_check", "auto", "machine", "version"}
+                           "metrics", "groupings", "timing", "training", "self_check", "auto", "runtime", "machine",
+                           "version"}
+    assert result["runtime"]["runtime"] == "torch" and result["runtime"]["precision"] in ("float32", "bfloat16")
     assert result["training"] is None  # pixel-gaussian has no training loop
     assert set(result["machine"]) == {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                                       "gpu", "torch"}
     assert result["machine"]["torch_threads"] >= 1 and result["machine"]["gpu"] is None
     assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
-    assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "peak_rss_mb",
-                                     "peak_gpu_mb"}
+    assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds",
+                                     "decode_workers", "peak_rss_mb", "peak_gpu_mb"}
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN
 
 

@@ -112,3 +112,22 @@ def test_read_thumbnail_fast_path_and_fallbacks(tmp_path):
     (tmp_path / "bad.png").write_text("nope")
     with pytest.raises(ImageReadError, match="not a decodable image"):
         read_thumbnail(tmp_path / "bad.png", 32)
+
+
+def test_colour_decoding_shortcut_gives_the_same_pixels(tmp_path):
+    """read_image's fast path for 8- and 16-bit colour (one conversion in place, OpenCV's channel
+    swap) gives exactly the values of the plain conversion; an image grey but for a few pixels
+    that the colour sample misses is still colour."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    almost_grey = np.repeat(rng.integers(0, 256, (37, 53, 1), dtype=np.uint8), 3, axis=2)
+    almost_grey[5, 7, 0] ^= 1  # pixel 5 * 53 + 7 = 272, not a multiple of the sample's 97
+    deep = rng.integers(0, 65536, (20, 30, 3), dtype=np.uint16)
+    for name, bgr, scale in (("c.png", colour, 255.0), ("g.png", almost_grey, 255.0), ("d.png", deep, 65535.0)):
+        cv2.imwrite(str(tmp_path / name), bgr)
+        want = bgr[:, :, ::-1].astype(np.float32) / np.float32(scale)
+        got = read_image(tmp_path / name)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got, want), name

@@ -96,7 +96,7 @@ def test_detector_map_is_nearest_distance_to_bank():
     _, h, w, d = f.shape
     bank = det.bank.double().numpy()
     ref = np.linalg.norm(f.reshape(-1, d).double().numpy()[:, None] - bank[None], axis=2).min(1).reshape(h, w)
-    grid, _ = det._distances(f[0])
+    (grid, _), = det._distances([f[0]])
     assert np.allclose(grid.numpy(), ref, atol=1e-4)
     assert det.bank.shape[0] == 3 * h * w  # ratio 1 keeps every training patch
 
@@ -367,7 +367,7 @@ def test_score_rules_on_one_model():
     for rule, top in (("max", 0.01), ("blurred_max", 0.01), ("top_mean", 1.0), ("top_mean", 0.5), ("reweighted", 0.01)):
         det.config = det.config.with_overrides({"image_score": rule, "top": top})
         scores[(rule, top)] = det.score(ImageSource(img))[0].score
-    grid, _ = det._distances(det._features(img)[0].feats)
+    (grid, _), = det._distances([det._features(img)[0].feats])
     assert scores[("max", 0.01)] == pytest.approx(float(grid.max()))
     assert scores[("top_mean", 1.0)] == pytest.approx(float(grid.max()))  # top=1: the single largest
     assert scores[("top_mean", 0.5)] == pytest.approx(float(grid.flatten().sort().values[-128:].double().mean()), rel=1e-5)
@@ -492,3 +492,43 @@ def test_native_rule_keeps_one_scale_for_every_image(tmp_path):
     det.save(tmp_path / "m")
     again = load_model(tmp_path / "m", device="cpu")
     assert again._scale == det._scale and "scale kept" in again.describe_model()
+
+
+def test_channel_pooling_matrix_is_adaptive_average_pooling():
+    """The stages' channel pooling is a fixed matrix (it exports to ONNX for any frame size,
+    adaptive_avg_pool1d does not); it is the same pooling."""
+    from core.detectors.patchcore.torch_model import channel_pooling
+
+    for c, s in ((40, 112), (112, 112), (48, 120), (1024, 512), (7, 3)):
+        f = torch.rand(5, c)
+        want = torch.nn.functional.adaptive_avg_pool1d(f[:, None, :], s)[:, 0]
+        assert torch.allclose(f @ channel_pooling(c, s), want, atol=1e-6)
+
+
+def test_maps_on_the_cpu_path_match_the_torch_ops():
+    """The map is upsampled and blurred with OpenCV (ten times cheaper than the torch ops at 224
+    px); within float rounding it is what F.interpolate + gaussian_blur give, borders included."""
+    from core.detectors.common import gaussian_blur, gaussian_blur_np, upsample_np
+
+    rng = np.random.default_rng(0)
+    for (h, w), (H, W), sigma in (((28, 28), (224, 224), 4.0), ((14, 40), (112, 320), 4.0), ((3, 5), (6, 10), 4.0),
+                                  ((8, 8), (32, 32), 0.0)):
+        d = rng.random((h, w)).astype(np.float32) * 5
+        want = gaussian_blur(torch.nn.functional.interpolate(torch.from_numpy(d)[None, None], size=(H, W),
+                                                             mode="bilinear", align_corners=False)[0], sigma)[0]
+        got = gaussian_blur_np(upsample_np(d, (H, W)), sigma)
+        assert got.shape == (H, W) and got.dtype == np.float32
+        assert np.abs(got - want.numpy()).max() <= 1e-5, ((h, w), (H, W))
+
+
+def test_an_images_nearest_distances_do_not_depend_on_its_batch():
+    """The nearest-neighbour search runs per image: a search over the whole batch changed an
+    image's distances in the last bits with the other images of its batch (the matrix product's
+    blocking), which flipped a near tie in the self-check (test_auto_keeps_the_candidate_...)."""
+    det = PatchCoreDetector(PatchCoreConfig(**{**TINY, "batch_size": 8, "image_size": 48}), device="cpu")
+    det.fit(ImageSource(parts(6, size=48)))
+    grids = [c.feats for c in det._features(parts(8, seed=12, size=48))]
+    together = det._distances(grids)
+    for g, (dist, idx) in zip(grids, together):
+        (alone, alone_idx), = det._distances([g])
+        assert torch.equal(dist, alone) and torch.equal(idx, alone_idx)

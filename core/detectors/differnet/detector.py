@@ -138,6 +138,7 @@ class DifferNetDetector(Detector):
     config_class = DifferNetConfig
     min_train_images = 2
     snapshots = True
+    export_refusal = ("its anomaly maps are gradients of the flow's likelihood with respect to the input (backpropagation), which a forward-only graph does not compute")
 
     config: DifferNetConfig
 

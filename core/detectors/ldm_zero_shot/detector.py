@@ -148,6 +148,7 @@ class LDMZeroShotDetector(ZeroShotDetector):
                "into normal and suspect groups (k-means; group=ncut for the paper's normalized cut). model=batch "
                "trains a small model on the batch.")
     paper = "zero-shot-latent-diffusion-normalized-cut"
+    export_refusal = "it is zero-shot: it trains on each batch while scoring, so there is no trained network to export"
     produces_maps = True
     config_class = LDMZeroShotConfig
 

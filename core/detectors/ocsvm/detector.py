@@ -58,6 +58,7 @@ class OCSVMDetector(Detector):
     config_class = OCSVMConfig
     min_train_images = 2
     self_check_default = True
+    export_refusal = ("it has no network to export: its score is a float64 RBF kernel sum over the support vectors, which OpenVINO would compute in float32 (scores near the boundary would move), and it is cheap in Python already")
 
     config: OCSVMConfig
 

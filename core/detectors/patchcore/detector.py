@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from core.data.images import ImageReadError, Skipped, iter_batches
-from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY, backbone_parts
+from core.detectors.backbones import BACKBONE_WEIGHTS, BACKBONES, TEST_ONLY, backbone_parts, fix_same_padding
 from core.detectors.base import Detector, FitError, WeightRequirement
-from core.detectors.common import expect_tensor, gaussian_blur, load_module_state, map_to_input
+from core.detectors.common import expect_tensor, gaussian_blur_np, load_module_state, map_to_input, upsample_np
 from core.detectors.config import ConfigError, DetectorConfig
 from core.detectors.patchcore.anomaly_map import (
     SCORE_RULES,
@@ -70,7 +70,8 @@ from core.detectors.patchcore.inputs import (
     valid_grid,
     working_frame,
 )
-from core.detectors.patchcore.torch_model import WEIGHTINGS, PatchFeatures
+from core.detectors.patchcore.torch_model import WEIGHTINGS, GraphFeatures, PatchFeatures, PatchHead, RawFeatures
+from core.detectors.runtimes import ExportError, Graph
 from core.detectors.training import (
     backbone_weights_available,
     check_pinned_weights,
@@ -162,7 +163,8 @@ class PatchCoreDetector(Detector):
 
     def __init__(self, config: PatchCoreConfig | None = None, device="auto") -> None:
         super().__init__(config, device)
-        self.model: PatchFeatures | None = None
+        #: PatchFeatures (the torch network), or GraphFeatures for a model loaded from an export
+        self.model: PatchHead | None = None
         self.bank: torch.Tensor | None = None
         self.fg_model: dict[str, torch.Tensor] | None = None
         self._weights: list[tuple[str, store.Location]] = []
@@ -233,11 +235,13 @@ class PatchCoreDetector(Detector):
         return working_frame(int(crop.shape[0]), int(crop.shape[1]), self.config.image_size, self.config.resize,
                              self.model.frame_stride, self._scale)
 
-    def _features(self, crops: list[np.ndarray], raw: bool = False) -> list[_Crop]:
+    def _features(self, crops: list[np.ndarray], raw: bool = False, reference: bool = False) -> list[_Crop]:
         """Each crop's patch features in its working frame, cropped to the frame's valid grid
         (the padding of ``resize=pad`` is never scored). Crops whose frames have the same shape
         go through the backbone together, ``batch_size`` at a time. ``raw``: before the
-        standardization and the cosine scaling (fit learns the standardization from them)."""
+        standardization and the cosine scaling (fit learns the standardization from them).
+        The network runs on the detector's runtime (:meth:`Detector._net`), or with ``reference``
+        (training: the memory bank) as the torch module in float32."""
         frames = [self._frame(c) for c in crops]
         by_shape: dict[tuple[int, int], list[int]] = {}
         for i, fr in enumerate(frames):
@@ -247,8 +251,8 @@ class PatchCoreDetector(Detector):
         for idx in by_shape.values():
             for start in range(0, len(idx), bs):
                 sub = idx[start:start + bs]
-                x = torch.from_numpy(np.stack([to_frame(crops[i], frames[i]) for i in sub]))
-                f = self.model(x.to(self.device), raw=True)
+                x = torch.from_numpy(np.stack([to_frame(crops[i], frames[i]) for i in sub])).to(self.device)
+                f = self.model(x, raw=True) if reference else self._net("features", self._raw, x)
                 for j, i in enumerate(sub):
                     g = f[j]
                     if frames[i].valid != frames[i].shape:
@@ -257,6 +261,9 @@ class PatchCoreDetector(Detector):
                     out[i] = _Crop(g if raw else self._finish(g), frames[i])
                 check(self._cancel)
         return out  # type: ignore[return-value]
+
+    def _raw(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, raw=True)
 
     def _finish(self, feats: torch.Tensor) -> torch.Tensor:
         """Raw features to the bank's space: standardised (stage_weighting=standardize) and scaled
@@ -295,7 +302,7 @@ class PatchCoreDetector(Detector):
             with torch.inference_mode():
                 for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
                     crops = [v for img in batch for c in self._crops(img)[0] for v in augment_views(c, cfg.augment)]
-                    feats = self._features(crops, raw=True)
+                    feats = self._features(crops, raw=True, reference=True)
                     d = feats[0].feats.shape[-1]
                     if keep_frac is None:  # the bounds, from the first batch's patches per image
                         patches_per_image = sum(c.feats.shape[0] * c.feats.shape[1] for c in feats) / len(batch)
@@ -410,22 +417,27 @@ class PatchCoreDetector(Detector):
         finally:
             self._cancel = None
 
-    def _distances(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each patch's distance to, and index of, its nearest bank patch: ((h, w), (h, w))."""
-        h, w, d = feats.shape
+    def _distances(self, grids: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each patch's distance to, and index of, its nearest bank patch, for each (h, w, D)
+        grid: [((h, w), (h, w)), ...]. One search per grid, not one for the batch: the matrix
+        product's blocking depends on how many queries it holds, so a batch-wide search would make
+        an image's distances depend (in the last bits) on the images scored with it."""
         if self._index is None or self._index.bank is not self.bank:
             self._index = BankIndex(self.bank)
-        dist, idx = self._index.search(feats.reshape(h * w, d).float(), 1)
-        return dist[:, 0].reshape(h, w), idx[:, 0].reshape(h, w)
+        out = []
+        for g in grids:
+            h, w, d = g.shape
+            dist, idx = self._index.search(g.reshape(h * w, d).float(), 1)
+            out.append((dist[:, 0].reshape(h, w), idx[:, 0].reshape(h, w)))
+        return out
 
-    def _scored(self, crop: _Crop) -> tuple[float, torch.Tensor]:
-        """(the crop's image score, its map in the valid part of its working frame)."""
+    def _scored(self, crop: _Crop, dist: torch.Tensor, idx: torch.Tensor) -> tuple[float, np.ndarray]:
+        """(the crop's image score, its map in the valid part of its working frame) from its
+        patches' nearest-bank distances and indices."""
         cfg = self.config
-        dist, idx = self._distances(crop.feats)
         vh, vw = crop.frame.valid
         # 3.3: patch distances upsampled (bilinear) to the working frame, Gaussian-blurred
-        up = F.interpolate(dist[None, None], size=(vh, vw), mode="bilinear", align_corners=False)[0]
-        amap = gaussian_blur(up, cfg.blur_sigma)[0]
+        amap = gaussian_blur_np(upsample_np(dist.cpu().numpy(), (vh, vw)), cfg.blur_sigma)
         allowed = None
         if cfg.foreground:
             if self.fg_model is None:
@@ -435,7 +447,7 @@ class PatchCoreDetector(Detector):
         if rule == "blurred_max":
             if allowed is not None:
                 mask = F.interpolate(allowed[None, None].float(), size=(vh, vw), mode="nearest")[0, 0] > 0
-                return float(amap[mask].max()), amap
+                return float(amap[mask.cpu().numpy()].max()), amap
             return float(amap.max()), amap
         values = dist if allowed is None else dist[allowed]
         if rule == "max":
@@ -456,13 +468,14 @@ class PatchCoreDetector(Detector):
         tiled = [self._crops(img) for img in images]
         crops = [c for cs, _ in tiled for c in cs]
         feats = self._features(crops)
+        nearest = self._distances([f.feats for f in feats])
         k = 0
         for img, (cs, boxes) in zip(images, tiled):
             tile_scores, tile_maps = [], []
             for j, (t, left, b, r) in enumerate(boxes):
-                score, amap = self._scored(feats[k + j])
+                score, amap = self._scored(feats[k + j], *nearest[k + j])
                 tile_scores.append(score)
-                tile_maps.append(map_to_input(amap.cpu().numpy(), (b - t, r - left)))
+                tile_maps.append(map_to_input(amap, (b - t, r - left)))
                 check(self._cancel)
             k += len(cs)
             amap = tile_maps[0] if len(boxes) == 1 else stitch(tile_maps, boxes, img.shape[:2])
@@ -480,19 +493,39 @@ class PatchCoreDetector(Detector):
             out.update({f"foreground.{k}": v.detach().cpu().reshape(-1).contiguous() if v.ndim else v.detach().cpu().reshape(1)
                         for k, v in self.fg_model.items()})
         if any(p in TEST_ONLY for p in backbone_parts(self.model.kind)):  # random test backbones travel with the model
-            out.update({f"stages.{k}": v.detach().cpu().contiguous() for k, v in self.model.stages.state_dict().items()})
+            stages = (self.model.saved_stages if isinstance(self.model, GraphFeatures)
+                      else self.model.stages.state_dict())
+            out.update({f"stages.{k}": v.detach().cpu().contiguous() for k, v in stages.items()})
         return out
 
     def _restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._weights = []
         model = self._build(str(meta["backbone"]))
+        self._check_pinned(meta.get("weights"))
+        if any(p in TEST_ONLY for p in backbone_parts(model.kind)):
+            load_module_state(model.stages, {k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, "stages.")
+        self._restore_parts(model, tensors, meta)
+
+    def _restore_exported(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                          graphs: dict[str, dict[str, Any]]) -> None:
+        """An exported model: the features come from its graph, so no backbone is built (the
+        line PC needs no backbone weights); the bank, standardization and foreground model are
+        read as :meth:`_restore` reads them."""
+        g = graphs["features"]
+        strides = tuple(int(v) for v in g["strides"])
+        model = GraphFeatures(str(meta["backbone"]), tuple(int(c) for c in meta["stage_channels"]), strides,
+                              int(meta["feature_dim"]) if self.config.stage_weighting == "pool" else 0,
+                              self.config.stage_weighting,
+                              {k[7:]: v for k, v in tensors.items() if k.startswith("stages.")})
+        self._restore_parts(model, tensors, meta)
+
+    def _restore_parts(self, model: PatchHead, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """The bank, the standardization, the foreground model and the native scale, each checked
+        (dtype, shape, finite, range) before it is used."""
         bank = expect_tensor(tensors, "memory_bank", dtype=torch.float32, shape=(None, None))
         if model.feature_dim != int(meta["feature_dim"]) or bank.shape[1] != model.feature_dim or not len(bank):
             raise ValueError(f"backbone features of dimension {model.feature_dim} differ from the saved "
                              f"bank's {tuple(bank.shape)}")
-        self._check_pinned(meta.get("weights"))
-        if any(p in TEST_ONLY for p in backbone_parts(model.kind)):
-            load_module_state(model.stages, {k[7:]: v for k, v in tensors.items() if k.startswith("stages.")}, "stages.")
         d = model.feature_dim
         if self.config.stage_weighting == "standardize":
             model.load_standardization(expect_tensor(tensors, "standardize.shift", dtype=torch.float32, shape=(d,)),
@@ -516,6 +549,48 @@ class PatchCoreDetector(Detector):
         self.bank = bank.to(self.device)
         self.fg_model = fg
         self._index = None
+
+    # ------------------------------------------------------------------ export
+    def graphs(self, calibration: Sequence[np.ndarray] | None = None) -> list[Graph]:
+        """The feature extractor (:class:`RawFeatures`: normalisation, backbone stages, 3 x 3
+        aggregation, stage pooling) as one graph from working frames to raw patch features. Its
+        height and width may change (``resize=keep`` gives each aspect its own frame): valid for
+        every frame that is a multiple of the deepest stride, or, when the working size is not
+        one, for that one square frame. Standardization, the nearest-neighbour search in the
+        memory bank (faiss), the score rules and the maps stay in Python."""
+        if not isinstance(self.model, PatchFeatures):
+            raise ExportError("patchcore: this model already runs as an exported graph; export the model folder it "
+                              "was exported from")
+        cfg = self.config
+        stride = self.model.frame_stride
+        square = working_frame(cfg.image_size, cfg.image_size, cfg.image_size, cfg.resize, stride, self._scale)
+        gen = torch.Generator().manual_seed(0)
+        example = torch.rand((1, 3, *square.shape), generator=gen)
+        module, _ = fix_same_padding(self.model, example)
+        frames: dict[str, Any] = {"multiple": stride}
+        free = cfg.resize in ("keep", "native")  # each image's aspect (and size) its own frame
+        if not free and (square.shape[0] % stride or square.shape[1] % stride):
+            frames = {"fixed": list(square.shape)}
+        checks = [(example,)]
+        if free:  # a wide and a tall frame: the graph must follow the shape
+            for h, w in ((cfg.image_size, 2 * cfg.image_size), (2 * cfg.image_size, cfg.image_size)):
+                fr = working_frame(h, w, cfg.image_size, cfg.resize, stride, self._scale)
+                if fr.shape[0] % stride == 0 and fr.shape[1] % stride == 0:
+                    checks.append((torch.rand((1, 3, *fr.shape), generator=gen),))
+
+        def batches():
+            for img in calibration or []:
+                for crop in self._crops(img)[0]:
+                    yield (to_frame(crop, self._frame(crop))[None],)
+
+        return [Graph("features", RawFeatures(module).eval(), (example,), ("images",), "features",
+                      {"images": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 1: "rows", 2: "cols"}},
+                      frames, batches if calibration else None, checks=checks,
+                      info={"strides": [self.model.stride, stride],
+                            "input": f"working frames (N, 3, H, W), RGB float32 in [0, 1]: each image (or tile) area-resized "
+                                     f"by resize={cfg.resize} at image_size={cfg.image_size} (core/detectors/patchcore/"
+                                     "inputs.py); ImageNet normalisation is inside the graph; output: raw patch features "
+                                     f"(N, H/{self.model.stride}, W/{self.model.stride}, D) before the standardization"})]
 
     def _moved(self) -> None:
         if self.model is not None:

@@ -20,9 +20,27 @@ from core.data.images import Skipped, iter_batches
 from core.detectors.base import Detector, FitError
 from core.detectors.common import expect_tensor, gaussian_blur, infer_channels, map_to_input, to_tensor_batch
 from core.detectors.config import DetectorConfig
+from core.detectors.runtimes import Graph
 from core.results import ScoreResult
 from core.runtime.cancel import CancelToken, check
 from core.runtime.progress import ProgressFn
+
+
+class ZScoreMap(torch.nn.Module):
+    """The per-pixel squared z-score averaged over channels: images (N, C, S, S) and the variance
+    floor (1,) to maps (N, S, S). The network the runtimes replace (blur and maximum stay in Python)."""
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("var", var)
+
+    def forward(self, x: torch.Tensor, var_floor: torch.Tensor) -> torch.Tensor:
+        return z_score_map(x, self.mean, self.var, var_floor)
+
+
+def z_score_map(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, var_floor: torch.Tensor) -> torch.Tensor:
+    return ((x - mean) ** 2 / (var + var_floor)).mean(1)
 
 
 @dataclass
@@ -76,7 +94,8 @@ class PixelGaussianDetector(Detector):
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         cfg = self.config
         x = to_tensor_batch(images, cfg.image_size, self.meta["channels"]).to(self.device)
-        z2 = ((x - self.mean) ** 2 / (self.var + cfg.var_floor)).mean(1)  # (N, H, W)
+        floor = torch.tensor([cfg.var_floor], dtype=torch.float32, device=self.device)
+        z2 = self._net("zscore", self._z2, x, floor)  # (N, H, W)
         maps = gaussian_blur(z2, cfg.blur_sigma)
         scores = maps.flatten(1).amax(1)
         maps_np = maps.cpu().numpy()
@@ -84,6 +103,28 @@ class PixelGaussianDetector(Detector):
             ScoreResult(score=float(s), anomaly_map=map_to_input(m, img.shape))
             for s, m, img in zip(scores.tolist(), maps_np, images)
         ]
+
+    def _z2(self, x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        return z_score_map(x, self.mean, self.var, floor)
+
+    def graphs(self, calibration: Sequence[np.ndarray] | None = None) -> list[Graph]:
+        """The z-score map as a graph (images and the variance floor in, so ``--set var_floor``
+        still works on an exported model); the blur and the maximum stay in Python."""
+        cfg = self.config
+        c, s = int(self.meta["channels"]), cfg.image_size
+        example = (torch.rand((1, c, s, s), generator=torch.Generator().manual_seed(0)),
+                   torch.tensor([cfg.var_floor], dtype=torch.float32))
+
+        def batches():
+            for img in calibration or []:
+                yield (to_tensor_batch([img], s, c).numpy(), example[1].numpy())
+
+        return [Graph("zscore", ZScoreMap(self.mean.cpu(), self.var.cpu()).eval(), example, ("images", "var_floor"),
+                      "z2", {"images": {0: "batch"}, "z2": {0: "batch"}}, {"fixed": [s, s]},
+                      batches if calibration else None,
+                      info={"input": f"images (N, {c}, {s}, {s}) float32 in [0, 1], area-resized to image_size and "
+                                     "var_floor (1,); output: the squared z-score averaged over channels (N, S, S), "
+                                     "blurred and reduced to its maximum in Python"})]
 
     def _state(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean, "var": self.var}

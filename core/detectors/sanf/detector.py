@@ -153,6 +153,7 @@ class SANFDetector(Detector):
     config_class = SANFConfig
     min_train_images = 2
     snapshots = True
+    export_refusal = ("its heat map is the CAFF attention the flow records while it runs, which an exported graph does not hand back")
 
     config: SANFConfig
 

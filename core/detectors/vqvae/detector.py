@@ -115,6 +115,7 @@ class VQVAEDetector(Detector):
     config_class = VQVAEConfig
     min_train_images = 2
     snapshots = True
+    export_refusal = ("its vector quantiser picks each latent's nearest code with an argmin that another runtime's rounding can flip between near-equal codes, changing the reconstruction, so its scores would not agree by construction")
 
     config: VQVAEConfig
 
