@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import DATASETS, machine  # noqa: E402
 from core.data.images import ImageSource, read_image, resize  # noqa: E402
 from core.detectors.registry import create_detector  # noqa: E402
-from core.engine.workflows import select_subset, train_detector  # noqa: E402
+from core.engine.workflows import auto_calibration, select_subset, train_detector  # noqa: E402
 from core.results.threshold import calibrate  # noqa: E402
 
 SIZE = 256
@@ -116,7 +116,19 @@ def table(rows: list[dict]) -> str:
             cells.append(f"{np.mean(obs):.3f}{' (w)' if warned else ''}")
         ncal = sel[0]["n_calibration"]
         lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {ncal} | " + " | ".join(cells) + " |")
+        if k[2:] == METHODS[-1]:  # after the last method of a (data, N): what ``auto`` picks per target
+            lines.append(f"| {k[0]} | {k[1]} | **auto** | | | " + " | ".join(
+                auto_cell(rows, k[0], k[1], f) for f in FPRS) + " |")
     return "\n".join(lines)
+
+
+def auto_cell(rows: list[dict], data: str, n: int, fpr: float) -> str:
+    """The mean observed FPR of the (scheme, estimator) ``auto_calibration`` picks for ``n`` good
+    images at target ``fpr``, and its name: the ``auto`` default costs no run of its own."""
+    scheme, est = auto_calibration(n, fpr)
+    obs = [r["observed_fpr"] for r in rows if (r["data"], r["n_train_goods"], r["scheme"], r["estimator"],
+                                                r["target_fpr"]) == (data, n, scheme, est, fpr)]
+    return f"{np.mean(obs):.3f} ({scheme}, {est})" if obs else f"- ({scheme}, {est})"
 
 
 def main() -> int:

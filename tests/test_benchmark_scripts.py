@@ -251,6 +251,11 @@ def test_calibration_fpr_runs_any_detector_on_an_mvtec_folder(tmp_path: Path) ->
     assert all(r["detector"] == "patchcore" and r["n_unseen_good"] == 4 + 4 and 0 <= r["observed_fpr"] <= 1
                for r in rows)
     assert "| part | 10 | kfold | tail |" in table(rows)
+    # the auto row reads the figure of the method auto_calibration picks: 10 goods hold 1 out
+    # (< 1/FPR) -> kfold, and 10 out-of-fold scores < 1/0.01 -> the fitted tail
+    picked = [r["observed_fpr"] for r in rows if (r["scheme"], r["estimator"], r["target_fpr"]) == ("kfold", "tail", 0.01)]
+    auto_line = next(line for line in table(rows).splitlines() if "**auto**" in line)
+    assert f"{picked[0]:.3f} (kfold, tail)" in auto_line.split("|")[7]
 
 
 def test_ablation_table_names_what_each_row_changed(tmp_path: Path) -> None:
