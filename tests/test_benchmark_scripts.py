@@ -311,3 +311,24 @@ def test_bench_runtimes_one_lever_writes_the_bench_json_with_lever_and_load(tmp_
     assert len(res["load_average"]["before"]) == 3
     r = row(res, res)
     assert r["delta_image_auroc"] == 0.0 and r["cpu_ms_per_image"] > 0
+
+
+def test_plain_knn_scores_a_pasted_defect_above_the_good_parts(tmp_path: Path) -> None:
+    from benchmarks.plain_knn import run
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "part"
+    for i in range(6):
+        _png(root / "train" / "good" / f"{i:03d}.png", rng.integers(100, 110, (48, 48, 3), dtype=np.uint8))
+    for i in range(3):
+        _png(root / "test" / "good" / f"{i:03d}.png", rng.integers(100, 110, (48, 48, 3), dtype=np.uint8))
+        bad = rng.integers(100, 110, (48, 48, 3), dtype=np.uint8)
+        bad[16:28, 16:28] = 255
+        _png(root / "test" / "spot" / f"{i:03d}.png", bad)
+        mask = np.zeros((48, 48), np.uint8)
+        mask[16:28, 16:28] = 255
+        _png(root / "ground_truth" / "spot" / f"{i:03d}_mask.png", mask)
+    out = run(str(root), size=32, bank_ratio=0.5, kind="tiny-random", sigma=1.0)
+    assert out["n_train"] == 6 and out["n_test"] == 6
+    assert out["bank"] == round(0.5 * out["n_train_patches"]) and out["n_train_patches"] == 6 * 16 * 16
+    assert out["metrics"]["image_auroc"] == 1.0 and out["metrics"]["pixel_auroc"] > 0.9
