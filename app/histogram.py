@@ -54,7 +54,8 @@ class HistogramPanel(QWidget):
         self.normal_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=NORMAL, pen=pg.mkPen(None))
         self.flag_bars = pg.BarGraphItem(x0=[], x1=[], height=[], brush=ACCENT, pen=pg.mkPen(None))
         self.calib = pg.ScatterPlotItem(symbol="t1", size=8, brush=pg.mkBrush("#e8e8e8"), pen=pg.mkPen(None))
-        self.calib.setToolTip("scores of the held-out good images the threshold was calibrated on")
+        self.calib.setToolTip("the calibration scores the threshold was read from (held-out good images, or the out-of-fold "
+                                "scores of cross-calibration)")
         self.line = pg.InfiniteLine(angle=90, movable=True, pen=pg.mkPen(ACCENT, width=2),
                                     hoverPen=pg.mkPen("#ffffff", width=3),
                                     label="", labelOpts={"position": 0.93, "color": "#ffffff",

@@ -94,7 +94,9 @@ class ViewState:
         elif thr.method == "explicit":
             how = "set by hand"
         else:
-            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} held-out good images"
+            on = "held-out good images" if thr.scheme == "holdout" else f"good images ({thr.scheme} cross-calibration)"
+            tail = ", fitted tail" if thr.estimator == "tail" else ""
+            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} {on}{tail}"
         if self.threshold_override is None and self.model_source:
             return f"{how}, {self.model_source}"
         return how

@@ -130,6 +130,16 @@ class Detector(ABC):
         ``empirical`` unless a detector measured better (see ``core.engine.workflows``)."""
         return "holdout", "empirical"
 
+    def fold_trainer(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None,
+                     cancel: CancelToken | None = None, for_fit: bool = False,
+                     ) -> Callable[[Sequence[int], ProgressFn | None], Detector] | None:
+        """Cross-calibration's fold models, faster than K trainings: a function that returns, for
+        the indices ``rest`` into ``images``, a fitted model of this detector's class and settings
+        trained on those images only (whatever it can share is prepared here, once). ``for_fit``:
+        :meth:`fit` on the same ``images`` follows and may reuse it. None (the default): the
+        workflow trains copies."""
+        return None
+
     def auto_candidates(self) -> list[dict[str, Any]]:
         """Settings ``train --auto`` tries, each as overrides of this detector's config, its own
         settings first; empty when the detector offers no choice."""

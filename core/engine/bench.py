@@ -144,6 +144,14 @@ def _mvtec_categories(root: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and (p / "train").is_dir() and (p / "test").is_dir())
 
 
+def _good_images_used(n_fit: int, threshold) -> int:
+    """The good images a training used: those fitted plus those held out to calibrate (none held
+    out under kfold cross-calibration, whose calibration scores come from the fitted images)."""
+    if threshold is None or threshold.scheme.startswith("kfold"):
+        return n_fit
+    return n_fit + threshold.n_calibration
+
+
 def load_bench_dataset(root: str | os.PathLike, layout: str = "auto", category: str | None = None,
                        seed: int = 0) -> Dataset:
     """:func:`load_dataset`, except that an MVTec AD root holding exactly one category needs
@@ -424,7 +432,7 @@ def run_bench(
             detector, convert_seconds = _on_runtime(detector, runtime, precision, dataset, saved.get("max_train"),
                                                     recalibrate_here=False)
         fit_seconds = saved.get("fit_seconds")
-        n_train = int(detector.meta.get("n_train", 0)) + (detector.threshold.n_calibration if detector.threshold else 0)
+        n_train = _good_images_used(int(detector.meta.get("n_train", 0)), detector.threshold)
         if detector.threshold is None or detector.threshold_mismatch():
             if {k: saved.get(k) for k in origin} == origin and dataset.train:
                 recalibrate(detector, ImageSource(dataset.train), max_train=saved.get("max_train"),
@@ -446,7 +454,7 @@ def run_bench(
                                 auto=auto)
         _sync(dev)
         fit_seconds = time.perf_counter() - t0
-        n_train = report.n_train + report.n_calibration
+        n_train = _good_images_used(report.n_train, report.threshold)
         skipped_out += report.skipped
         if save_model is not None:
             detector.meta["bench"] = {**origin, "fit_seconds": fit_seconds}

@@ -94,8 +94,19 @@ def recalibrate(
     """
     old = detector.threshold
     rate = fpr if fpr is not None else (old.fpr if old is not None and old.fpr is not None else DEFAULT_FPR)
-    _, cal = calibration_images(good, max_train, detector.config.seed)
-    thr, _ = _calibrate_on(detector, cal, rate, progress, cancel)
+    estimator = old.estimator if old is not None else "empirical"
+    if old is not None and old.scheme.startswith("kfold-"):
+        # cross-calibrated: every good image was trained on, none is held out; the out-of-fold
+        # scores are made again under the current settings (the model itself is kept)
+        chosen = good.subset(select_subset(len(good), max_train, detector.config.seed))
+        oof = cross_calibration_scores(detector, chosen, int(old.scheme.split("-", 1)[1]), progress, cancel)
+        try:
+            thr = calibrate(oof, rate, estimator, scheme=old.scheme)
+        except ValueError as exc:
+            raise FitError(str(exc)) from None
+    else:
+        _, cal = calibration_images(good, max_train, detector.config.seed)
+        thr, _ = _calibrate_on(detector, cal, rate, progress, cancel, None, estimator)
     thr.settings = detector.config.to_dict()
     detector.threshold = thr
     detector.meta["calibrated_with"] = detector.runtime
@@ -105,24 +116,33 @@ def recalibrate(
 def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int,
                              progress: ProgressFn | None = None, cancel: CancelToken | None = None,
                              on_fold: Callable[[int, Detector, ImageSource, list[float]], None] | None = None,
-                             ) -> list[float]:
+                             for_fit: bool = False) -> list[float]:
     """Out-of-fold scores of every image: ``folds`` fresh copies of ``detector`` (same class and
     settings), each trained on the other folds and scoring its own fold, so each score comes
     from a model that never saw that image. Costs ``folds`` trainings: for cheap detectors.
-    ``on_fold(j, model, held images, their scores)`` runs after each fold (the self-check)."""
+    ``on_fold(j, model, held images, their scores)`` runs after each fold (the self-check);
+    ``for_fit``: ``detector.fit(images)`` follows, and may reuse what the folds prepared."""
     n = len(images)
     k = min(folds, n)
     if k < 2:
         raise FitError(f"cross-calibration needs at least 2 good images, not {n}")
     groups = np.array_split(np.random.default_rng(detector.config.seed).permutation(n), k)
+    helds = [sorted(int(i) for i in group) for group in groups]
+    rests = [sorted(set(range(n)) - set(held)) for held in helds]
+    # a detector may train its fold models faster than K trainings (patchcore: one extraction)
+    trainer = detector.fold_trainer(images, SubProgress(progress, 0.0, 0.4), cancel, for_fit)
     scores: list[float] = []
-    for j, group in enumerate(groups):
-        held = sorted(int(i) for i in group)
-        rest = sorted(set(range(n)) - set(held))
-        clone = type(detector)(copy.deepcopy(detector.config), device=detector.device)
-        clone.fit(images.subset(rest), SubProgress(progress, j / k, (j + 0.8) / k, f"fold {j + 1} of {k}"), cancel)
+    for j, (held, rest) in enumerate(zip(helds, rests)):
+        if trainer is not None:
+            a, b = 0.4 + 0.6 * j / k, 0.4 + 0.6 * (j + 1) / k
+            clone = trainer(rest, SubProgress(progress, a, (a + b) / 2, f"fold {j + 1} of {k}"))
+            span = ((a + b) / 2, b)
+        else:
+            clone = type(detector)(copy.deepcopy(detector.config), device=detector.device)
+            clone.fit(images.subset(rest), SubProgress(progress, j / k, (j + 0.8) / k, f"fold {j + 1} of {k}"), cancel)
+            span = ((j + 0.8) / k, (j + 1) / k)
         check(cancel)
-        res = clone.score(images.subset(held), SubProgress(progress, (j + 0.8) / k, (j + 1) / k, "scoring"), cancel)
+        res = clone.score(images.subset(held), SubProgress(progress, *span, "scoring"), cancel)
         fold_scores = [r.score for r in res.values()]
         scores += fold_scores
         if on_fold is not None:
@@ -218,7 +238,7 @@ def train_detector(
                 checks.append(run_self_check(model, held, held_scores, seed, None, cancel))
 
         oof = cross_calibration_scores(detector, chosen, folds, SubProgress(progress, 0.0, 0.8, "cross-calibrating"),
-                                       cancel, first_fold_check)
+                                       cancel, first_fold_check, for_fit=True)
         if len(oof) < 3:
             raise FitError(f"only {len(oof)} good images could be scored; 3 are needed to calibrate the threshold")
         try:

@@ -95,7 +95,20 @@ def test_5_the_band_cards_say_their_bounds(qtbot, window, parts):
     assert f"band fail (score &gt; {scores[-2]:.4g})" in html and f"band pass (score ≤ {scores[1]:.4g})" in html
 
 
-def test_5_the_calibration_warning_is_in_the_panel_and_the_roc_says_what_it_rests_on(qtbot, window, parts):
+def test_5_the_panel_says_what_the_default_cross_calibrated_threshold_rests_on(qtbot, window, parts):
+    open_folder(qtbot, window, parts.batch)
+    scan(qtbot, window, good=parts.good)  # 12 good images: cross-calibrated, the tail read at 0.01
+    p, c = window.detector_panel, window.controller
+    assert c.detector.threshold.scheme == "kfold-5" and c.detector.threshold.n_calibration == 12
+    assert "calibrated at FPR 0.01 on 12 good images (kfold-5 cross-calibration), fitted tail" in p.model_label.toolTip()
+    assert "held-out" not in p.model_label.toolTip().split("self-check")[0]  # nothing was held out from the model
+
+
+def test_5_the_calibration_warning_is_in_the_panel_and_the_roc_says_what_it_rests_on(qtbot, window, parts,
+                                                                                     monkeypatch):
+    from core.detectors.pixel_gaussian.detector import PixelGaussianDetector
+
+    monkeypatch.setattr(PixelGaussianDetector, "default_calibration", lambda self: ("holdout", "empirical"))
     open_folder(qtbot, window, parts.batch)
     scan(qtbot, window, good=parts.good)  # 12 good images: 3 held out, too few for FPR 0.01
     p, c = window.detector_panel, window.controller

@@ -53,8 +53,12 @@ def test_cli_warns_when_the_target_is_below_what_the_images_support(tiny_parts, 
     model = tmp_path / "m"
     assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(model),
                  "--set", "image_size=16"]) == 0
-    err = capsys.readouterr().err
-    assert "warning: target FPR 0.01 is below what 3 calibration images can support" in err
+    # pixel-gaussian's default: 12 good images cross-calibrated, the fitted tail read at 0.01
+    assert "12 normal images (kfold-5 cross-calibration), fitted tail" in capsys.readouterr().err
+    assert main(["train", str(tiny_parts / "good"), "--detector", "pixel-gaussian", "--model", str(tmp_path / "held"),
+                 "--set", "image_size=16", "--calibration", "holdout"]) == 0
+    err = capsys.readouterr().err  # 3 held out: the tail (auto) extrapolates, and says so
+    assert "warning: target FPR 0.01 is far below what 3 calibration images support" in err
     out = tmp_path / "o"
     assert main(["scan", str(tiny_parts / "batch"), "--detector", "pixel-gaussian", "--model", str(model),
                  "--out", str(out), "--fpr", "0.5"]) == 0
@@ -63,3 +67,78 @@ def test_cli_warns_when_the_target_is_below_what_the_images_support(tiny_parts, 
                  "--set", "image_size=16", "--calibration", "kfold", "--tail"]) == 0
     err = capsys.readouterr().err
     assert "12 normal images (kfold-5 cross-calibration), fitted tail" in err and "warning" not in err
+
+
+def _tiny_patchcore(**extra):
+    return create_detector("patchcore", {"backbone": "tiny-random", "image_size": "32", "batch_size": "3", **extra}, "cpu")
+
+
+def _generic_oof(det, good, folds):
+    """The out-of-fold scores of K independent trainings (the path without a fold trainer)."""
+    import copy
+
+    from core.engine import workflows
+
+    original = type(det).fold_trainer
+    type(det).fold_trainer = lambda self, *a, **k: None
+    try:
+        return workflows.cross_calibration_scores(copy.deepcopy(det), good, folds)
+    finally:
+        type(det).fold_trainer = original
+
+
+def test_patchcore_kfold_extracts_once_and_scores_as_k_trainings_would(monkeypatch):
+    """patchcore's fold models are banks of features extracted once; with every patch in the bank
+    (8 images x 256 patches < min_bank) they score exactly as K separate trainings, up to float
+    rounding, and the final fit reuses the extraction: one extraction for the whole kfold."""
+    from core.detectors.patchcore.detector import PatchCoreDetector
+
+    rng = np.random.default_rng(3)
+    good = ImageSource([make_part(rng) for _ in range(8)])
+    det = _tiny_patchcore()
+    expected = _generic_oof(det, good, 4)
+    calls = []
+    real = PatchCoreDetector._extract
+    monkeypatch.setattr(PatchCoreDetector, "_extract", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    oof = cross_calibration_scores(det, good, 4)
+    assert len(calls) == 1 and oof == pytest.approx(expected, rel=1e-4)
+    rep = train_detector(det, good, calibration="kfold", folds=4, fpr=0.1, self_check=False)
+    assert len(calls) == 2  # the cross-calibration's extraction, reused by the final fit
+    assert rep.n_train == 8 and det.meta["n_train"] == 8 and det.meta["bank_size"] == 8 * 256
+    assert sorted(rep.threshold.calibration_scores) == pytest.approx(sorted(expected), rel=1e-4)
+    assert det._extracted is None  # the final fit consumed it
+    plain = _tiny_patchcore()
+    plain.fit(good)
+    test = ImageSource([make_part(rng) for _ in range(3)])
+    assert [r.score for r in det.score(test).values()] == pytest.approx([r.score for r in plain.score(test).values()],
+                                                                         rel=1e-5)
+
+
+def test_patchcore_fold_trainer_with_standardize_trains_copies():
+    det = _tiny_patchcore(stage_weighting="standardize")
+    assert det.fold_trainer(ImageSource([np.zeros((8, 8, 3), np.float32)] * 4)) is None
+
+
+def test_patchcore_kfold_cancelled_mid_fold_leaves_the_trained_model(monkeypatch):
+    from core.runtime.cancel import Cancelled, CancelToken
+
+    rng = np.random.default_rng(4)
+    good = ImageSource([make_part(rng) for _ in range(8)])
+    det = _tiny_patchcore()
+    det.fit(good)
+    bank, model = det.bank.clone(), det.model
+    token = CancelToken()
+
+    def progress(done, total, what):
+        if "fold 2 of 4" in what:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_detector(det, good, calibration="kfold", folds=4, progress=progress, cancel=token, self_check=False)
+    assert det.model is model and torch_equal(det.bank, bank)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))

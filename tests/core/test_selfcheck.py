@@ -52,7 +52,7 @@ def test_synthetic_defects_are_seeded_sized_and_masked():
 
 def _trained(images, detector="pixel-gaussian", **sets):
     det = create_detector(detector, {"image_size": 48, "blur_sigma": 1.0, **sets}, device="cpu")
-    report = train_detector(det, ImageSource(images), self_check=True)
+    report = train_detector(det, ImageSource(images), self_check=True, calibration="holdout")
     return det, report
 
 

@@ -19,7 +19,8 @@ SMALL = {"image_size": 16, "batch_size": 4, "blur_sigma": 1.0}
 
 def test_train_calibrates_on_held_out_images(tiny_parts):
     det = create_detector("pixel-gaussian", SMALL, device="cpu")
-    rep = train_detector(det, ImageSource.from_folder(tiny_parts / "good"), fpr=0.01)
+    rep = train_detector(det, ImageSource.from_folder(tiny_parts / "good"), fpr=0.01, calibration="holdout",
+                         estimator="empirical")
     assert rep.n_calibration == 3 and rep.n_train == 9
     thr = det.threshold
     assert thr.method == "calibrated" and thr.n_calibration == 3
@@ -40,7 +41,10 @@ def test_too_few_good_images_is_a_clear_error(tmp_path):
         write_png(tmp_path / f"{i}.png", make_part(rng))
     det = create_detector("pixel-gaussian", SMALL, device="cpu")
     with pytest.raises(FitError, match="too few"):
-        train_detector(det, ImageSource.from_folder(tmp_path))
+        train_detector(det, ImageSource.from_folder(tmp_path), calibration="holdout")
+    # the default cross-calibrates so few images (3 folds of one), and says what that supports
+    rep = train_detector(det, ImageSource.from_folder(tmp_path))
+    assert rep.threshold.scheme == "kfold-3" and rep.n_train == 3 and rep.threshold.support_warning()
     with pytest.raises(FitError, match="no good images"):
         train_detector(det, ImageSource([]))
 

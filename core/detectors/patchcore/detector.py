@@ -33,9 +33,10 @@ Where we depart, and why:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,25 @@ class _Crop:
     frame: Frame
 
 
+@dataclass
+class _Extracted:
+    """The training images' patch features, extracted once: by a fit, or by a cross-calibration
+    whose fold models and final fit all build their banks from it."""
+
+    source: Sequence[np.ndarray]  #: the images (their identity: a fit on the same object reuses this)
+    model: PatchHead
+    backbone: str
+    scale: float | None
+    weights: list
+    per_image: list[torch.Tensor]  #: each readable image's kept raw patches (P_i, D)
+    positions: list[int]  #: the index in ``source`` of each ``per_image`` entry (unreadable ones are skipped)
+    fg_grids: list[torch.Tensor]  #: the first FOREGROUND_CROPS crops' raw grids
+    n_crops: int
+    keep_frac: float
+    skipped: list[Skipped]
+    seconds: float
+
+
 class PatchCoreDetector(Detector):
     name = "patchcore"
     title = "PatchCore (memory bank of pretrained patch features)"
@@ -158,6 +178,12 @@ class PatchCoreDetector(Detector):
     #: 2: optional standardization and foreground tensors beside the memory bank
     state_version = 2
     self_check_default = True
+
+    def default_calibration(self) -> tuple[str, str]:
+        """``auto`` (issue 24, part 5): cross-calibrate when the held-out images could not
+        support the target FPR, read a fitted tail below 1/n: cheap here (one extraction serves every fold (fold_trainer)); measured with
+        benchmarks/calibration_fpr.py (docs/reliability.md)."""
+        return "auto", "auto"
 
     config: PatchCoreConfig
 
@@ -172,6 +198,8 @@ class PatchCoreDetector(Detector):
         self._index: BankIndex | None = None
         #: resize=native: the one resize factor, learned from the training images' sizes
         self._scale: float | None = None
+        #: features a cross-calibration extracted, for the fit that follows it (see fold_models)
+        self._extracted: _Extracted | None = None
 
     # ------------------------------------------------------------------ weights
     @classmethod
@@ -277,6 +305,29 @@ class PatchCoreDetector(Detector):
     # ------------------------------------------------------------------ fit
     def _fit(self, images: Sequence[np.ndarray], progress: ProgressFn | None, cancel: CancelToken | None,
              skipped: list[Skipped] | None) -> None:
+        ex, self._extracted = self._extracted, None
+        old = (self.model, self.bank, self.fg_model, self._scale, self._weights)
+        try:
+            if ex is None or ex.source is not images:
+                ex = self._extract(images, SubProgress(progress, 0.0, 0.6, "extracting patch features"), cancel)
+            else:  # cross-calibration extracted these very images' features a moment ago
+                self.model, self._scale, self._weights = ex.model, ex.scale, list(ex.weights)
+            if skipped is not None:
+                skipped += ex.skipped
+            self._install(ex, range(len(ex.per_image)), SubProgress(progress, 0.6, 0.99), cancel)
+        except BaseException:
+            # a cancelled or failed fit leaves the previous state
+            self.model, self.bank, self.fg_model, self._scale, self._weights = old
+            raise
+        finally:
+            self._cancel = None
+        if progress:
+            progress(1000, 1000, f"fitted: bank of {self.bank.shape[0]} patches x {self.bank.shape[1]} ({ex.backbone})")
+
+    def _extract(self, images: Sequence[np.ndarray], progress: ProgressFn | None,
+                 cancel: CancelToken | None) -> _Extracted:
+        """The training images' patch features (3.1), each image's kept patches apart: sets
+        ``self.model`` (and the native scale) to the network that extracted them."""
         cfg = self.config
         total = len(images)
         t0 = time.perf_counter()
@@ -287,90 +338,135 @@ class PatchCoreDetector(Detector):
             model = self._build(backbone).to(self.device).eval()
         except store.WeightsError as exc:
             raise FitError(str(exc)) from None
-        old = (self.model, self.bank, self.fg_model, self._scale)
         self.model = model
         self._scale = self._learn_scale(images, cfg.seed) if cfg.resize == "native" else None
-
-        feat = SubProgress(progress, 0.0, 0.6, "extracting patch features")
         gen = torch.Generator().manual_seed(cfg.seed)
-        pool: list[torch.Tensor] = []
+        per_image: list[torch.Tensor] = []
+        positions: list[int] = []
         fg_grids: list[torch.Tensor] = []
-        n_images = n_crops = 0
+        skipped: list[Skipped] = []
+        n_crops = 0
         keep_frac: float | None = None
-        views = n_views(cfg.augment)
-        try:
-            with torch.inference_mode():
-                for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
-                    crops = [v for img in batch for c in self._crops(img)[0] for v in augment_views(c, cfg.augment)]
-                    feats = self._features(crops, raw=True, reference=True)
-                    d = feats[0].feats.shape[-1]
-                    if keep_frac is None:  # the bounds, from the first batch's patches per image
-                        patches_per_image = sum(c.feats.shape[0] * c.feats.shape[1] for c in feats) / len(batch)
-                        keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (patches_per_image * d * 4 * total),
-                                        cfg.max_patches / (patches_per_image * total))
-                    for c in feats:
+        with torch.inference_mode():
+            for idx, batch in iter_batches(images, cfg.batch_size, skipped, cancel):
+                crops_of = [[v for c in self._crops(img)[0] for v in augment_views(c, cfg.augment)] for img in batch]
+                feats = self._features([v for vs in crops_of for v in vs], raw=True, reference=True)
+                d = feats[0].feats.shape[-1]
+                if keep_frac is None:  # the bounds, from the first batch's patches per image
+                    patches_per_image = sum(c.feats.shape[0] * c.feats.shape[1] for c in feats) / len(batch)
+                    keep_frac = min(1.0, cfg.memory_mb * 2 ** 20 / (patches_per_image * d * 4 * total),
+                                    cfg.max_patches / (patches_per_image * total))
+                k = 0
+                for vs in crops_of:
+                    kept = []
+                    for c in feats[k:k + len(vs)]:
                         f = c.feats.reshape(-1, d)
                         if len(fg_grids) < FOREGROUND_CROPS:
                             fg_grids.append(c.feats.float().cpu())
                         if keep_frac < 1.0:  # DEPARTURE: a seeded random subset of each crop's patches
-                            k = max(1, int(f.shape[0] * keep_frac))
-                            f = f[torch.randperm(f.shape[0], generator=gen)[:k].to(f.device)]
-                        pool.append(f.float().cpu())
-                    n_images += len(batch)
-                    n_crops += len(crops)
-                    feat(idx[-1] + 1, total)
-                    check(cancel)
-                if n_images < self.min_train_images:
-                    raise FitError(f"patchcore needs at least {self.min_train_images} readable good images, got {n_images}")
-                features = torch.cat(pool)
-                del pool
-                if cfg.stage_weighting == "standardize":
-                    model.set_standardization(features)
-                features = self._finish(features)
-                fg_grids = [self._finish(g) for g in fg_grids]
-                n_patches = features.shape[0]
-                n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
-                core = SubProgress(progress, 0.6, 0.99, "memory bank")
-                t1 = time.perf_counter()
-                extract_seconds = t1 - t0
-                if cfg.bank_sampling == "coreset":
-                    sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, core, cancel).cpu()
-                else:  # seeded random subset (the plain baseline's bank)
-                    sel = torch.randperm(n_patches, generator=gen)[:n_keep].sort().values
-                bank = features[sel].contiguous()
-                del features
-                fg_model = fit_foreground(fg_grids, cfg.seed)
-        except BaseException:
-            self.model, self.bank, self.fg_model, self._scale = old  # a cancelled or failed fit leaves the previous state
-            raise
-        finally:
-            self._cancel = None
+                            n = max(1, int(f.shape[0] * keep_frac))
+                            f = f[torch.randperm(f.shape[0], generator=gen)[:n].to(f.device)]
+                        kept.append(f.float().cpu())
+                    per_image.append(torch.cat(kept))
+                    k += len(vs)
+                n_crops += len(feats)
+                positions += list(idx)
+                if progress:
+                    progress(idx[-1] + 1, total, "extracting patch features")
+                check(cancel)
+        if len(per_image) < self.min_train_images:
+            raise FitError(f"patchcore needs at least {self.min_train_images} readable good images, got {len(per_image)}")
+        return _Extracted(images, model, backbone, self._scale, list(self._weights), per_image, positions, fg_grids,
+                          n_crops,
+                          float(keep_frac or 1.0), skipped, time.perf_counter() - t0)
+
+    def _install(self, ex: _Extracted, rows: Sequence[int], progress: ProgressFn | None,
+                 cancel: CancelToken | None) -> None:
+        """The memory bank (3.2) of the extracted images ``rows`` (all of them for a fit, the
+        other folds' for a cross-calibration model), and the model's summary."""
+        cfg = self.config
+        t1 = time.perf_counter()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self._cancel = cancel
+        if progress:
+            progress(0, 1, "memory bank")
+        with torch.inference_mode():
+            features = torch.cat([ex.per_image[i] for i in rows])
+            if cfg.stage_weighting == "standardize":
+                ex.model.set_standardization(features)
+            features = self._finish(features)
+            fg_grids = [self._finish(g) for g in ex.fg_grids]
+            n_patches = features.shape[0]
+            n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
+            if cfg.bank_sampling == "coreset":
+                sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, progress, cancel).cpu()
+            else:  # seeded random subset (the plain baseline's bank)
+                sel = torch.randperm(n_patches, generator=gen)[:n_keep].sort().values
+            bank = features[sel].contiguous()
+            del features
+            fg_model = fit_foreground(fg_grids, cfg.seed)
         self.bank = bank.to(self.device)
         self.fg_model = fg_model
         self.meta = {
-            "backbone": backbone,
+            "backbone": ex.backbone,
             "feature_dim": int(bank.shape[1]),
-            "stage_channels": list(model.channels),
+            "stage_channels": list(ex.model.channels),
             "resize": cfg.resize,
-            **({"native_scale": self._scale} if self._scale is not None else {}),
+            **({"native_scale": ex.scale} if ex.scale is not None else {}),
             "grid": list(fg_grids[0].shape[:2]),
-            "n_train": int(n_images),
-            "n_crops": int(n_crops),
-            "views_per_crop": int(views),
+            "n_train": len(rows),
+            "n_crops": int(round(ex.n_crops * len(rows) / len(ex.per_image))),
+            "views_per_crop": int(n_views(cfg.augment)),
             "n_patches": int(n_patches),
-            "patches_kept_per_crop": float(keep_frac or 1.0),
+            "patches_kept_per_crop": ex.keep_frac,
             "bank_size": int(bank.shape[0]),
             "bank_mb": round(bank.numel() * 4 / 2 ** 20, 2),
             "foreground_found": int(fg_model["side"]) != 0,
             "foreground_clarity": round(float(fg_model["clarity"]), 3),
-            "extract_seconds": round(extract_seconds, 3),
+            "extract_seconds": round(ex.seconds, 3),
             "bank_seconds": round(time.perf_counter() - t1, 3),
-            "fit_seconds": round(time.perf_counter() - t0, 3),
+            "fit_seconds": round(ex.seconds + time.perf_counter() - t1, 3),
         }
         if self._weights:
             self.meta["weights"] = self._pinned()
-        if progress:
-            progress(1000, 1000, f"fitted: bank of {bank.shape[0]} patches x {bank.shape[1]} ({backbone})")
+
+    def fold_trainer(self, images: Sequence[np.ndarray], progress: ProgressFn | None = None,
+                     cancel: CancelToken | None = None, for_fit: bool = False,
+                     ) -> Callable[[Sequence[int], ProgressFn | None], Detector] | None:
+        """Cross-calibration from features extracted once (ours): each fold's model is a bank built
+        from the other folds' already extracted patches, so ``kfold`` costs one extraction and K
+        coresets instead of K trainings; with ``for_fit`` the :meth:`fit` that follows on the same
+        ``images`` reuses the features too. DEPARTURES from K independent trainings, each immaterial to a score:
+        the fold models share the extraction's per-image random patch subsets (when the bounds
+        subsample), its foreground split (learnt from the first training crops, held out or not),
+        and its backbone instance. stage_weighting=standardize and resize=native learn from the
+        training images before extraction: they train K copies (None)."""
+        if self.config.stage_weighting == "standardize" or self.config.resize == "native":
+            return None
+        kept = (self.model, self._scale, self._weights)
+        try:
+            ex = self._extract(images, progress, cancel)
+        finally:  # this detector stays as it was until the fit that follows
+            self.model, self._scale, self._weights = kept
+            self._cancel = None
+        self._extracted = ex if for_fit else None
+        index = {pos: i for i, pos in enumerate(ex.positions)}
+
+        def train(rest: Sequence[int], fold_progress: ProgressFn | None) -> Detector:
+            clone = type(self)(copy.deepcopy(self.config), device=self.device)
+            clone.model, clone._scale, clone._weights = ex.model, ex.scale, list(ex.weights)
+            rows = [index[i] for i in rest if i in index]
+            if len(rows) < self.min_train_images:
+                raise FitError(f"patchcore needs at least {self.min_train_images} readable good images in each fold, "
+                               f"got {len(rows)}")
+            try:
+                clone._install(ex, rows, fold_progress, cancel)
+            finally:
+                clone._cancel = None
+            clone.fitted = True
+            return clone
+
+        return train
 
     def _learn_scale(self, images: Sequence[np.ndarray], seed: int, sample: int = 32) -> float:
         """resize=native: the factor that gives the median training crop the square's area, from a

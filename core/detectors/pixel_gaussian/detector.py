@@ -59,6 +59,12 @@ class PixelGaussianDetector(Detector):
     min_train_images = 2
     self_check_default = True
 
+    def default_calibration(self) -> tuple[str, str]:
+        """``auto`` (issue 24, part 5): cross-calibrate when the held-out images could not
+        support the target FPR, read a fitted tail below 1/n: cheap here (a fit is a mean and a
+        variance per pixel); measured with benchmarks/calibration_fpr.py (docs/reliability.md)."""
+        return "auto", "auto"
+
     config: PixelGaussianConfig
 
     def __init__(self, config: PixelGaussianConfig | None = None, device="auto") -> None:
