@@ -532,3 +532,51 @@ def test_an_images_nearest_distances_do_not_depend_on_its_batch():
     for g, (dist, idx) in zip(grids, together):
         (alone, alone_idx), = det._distances([g])
         assert torch.equal(dist, alone) and torch.equal(idx, alone_idx)
+
+
+def test_smooth_resample_enlarges_bilinearly_and_shrinks_by_area_per_axis():
+    import cv2
+
+    from core.detectors.patchcore.inputs import resample_to
+
+    rng = np.random.default_rng(0)
+    img = rng.random((30, 50, 1)).astype(np.float32)
+    up = resample_to(img, (60, 100), "smooth")
+    assert np.allclose(up[..., 0], cv2.resize(img[..., 0], (100, 60), interpolation=cv2.INTER_LINEAR))
+    down = resample_to(img, (15, 25), "smooth")
+    assert np.allclose(down[..., 0], cv2.resize(img[..., 0], (25, 15), interpolation=cv2.INTER_AREA))
+    mixed = resample_to(img, (60, 25), "smooth")  # taller and narrower: area across, bilinear down
+    assert mixed.shape == (60, 25, 1)
+    # enlarging by area copies pixels in blocks; the smooth rule does not: fewer equal neighbours
+    area = resample_to(img, (60, 25), "area")
+    assert (np.diff(mixed[..., 0], axis=0) == 0).sum() < (np.diff(area[..., 0], axis=0) == 0).sum()
+    with pytest.raises(ValueError, match="unknown resample"):
+        resample_to(img, (10, 10), "cubic")
+
+
+def test_border_zeros_counts_the_padding_only_at_the_border():
+    mean = PatchFeatures("tiny-random", patch_size=3, weighting="concat", border="mean").eval()
+    zeros = PatchFeatures("tiny-random", patch_size=3, weighting="concat", border="zeros").eval()
+    maps = [torch.rand(1, 8, 8, 8) + 0.5, torch.rand(1, 16, 8, 8) + 0.5]  # the same grid: no upsampling
+    a, b = mean.aggregate(maps), zeros.aggregate(maps)
+    assert torch.allclose(a[0, 1:-1, 1:-1], b[0, 1:-1, 1:-1])  # inside: the same 3 x 3 mean
+    assert torch.allclose(b[0, 0, 0], a[0, 0, 0] * 4 / 9)  # a corner sees 4 of 9 positions
+    assert torch.allclose(b[0, 0, 3], a[0, 0, 3] * 6 / 9)  # an edge 6 of 9
+    with pytest.raises(ValueError, match="unknown border"):
+        PatchFeatures("tiny-random", border="wrap")
+
+
+def test_old_models_read_without_border_and_resample_keep_the_old_features(tmp_path):
+    rng = np.random.default_rng(1)
+    good = ImageSource([make_part(rng) for _ in range(4)])
+    det = PatchCoreDetector(PatchCoreConfig(backbone="tiny-random", image_size=32), device="cpu")
+    det.fit(good)
+    det.save(tmp_path / "m")
+    import json
+
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for key in ("border", "resample"):
+        cfg["config"].pop(key)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(tmp_path / "m", "cpu")
+    assert (loaded.config.border, loaded.config.resample) == ("mean", "area")

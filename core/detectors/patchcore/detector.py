@@ -62,6 +62,7 @@ from core.detectors.patchcore.coreset import greedy_coreset
 from core.detectors.patchcore.foreground import check_model, fit_foreground, foreground_mask
 from core.detectors.patchcore.inputs import (
     AUGMENTS,
+    RESAMPLES,
     TRAINED_RESIZE_RULES,
     Frame,
     augment_views,
@@ -71,7 +72,14 @@ from core.detectors.patchcore.inputs import (
     valid_grid,
     working_frame,
 )
-from core.detectors.patchcore.torch_model import WEIGHTINGS, GraphFeatures, PatchFeatures, PatchHead, RawFeatures
+from core.detectors.patchcore.torch_model import (
+    BORDERS,
+    WEIGHTINGS,
+    GraphFeatures,
+    PatchFeatures,
+    PatchHead,
+    RawFeatures,
+)
 from core.detectors.runtimes import ExportError, Graph
 from core.detectors.training import (
     backbone_weights_available,
@@ -103,6 +111,8 @@ class PatchCoreConfig(DetectorConfig):
     stage_weighting: str = field(default="pool", metadata={"fixed": True, "legacy": "pool", "help": "how the two stages share a patch feature: pool (authors' code: equal shares of feature_dim), concat (channels as they are), standardize (each channel standardised on the training patches, each stage the same weight)", "choices": WEIGHTINGS, "advanced": True})
     feature_dim: int = field(default=0, metadata={"fixed": True, "help": "stage_weighting=pool: patch feature dimension after adaptive average pooling (0 = auto: 2 x the wider stage's channels, at most the paper's 1024)", "min": 0, "max": 4096, "advanced": True})
     patch_size: int = field(default=3, metadata={"fixed": True, "help": "neighbourhood aggregated into each patch feature (paper: 3)", "min": 1, "max": 9, "advanced": True})
+    border: str = field(default="mean", metadata={"fixed": True, "legacy": "mean", "help": "the neighbourhood mean at the map's border: mean (of the positions inside) or zeros (the zero padding counted, so border patches are told apart)", "choices": BORDERS, "advanced": True})
+    resample: str = field(default="area", metadata={"fixed": True, "legacy": "area", "help": "how an image is resized to its working frame: area (OpenCV's pixel-area rule, blocky when enlarging) or smooth (area when shrinking, bilinear when enlarging, per axis)", "choices": RESAMPLES, "advanced": True})
     distance: str = field(default="l2", metadata={"fixed": True, "legacy": "l2", "help": "patch distance: l2 (paper) or cosine (features scaled to unit length first)", "choices": DISTANCES, "advanced": True})
     augment: str = field(default="none", metadata={"fixed": True, "legacy": "none", "help": "training copies in the memory bank: none, flip, rot4 (right-angle rotations), rot4+flip, rot8 (every 45 degrees), for parts that are not held in a fixture", "choices": AUGMENTS})
     bank_sampling: str = field(default="coreset", metadata={"fixed": True, "legacy": "coreset", "help": "how the memory bank keeps coreset_ratio of the training patches: coreset (paper: greedy k-center) or random (seeded)", "choices": BANK_SAMPLINGS, "advanced": True})
@@ -235,7 +245,7 @@ class PatchCoreDetector(Detector):
             pins.append((BACKBONE_WEIGHTS[part], loc))
         self._weights = pins
         return PatchFeatures(backbone, files if len(parts) > 1 else files[0], cfg.feature_dim, cfg.patch_size,
-                             cfg.stage_weighting)
+                             cfg.stage_weighting, cfg.border)
 
     def _pinned(self) -> dict[str, Any] | list[dict[str, Any]] | None:
         """What the model records of its pretrained weights: one record, or one per part."""
@@ -279,7 +289,8 @@ class PatchCoreDetector(Detector):
         for idx in by_shape.values():
             for start in range(0, len(idx), bs):
                 sub = idx[start:start + bs]
-                x = torch.from_numpy(np.stack([to_frame(crops[i], frames[i]) for i in sub])).to(self.device)
+                x = torch.from_numpy(np.stack([to_frame(crops[i], frames[i], self.config.resample)
+                                               for i in sub])).to(self.device)
                 f = self.model(x, raw=True) if reference else self._net("features", self._raw, x)
                 for j, i in enumerate(sub):
                     g = f[j]
@@ -677,7 +688,7 @@ class PatchCoreDetector(Detector):
         def batches():
             for img in calibration or []:
                 for crop in self._crops(img)[0]:
-                    yield (to_frame(crop, self._frame(crop))[None],)
+                    yield (to_frame(crop, self._frame(crop), self.config.resample)[None],)
 
         return [Graph("features", RawFeatures(module).eval(), (example,), ("images",), "features",
                       {"images": {0: "batch", 2: "height", 3: "width"}, "features": {0: "batch", 1: "rows", 2: "cols"}},

@@ -35,6 +35,10 @@ RESIZE_RULES = ("square", "keep", "pad")
 TRAINED_RESIZE_RULES = RESIZE_RULES + ("native",)
 NATIVE_MAX_AREA = 4
 AUGMENTS = ("none", "flip", "rot4", "rot4+flip", "rot8")
+#: how an image is resized into its frame (issue 24): ``area`` is OpenCV's pixel-area rule for
+#: both directions (it enlarges by near-copies of pixels: blocky edges the backbone responds to);
+#: ``smooth`` shrinks an axis by area and enlarges it bilinearly, as an antialiased resize does
+RESAMPLES = ("area", "smooth")
 #: smallest working side (pixels); below it the stride-16 stage has almost no positions
 MIN_SIDE = 32
 
@@ -88,11 +92,27 @@ def working_frame(height: int, width: int, size: int, rule: str, stride: int, sc
     raise ValueError(f"unknown resize rule '{rule}' (known: {', '.join(RESIZE_RULES)})")
 
 
-def to_frame(img: np.ndarray, frame: Frame) -> np.ndarray:
-    """(3, H, W) float32 array of ``img`` (H, W, C in [0, 1]) in its frame: area-resized into
-    the valid part, the rest filled with the image's mean colour."""
+def resample_to(img: np.ndarray, size: tuple[int, int], rule: str = "area") -> np.ndarray:
+    """``img`` resized to ``size`` = (height, width) by ``rule`` (:data:`RESAMPLES`)."""
+    if rule == "area":
+        return resize(img, size)
+    if rule != "smooth":
+        raise ValueError(f"unknown resample rule '{rule}' (known: {', '.join(RESAMPLES)})")
+    h, w = img.shape[:2]
+    th, tw = size
+    if (th <= h) == (tw <= w):  # both axes shrink (area) or both enlarge (bilinear): one resize
+        return resize(img, size, cv2.INTER_AREA if th <= h else cv2.INTER_LINEAR)
+    # one axis of each: each its own rule, the shrinking one first (less to interpolate)
+    if th < h:
+        return resize(resize(img, (th, w), cv2.INTER_AREA), size, cv2.INTER_LINEAR)
+    return resize(resize(img, (h, tw), cv2.INTER_AREA), size, cv2.INTER_LINEAR)
+
+
+def to_frame(img: np.ndarray, frame: Frame, resample: str = "area") -> np.ndarray:
+    """(3, H, W) float32 array of ``img`` (H, W, C in [0, 1]) in its frame: resized into the
+    valid part (``resample``), the rest filled with the image's mean colour."""
     vh, vw = frame.valid
-    small = to_channels(resize(img, (vh, vw)), 3).astype(np.float32, copy=False)
+    small = to_channels(resample_to(img, (vh, vw), resample), 3).astype(np.float32, copy=False)
     if frame.valid == frame.shape:
         out = small
     else:

@@ -97,6 +97,13 @@ class PatchHead(nn.Module):
         return (feats - self.shift) * self.scale
 
 
+#: How the neighbourhood mean treats the map's border (issue 24): ``mean`` averages the positions
+#: inside the map only (anomalib's choice); ``zeros`` counts the zero padding, as a plain
+#: ``avg_pool2d`` does, so border patches are damped and match border patches of the bank: the
+#: feature knows it is at the edge. Measured on MTD in docs/benchmarks.md (benchmarks/plain_knn.py --pad).
+BORDERS = ("mean", "zeros")
+
+
 class GraphFeatures(PatchHead):
     """:class:`PatchHead` of a model whose features an exported graph computes (the detector runs
     that graph through its runner); ``saved_stages`` keeps a test backbone's saved tensors, so the
@@ -126,7 +133,7 @@ class PatchFeatures(PatchHead):
     """
 
     def __init__(self, backbone: str, weights_file=None, feature_dim: int = 0, patch_size: int = 3,
-                 weighting: str = "pool") -> None:
+                 weighting: str = "pool", border: str = "mean") -> None:
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown stage weighting '{weighting}' (known: {', '.join(WEIGHTINGS)})")
         stages, mean, std = build_stages(backbone, weights_file)
@@ -135,6 +142,9 @@ class PatchFeatures(PatchHead):
         # on this CPU (docs/benchmarks.md); the values are the same
         self.stages = stages.to(memory_format=torch.channels_last)
         self.patch_size = int(patch_size)
+        if border not in BORDERS:
+            raise ValueError(f"unknown border rule '{border}' (known: {', '.join(BORDERS)})")
+        self.border = border
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         # weighting=pool: each stage's channels pooled to its share of feature_dim (a fixed matrix)
@@ -159,7 +169,7 @@ class PatchFeatures(PatchHead):
         out = []
         for m, pool in zip(maps, self.pool_names):
             if p > 1:  # eq. 2: aggregate the neighbourhood N_p of each position
-                m = F.avg_pool2d(m, p, stride=1, padding=p // 2, count_include_pad=False)
+                m = F.avg_pool2d(m, p, stride=1, padding=p // 2, count_include_pad=self.border == "zeros")
             if m.shape[-2:] != (h, w):  # the deeper map upsampled to the shallower one
                 m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
             f = m.permute(0, 2, 3, 1)  # (N, h, w, c)
