@@ -45,16 +45,19 @@ from core.engine.workflows import calibration_images  # noqa: E402
 from core.metrics.auroc import image_auroc  # noqa: E402
 
 
-def extract(dataset: str, size: int, resize: str, backbone: str, augment: str, cache: Path) -> dict:
+def extract(dataset: str, size: int, resize: str, backbone: str, augment: str, cache: Path, border: str = "mean",
+            resample: str = "area") -> dict:
     """{"train": [grids], "test": [grids], "labels": [...], "channels": (...)} with raw concat
     features, cached in ``cache``."""
-    key = hashlib.sha256(f"{Path(dataset).resolve()}|{size}|{resize}|{backbone}|{augment}".encode()).hexdigest()[:16]
+    extra = "" if (border, resample) == ("mean", "area") else f"|{border}|{resample}"  # the older caches stay valid
+    key = hashlib.sha256(f"{Path(dataset).resolve()}|{size}|{resize}|{backbone}|{augment}{extra}".encode()).hexdigest()[:16]
     path = cache / f"pc-explore-{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     data = load_bench_dataset(dataset, "auto", None, 0)
     det = PatchCoreDetector(PatchCoreConfig(backbone=backbone, image_size=size, resize=resize,
-                                            stage_weighting="concat", augment=augment), device="cpu")
+                                            stage_weighting="concat", augment=augment, border=border,
+                                            resample=resample), device="cpu")
     fit, _ = calibration_images(ImageSource(data.train), None, 0)
     det.model = det._build(det.config.backbone if backbone != "auto" else "efficientnet-lite0").eval()
     if resize == "native":
@@ -91,6 +94,9 @@ def weigh(f: torch.Tensor, channels: tuple, weighting: str, stats=None) -> torch
     return torch.cat(parts, dim=-1)
 
 
+_CORESETS: dict = {}
+
+
 def run_variant(feats: dict, spec: dict, seed: int = 0, min_bank: int = 2048, max_patches: int = 0) -> dict:
     t0 = time.perf_counter()
     channels = feats["channels"]
@@ -107,7 +113,10 @@ def run_variant(feats: dict, spec: dict, seed: int = 0, min_bank: int = 2048, ma
     kind, ratio = spec.get("bank", "coreset:0.01").split(":")
     n_keep = min(train.shape[0], max(int(math.ceil(float(ratio) * train.shape[0])), min_bank))
     if kind == "coreset":
-        sel = greedy_coreset(train, n_keep, 128, seed)
+        memo_key = (weighting, cosine, n_keep, seed, train.shape)
+        if memo_key not in _CORESETS:  # variants that differ only in the score rule share the bank
+            _CORESETS[memo_key] = greedy_coreset(train, n_keep, 128, seed)
+        sel = _CORESETS[memo_key]
     else:
         sel = torch.randperm(train.shape[0], generator=gen)[:n_keep]
     bank = train[sel].contiguous()
@@ -143,17 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resize", default="square")
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--augment", default="none")
+    ap.add_argument("--border", default="mean")
+    ap.add_argument("--resample", default="area")
     ap.add_argument("--cache", type=Path, default=Path("/tmp"))
     ap.add_argument("--max-patches", type=int, default=0, help="bound the training patches (0: all)")
     ap.add_argument("--variants", nargs="+", required=True)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    feats = extract(args.dataset, args.size, args.resize, args.backbone, args.augment, args.cache)
+    feats = extract(args.dataset, args.size, args.resize, args.backbone, args.augment, args.cache, args.border,
+                    args.resample)
     rows = []
     for v in args.variants:
         spec = dict(kv.split("=", 1) for kv in v.split(",") if kv)
         row = run_variant(feats, spec, max_patches=args.max_patches)
-        row.update({"size": args.size, "resize": args.resize, "backbone": args.backbone, "augment": args.augment})
+        row.update({"size": args.size, "resize": args.resize, "backbone": args.backbone, "augment": args.augment,
+                    "border": args.border, "resample": args.resample})
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -112,6 +112,20 @@ def test_auto_keeps_the_candidate_with_the_best_self_check(monkeypatch):
         train_detector(plain, ImageSource(gradients(24)), auto=True)
 
 
+def test_patchcore_auto_tries_its_own_settings_then_one_lever_at_a_time():
+    det = create_detector("patchcore", {"backbone": "tiny-random", "image_size": 32}, device="cpu")
+    assert det.auto_candidates() == [{}, {"augment": "rot4"}, {"distance": "cosine"}, {"resize": "keep"}]
+    moved = create_detector("patchcore", {"backbone": "tiny-random", "augment": "rot8", "distance": "cosine",
+                                          "resize": "pad"}, device="cpu")
+    assert moved.auto_candidates() == [{}, {"distance": "l2"}]
+    tiny = {"backbone": "tiny-random", "image_size": 32, "batch_size": 8, "blur_sigma": 1.0}
+    det = create_detector("patchcore", tiny, device="cpu")
+    report = train_detector(det, ImageSource(gradients(12)), auto=True)
+    assert [c["settings"] for c in report.candidates] == [{}, {"augment": "rot4"}, {"distance": "cosine"},
+                                                          {"resize": "keep"}]
+    assert sum(c["chosen"] for c in report.candidates) == 1 and det.threshold is not None
+
+
 def test_auto_calibration_follows_the_number_of_good_images():
     from core.engine.workflows import auto_calibration
 

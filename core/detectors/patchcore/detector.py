@@ -496,6 +496,20 @@ class PatchCoreDetector(Detector):
             raise FitError("no readable training image to learn the native scale from")
         return native_scale(shapes, self.config.image_size)
 
+    def auto_candidates(self) -> list[dict[str, Any]]:
+        """``train --auto`` (issue 24, part 4): this model's settings, then each of the levers the
+        no-fixture ablation measured that a part's look can call for, one at a time: the bank
+        with right-angle rotations (a part in any orientation), the other distance, and the
+        aspect kept (long parts). The self-check chooses; no defect label is used."""
+        cfg = self.config
+        out: list[dict[str, Any]] = [{}]
+        if cfg.augment == "none":
+            out.append({"augment": "rot4"})
+        out.append({"distance": "l2" if cfg.distance == "cosine" else "cosine"})
+        if cfg.resize == "square":
+            out.append({"resize": "keep"})
+        return out
+
     def describe_model(self) -> str:
         """What the model is, in one line for the model panel and ``train`` (no scores)."""
         m, cfg = self.meta, self.config
