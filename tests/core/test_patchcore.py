@@ -580,3 +580,37 @@ def test_old_models_read_without_border_and_resample_keep_the_old_features(tmp_p
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     loaded = load_model(tmp_path / "m", "cpu")
     assert (loaded.config.border, loaded.config.resample) == ("mean", "area")
+
+
+def test_greedy_coreset_continues_from_a_start_as_greedy_k_center():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    start = torch.tensor([5, 17, 42])
+    sel = greedy_coreset(x, 20, projection_dim=0, start=start)
+    assert sel[:3].tolist() == start.tolist() and len(set(sel.tolist())) == 20
+    for i in range(3, 20):  # every added point is the farthest from those chosen before it
+        d = torch.cdist(x, x[sel[:i]]).min(dim=1).values
+        assert float(d[sel[i]]) == pytest.approx(float(d.max()), rel=1e-4)
+    assert greedy_coreset(x, 2, projection_dim=0, start=start).tolist() == [5, 17]  # a start longer than asked
+
+
+def test_patchcore_fold_banks_hold_only_their_training_images_patches_and_the_fit_reuses_the_coreset():
+    rng = np.random.default_rng(6)
+    good = ImageSource([make_part(rng) for _ in range(8)])
+    cfg = {"backbone": "tiny-random", "image_size": 32, "min_bank": 64, "coreset_ratio": 0.02}
+    det = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
+    train = det.fold_trainer(good, for_fit=True)
+    rest = [0, 1, 2, 4, 5, 7]
+    fold = train(rest, None)
+    own = torch.cat([det._extracted.per_image[i] for i in rest])
+    held = torch.cat([det._extracted.per_image[i] for i in (3, 6)])
+    assert fold.bank.shape[0] == 64
+    def among(rows, pool):  # whether each row is exactly a row of pool
+        return (rows[:, None, :] == pool[None]).all(-1).any(1)
+
+    assert among(fold.bank, own).all()  # every bank patch is one of theirs
+    assert not among(fold.bank, held).any()  # none of the held-out images'
+    det.fit(good)  # the same images: the extraction and the full coreset are reused
+    plain = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
+    plain.fit(good)
+    assert torch.allclose(det.bank, plain.bank, atol=1e-5)

@@ -174,6 +174,8 @@ class _Extracted:
     keep_frac: float
     skipped: list[Skipped]
     seconds: float
+    #: the coreset of all the images' patches, once made (a cross-calibration makes it first)
+    full_selection: torch.Tensor | None = None
 
 
 class PatchCoreDetector(Detector):
@@ -304,11 +306,11 @@ class PatchCoreDetector(Detector):
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, raw=True)
 
-    def _finish(self, feats: torch.Tensor) -> torch.Tensor:
+    def _finish(self, feats: torch.Tensor, model: PatchHead | None = None) -> torch.Tensor:
         """Raw features to the bank's space: standardised (stage_weighting=standardize) and scaled
         to unit length (distance=cosine, where the L2 distance of unit vectors orders patches as
-        the cosine distance does)."""
-        feats = self.model.standardize(feats)
+        the cosine distance does). ``model``: the head whose standardization applies (this one's)."""
+        feats = (model or self.model).standardize(feats)
         if self.config.distance == "cosine":
             feats = F.normalize(feats, dim=-1)
         return feats
@@ -391,13 +393,43 @@ class PatchCoreDetector(Detector):
                           n_crops,
                           float(keep_frac or 1.0), skipped, time.perf_counter() - t0)
 
+    def _selection(self, ex: _Extracted, rows: Sequence[int], features: torch.Tensor, progress: ProgressFn | None,
+                   cancel: CancelToken | None) -> torch.Tensor:
+        """The bank's rows among ``features`` (the patches of the extracted images ``rows``, in
+        order): the coreset, or a seeded random subset. A fit that follows a cross-calibration
+        reuses the full coreset it made; a fold's coreset starts from the full coreset's points of
+        the fold's own images (see :func:`greedy_coreset`'s ``start``)."""
+        cfg = self.config
+        n_patches = features.shape[0]
+        n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
+        if cfg.bank_sampling != "coreset":  # seeded random subset (the plain baseline's bank)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            return torch.randperm(n_patches, generator=gen)[:n_keep].sort().values
+        everything = len(rows) == len(ex.per_image)
+        if everything and ex.full_selection is not None:
+            return ex.full_selection
+        start = None
+        if ex.full_selection is not None:  # the full coreset's points that lie in these images
+            sizes = torch.tensor([len(p) for p in ex.per_image])
+            owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+            first = torch.cumsum(sizes, 0) - sizes  # where each image's patches begin, overall
+            here = torch.full((len(sizes),), -1, dtype=torch.long)
+            here[torch.as_tensor(list(rows), dtype=torch.long)] = torch.cumsum(sizes[list(rows)], 0) - sizes[list(rows)]
+            sel = ex.full_selection
+            mine = here[owner[sel]] >= 0
+            start = here[owner[sel[mine]]] + (sel[mine] - first[owner[sel[mine]]])
+        chosen = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, progress, cancel,
+                                start=start).cpu()
+        if everything:
+            ex.full_selection = chosen
+        return chosen
+
     def _install(self, ex: _Extracted, rows: Sequence[int], progress: ProgressFn | None,
                  cancel: CancelToken | None) -> None:
         """The memory bank (3.2) of the extracted images ``rows`` (all of them for a fit, the
         other folds' for a cross-calibration model), and the model's summary."""
         cfg = self.config
         t1 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.seed)
         self._cancel = cancel
         if progress:
             progress(0, 1, "memory bank")
@@ -408,12 +440,7 @@ class PatchCoreDetector(Detector):
             features = self._finish(features)
             fg_grids = [self._finish(g) for g in ex.fg_grids]
             n_patches = features.shape[0]
-            n_keep = min(n_patches, max(int(math.ceil(cfg.coreset_ratio * n_patches)), cfg.min_bank))
-            if cfg.bank_sampling == "coreset":
-                sel = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, progress, cancel).cpu()
-            else:  # seeded random subset (the plain baseline's bank)
-                sel = torch.randperm(n_patches, generator=gen)[:n_keep].sort().values
-            bank = features[sel].contiguous()
+            bank = features[self._selection(ex, rows, features, progress, cancel)].contiguous()
             del features
             fg_model = fit_foreground(fg_grids, cfg.seed)
         self.bank = bank.to(self.device)
@@ -456,12 +483,16 @@ class PatchCoreDetector(Detector):
             return None
         kept = (self.model, self._scale, self._weights)
         try:
-            ex = self._extract(images, progress, cancel)
+            ex = self._extract(images, SubProgress(progress, 0.0, 0.6), cancel)
         finally:  # this detector stays as it was until the fit that follows
             self.model, self._scale, self._weights = kept
             self._cancel = None
         self._extracted = ex if for_fit else None
         index = {pos: i for i, pos in enumerate(ex.positions)}
+        if self.config.bank_sampling == "coreset":  # the full coreset first: each fold's starts from it
+            with torch.inference_mode():
+                self._selection(ex, range(len(ex.per_image)), self._finish(torch.cat(ex.per_image), ex.model),
+                                SubProgress(progress, 0.6, 1.0, "memory bank"), cancel)
 
         def train(rest: Sequence[int], fold_progress: ProgressFn | None) -> Detector:
             clone = type(self)(copy.deepcopy(self.config), device=self.device)
