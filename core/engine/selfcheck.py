@@ -16,11 +16,12 @@ is a floor on what the model can see of *this kind* of defect; a real defect unl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from core.data.images import ImageReadError, ImageSource
-from core.data.synthetic import KINDS, SIZES, synthetic_defects
+from core.data.synthetic import KINDS, SIZES, synthetic_defect
 from core.detectors.base import Detector
 from core.metrics.auroc import auroc_from_split
 from core.results.self_check import SEPARATES, SelfCheck
@@ -30,6 +31,14 @@ from core.runtime.progress import ProgressFn
 #: at most this many held-out good images get synthetic defects (each gets one of every kind
 #: and size: 6 images each); the good scores of all held-out images count
 MAX_BASE = 20
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a scored synthetic defect was (its image is not kept)."""
+
+    kind: str
+    size: float
 
 
 def _decoded(images: ImageSource, limit: int, seed: int) -> list[np.ndarray]:
@@ -55,10 +64,18 @@ def run_self_check(detector: Detector, good: ImageSource, good_scores: Sequence[
     base = _decoded(good, MAX_BASE, seed)
     if len(base) < 2 or goods.size < 2:
         return SelfCheck(None, {}, {}, None, int(goods.size), 0)
-    defects = synthetic_defects(base, seed)
-    check(cancel)
-    results = detector.score(ImageSource([d.image for d in defects]), progress, cancel)
-    scored = [(defects[i], r.score) for i, r in sorted(results.items()) if np.isfinite(r.score)]
+    # a few defects at a time, their images and maps dropped once scored (memory: test_selfcheck)
+    n = len(base) * len(SIZES) * len(KINDS)
+    chunk = max(1, int(getattr(detector.config, "batch_size", 8)))
+    scored = []
+    for start in range(0, n, chunk):
+        check(cancel)
+        defects = [synthetic_defect(base, k, seed) for k in range(start, min(n, start + chunk))]
+        results = detector.score(ImageSource([d.image for d in defects]), None, cancel)
+        scored += [(_Kind(defects[i].kind, defects[i].size), r.score) for i, r in sorted(results.items())
+                   if np.isfinite(r.score)]
+        if progress:
+            progress(min(n, start + chunk), n, f"scored {min(n, start + chunk)} of {n}")
 
     def auroc(pick) -> float | None:
         pos = np.array([s for d, s in scored if pick(d)], dtype=np.float64)
