@@ -203,7 +203,7 @@ def test_timm_loader_on_a_tiny_random_resnet(tmp_path, monkeypatch):
     det.fit(ImageSource(parts(3, size=64)))
     assert det.meta["backbone"] == "wide-resnet50-2" and det.meta["grid"] == [8, 8]
     assert det.meta["weights"]["source"] == "explicit"
-    assert det.meta["feature_dim"] == 2 * max(stages.channels)
+    assert det.meta["feature_dim"] == sum(stages.channels)  # stage_weighting=concat
     monkeypatch.setenv(store.WEIGHTS_ENV, str(tmp_path / "store"))
     det.save(tmp_path / "m")  # only the bank is saved; the backbone comes from the store again
     assert "stages.a.0.weight" not in (tmp_path / "m" / "weights.safetensors").read_bytes().decode("latin-1")
