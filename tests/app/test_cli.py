@@ -122,7 +122,8 @@ def test_runtime_failure_exits_1(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(3):  # too few to hold out 3 for calibration
         write_png(good / f"{i}.png", make_part(rng))
-    code = main(["scan", str(good), "--detector", "pixel-gaussian", "--train", str(good), "--out", str(tmp_path / "o"), "-q"])
+    code = main(["scan", str(good), "--detector", "pixel-gaussian", "--train", str(good), "--out", str(tmp_path / "o"),
+                 "--calibration", "holdout", "-q"])
     assert code == 1
     assert "too few" in capsys.readouterr().err
 
