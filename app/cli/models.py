@@ -224,8 +224,8 @@ def apply_runtime_cli(detector, args: argparse.Namespace, good_dir: Path | None 
         info(f"exported the model for {out.runtime} in {time.perf_counter() - t0:.1f} s "
              "(export-model once to skip this)", args.quiet)
     if (good_dir is not None and out is not detector and not out.runtime.endswith("float32")
-            and args.threshold is None and out.threshold is not None and out.threshold.calibration_scores
-            and out.threshold.scheme == "holdout"):  # k-fold scores came from fold models: kept
+            and args.threshold is None and out.threshold is not None and out.threshold.calibration_scores):
+        # held-out images scored again, or (kfold) the out-of-fold scores made again, on the runtime
         from core.data.images import ImageSource
         from core.engine.workflows import recalibrate
 

@@ -287,7 +287,7 @@ def _on_runtime(detector: Detector, runtime: str, precision: str, dataset: Datas
     threshold = detector.threshold
     converted = apply_runtime(detector, runtime, precision, calibration)
     if (recalibrate_here and not converted.runtime.endswith("float32") and threshold is not None
-            and threshold.calibration_scores and threshold.scheme == "holdout"):
+            and threshold.calibration_scores):
         recalibrate(converted, ImageSource(dataset.train), max_train=max_train, cancel=cancel)
     return converted, time.perf_counter() - t0
 

@@ -405,3 +405,31 @@ def test_bank_is_float32_reference_features_whatever_the_scoring_precision():
     b.fit(ImageSource(parts(6, 0)))
     assert torch.equal(a.bank, b.bank)
     assert b.runtime == "torch bfloat16"
+
+
+@pytest.mark.parametrize("runtime", [runtime_param(r) for r in RUNTIMES])
+def test_a_cross_calibrated_threshold_is_made_again_on_the_runtime(runtime, monkeypatch):
+    """A kfold threshold comes from fold models' scores, not from held-out images: on a runtime
+    its out-of-fold scores are made again, each fold model scoring through the same runtime (the
+    features are the frozen backbone's, shared), not kept from torch float32."""
+    from core.detectors.patchcore.detector import PatchCoreDetector
+    from core.engine.workflows import recalibrate
+
+    good = ImageSource(parts(12, 0))
+    det = create_detector("patchcore", TINY["patchcore"], device="cpu")
+    train_detector(det, good, calibration="kfold", self_check=False)
+    converted = apply_runtime(det, runtime, "float32")
+    assert converted is not det and converted.runtime.startswith(runtime)
+    used = []
+    real = PatchCoreDetector._net
+
+    def spy(self, name, fn, x):
+        used.append(name in self._runners)
+        return real(self, name, fn, x)
+
+    monkeypatch.setattr(PatchCoreDetector, "_net", spy)
+    thr = recalibrate(converted, good)
+    assert thr.scheme == det.threshold.scheme and thr.n_calibration == 12
+    assert used and all(used)  # every fold model's features went through the runtime
+    # same features within the runtimes' agreement: the threshold barely moves
+    assert thr.value == pytest.approx(det.threshold.value, rel=1e-3)

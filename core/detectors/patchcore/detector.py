@@ -506,6 +506,8 @@ class PatchCoreDetector(Detector):
         def train(rest: Sequence[int], fold_progress: ProgressFn | None) -> Detector:
             clone = type(self)(copy.deepcopy(self.config), device=self.device)
             clone.model, clone._scale, clone._weights = ex.model, ex.scale, list(ex.weights)
+            # the fold models score as this model does: the same runtime runs the (frozen) features
+            clone._runners, clone.torch_precision = dict(self._runners), self.torch_precision
             rows = [index[i] for i in rest if i in index]
             if len(rows) < self.min_train_images:
                 raise FitError(f"patchcore needs at least {self.min_train_images} readable good images in each fold, "
