@@ -31,8 +31,10 @@ Where we depart, and why:
   points of image AUROC in the plain baseline); the two stages are concatenated as they are
   (``stage_weighting=concat``; the authors' equal-share pooling); the image score is the
   maximum of the blurred map (``image_score=blurred_max``; the paper's re-weighted maximum); the
-  bank keeps 2.5 % of the (at most ``max_patches``) training patches (``coreset_ratio``; the
-  paper's 1 %): MTD 0.850 -> 0.925 image AUROC, the no-fixture bottle 0.951 -> 0.995, the
+  bank keeps 5 % of the (at most ``max_patches``) training patches (``coreset_ratio``; the
+  paper's 1 %), chosen on random projections to 64 dimensions (``projection_dim``; the paper's
+  128: a coreset step over 164,000 patches took 11 ms at 128 and 1.7 ms at 64 here, the 128
+  matrix no longer in cache): MTD 0.850 -> 0.926 image and 0.736 -> 0.807 pixel AUROC, the
   aligned bottle unchanged at 1.000. Old models read the old values (the fields' ``legacy``).
 - Optional tiling (ours, ``tile_size``): an image much larger than the working size is cut
   into overlapping tiles of ``tile_size`` input pixels, each scored at the working resolution;
@@ -125,10 +127,10 @@ class PatchCoreConfig(DetectorConfig):
     distance: str = field(default="l2", metadata={"fixed": True, "legacy": "l2", "help": "patch distance: l2 (paper) or cosine (features scaled to unit length first)", "choices": DISTANCES, "advanced": True})
     augment: str = field(default="none", metadata={"fixed": True, "legacy": "none", "help": "training copies in the memory bank: none, flip, rot4 (right-angle rotations), rot4+flip, rot8 (every 45 degrees), for parts that are not held in a fixture", "choices": AUGMENTS})
     bank_sampling: str = field(default="coreset", metadata={"fixed": True, "legacy": "coreset", "help": "how the memory bank keeps coreset_ratio of the training patches: coreset (paper: greedy k-center) or random (seeded)", "choices": BANK_SAMPLINGS, "advanced": True})
-    coreset_ratio: float = field(default=0.025, metadata={"fixed": True, "help": "fraction of training patches kept in the memory bank (paper: 0.1 or 0.01; ours 0.025 of at most max_patches; 1 = all)", "min": 1e-4, "max": 1.0})
+    coreset_ratio: float = field(default=0.05, metadata={"fixed": True, "help": "fraction of training patches kept in the memory bank (paper: 0.1 or 0.01; ours 0.05 of at most max_patches; 1 = all)", "min": 1e-4, "max": 1.0})
     min_bank: int = field(default=2048, metadata={"fixed": True, "help": "smallest memory bank (patches) whatever coreset_ratio says, so that few-shot training (8-16 images) keeps enough patches", "min": 1, "max": 10_000_000, "advanced": True})
     max_patches: int = field(default=200_000, metadata={"fixed": True, "help": "bound on the training patches given to the coreset (its time grows with patches x bank size); above it each image gives a random subset", "min": 1, "max": 100_000_000, "advanced": True})
-    projection_dim: int = field(default=128, metadata={"fixed": True, "help": "random projection dimension for the coreset's distances (paper: 128; 0 = none)", "min": 0, "max": 4096, "advanced": True})
+    projection_dim: int = field(default=64, metadata={"fixed": True, "help": "random projection dimension for the coreset's distances (paper: 128; ours 64, measured 6 times faster a step on this CPU; 0 = none)", "min": 0, "max": 4096, "advanced": True})
     memory_mb: int = field(default=1024, metadata={"fixed": True, "help": "bound on the training patches held before subsampling (MB); above it each image gives a random subset", "min": 1, "max": 1_000_000, "advanced": True})
     image_score: str = field(default="blurred_max", metadata={"legacy": "reweighted", "help": "image score from the patch distances: reweighted (paper, eq. 6-7), max, blurred_max (largest value of the blurred map), top_mean (mean of the largest, see top)", "choices": SCORE_RULES})
     top: float = field(default=0.01, metadata={"help": "image_score=top_mean: the fraction (below 1) or the number (1 or more) of largest patch distances averaged (AnomalyDINO: 0.01)", "min": 1e-4, "max": 100_000, "advanced": True})
