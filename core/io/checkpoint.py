@@ -102,6 +102,30 @@ def _check_file(path: Path, limit: int, what: str) -> int:
     return st.st_size
 
 
+def read_format_json(path: Path, what: str, noun: str, marker: str, newest: int, title: str) -> dict[str, Any]:
+    """A JSON document of ours (a model's ``config.json``, an export's ``export.json``): the file
+    checked (:func:`_check_file`), parsed, its ``format`` marker and ``format_version`` (1 to
+    ``newest``) checked; every way it can be wrong is a one-line CheckpointError naming ``path``
+    (``noun``: "model" or "export"; ``title``: what the marker says it is)."""
+    _check_file(path, MAX_CONFIG_BYTES, what)
+    try:
+        # NaN, Infinity and 1e999 parse to floats; the callers' field checks name them
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"corrupt {noun}: {path} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {noun}: {path} ({exc.strerror or 'not readable'})") from None
+    if not isinstance(doc, dict) or doc.get("format") != marker:
+        raise CheckpointError(f"not {title}: {path} has no '{marker}' format marker")
+    version = doc.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"corrupt {noun}: format version {version!r} in {path} is not a version (1 or more)")
+    if version > newest:
+        raise CheckpointError(f"{noun} format version {version} in {path} is newer than this program reads "
+                              f"({newest}); update Anomaly Inspector")
+    return doc
+
+
 def read_header(folder: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``config.json``; every way it can be wrong is a one-line CheckpointError."""
     root = Path(folder)
@@ -112,23 +136,7 @@ def read_header(folder: str | os.PathLike) -> dict[str, Any]:
     cfg = root / CONFIG_NAME
     if not cfg.exists() and not cfg.is_symlink():
         raise CheckpointError(f"not a model folder: {root} has no {CONFIG_NAME}")
-    _check_file(cfg, MAX_CONFIG_BYTES, "model configuration")
-    try:
-        # NaN, Infinity and 1e999 parse to floats; the field checks below name them
-        doc = json.loads(cfg.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"corrupt model: {cfg} is not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read model: {cfg} ({exc.strerror or 'not readable'})") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise CheckpointError(f"not an Anomaly Inspector model: {cfg} has no '{FORMAT}' format marker")
-    version = doc.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"corrupt model: format version {version!r} in {cfg} is not a version (1 or more)")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"model format version {version} in {cfg} is newer than this program reads ({FORMAT_VERSION}); update Anomaly Inspector"
-        )
+    doc = read_format_json(cfg, "model configuration", "model", FORMAT, FORMAT_VERSION, "an Anomaly Inspector model")
     for key in ("detector", "config"):
         if key not in doc:
             raise CheckpointError(f"corrupt model: {cfg} lacks '{key}'")

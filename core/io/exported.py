@@ -33,6 +33,7 @@ from core.io.checkpoint import (
     CheckpointError,
     _check_file,
     _sha256,
+    read_format_json,
 )
 
 EXPORT_FORMAT = "anomaly-inspector-export"
@@ -77,21 +78,8 @@ def read_export(folder: str | os.PathLike, verify: bool = True) -> dict[str, Any
         raise CheckpointError(f"exported model not found: {root}" if not root.exists() else
                               f"not an exported model: {root} is a file")
     doc_path = root / EXPORT_NAME
-    _check_file(doc_path, MAX_CONFIG_BYTES, "export description")
-    try:
-        doc = json.loads(doc_path.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"corrupt export: {doc_path} is not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read export: {doc_path} ({exc.strerror or 'not readable'})") from None
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise CheckpointError(f"not an exported Anomaly Inspector model: {doc_path} has no '{EXPORT_FORMAT}' format marker")
-    version = doc.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"corrupt export: format version {version!r} in {doc_path} is not a version (1 or more)")
-    if version > EXPORT_VERSION:
-        raise CheckpointError(f"export format version {version} in {doc_path} is newer than this program reads "
-                              f"({EXPORT_VERSION}); update Anomaly Inspector")
+    doc = read_format_json(doc_path, "export description", "export", EXPORT_FORMAT, EXPORT_VERSION,
+                           "an exported Anomaly Inspector model")
     for key in _REQUIRED:
         if key not in doc:
             raise CheckpointError(f"corrupt export: {doc_path} lacks '{key}'")
