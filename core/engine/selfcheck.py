@@ -16,7 +16,6 @@ is a floor on what the model can see of *this kind* of defect; a real defect unl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,14 +30,6 @@ from core.runtime.progress import ProgressFn
 #: at most this many held-out good images get synthetic defects (each gets one of every kind
 #: and size: 6 images each); the good scores of all held-out images count
 MAX_BASE = 20
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What a scored synthetic defect was (its image is not kept)."""
-
-    kind: str
-    size: float
 
 
 def _decoded(images: ImageSource, limit: int, seed: int) -> list[np.ndarray]:
@@ -67,22 +58,22 @@ def run_self_check(detector: Detector, good: ImageSource, good_scores: Sequence[
     # a few defects at a time, their images and maps dropped once scored (memory: test_selfcheck)
     n = len(base) * len(SIZES) * len(KINDS)
     chunk = max(1, int(getattr(detector.config, "batch_size", 8)))
-    scored = []
+    scored: list[tuple[str, float, float]] = []  # (kind, size, score) of each finite-scored defect
     for start in range(0, n, chunk):
         check(cancel)
         defects = [synthetic_defect(base, k, seed) for k in range(start, min(n, start + chunk))]
         results = detector.score(ImageSource([d.image for d in defects]), None, cancel)
-        scored += [(_Kind(defects[i].kind, defects[i].size), r.score) for i, r in sorted(results.items())
+        scored += [(defects[i].kind, defects[i].size, r.score) for i, r in sorted(results.items())
                    if np.isfinite(r.score)]
         if progress:
             progress(min(n, start + chunk), n, f"scored {min(n, start + chunk)} of {n}")
 
-    def auroc(pick) -> float | None:
-        pos = np.array([s for d, s in scored if pick(d)], dtype=np.float64)
+    def auroc(kind: str | None = None, size: float | None = None) -> float | None:
+        pos = np.array([s for k, z, s in scored if kind in (None, k) and size in (None, z)], dtype=np.float64)
         return auroc_from_split(pos, goods) if pos.size else None
 
-    by_size = {f"{size:g}": auroc(lambda d, size=size: d.size == size) for size in SIZES}
-    by_kind = {kind: auroc(lambda d, kind=kind: d.kind == kind) for kind in KINDS}
+    by_size = {f"{size:g}": auroc(size=size) for size in SIZES}
+    by_kind = {kind: auroc(kind=kind) for kind in KINDS}
     separated = [size for size in SIZES if (by_size[f"{size:g}"] or 0.0) >= SEPARATES]
-    return SelfCheck(auroc(lambda d: True), by_size, by_kind, min(separated) if separated else None,
+    return SelfCheck(auroc(), by_size, by_kind, min(separated) if separated else None,
                      int(goods.size), len(scored))

@@ -605,11 +605,17 @@ def test_patchcore_fold_banks_hold_only_their_training_images_patches_and_the_fi
     own = torch.cat([det._extracted.per_image[i] for i in rest])
     held = torch.cat([det._extracted.per_image[i] for i in (3, 6)])
     assert fold.bank.shape[0] == 64
+
     def among(rows, pool):  # whether each row is exactly a row of pool
         return (rows[:, None, :] == pool[None]).all(-1).any(1)
 
     assert among(fold.bank, own).all()  # every bank patch is one of theirs
     assert not among(fold.bank, held).any()  # none of the held-out images'
+    ex = det._extracted  # the fold's coreset started from the full coreset's points in its own images
+    sizes = [len(p) for p in ex.per_image]
+    owner = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))[ex.full_selection]
+    kept = torch.cat(ex.per_image)[ex.full_selection][torch.isin(owner, torch.tensor(rest))]
+    assert len(kept) and torch.equal(fold.bank[:len(kept)], kept)
     det.fit(good)  # the same images: the extraction and the full coreset are reused
     plain = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
     plain.fit(good)

@@ -406,8 +406,7 @@ class PatchCoreDetector(Detector):
         if len(per_image) < self.min_train_images:
             raise FitError(f"patchcore needs at least {self.min_train_images} readable good images, got {len(per_image)}")
         return _Extracted(images, model, backbone, self._scale, list(self._weights), per_image, positions, fg_grids,
-                          n_crops,
-                          float(keep_frac or 1.0), skipped, time.perf_counter() - t0)
+                          n_crops, float(keep_frac or 1.0), skipped, time.perf_counter() - t0)
 
     def _selection(self, ex: _Extracted, rows: Sequence[int], features: torch.Tensor, progress: ProgressFn | None,
                    cancel: CancelToken | None) -> torch.Tensor:
@@ -427,13 +426,14 @@ class PatchCoreDetector(Detector):
         start = None
         if ex.full_selection is not None:  # the full coreset's points that lie in these images
             sizes = torch.tensor([len(p) for p in ex.per_image])
-            owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)
             first = torch.cumsum(sizes, 0) - sizes  # where each image's patches begin, overall
-            here = torch.full((len(sizes),), -1, dtype=torch.long)
-            here[torch.as_tensor(list(rows), dtype=torch.long)] = torch.cumsum(sizes[list(rows)], 0) - sizes[list(rows)]
+            picked = torch.as_tensor(list(rows), dtype=torch.long)
+            here = torch.full((len(sizes),), -1, dtype=torch.long)  # ... and among these images' (-1: not one)
+            here[picked] = torch.cumsum(sizes[picked], 0) - sizes[picked]
             sel = ex.full_selection
-            mine = here[owner[sel]] >= 0
-            start = here[owner[sel[mine]]] + (sel[mine] - first[owner[sel[mine]]])
+            owner = torch.repeat_interleave(torch.arange(len(sizes)), sizes)[sel]  # each point's image
+            mine = here[owner] >= 0
+            start = here[owner[mine]] + sel[mine] - first[owner[mine]]
         chosen = greedy_coreset(features.to(self.device), n_keep, cfg.projection_dim, cfg.seed, progress, cancel,
                                 start=start).cpu()
         if everything:
