@@ -94,9 +94,7 @@ class ViewState:
         elif thr.method == "explicit":
             how = "set by hand"
         else:
-            on = "held-out good images" if thr.scheme == "holdout" else f"good images ({thr.scheme} cross-calibration)"
-            tail = ", fitted tail" if thr.estimator == "tail" else ""
-            how = f"calibrated at FPR {thr.fpr:g} on {thr.n_calibration} {on}{tail}"
+            how = thr.calibrated_on("good")
         if self.threshold_override is None and self.model_source:
             return f"{how}, {self.model_source}"
         return how

@@ -81,18 +81,20 @@ class Threshold:
     def flags(self, score: float) -> bool:
         return bool(score > self.value)
 
+    def calibrated_on(self, images: str = "normal") -> str:
+        """What a calibrated threshold rests on, e.g. "calibrated at FPR 0.01 on 40 normal images
+        (kfold-5 cross-calibration), fitted tail" (``images``: the word for the good images)."""
+        how = f"held-out {images} images" if self.scheme == "holdout" else f"{images} images ({self.scheme} cross-calibration)"
+        tail = ", fitted tail" if self.estimator == "tail" else ""
+        return f"calibrated at FPR {self.fpr:g} on {self.n_calibration} {how}{tail}"
+
     def describe(self) -> str:
         if self.method == "explicit":
             return f"threshold {self.value:.6g} (set by hand)"
-        how = "held-out normal images" if self.scheme == "holdout" else f"normal images ({self.scheme} cross-calibration)"
-        tail = ", fitted tail" if self.estimator == "tail" else ""
         caveat = ""
         if self.support_warning():
             caveat = f"; too few for that FPR, about {self.min_supported_fpr:.2g} is the lowest they support"
-        return (
-            f"threshold {self.value:.6g} (calibrated at FPR {self.fpr:g} on "
-            f"{self.n_calibration} {how}{tail}{caveat})"
-        )
+        return f"threshold {self.value:.6g} ({self.calibrated_on()}{caveat})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
