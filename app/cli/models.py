@@ -223,11 +223,11 @@ def apply_runtime_cli(detector, args: argparse.Namespace, good_dir: Path | None 
     if out is not detector:
         info(f"exported the model for {out.runtime} in {time.perf_counter() - t0:.1f} s "
              "(export-model once to skip this)", args.quiet)
-    if (good_dir is not None and out is not detector and not out.runtime.endswith("float32")
-            and args.threshold is None and out.threshold is not None and out.threshold.calibration_scores):
+    from core.engine.workflows import calibrated_elsewhere, recalibrate
+
+    if good_dir is not None and out is not detector and args.threshold is None and calibrated_elsewhere(out):
         # held-out images scored again, or (kfold) the out-of-fold scores made again, on the runtime
         from core.data.images import ImageSource
-        from core.engine.workflows import recalibrate
 
         recalibrate(out, ImageSource.from_folder(good_dir, recursive=getattr(args, "recursive", False)),
                     max_train=args.max_train, fpr=args.fpr)

@@ -63,7 +63,13 @@ from core.detectors.exporting import apply_runtime, resolve_runtime
 from core.detectors.registry import create_detector, detector_names, get_detector_class, load_model
 from core.detectors.training import epoch_label, minutes_label
 from core.engine.stream_scan import default_workers, prefetch
-from core.engine.workflows import calibration_images, recalibrate, scan_images, train_detector
+from core.engine.workflows import (
+    calibrated_elsewhere,
+    calibration_images,
+    recalibrate,
+    scan_images,
+    train_detector,
+)
 from core.io.checkpoint import CheckpointError, check_save_target
 from core.metrics import compute_all
 from core.results import ScanRow
@@ -284,10 +290,8 @@ def _on_runtime(detector: Detector, runtime: str, precision: str, dataset: Datas
     if precision == "int8":
         fit, _ = calibration_images(ImageSource(dataset.train), max_train, detector.config.seed)
         calibration = [fit[i] for i in range(min(len(fit), 64))]
-    threshold = detector.threshold
     converted = apply_runtime(detector, runtime, precision, calibration)
-    if (recalibrate_here and not converted.runtime.endswith("float32") and threshold is not None
-            and threshold.calibration_scores):
+    if recalibrate_here and calibrated_elsewhere(converted):
         recalibrate(converted, ImageSource(dataset.train), max_train=max_train, cancel=cancel)
     return converted, time.perf_counter() - t0
 

@@ -85,8 +85,9 @@ def recalibrate(
     progress: ProgressFn | None = None,
     cancel: CancelToken | None = None,
 ) -> Threshold:
-    """Re-calibrate a trained detector's threshold under its current settings, on the same
-    held-out images :func:`train_detector` chose (same ``good``, ``max_train`` and seed).
+    """Re-calibrate a trained detector's threshold under its current settings (and runtime), on
+    the same held-out images :func:`train_detector` chose (same ``good``, ``max_train`` and seed),
+    or, for a cross-calibrated threshold, on out-of-fold scores made again from the same images.
 
     For a trained model whose score settings changed (see
     :meth:`~core.detectors.base.Detector.threshold_mismatch`). ``fpr`` defaults to the one
@@ -111,6 +112,15 @@ def recalibrate(
     detector.threshold = thr
     detector.meta["calibrated_with"] = detector.runtime
     return thr
+
+
+def calibrated_elsewhere(detector: Detector) -> bool:
+    """Whether ``detector``'s threshold was calibrated on scores it would not give now: it has
+    calibration scores and its networks run at a precision other than float32 (a bf16 or int8
+    runtime). :func:`recalibrate` on the same good images then makes them again (held-out or
+    out-of-fold)."""
+    thr = detector.threshold
+    return thr is not None and bool(thr.calibration_scores) and not detector.runtime.endswith("float32")
 
 
 def cross_calibration_scores(detector: Detector, images: ImageSource, folds: int,
