@@ -162,6 +162,11 @@ def _training_rows(training: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [("trained", ", ".join(parts))] if parts else []
 
 
+#: how each bank search reads in the report (all three are exact)
+SEARCH_WORDS = {"bf16": "bf16 product, float32 decision (exact)", "faiss": "faiss flat L2 (exact)",
+                "torch": "torch products (exact)"}
+
+
 def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[tuple[str, str]]:
     """What ran the network while the test split was scored (runtime, precision, threads)."""
     if not runtime:
@@ -171,6 +176,8 @@ def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[t
         text += f", {workers} decoding"
     if runtime.get("convert_seconds") is not None:
         text += f" (exported and loaded in {runtime['convert_seconds']:.1f} s)"
+    if runtime.get("search"):
+        text += f"; nearest-neighbour search: {SEARCH_WORDS.get(runtime['search'], runtime['search'])}"
     return [("runtime", text)]
 
 

@@ -374,6 +374,11 @@ class Detector(ABC):
         kinds = sorted({r.describe() for r in self._runners.values()})
         return ", ".join(kinds) if kinds else f"torch {self._torch_precision()}"
 
+    def neighbour_search(self) -> str | None:
+        """How a detector that searches a bank of training features finds nearest neighbours
+        (``"bf16"``, ``"faiss"``, ``"torch"``; ``bench`` reports it beside the runtime), or None."""
+        return None
+
     def _torch_precision(self) -> str:
         if self.device.type != "cpu":
             return "float32"

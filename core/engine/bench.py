@@ -12,7 +12,7 @@ writes)::
      "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
      "self_check": {"auroc", "by_size", "by_kind", "smallest_separated", "n_good", "n_synthetic"} | None,
      "auto": [{"settings", "self_check", "chosen"}, ...] | None,
-     "runtime": {"runtime", "precision", "threads", "convert_seconds"},
+     "runtime": {"runtime", "precision", "threads", "convert_seconds", "search"},
      "machine": {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                  "gpu", "torch"},
      "version"}
@@ -549,7 +549,8 @@ def run_bench(
         "self_check": detector.meta.get("self_check"),
         "auto": detector.meta.get("auto"),
         "runtime": {"runtime": detector.runtime.split()[0], "precision": detector.runtime.split()[-1],
-                    "threads": torch.get_num_threads(), "convert_seconds": convert_seconds},
+                    "threads": torch.get_num_threads(), "convert_seconds": convert_seconds,
+                    "search": detector.neighbour_search()},
         "machine": machine_info(dev),
         "version": package_version(),
     }

@@ -227,3 +227,13 @@ def test_bench_table_says_how_far_training_got_and_on_what_machine() -> None:
     assert "machine AMD EPYC, 2 logical CPUs, 2 torch threads, AVX2, no bf16 instructions" in lines
     old = {k: v for k, v in res.items() if k not in ("training", "machine")}  # JSON written before these keys
     assert not any(line.startswith(("trained", "machine")) for line in format_table(old).splitlines())
+
+
+def test_bench_table_names_the_runtime_and_the_bank_search() -> None:
+    from app.cli.bench import _runtime_rows
+
+    rt = {"runtime": "openvino", "precision": "bfloat16", "threads": 2, "convert_seconds": None, "search": "bf16"}
+    assert _runtime_rows(rt, 2) == [("runtime", "openvino bfloat16, 2 threads, 2 decoding; nearest-neighbour "
+                                                "search: bf16 product, float32 decision (exact)")]
+    older = {k: v for k, v in rt.items() if k != "search"}  # JSON written before the key
+    assert _runtime_rows(older, None) == [("runtime", "openvino bfloat16, 2 threads")]

@@ -1,8 +1,10 @@
 """Scoring against the memory bank (paper 3.3), anomaly maps and tiling.
 
-- Nearest-neighbour search: exact. On the CPU with ``faiss-cpu``'s flat L2 index (measured 1.4
-  to 2 times faster here than our chunked matrix products, ``benchmarks/patchcore_nn.py`` and
-  docs/benchmarks.md); on a GPU, or where faiss is not installed, with chunked torch products.
+- Nearest-neighbour search: exact. On a CPU with bf16 instructions by a bf16 matrix product that
+  proposes and a float32 comparison that decides (:mod:`.bf16_search`, issue 28); on another CPU
+  with ``faiss-cpu``'s flat L2 index (measured 1.4 to 2 times faster here than our chunked matrix
+  products, ``benchmarks/patchcore_nn.py`` and docs/benchmarks.md); on a GPU, or where faiss is
+  not installed, with chunked torch products.
 - Image score (``image_score``, :data:`SCORE_RULES`): eq. 6-7 (``reweighted``), the largest patch
   distance s* re-weighted by how isolated its nearest bank patch m* is among its own b nearest
   bank neighbours; or the plain maximum s* (``max``), the maximum of the blurred map
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -54,24 +57,59 @@ def faiss_available() -> bool:
     return True
 
 
+def bf16_search_usable() -> bool:
+    """Whether :class:`~core.detectors.patchcore.bf16_search.Bf16Nearest` pays here: a CPU that
+    computes bf16 natively and a bf16 product that accumulates in float32 (its bound needs it)."""
+    from core.detectors.patchcore.bf16_search import accumulates_in_float32
+    from core.runtime.device import machine_info
+
+    return bool(machine_info().get("bf16_instructions")) and accumulates_in_float32()
+
+
+#: ``ANOMALY_INSPECTOR_SEARCH`` (``bf16`` / ``faiss`` / ``torch``) overrides what ``auto`` picks
+SEARCH_ENV = "ANOMALY_INSPECTOR_SEARCH"
+SEARCH_BACKENDS = ("auto", "bf16", "faiss", "torch")
+
+
 class BankIndex:
-    """Exact nearest-neighbour search in a fixed bank: faiss (``IndexFlatL2``) for a CPU bank
-    when installed, else :func:`nearest`. ``backend`` forces one (``"faiss"`` / ``"torch"``)."""
+    """Exact nearest-neighbour search in a fixed bank. For a CPU bank: the bf16 product with a
+    float32 decision (``"bf16"``, :mod:`~core.detectors.patchcore.bf16_search`) where the CPU has
+    bf16 instructions, else faiss (``IndexFlatL2``) when installed, else :func:`nearest`
+    (``"torch"``, also every GPU bank). ``backend`` forces one. The bf16 search answers k = 1 (all
+    that scoring asks); a search for more neighbours next to it goes to :func:`nearest`."""
 
     def __init__(self, bank: torch.Tensor, backend: str = "auto") -> None:
+        if backend == "auto":
+            backend = os.environ.get(SEARCH_ENV, "").strip().lower() or "auto"
+        if backend not in SEARCH_BACKENDS:
+            raise ValueError(f"unknown nearest-neighbour search '{backend}' (known: {', '.join(SEARCH_BACKENDS)}; "
+                             f"from {SEARCH_ENV}?)")
         self.bank = bank
         self.bank_sq = (bank * bank).sum(1)
-        use_faiss = backend == "faiss" or (backend == "auto" and bank.device.type == "cpu" and faiss_available())
+        cpu = bank.device.type == "cpu"
+        self._bf16 = None
+        if backend == "bf16" or (backend == "auto" and cpu and bf16_search_usable()):
+            from core.detectors.patchcore.bf16_search import Bf16Nearest, accumulates_in_float32
+
+            if not accumulates_in_float32():
+                raise RuntimeError("the bf16 search needs a bf16 matrix product that sums in float32, "
+                                   "and this machine's does not")
+
+            self._bf16 = Bf16Nearest(bank)
+        use_faiss = backend == "faiss" or (backend == "auto" and self._bf16 is None and cpu and faiss_available())
         self._index = None
         if use_faiss:
             import faiss
 
             self._index = faiss.IndexFlatL2(bank.shape[1])
             self._index.add(np.ascontiguousarray(bank.detach().cpu().numpy(), dtype=np.float32))
-        self.backend = "faiss" if self._index is not None else "torch"
+        self.backend = "bf16" if self._bf16 is not None else "faiss" if self._index is not None else "torch"
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances (Q, k), indices (Q, k)), Euclidean, nearest first."""
+        if self._bf16 is not None and (k == 1 or self.bank.shape[0] == 1):
+            d, i = self._bf16.search(queries)
+            return d[:, None].to(queries.device), i[:, None].to(queries.device)
         if self._index is None:
             return nearest(queries, self.bank, k, self.bank_sq)
         q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)

@@ -587,17 +587,24 @@ class PatchCoreDetector(Detector):
         finally:
             self._cancel = None
 
+    def neighbour_search(self) -> str | None:
+        return self._bank_index().backend if self.bank is not None else None
+
+    def _bank_index(self) -> BankIndex:
+        if self._index is None or self._index.bank is not self.bank:
+            self._index = BankIndex(self.bank)
+        return self._index
+
     def _distances(self, grids: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each patch's distance to, and index of, its nearest bank patch, for each (h, w, D)
         grid: [((h, w), (h, w)), ...]. One search per grid, not one for the batch: the matrix
         product's blocking depends on how many queries it holds, so a batch-wide search would make
         an image's distances depend (in the last bits) on the images scored with it."""
-        if self._index is None or self._index.bank is not self.bank:
-            self._index = BankIndex(self.bank)
+        index = self._bank_index()
         out = []
         for g in grids:
             h, w, d = g.shape
-            dist, idx = self._index.search(g.reshape(h * w, d).float(), 1)
+            dist, idx = index.search(g.reshape(h * w, d).float(), 1)
             out.append((dist[:, 0].reshape(h, w), idx[:, 0].reshape(h, w)))
         return out
 
