@@ -107,3 +107,16 @@ def test_the_search_environment_variable_picks_the_backend(monkeypatch):
     monkeypatch.setenv(SEARCH_ENV, "quantum")
     with pytest.raises(ValueError, match="unknown nearest-neighbour search 'quantum'"):
         BankIndex(bank)
+
+
+def test_a_query_that_is_not_finite_gets_the_plain_answer_and_spares_the_others():
+    q, bank = cases()["random"]
+    q = q.clone()
+    q[3, 0], q[7, 2] = float("nan"), float("inf")
+    d, i = Bf16Nearest(bank, product=emulated).search(q)
+    ok = torch.ones(len(q), dtype=torch.bool)
+    ok[[3, 7]] = False
+    ref_d, ref_i = brute(q[ok], bank)
+    assert np.array_equal(i[ok].numpy(), ref_i) and np.allclose(d[ok].numpy(), ref_d, rtol=1e-5)
+    assert not torch.isfinite(d[[3, 7]]).any()  # not a number in, not a number out: never a valid score
+    assert ((i >= 0) & (i < len(bank))).all()  # and an index into the bank (never past its end)

@@ -99,6 +99,13 @@ class Bf16Nearest:
         out = U_OUT * (big + torch.maximum(qn * qn / 2, big + e0) + e0)
         return (2 * e0 + out) * (1 + 1e-3)
 
+    def _plain(self, qc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float32 products' answer for a few centred queries (what a non-finite query gets)."""
+        from core.detectors.patchcore.anomaly_map import nearest
+
+        d, i = nearest(qc, self.centred, 1)
+        return d[:, 0], i[:, 0]
+
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances (Q,), indices (Q,)) of each query's nearest bank row."""
         q = queries.detach().float().cpu() - self.mean
@@ -122,6 +129,10 @@ class Bf16Nearest:
             # the smallest index among a row's equally near candidates
             at_best = d2 == best[r]
             arg = torch.full((rows,), self.n, dtype=torch.long).scatter_reduce(0, r[at_best], c[at_best], "amin")
+            lost = ~torch.isfinite(best)  # a query that is not finite (NaN, inf) proposes nothing
+            if lost.any():
+                d_lost, i_lost = self._plain(qc[lost])
+                best[lost], arg[lost] = d_lost * d_lost, i_lost
             dists[start:start + rows] = best.sqrt()
             idxs[start:start + rows] = arg
             self.candidates += int(r.numel())
