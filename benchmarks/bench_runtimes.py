@@ -221,7 +221,10 @@ def main() -> int:
                   f"{r['images_per_second']:7.1f} {r['cpu_ms_per_image']:10.1f} {r['peak_rss_mb']:7.0f} "
                   f"{r['load_before']:4.1f}/{r['load_after']:4.1f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"summary-{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    path = args.out / f"summary-{args.tag}.json"
+    # a rerun of some data sets keeps the others' rows of the same tag
+    earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    path.write_text(json.dumps({**earlier, **summary}, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

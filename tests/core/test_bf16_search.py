@@ -120,3 +120,21 @@ def test_a_query_that_is_not_finite_gets_the_plain_answer_and_spares_the_others(
     assert np.array_equal(i[ok].numpy(), ref_i) and np.allclose(d[ok].numpy(), ref_d, rtol=1e-5)
     assert not torch.isfinite(d[[3, 7]]).any()  # not a number in, not a number out: never a valid score
     assert ((i >= 0) & (i < len(bank))).all()  # and an index into the bank (never past its end)
+
+
+def test_the_float32_sum_check_tells_a_float32_sum_from_bf16_roundings():
+    from core.detectors.patchcore.bf16_search import sums_in_float32
+
+    def rounded_every(block):
+        """A product that rounds its running sum to bf16 every ``block`` terms."""
+        def product(a, b):
+            a, b = a.double(), b.double()
+            acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
+            for start in range(0, a.shape[1], block):
+                acc = (acc + a[:, start:start + block] @ b[start:start + block]).bfloat16().double()
+            return acc.bfloat16()
+        return product
+
+    assert sums_in_float32(emulated)  # float sums, one rounding at the end
+    for block in (1, 16, 64, 256, 512):
+        assert not sums_in_float32(rounded_every(block)), block
