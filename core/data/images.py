@@ -353,9 +353,10 @@ def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int,
     arr = None
     bgr = True
     full: tuple[int, int] | None = None
-    if is_png and _fast_png() is not None and _plain_png(raw):
+    fast = _fast_png() if is_png else None
+    if fast is not None and _plain_png(raw):
         try:
-            arr = _fast_png()(raw)
+            arr = fast(raw)
             bgr = False
         except Exception:  # the fast decoder refused it: OpenCV decides (and words the error)
             arr = None
@@ -420,10 +421,15 @@ def _fast_png():
     return _FAST_PNG[0]
 
 
+#: chunks that send a PNG to OpenCV: transparency (OpenCV makes it alpha), animation (OpenCV
+#: gives an APNG's first frame, which need not be the default image the fast decoder gives)
+_NOT_PLAIN = (b"tRNS", b"acTL", b"fcTL", b"fdAT")
+
+
 def _plain_png(raw: np.ndarray) -> bool:
     """Whether the fast decoder may decode this PNG: 8-bit grey, RGB or RGBA (the types tested to
     give exactly OpenCV's pixels; 16-bit, grey + alpha and palettes go to OpenCV), without a
-    tRNS chunk (OpenCV turns it into alpha), every chunk's CRC right and the IEND there, so that
+    tRNS or animation chunk (:data:`_NOT_PLAIN`), every chunk's CRC right and the IEND there, so that
     whatever is damaged reaches OpenCV, whose refusal and message stay what they were."""
     import zlib
 
@@ -438,7 +444,7 @@ def _plain_png(raw: np.ndarray) -> bool:
         if end + 4 > n:
             return False
         kind = bytes(mv[pos + 4:pos + 8])
-        if kind == b"tRNS" or zlib.crc32(mv[pos + 4:end]) != int.from_bytes(mv[end:end + 4], "big"):
+        if kind in _NOT_PLAIN or zlib.crc32(mv[pos + 4:end]) != int.from_bytes(mv[end:end + 4], "big"):
             return False
         if kind == b"IEND":
             return True

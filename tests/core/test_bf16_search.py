@@ -122,19 +122,74 @@ def test_a_query_that_is_not_finite_gets_the_plain_answer_and_spares_the_others(
     assert ((i >= 0) & (i < len(bank))).all()  # and an index into the bank (never past its end)
 
 
-def test_the_float32_sum_check_tells_a_float32_sum_from_bf16_roundings():
+def round_bits(x: torch.Tensor, bits: int) -> torch.Tensor:
+    m, e = torch.frexp(x)
+    return torch.ldexp(torch.round(m * 2.0 ** bits) / 2.0 ** bits, e)
+
+
+def test_the_float32_sum_check_tells_a_float32_sum_from_shorter_ones():
     from core.detectors.patchcore.bf16_search import sums_in_float32
 
-    def rounded_every(block):
-        """A product that rounds its running sum to bf16 every ``block`` terms."""
+    def rounded_every(block, bits=8):
+        """A product that rounds its running sum to ``bits`` significant bits every ``block`` terms."""
         def product(a, b):
             a, b = a.double(), b.double()
             acc = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float64)
             for start in range(0, a.shape[1], block):
-                acc = (acc + a[:, start:start + block] @ b[start:start + block]).bfloat16().double()
+                acc = round_bits(acc + a[:, start:start + block] @ b[start:start + block], bits)
             return acc.bfloat16()
         return product
 
-    assert sums_in_float32(emulated)  # float sums, one rounding at the end
-    for block in (1, 16, 64, 256, 512):
+    def float32_sums(a, b):
+        return (a.float() @ b.float()).bfloat16()
+
+    assert sums_in_float32(emulated)  # float64 sums, one rounding at the end
+    assert sums_in_float32(float32_sums)
+    for block in (1, 16, 64, 256, 2048):
         assert not sums_in_float32(rounded_every(block)), block
+    assert not sums_in_float32(rounded_every(32, bits=18))  # a sum kept in 18 bits
+
+
+def adversarial(qp: torch.Tensor, bank_t: torch.Tensor) -> torch.Tensor:
+    """A bf16 product as bad as the bound allows beyond the inputs' rounding: the float sums off
+    by their whole allowance (gamma times the sums of magnitudes), against each row's leader and
+    for every other column, and the output truncated (2^-7) in the same directions."""
+    a, b = qp.double(), bank_t.double()
+    v = a @ b
+    gamma = (qp.shape[1] + 1) * 2.0 ** -24
+    slack = gamma * (a.abs() @ b.abs())
+    lead = v == v.max(1, keepdim=True).values
+    pushed = torch.where(lead, v - slack, v + slack)
+    m, e = torch.frexp(pushed)
+    step = torch.where(lead, torch.floor(m * 2.0 ** 7), torch.ceil(m * 2.0 ** 7)) / 2.0 ** 7
+    return torch.ldexp(step, e).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["random", "near ties", "far from the origin"])
+def test_the_search_stays_exact_under_the_worst_product_the_bound_allows(name):
+    q, bank = cases()[name]
+    _, i = Bf16Nearest(bank, product=adversarial).search(q)
+    assert np.array_equal(i.numpy(), brute(q, bank)[1])
+
+
+def test_the_adversarial_product_defeats_a_tenth_of_the_margin(monkeypatch):
+    # the bound is a worst case (Cauchy-Schwarz on the inputs' rounding): this product, which
+    # spends the sums' and the output's whole allowance, needs more than a tenth of it
+    q, bank = cases()["near ties"]
+    margin = Bf16Nearest._margin
+    monkeypatch.setattr(Bf16Nearest, "_margin", lambda self, qn, top: margin(self, qn, top) / 10)
+    _, i = Bf16Nearest(bank, product=adversarial).search(q)
+    assert not np.array_equal(i.numpy(), brute(q, bank)[1])
+
+
+def test_a_query_far_outside_the_bank_proposes_few_candidates_and_huge_ones_do_not_crash():
+    g = torch.Generator().manual_seed(3)
+    bank = torch.randn(1003, 24, generator=g)  # not a multiple of the block: padding rows exist
+    far = torch.randn(16, 24, generator=g) * 80 * float(bank.norm(dim=1).max())
+    index = Bf16Nearest(bank, product=emulated)
+    _, i = index.search(far)
+    assert np.array_equal(i.numpy(), brute(far, bank)[1])
+    assert index.candidates / len(far) < 50  # not most of the bank (the first bound took 91 %)
+    huge = torch.randn(4, 24, generator=g) * 1e19  # the bound overflows: the float32 products answer
+    d, i = index.search(huge)  # (before: an IndexError on a padding row)
+    assert ((i >= 0) & (i < len(bank))).all() and not torch.isnan(d).any()  # |q - b|^2 overflows float32: inf

@@ -24,6 +24,36 @@ def _png(arr: np.ndarray, **pil) -> bytes:
     return cv2.imencode(".png", arr)[1].tobytes()
 
 
+def chunk(kind: bytes, data: bytes) -> bytes:
+    import zlib
+
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def raw_png(rgb: np.ndarray, interlace: bool = False, idat: bytes | None = None) -> bytes:
+    """An 8-bit RGB PNG written by hand: Adam7-interlaced on request (Pillow and OpenCV write
+    none), or with the given IDAT payload (valid CRCs around damaged zlib data)."""
+    import zlib
+
+    h, w, _ = rgb.shape
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+    parts = []
+    for x0, y0, dx, dy in (passes if interlace else [(0, 0, 1, 1)]):
+        sub = rgb[y0::dy, x0::dx]
+        if sub.size:
+            parts += [b"\x00" + row.tobytes() for row in sub]  # filter type 0 on every row
+    data = zlib.compress(b"".join(parts)) if idat is None else idat
+    ihdr = w.to_bytes(4, "big") + h.to_bytes(4, "big") + bytes([8, 2, 0, 0, int(interlace)])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def _apng(colour: np.ndarray) -> bytes:
+    bio = io.BytesIO()
+    Image.fromarray(colour).save(bio, "PNG", save_all=True, default_image=True,
+                                 append_images=[Image.fromarray(255 - colour), Image.fromarray(colour[::-1].copy())])
+    return bio.getvalue()
+
+
 def variants() -> dict[str, bytes]:
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)
@@ -33,7 +63,9 @@ def variants() -> dict[str, bytes]:
         "rgba": _png(rng.integers(0, 255, (37, 53, 4), dtype=np.uint8)),
         "grey": _png(grey),
         "grey stored as rgb": _png(np.repeat(grey[:, :, None], 3, axis=2)),
-        "interlaced": _png(colour[:, :, ::-1], interlace=1),
+        "interlaced": raw_png(colour, interlace=True),
+        "hand-written": raw_png(colour),
+        "animated": _apng(colour),
         "16-bit": _png(rng.integers(0, 65535, (37, 53, 3), dtype=np.uint16)),
         "grey + alpha": _la(grey),
         "palette": _palette(colour),
@@ -68,7 +100,43 @@ def test_the_fast_decoder_and_opencv_give_the_same_pixels(tmp_path, monkeypatch,
     plain, _ = read_with(path, "opencv", monkeypatch)
     assert fast.dtype == plain.dtype and np.array_equal(fast, plain)
     # the fast decoder takes the 8-bit grey, RGB and RGBA files; the others are OpenCV's
-    assert used == (name in ("rgb", "rgba", "grey", "grey stored as rgb", "interlaced"))
+    assert used == (name in ("rgb", "rgba", "grey", "grey stored as rgb", "interlaced", "hand-written"))
+
+
+def test_the_hand_written_interlaced_png_is_interlaced():
+    data = variants()["interlaced"]
+    assert data[28] == 1  # the IHDR's interlace method: Adam7
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "bad Adler-32", "rows missing", "extra data"])
+def test_damaged_pixel_data_inside_valid_chunks_ends_the_same_either_way(tmp_path, monkeypatch, damage):
+    """The only damaged files the fast decoder sees: the chunks' CRCs are right, the zlib data not."""
+    import zlib
+
+    rgb = np.random.default_rng(3).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    rows = b"".join(b"\x00" + r.tobytes() for r in rgb)
+    z = bytearray(zlib.compress(rows))
+    if damage == "flipped byte":
+        z[len(z) // 2] ^= 0x5A
+    elif damage == "bad Adler-32":
+        z[-1] ^= 0xFF
+    elif damage == "rows missing":
+        z = bytearray(zlib.compress(rows[: len(rows) // 2]))
+    else:
+        z = bytearray(zlib.compress(rows + b"\x00" * 91))
+    path = tmp_path / "x.png"
+    path.write_bytes(raw_png(rgb, idat=bytes(z)))
+    outcomes = []
+    for decoder in ("fast", "opencv"):
+        try:
+            outcomes.append(read_with(path, decoder, monkeypatch)[0])
+        except ImageReadError as exc:
+            outcomes.append(str(exc))
+    fast, plain = outcomes
+    if isinstance(plain, str):
+        assert fast == plain  # the same refusal, in the same words
+    else:
+        assert not isinstance(fast, str) and np.array_equal(fast, plain)
 
 
 @pytest.mark.parametrize("damage", ["pixel byte", "truncated", "no IEND"])
