@@ -38,3 +38,25 @@ def summary(seconds: list[float], n_items: int) -> str:
     med = statistics.median(seconds)
     return (f"{1000 * med / n_items:8.2f} ms/img  {n_items / med:8.1f} img/s  "
             f"(best {n_items / min(seconds):.1f}, worst {n_items / max(seconds):.1f})")
+
+
+def test_sample(dataset: Path, every: int, n: int) -> list[Path]:
+    """Every ``every``-th test image of ``dataset`` (its layout's order), at most ``n`` of them."""
+    from core.data.layouts import load_dataset
+
+    return [s.path for s in load_dataset(dataset).test[::every][:n]]
+
+
+def write_report(path: Path | None, doc: dict) -> None:
+    """``doc`` as JSON at ``path`` (nothing without one), with the machine, its load average and
+    the command line that made it."""
+    if path is None:
+        return
+    import json
+    import sys
+
+    from core.runtime.device import machine_info
+
+    doc = {**doc, "machine": machine_info(), "load_average": list(os.getloadavg()), "command": " ".join(sys.argv)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

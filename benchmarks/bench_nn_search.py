@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import test_sample, write_report  # noqa: E402
 from core.data.images import read_image  # noqa: E402
-from core.data.layouts import load_dataset  # noqa: E402
 from core.detectors.patchcore.anomaly_map import BankIndex, faiss_available  # noqa: E402
 from core.detectors.patchcore.bf16_search import accumulates_in_float32  # noqa: E402
 from core.detectors.registry import load_model  # noqa: E402
-from core.runtime.device import machine_info  # noqa: E402
 
 
 def main() -> int:
@@ -45,8 +41,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     det = load_model(args.model, device="cpu")
-    test = load_dataset(args.dataset).test
-    picked = [read_image(s.path) for s in test[::args.every][:args.images]]
+    picked = [read_image(p) for p in test_sample(args.dataset, args.every, args.images)]
     queries = [f.feats.reshape(-1, f.feats.shape[-1]).float().contiguous() for f in det._features(picked)]
     bank = det.bank.float().cpu()
     exact = [torch.cdist(q.double(), bank.double()).min(1) for q in queries]
@@ -73,13 +68,9 @@ def main() -> int:
             row["candidates_per_query"] = index._bf16.candidates / sum(q.shape[0] for q in queries)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    doc = {"model": str(args.model), "dataset": str(args.dataset), "images": len(queries),
-           "queries_per_image": queries[0].shape[0], "bank": list(bank.shape), "threads": torch.get_num_threads(),
-           "rows": rows, "machine": machine_info(), "load_average": list(os.getloadavg()),
-           "command": " ".join(sys.argv)}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_report(args.json, {"model": str(args.model), "dataset": str(args.dataset), "images": len(queries),
+                             "queries_per_image": queries[0].shape[0], "bank": list(bank.shape),
+                             "threads": torch.get_num_threads(), "rows": rows})
     return 0
 
 

@@ -13,8 +13,6 @@ search, the map (upsample, blur, back to the image's size) and the stored map (`
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,18 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._common import test_sample, write_report  # noqa: E402
 from core.data.images import read_image  # noqa: E402
-from core.data.layouts import load_dataset  # noqa: E402
 from core.detectors.common import map_to_input  # noqa: E402
 from core.detectors.exporting import apply_runtime  # noqa: E402
 from core.detectors.patchcore.inputs import to_frame  # noqa: E402
 from core.detectors.registry import load_model  # noqa: E402
 from core.results import compact_map  # noqa: E402
-from core.runtime.device import machine_info  # noqa: E402
 
 
 def main() -> int:
@@ -51,7 +46,7 @@ def main() -> int:
     cv2.setNumThreads(1)
     det = load_model(args.model, device="cpu")
     det = apply_runtime(det, args.runtime, args.precision)
-    paths = [s.path for s in load_dataset(args.dataset).test][:: 4][: args.images]
+    paths = test_sample(args.dataset, 4, args.images)
     stages: dict[str, float] = {}
 
     def timed(name, fn, *a):
@@ -82,12 +77,9 @@ def main() -> int:
     rows["total"] = sum(rows.values())
     for k, v in rows.items():
         print(f"{k:48s} {v:7.1f} ms")
-    if args.json:
-        doc = {"model": str(args.model), "dataset": str(args.dataset), "images": n, "runtime": det.runtime,
-               "search": det.neighbour_search(), "cpu_ms_per_image": rows, "threads": 1, "machine": machine_info(),
-               "load_average": list(os.getloadavg()), "command": " ".join(sys.argv)}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_report(args.json, {"model": str(args.model), "dataset": str(args.dataset), "images": n,
+                             "runtime": det.runtime, "search": det.neighbour_search(), "cpu_ms_per_image": rows,
+                             "threads": 1})
     return 0
 
 

@@ -350,21 +350,9 @@ def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int,
     is_png, is_jpeg = head.startswith(b"\x89PNG"), head[:3] == b"\xff\xd8\xff"
     if is_jpeg and _jpeg_truncated(raw):
         raise ImageReadError("corrupt image data (truncated JPEG: the file ends inside the image data)")
-    arr = None
-    bgr = True
+    arr = _decode_plain_png(raw) if is_png else None
+    bgr = arr is None  # OpenCV's channel order; the fast decoder's is RGB
     full: tuple[int, int] | None = None
-    fast = _fast_png() if is_png else None
-    if fast is not None and _plain_png(raw):
-        try:
-            arr = fast(raw)
-            bgr = False
-        except Exception:  # the fast decoder refused it: OpenCV decides (and words the error)
-            arr = None
-        bands = {0: 1, 2: 3, 6: 4}[int(raw[25])]
-        size = (int.from_bytes(bytes(raw[20:24]), "big"), int.from_bytes(bytes(raw[16:20]), "big"))
-        if arr is not None and (arr.dtype != np.uint8 or arr.shape[:2] != size
-                                or (arr.shape[2] if arr.ndim == 3 else 1) != bands):
-            arr = None  # not the pixels OpenCV would give: let it decode
     if is_jpeg and pixels > FULL_DECODE_PIXELS:
         factor = next((f for f, _ in _REDUCED_FLAGS[::-1] if pixels / (f * f) <= FULL_DECODE_PIXELS), 8)
         wh = _jpeg_size(raw)
@@ -374,7 +362,6 @@ def _decode(p: Path, raw: np.ndarray, pixels: int, orientation: int,
         arr = cv2.imdecode(raw, flag)
         full = (wh[1], wh[0]) if wh else None
     if arr is None:
-        bgr = True
         arr = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED)
     if (arr is None or arr.size == 0) and not is_png:
         # OpenCV's libpng reads every PNG there is: a PNG it refuses is damaged, and Pillow
@@ -450,6 +437,23 @@ def _plain_png(raw: np.ndarray) -> bool:
             return True
         pos = end + 4
     return False
+
+
+def _decode_plain_png(raw: np.ndarray) -> np.ndarray | None:
+    """``raw`` decoded by the fast decoder (RGB, RGBA or grey, uint8) when it is installed and the
+    PNG is plain (:func:`_plain_png`), else None: OpenCV decodes it (and words any error)."""
+    fast = _fast_png()
+    if fast is None or not _plain_png(raw):
+        return None
+    try:
+        arr = fast(raw)
+    except Exception:  # the fast decoder refused it
+        return None
+    bands = {0: 1, 2: 3, 6: 4}[int(raw[25])]
+    size = (int.from_bytes(bytes(raw[20:24]), "big"), int.from_bytes(bytes(raw[16:20]), "big"))
+    if arr.dtype != np.uint8 or arr.shape[:2] != size or (arr.shape[2] if arr.ndim == 3 else 1) != bands:
+        return None  # not the pixels OpenCV would give
+    return arr
 
 
 def _jpeg_size(raw: np.ndarray) -> tuple[int, int] | None:
