@@ -66,6 +66,10 @@ class GroupingPanel(QWidget):
         for key, title in METHOD_TITLES.items():
             self.method_combo.addItem(title, key)
         self.method_combo.setToolTip("How the scores are split into two groups (the larger group is normal)")
+        # no method until a scan has grouped (the first entry would read as the default, and each
+        # zero-shot detector has its own: mutual's is the Gaussian mixture)
+        self.method_combo.setPlaceholderText("no grouping yet")
+        self.method_combo.setCurrentIndex(-1)
         self.method_combo.activated.connect(lambda _i: self.method_changed.emit(self.method_combo.currentData()))
         self.move_button = QPushButton("Move to other group")
         self.move_button.setToolTip("Move the selected image to the other group (also in the gallery's context menu)")
@@ -99,6 +103,7 @@ class GroupingPanel(QWidget):
             for t in (self.normal_text, self.suspect_text):
                 t.hide()
             self.sizes_label.setText("no groups yet")
+            self.method_combo.setCurrentIndex(-1)
             note = result.grouping_note if result is not None else ""
             self._set_info(f"Not grouped: {note}" if note else
                            "Run a zero-shot detector to split the batch into a normal and a suspect group.")

@@ -116,3 +116,12 @@ def test_grouping_dock_shows_the_mutual_split(qtbot, window, parts):
     assert panel.sizes_label.text() == f"normal: {res.grouping.sizes[0]}   suspect: {res.grouping.sizes[1]}"
     label = panel.plot.getPlotItem().getAxis("bottom").labelText
     assert "mutual" in label and "noise" not in label
+
+
+def test_no_grouping_method_is_shown_before_a_scan_has_grouped(qtbot, window, parts):
+    panel = window.grouping
+    assert panel.method_combo.currentIndex() == -1 and panel.method_combo.currentText() == ""  # not "normalized cut"
+    res = zero_shot_scan(qtbot, window, parts.batch)
+    assert panel.method_combo.currentData() == res.grouping.method
+    panel.set_result(None)
+    assert panel.method_combo.currentIndex() == -1
