@@ -172,6 +172,8 @@ def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[t
     if not runtime:
         return []
     text = f"{runtime['runtime']} {runtime['precision']}, {runtime['threads']} threads"
+    if (runtime.get("lanes") or 1) > 1:
+        text += f" in {runtime['lanes']} scoring lanes"
     if workers:
         text += f", {workers} decoding"
     if runtime.get("convert_seconds") is not None:

@@ -12,8 +12,11 @@ Subclasses implement ``_fit(images, progress, cancel)``, ``_score_batch(images)`
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +33,7 @@ from core.results import ScoreResult
 from core.results.threshold import Threshold
 from core.runtime.cancel import CancelToken, cancel_inside, check
 from core.runtime.device import resolve_device
+from core.runtime.lanes import lane_pool, score_lanes
 from core.runtime.progress import ProgressFn
 
 
@@ -84,6 +88,10 @@ class Detector(ABC):
     #: Why this detector cannot run as an exported graph (ONNX, OpenVINO), in one clause; a
     #: detector that can implements :meth:`graphs` instead.
     export_refusal: ClassVar[str] = "its scoring is not written as an exportable network"
+    #: Whether :meth:`score` may score two batches at once on a CPU, each on a lane thread of
+    #: its own (:mod:`core.runtime.lanes`): a detector that sets it keeps nothing of a batch on
+    #: ``self`` while scoring it, and its networks and searches may run on two threads at once.
+    concurrent_batches: ClassVar[bool] = False
 
     def __init__(self, config: DetectorConfig | None = None, device: str | torch.device = "auto") -> None:
         cfg = config if config is not None else self.config_class()
@@ -95,7 +103,8 @@ class Detector(ABC):
         self.threshold: Threshold | None = None
         self.fitted = self.zero_shot
         self.meta: dict[str, Any] = {}
-        self._scoring: _ScoringStep | None = None
+        #: What :meth:`_step` needs, by the thread scoring a batch (the caller's, or a lane's)
+        self._steps: dict[int, _ScoringStep] = {}
         #: Learning-curve snapshots (see :meth:`_snapshots`): training-clock minutes and epochs
         #: at which ``on_snapshot(detector, label)`` gets the detector as it would be if
         #: training stopped there (it typically saves it). Not a setting: never saved.
@@ -185,26 +194,72 @@ class Detector(ABC):
         total = len(images)
         if progress:
             progress(0, total, "scoring")
-        done = 0
+        bs = max(1, int(self.config.batch_size))
+        lanes = score_lanes(self.device, -(-total // bs)) if self.concurrent_batches else 1
         try:
             with torch.inference_mode(), cancel_inside(cancel):
-                for idx, batch in iter_batches(images, self.config.batch_size, skipped, cancel):
-                    self._scoring = _ScoringStep(cancel, progress, done, len(batch), total, len(out))
-                    results = self._score_batch(batch)
+                for idx, batch, results in self._scored_batches(iter_batches(images, bs, skipped, cancel), lanes,
+                                                                 cancel, progress, total, out):
                     check(cancel)
                     for i, img, res in zip(idx, batch, results):
                         res.image_shape = (int(img.shape[0]), int(img.shape[1]))
                         out[i] = res
                         if on_result:
                             on_result(i, res)
-                    done = idx[-1] + 1
                     if progress:
-                        progress(done, total, f"scored {len(out)} of {total}")
+                        progress(idx[-1] + 1, total, f"scored {len(out)} of {total}")
         finally:
-            self._scoring = None
+            self._steps.pop(threading.get_ident(), None)
         if progress:
             progress(total, total, f"scored {len(out)} of {total}")
         return out
+
+    def images_per_call(self) -> int:
+        """How many images a caller that scores in chunks (the streamed scan, the self-check)
+        hands :meth:`score` at a time: one batch for each lane it would score on."""
+        bs = max(1, int(self.config.batch_size))
+        return bs * (score_lanes(self.device, 2 ** 31) if self.concurrent_batches else 1)
+
+    def _scored_batches(self, batches: Iterator[tuple[list[int], list[np.ndarray]]], lanes: int,
+                        cancel: CancelToken | None, progress: ProgressFn | None, total: int,
+                        out: dict[int, ScoreResult]) -> Iterator[tuple[list[int], list[np.ndarray], list[ScoreResult]]]:
+        """``(indices, images, results)`` of each batch, in order. With ``lanes`` > 1
+        (:mod:`core.runtime.lanes`; detectors with :attr:`concurrent_batches`) up to that many
+        batches are scored at once, each on a lane thread of its own; a lane's :meth:`_step`
+        checks the cancel token but leaves the progress to the batches' end (in order)."""
+        me = threading.get_ident()
+        if lanes <= 1:
+            done = 0
+            for idx, batch in batches:
+                self._steps[me] = _ScoringStep(cancel, progress, done, len(batch), total, len(out))
+                yield idx, batch, self._score_batch(batch)
+                done = idx[-1] + 1
+            return
+
+        def lane(batch: list[np.ndarray]) -> list[ScoreResult]:
+            key = threading.get_ident()
+            self._steps[key] = _ScoringStep(cancel, None, 0, len(batch), total, 0)
+            try:
+                with torch.inference_mode(), cancel_inside(cancel):
+                    return self._score_batch(batch)
+            finally:
+                self._steps.pop(key, None)
+
+        with lane_pool(lanes) as pool:
+            pending: deque = deque()
+            try:
+                for idx, batch in batches:  # the next batch is read while the lanes score
+                    pending.append((idx, batch, pool.submit(lane, batch)))
+                    if len(pending) >= lanes:
+                        i, b, fut = pending.popleft()
+                        yield i, b, fut.result()
+                while pending:
+                    i, b, fut = pending.popleft()
+                    yield i, b, fut.result()
+            finally:  # an error, a cancel or a caller that stops: no lane goes on after this call
+                for _, _, fut in pending:
+                    fut.cancel()
+                wait([fut for _, _, fut in pending])
 
     def _step(self, done: int | None = None, of: int | None = None, what: str = "") -> None:
         """The per-step hook of scoring: a detector calls it inside its own loops over a batch
@@ -212,7 +267,7 @@ class Detector(ABC):
         ``interrupt`` at every step. It raises :class:`~core.runtime.cancel.Cancelled` when the
         job was cancelled and, given ``done`` of ``of`` steps of the current batch, moves the
         progress on within the batch. Outside :meth:`score` it does nothing."""
-        step = self._scoring
+        step = self._steps.get(threading.get_ident())
         if step is None:
             return
         check(step.cancel)

@@ -12,7 +12,7 @@ writes)::
      "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
      "self_check": {"auroc", "by_size", "by_kind", "smallest_separated", "n_good", "n_synthetic"} | None,
      "auto": [{"settings", "self_check", "chosen"}, ...] | None,
-     "runtime": {"runtime", "precision", "threads", "convert_seconds", "search"},
+     "runtime": {"runtime", "precision", "threads", "convert_seconds", "search", "lanes"},
      "machine": {"cpu", "logical_cpus", "torch_threads", "cpu_capability", "bf16_instructions",
                  "gpu", "torch"},
      "version"}
@@ -550,7 +550,8 @@ def run_bench(
         "auto": detector.meta.get("auto"),
         "runtime": {"runtime": detector.runtime.split()[0], "precision": detector.runtime.split()[-1],
                     "threads": torch.get_num_threads(), "convert_seconds": convert_seconds,
-                    "search": detector.neighbour_search()},
+                    "search": detector.neighbour_search(),
+                    "lanes": detector.images_per_call() // max(1, int(detector.config.batch_size))},
         "machine": machine_info(dev),
         "version": package_version(),
     }

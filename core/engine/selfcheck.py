@@ -57,7 +57,7 @@ def run_self_check(detector: Detector, good: ImageSource, good_scores: Sequence[
         return SelfCheck(None, {}, {}, None, int(goods.size), 0)
     # a few defects at a time, their images and maps dropped once scored (memory: test_selfcheck)
     n = len(base) * len(SIZES) * len(KINDS)
-    chunk = max(1, int(getattr(detector.config, "batch_size", 8)))
+    chunk = detector.images_per_call()
     scored: list[tuple[str, float, float]] = []  # (kind, size, score) of each finite-scored defect
     for start in range(0, n, chunk):
         check(cancel)

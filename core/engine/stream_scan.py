@@ -132,8 +132,9 @@ def prefetch(paths: Sequence[Path], workers: int, window: int,
 def local_events(detector: Detector, paths: Sequence[Path], indices: Sequence[int], *, workers: int,
                  cancel: CancelToken | None = None) -> Iterator[Event]:
     """Score ``paths`` (listing ``indices``) in the detector's batches, decoding ahead; events
-    in index order (a batch's unreadable files come out with it, in place)."""
-    bs = max(1, int(detector.config.batch_size))
+    in index order (a batch's unreadable files come out with it, in place). A call to the
+    detector gets a batch for each of its scoring lanes (:meth:`~core.detectors.base.Detector.images_per_call`)."""
+    bs = detector.images_per_call()
     chunk: list[tuple[int, object]] = []
     n_images = 0
     side = detector.decode_side()

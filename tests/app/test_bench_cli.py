@@ -237,3 +237,11 @@ def test_bench_table_names_the_runtime_and_the_bank_search() -> None:
                                                 "search: bf16 product, float32 decision (exact)")]
     older = {k: v for k, v in rt.items() if k != "search"}  # JSON written before the key
     assert _runtime_rows(older, None) == [("runtime", "openvino bfloat16, 2 threads")]
+
+
+def test_bench_table_says_when_two_lanes_scored() -> None:
+    from app.cli.bench import _runtime_rows
+
+    rt = {"runtime": "torch", "precision": "float32", "threads": 2, "convert_seconds": None, "search": None, "lanes": 2}
+    assert _runtime_rows(rt, None) == [("runtime", "torch float32, 2 threads in 2 scoring lanes")]
+    assert _runtime_rows({**rt, "lanes": 1}, None) == [("runtime", "torch float32, 2 threads")]

@@ -206,6 +206,9 @@ class PatchCoreDetector(Detector):
     #: 2: optional standardization and foreground tensors beside the memory bank
     state_version = 2
     self_check_default = True
+    #: two batches at once on a CPU (core/runtime/lanes.py): a batch's crops, features and
+    #: distances stay local to :meth:`_score_batch`; the bank index is built before the lanes start
+    concurrent_batches = True
 
     def default_calibration(self) -> tuple[str, str]:
         """``auto`` (issue 24, part 5): cross-calibrate when the held-out images could not
@@ -582,6 +585,8 @@ class PatchCoreDetector(Detector):
     # ------------------------------------------------------------------ score
     def score(self, images, progress=None, cancel=None, on_result=None, skipped=None):
         self._cancel = cancel  # also checked inside a batch (between tiles / sub-batches)
+        if self.bank is not None:
+            self._bank_index()  # built once here, not by two lanes at once
         try:
             return super().score(images, progress, cancel, on_result, skipped)
         finally:
