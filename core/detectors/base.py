@@ -196,10 +196,10 @@ class Detector(ABC):
             progress(0, total, "scoring")
         bs = max(1, int(self.config.batch_size))
         lanes = score_lanes(self.device, -(-total // bs)) if self.concurrent_batches else 1
+        scored = self._scored_batches(iter_batches(images, bs, skipped, cancel), lanes, cancel, progress, total, out)
         try:
             with torch.inference_mode(), cancel_inside(cancel):
-                for idx, batch, results in self._scored_batches(iter_batches(images, bs, skipped, cancel), lanes,
-                                                                 cancel, progress, total, out):
+                for idx, batch, results in scored:
                     check(cancel)
                     for i, img, res in zip(idx, batch, results):
                         res.image_shape = (int(img.shape[0]), int(img.shape[1]))
@@ -209,6 +209,7 @@ class Detector(ABC):
                     if progress:
                         progress(idx[-1] + 1, total, f"scored {len(out)} of {total}")
         finally:
+            scored.close()  # now, not when collected: its lanes are done when score() returns or raises
             self._steps.pop(threading.get_ident(), None)
         if progress:
             progress(total, total, f"scored {len(out)} of {total}")

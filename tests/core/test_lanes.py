@@ -185,3 +185,17 @@ def test_patchcore_scores_the_same_on_two_lanes_as_on_one(two_threads, monkeypat
     for i in range(len(test)):
         torch.testing.assert_close(two[i].score, one[i].score)
         torch.testing.assert_close(torch.from_numpy(two[i].anomaly_map), torch.from_numpy(one[i].anomaly_map))
+
+
+def test_a_caller_that_raises_midway_leaves_no_lane_running(two_threads, monkeypatch):
+    monkeypatch.setenv(LANES_ENV, "2")
+    det = Recorder()
+
+    def stop(i, _res):
+        if i == 3:
+            raise KeyError("caller gave up")
+
+    with pytest.raises(KeyError) as caught:
+        det.score(images(20), on_result=stop)
+    assert caught.value is not None and lanes_mod._LANES.users == 0  # the lanes let go before score() raised
+    assert max(det.finished) <= 6 and torch.get_num_threads() == 2
