@@ -11,7 +11,7 @@
   (``blurred_max``), or the mean of the largest patch distances (``top_mean``: AnomalyDINO's mean
   of the top 1 %, Damm et al. 2024). Measured against each other in docs/benchmarks.md.
 - Map: patch distances on the feature grid, upsampled bilinearly to the working resolution and
-  blurred with a Gaussian of sigma 4 (3.3 / 4.2).
+  blurred with a Gaussian (``blur_sigma``: the paper's 4 in 3.3 / 4.2; 10 by default, measured).
 """
 
 from __future__ import annotations
