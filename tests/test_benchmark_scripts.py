@@ -332,3 +332,24 @@ def test_plain_knn_scores_a_pasted_defect_above_the_good_parts(tmp_path: Path) -
     assert out["n_train"] == 6 and out["n_test"] == 6
     assert out["bank"] == round(0.5 * out["n_train_patches"]) and out["n_train_patches"] == 6 * 16 * 16
     assert out["metrics"]["image_auroc"] == 1.0 and out["metrics"]["pixel_auroc"] > 0.9
+
+
+def test_approximate_search_script_matches_the_exact_search_when_it_searches_everything() -> None:
+    import pytest
+    import torch
+
+    pytest.importorskip("faiss")
+    from benchmarks.bench_approx_search import ApproxIndex
+    from core.detectors.patchcore.anomaly_map import nearest
+
+    g = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(300, 16, generator=g), torch.randn(50, 16, generator=g)
+    exact_d, exact_i = nearest(queries, bank, 1)
+    for spec in ("ivf:1:1", "ivf:8:8", "hnsw:16:400"):  # one cell, every cell, a search wider than the bank
+        d, i = ApproxIndex(bank, spec).search(queries, 1)
+        assert torch.equal(i, exact_i), spec
+        torch.testing.assert_close(d, exact_d)
+    d, i = ApproxIndex(bank, "ivf:32:1").search(queries, 1)  # one cell of 32: not every query finds its nearest
+    assert (d >= exact_d - 1e-5).all() and not torch.equal(i, exact_i)
+    with pytest.raises(ValueError, match="unknown approximate index"):
+        ApproxIndex(bank, "lsh:1:1")
