@@ -199,3 +199,21 @@ def test_a_caller_that_raises_midway_leaves_no_lane_running(two_threads, monkeyp
         det.score(images(20), on_result=stop)
     assert caught.value is not None and lanes_mod._LANES.users == 0  # the lanes let go before score() raised
     assert max(det.finished) <= 6 and torch.get_num_threads() == 2
+
+
+def test_patchcore_cancelled_mid_score_on_two_lanes(two_threads, monkeypatch):
+    rng = np.random.default_rng(1)
+    det = PatchCoreDetector(PatchCoreConfig(backbone="tiny-random", image_size=32, batch_size=2, coreset_ratio=0.5,
+                                            blur_sigma=1.0), device="cpu")
+    det.fit([make_part(rng, size=32) for _ in range(6)])
+    monkeypatch.setenv(LANES_ENV, "2")
+    token, seen = CancelToken(), []
+
+    def press(i, _res):
+        seen.append(i)
+        token.cancel()
+
+    with pytest.raises(Cancelled):
+        det.score([make_part(rng, size=32) for _ in range(12)], cancel=token, on_result=press)
+    assert seen == [0, 1] and lanes_mod._LANES.users == 0 and torch.get_num_threads() == 2  # the first batch only, as on one lane
+    assert det.score([make_part(rng, size=32) for _ in range(4)]).keys() == {0, 1, 2, 3}  # scores again after
