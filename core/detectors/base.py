@@ -33,7 +33,7 @@ from core.results import ScoreResult
 from core.results.threshold import Threshold
 from core.runtime.cancel import CancelToken, cancel_inside, check
 from core.runtime.device import resolve_device
-from core.runtime.lanes import lane_pool, score_lanes
+from core.runtime.lanes import lane_pool, run_in_lane, score_lanes
 from core.runtime.progress import ProgressFn
 
 
@@ -237,6 +237,8 @@ class Detector(ABC):
                 done = idx[-1] + 1
             return
 
+        share = max(1, torch.get_num_threads() // lanes)
+
         def lane(batch: list[np.ndarray]) -> list[ScoreResult]:
             key = threading.get_ident()
             self._steps[key] = _ScoringStep(cancel, None, 0, len(batch), total, 0)
@@ -246,11 +248,11 @@ class Detector(ABC):
             finally:
                 self._steps.pop(key, None)
 
-        with lane_pool(lanes) as pool:
+        with lane_pool(lanes, share) as pool:
             pending: deque = deque()
             try:
                 for idx, batch in batches:  # the next batch is read while the lanes score
-                    pending.append((idx, batch, pool.submit(lane, batch)))
+                    pending.append((idx, batch, pool.submit(run_in_lane, share, lane, batch)))
                     if len(pending) >= lanes:
                         i, b, fut = pending.popleft()
                         yield i, b, fut.result()

@@ -472,7 +472,8 @@ def run_bench(
 
     # ---- warm-up: the first batch, untimed
     source = ImageSource([s.path for s in test_samples])
-    warm = source.subset(range(min(detector.config.batch_size, len(source))))
+    # a batch for each scoring lane, so that the lanes (and a runtime's requests on them) exist before the clock starts
+    warm = source.subset(range(min(detector.images_per_call(), len(source))))
     detector.score(warm, SubProgress(progress, 0.45, 0.5, "warm-up"), cancel)
     _sync(dev)
 

@@ -33,6 +33,10 @@ def check(cancel: CancelToken | None) -> None:
         cancel.raise_if_cancelled()
 
 
+#: registering and removing the global module hooks of :func:`cancel_inside`, one thread at a time
+_HOOKS = threading.Lock()
+
+
 @contextlib.contextmanager
 def cancel_inside(cancel: CancelToken | None) -> Iterator[None]:
     """Let ``cancel`` reach inside a single forward and backward pass of any torch model run by
@@ -61,9 +65,11 @@ def cancel_inside(cancel: CancelToken | None) -> Iterator[None]:
         cancel.raise_if_cancelled()
         return t
 
-    handle = register_module_forward_pre_hook(before_module)
+    with _HOOKS:  # torch numbers hooks with an unlocked counter: two threads could share an id
+        handle = register_module_forward_pre_hook(before_module)
     try:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
             yield
     finally:
-        handle.remove()
+        with _HOOKS:
+            handle.remove()
