@@ -195,7 +195,7 @@ class Detector(ABC):
         if progress:
             progress(0, total, "scoring")
         bs = max(1, int(self.config.batch_size))
-        lanes = score_lanes(self.device, -(-total // bs)) if self.concurrent_batches else 1
+        lanes = self.scoring_lanes(-(-total // bs))
         scored = self._scored_batches(iter_batches(images, bs, skipped, cancel), lanes, cancel, progress, total, out)
         try:
             with torch.inference_mode(), cancel_inside(cancel):
@@ -215,11 +215,14 @@ class Detector(ABC):
             progress(total, total, f"scored {len(out)} of {total}")
         return out
 
+    def scoring_lanes(self, batches: int = 2 ** 31) -> int:
+        """How many of ``batches`` batches :meth:`score` scores at once (:mod:`core.runtime.lanes`)."""
+        return score_lanes(self.device, batches) if self.concurrent_batches else 1
+
     def images_per_call(self) -> int:
         """How many images a caller that scores in chunks (the streamed scan, the self-check)
         hands :meth:`score` at a time: one batch for each lane it would score on."""
-        bs = max(1, int(self.config.batch_size))
-        return bs * (score_lanes(self.device, 2 ** 31) if self.concurrent_batches else 1)
+        return max(1, int(self.config.batch_size)) * self.scoring_lanes()
 
     def _scored_batches(self, batches: Iterator[tuple[list[int], list[np.ndarray]]], lanes: int,
                         cancel: CancelToken | None, progress: ProgressFn | None, total: int,

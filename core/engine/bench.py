@@ -552,7 +552,7 @@ def run_bench(
         "runtime": {"runtime": detector.runtime.split()[0], "precision": detector.runtime.split()[-1],
                     "threads": torch.get_num_threads(), "convert_seconds": convert_seconds,
                     "search": detector.neighbour_search(),
-                    "lanes": detector.images_per_call() // max(1, int(detector.config.batch_size))},
+                    "lanes": detector.scoring_lanes()},
         "machine": machine_info(dev),
         "version": package_version(),
     }

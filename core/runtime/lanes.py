@@ -100,21 +100,33 @@ def _openmp():
     return None
 
 
-def run_in_lane(threads: int, fn: Callable[..., T], *args) -> T:
-    """``fn(*args)`` on a lane thread with ``threads`` torch threads, the lane's own count put back
-    after. Only the lane thread's count changes (through torch's OpenMP runtime; where that is not
-    found, ``torch.set_num_threads``, which also moves the count of threads that start using torch
-    meanwhile); the caller's and every other thread's stay as they were."""
+@contextlib.contextmanager
+def _own_thread_count(threads: int, fallback: bool) -> Iterator[None]:
+    """This thread on ``threads`` torch threads meanwhile, its count put back after: through
+    torch's OpenMP runtime (this thread only); where that is not found, ``torch.set_num_threads``
+    when ``fallback`` (which also moves the count of threads that start using torch meanwhile),
+    else nothing."""
     before = torch.get_num_threads()  # this thread takes the process's count now, not over ours later
     omp = _openmp()
-    set_count = omp.omp_set_num_threads if omp is not None else torch.set_num_threads
-    set_count(threads)
-    _LANES.local.busy = True
+    set_count = omp.omp_set_num_threads if omp is not None else torch.set_num_threads if fallback else None
+    if set_count is not None:
+        set_count(threads)
     try:
-        return fn(*args)
+        yield
     finally:
-        _LANES.local.busy = False
-        set_count(before)
+        if set_count is not None:
+            set_count(before)
+
+
+def run_in_lane(threads: int, fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` on a lane thread with ``threads`` torch threads (:func:`_own_thread_count`);
+    the caller's and every other thread's count stay as they were."""
+    with _own_thread_count(threads, fallback=True):
+        _LANES.local.busy = True
+        try:
+            return fn(*args)
+        finally:
+            _LANES.local.busy = False
 
 
 @contextlib.contextmanager
@@ -123,14 +135,9 @@ def lane_pool(lanes: int, threads: int | None = None) -> Iterator[ThreadPoolExec
     With ``threads``, the calling thread runs on that many torch threads meanwhile too (what it
     does between the lanes' batches — reading the next one, keeping the results — then does not
     compete with them); only its own count, and only where torch's OpenMP runtime is found."""
-    omp = _openmp() if threads else None
-    before = torch.get_num_threads()
     pool = _LANES.enter(lanes)
-    if omp is not None:
-        omp.omp_set_num_threads(threads)
     try:
-        yield pool
+        with _own_thread_count(threads, fallback=False) if threads else contextlib.nullcontext():
+            yield pool
     finally:
-        if omp is not None:
-            omp.omp_set_num_threads(before)
         _LANES.leave()
