@@ -2,16 +2,26 @@
 
 Every train and test image is rotated about its centre by a random angle (0-360 degrees) and
 shifted by up to ``--shift`` (default 10 %) of its width and height; the border that comes into
-view is filled by reflection; each test image's mask is moved with it (nearest neighbour, the
-border empty). The variant is written in the MVTec AD layout (``train/good``, ``test/<type>``,
+view is filled by reflection; each test image's mask is moved with it (nearest neighbour).
+
+``--canvas whole`` (the default since 2026-12-06, fifth session) draws each image on a canvas
+that holds all of it at its angle: the rotated image's bounding box plus the largest shift on
+every side, so no part of the image -- and no defect -- leaves the view; the mask is moved with
+the same reflection as the image, so a defect's reflected copy in the border is marked too.
+``--canvas same`` is the first variant (the rows measured before that date): the image keeps its
+own size, so a rotation cuts off its corners -- and on MTD's long tiles (up to 1 : 2.7) whole
+defects: 79 of the 392 defective test tiles kept none of their defect in view, 127 under half
+(``defects_out_of_view`` in the manifest counts them), and the mask there was moved with an
+empty border, leaving reflected copies of defects unmarked. The variant is written in the MVTec AD layout (``train/good``, ``test/<type>``,
 ``ground_truth/<type>/<stem>_mask.png``, PNG throughout) to a folder OUTSIDE the repository, so
 that ``anomaly-inspector bench OUT`` reads it like any MVTec category.
 
 The draw of each image depends only on ``--seed`` and the image's path relative to the data set,
 so a variant is the same whatever order or subset of images it is written in.
 
-    python benchmarks/unaligned.py ../shared/datasets/mvtec_ad/bottle ../data/bottle-unaligned
-    python benchmarks/unaligned.py ../shared/datasets/mtd ../data/mtd-unaligned
+    python benchmarks/unaligned.py ../shared/datasets/mvtec_ad/bottle ../data/bottle-unaligned2
+    python benchmarks/unaligned.py ../shared/datasets/mtd ../data/mtd-unaligned2
+    python benchmarks/unaligned.py --canvas same ../shared/datasets/mtd ../data/mtd-unaligned   # the first variant
 
 (issue 24, part 2; the MTD variant takes its train/test split from ``split.csv``.)
 """
@@ -45,23 +55,64 @@ def draw(seed: int, key: str, max_shift: float) -> tuple[float, float, float]:
     return angle, sx, sy
 
 
-def motion(shape: tuple[int, int], angle: float, sx: float, sy: float) -> np.ndarray:
-    """The 2 x 3 affine matrix: rotation by ``angle`` about the centre, then the shift."""
+CANVASES = ("whole", "same")
+
+
+def canvas_size(shape: tuple[int, int], angle: float, max_shift: float, canvas: str = "whole") -> tuple[int, int]:
+    """(width, height) of the moved image: its own size (``same``), or the bounding box of the
+    image rotated by ``angle`` plus ``max_shift`` of its width / height on each side (``whole``),
+    which holds every pixel of the image whatever the draw."""
     h, w = shape
+    if canvas == "same":
+        return w, h
+    if canvas != "whole":
+        raise ValueError(f"canvas must be one of {CANVASES}, not {canvas!r}")
+    c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    # 1e-9: cos(90 degrees) is 6e-17, not 0, and must not add a pixel
+    return (math.ceil(w * c + h * s + 2 * max_shift * w - 1e-9),
+            math.ceil(w * s + h * c + 2 * max_shift * h - 1e-9))
+
+
+def motion(shape: tuple[int, int], angle: float, sx: float, sy: float,
+           size: tuple[int, int] | None = None) -> np.ndarray:
+    """The 2 x 3 affine matrix: rotation by ``angle`` about the image's centre, which goes to the
+    centre of the canvas ``size`` (width, height; default the image's own), then the shift."""
+    h, w = shape
+    cw, ch = size if size is not None else (w, h)
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    m[0, 2] += sx * w
-    m[1, 2] += sy * h
+    m[0, 2] += sx * w + (cw - w) / 2.0
+    m[1, 2] += sy * h + (ch - h) / 2.0
     return m
 
 
-def move_image(img: np.ndarray, m: np.ndarray) -> np.ndarray:
+def move_image(img: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     h, w = img.shape[:2]
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(img, m, size or (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def move_mask(mask: np.ndarray, m: np.ndarray) -> np.ndarray:
+def move_mask(mask: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None,
+              reflect: bool = False) -> np.ndarray:
+    """The mask moved like its image: with ``reflect`` the border repeats it as the image's border
+    repeats the image (a reflected defect is marked); without, the border is empty."""
     h, w = mask.shape[:2]
-    return cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if reflect:
+        return cv2.warpAffine(mask, m, size or (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    return cv2.warpAffine(mask, m, size or (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def kept_in_view(mask: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> float:
+    """The fraction of the moved mask that lies inside the canvas (reflected copies not counted);
+    1.0 for an empty mask. The whole moved mask is drawn on the canvas grown by a whole number of
+    pixels on every side, so that both draws sample the mask at the same points."""
+    h, w = mask.shape[:2]
+    cw, ch = size if size is not None else (w, h)
+    pad = w + h  # more than the rotated mask reaches past any canvas that holds its centre
+    grown = m.copy()
+    grown[:, 2] += pad
+    total = int(np.count_nonzero(move_mask(mask, grown, (cw + 2 * pad, ch + 2 * pad))))
+    if total == 0:
+        return 1.0
+    return float(np.count_nonzero(move_mask(mask, m, size))) / total
 
 
 def _read(path: Path) -> np.ndarray:
@@ -79,8 +130,11 @@ def _write(path: Path, img: np.ndarray) -> None:
     buf.tofile(path)
 
 
-def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, layout: str = "auto") -> dict:
+def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, layout: str = "auto",
+                 canvas: str = "whole") -> dict:
     """Write the variant of the data set at ``src`` to ``out``; returns its manifest."""
+    if canvas not in CANVASES:
+        raise ValueError(f"canvas must be one of {CANVASES}, not {canvas!r}")
     src = Path(src)
     out = Path(out)
     if out.resolve() == REPO or REPO in out.resolve().parents:
@@ -97,7 +151,9 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
         key = key_of(p)
         angle, sx, sy = draw(seed, key, max_shift)
         img = _read(p)
-        m = motion(img.shape[:2], angle, sx, sy)
+        size = canvas_size(img.shape[:2], angle, max_shift, canvas)
+        m = motion(img.shape[:2], angle, sx, sy, size)
+        rec = {"source": key, "angle": round(angle, 3), "shift": [round(sx, 4), round(sy, 4)]}
         stem = Path(p).stem
         if folder == "train/good" or folder == "test/good":
             target = out / folder / f"{stem}.png"
@@ -105,12 +161,14 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
             target = out / "test" / folder / f"{stem}.png"
         if target.exists():
             raise SystemExit(f"two images map to {target}: rename one")
-        _write(target, move_image(img, m))
+        _write(target, move_image(img, m, size))
         if mask is not None:
             mk = read_mask(mask, img.shape[:2]).astype(np.uint8) * 255
-            _write(out / "ground_truth" / folder / f"{stem}_mask.png", move_mask(mk, m))
+            rec["mask_kept"] = round(kept_in_view(mk, m, size), 4)
+            _write(out / "ground_truth" / folder / f"{stem}_mask.png",
+                   move_mask(mk, m, size, reflect=canvas == "whole"))
         counts[folder] = counts.get(folder, 0) + 1
-        records.append({"source": key, "angle": round(angle, 3), "shift": [round(sx, 4), round(sy, 4)]})
+        records.append(rec)
 
     for p in data.train:
         place(p, "train/good")
@@ -119,8 +177,13 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
             place(s.path, "test/good")
         else:
             place(s.path, s.defect_type or "defect", s.mask)
+    kept = [r["mask_kept"] for r in records if "mask_kept" in r]
     manifest = {"source": str(src), "layout": data.layout, "seed": seed, "max_shift": max_shift,
-                "angle_range": [0, 360], "counts": counts, "images": records}
+                "angle_range": [0, 360], "canvas": canvas, "counts": counts,
+                # defective test images whose defect the motion took (wholly / mostly) out of view
+                "defects_out_of_view": {"none_kept": sum(k == 0 for k in kept),
+                                        "under_half_kept": sum(k < 0.5 for k in kept)},
+                "images": records}
     (out / "unaligned.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -132,13 +195,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shift", type=float, default=0.1, help="largest shift, a fraction of the size (default 0.1)")
     ap.add_argument("--layout", default="auto", choices=("auto", "mvtec", "mtd", "folder"))
+    ap.add_argument("--canvas", default="whole", choices=CANVASES,
+                    help="whole (default): the canvas grows to hold the rotated, shifted image, nothing leaves "
+                         "the view; same: the image keeps its size and loses its corners (the first variant)")
     args = ap.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"{args.out} exists: choose a new folder")
     if not (0.0 <= args.shift < 0.5) or not math.isfinite(args.shift):
         raise SystemExit("--shift must be in [0, 0.5)")
-    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout)
+    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout, args.canvas)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items())))
+    lost = manifest["defects_out_of_view"]
+    if lost["under_half_kept"]:
+        print(f"warning: {lost['under_half_kept']} defective test images keep under half of their defect in view "
+              f"({lost['none_kept']} none of it): their label says defective where the image may not",
+              file=sys.stderr)
     return 0
 
 

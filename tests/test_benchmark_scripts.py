@@ -218,7 +218,7 @@ def test_unaligned_variant_moves_each_mask_with_its_image_and_is_seeded(tmp_path
     _png(src / "ground_truth" / "crack" / "000_mask.png", mask)
 
     out = tmp_path / "variant"
-    manifest = make_variant(src, out, seed=3, max_shift=0.1)
+    manifest = make_variant(src, out, seed=3, max_shift=0.1, canvas="same")  # the first variant: same size
     data = load_dataset(out, "mvtec")
     assert len(data.train) == 3 and [(s.label, s.defect_type) for s in data.test] == [(1, "crack"), (0, "good")]
     moved = cv2.imread(str(out / "test" / "crack" / "000.png"))
@@ -234,6 +234,42 @@ def test_unaligned_variant_moves_each_mask_with_its_image_and_is_seeded(tmp_path
     # the draw depends on the seed and the image's path only
     assert draw(3, "test/crack/000.png", 0.1) == draw(3, "test/crack/000.png", 0.1)
     assert draw(3, "test/crack/000.png", 0.1) != draw(4, "test/crack/000.png", 0.1)
+
+
+def test_unaligned_whole_canvas_keeps_a_long_tiles_defect_in_view(tmp_path: Path) -> None:
+    """A 1 : 2.5 tile with its defect near one end: turned by ~90 degrees in its own canvas
+    (the first variant) the defect leaves the view while the label still says defective; the
+    default canvas holds the whole tile, the defect and its mask."""
+    from benchmarks.unaligned import canvas_size, draw, kept_in_view, make_variant, motion
+
+    src = tmp_path / "src" / "tile"
+    rng = np.random.default_rng(5)
+    for i in range(2):
+        _png(src / "train" / "good" / f"{i:03d}.png", rng.integers(0, 60, (40, 100, 3), dtype=np.uint8))
+    img = rng.integers(0, 60, (40, 100, 3), dtype=np.uint8)
+    img[14:26, 84:96] = 255  # the defect, 34+ px right of the centre: out of a 40 px tall view when turned upright
+    mask = np.zeros((40, 100), np.uint8)
+    mask[14:26, 84:96] = 255
+    _png(src / "test" / "crack" / "000.png", img)
+    _png(src / "ground_truth" / "crack" / "000_mask.png", mask)
+
+    # a seed whose draw turns this tile nearly upright
+    seed = next(s for s in range(500) if abs(((draw(s, "test/crack/000.png", 0.1)[0] + 90) % 180) - 90) > 75)
+    angle, sx, sy = draw(seed, "test/crack/000.png", 0.1)
+    assert kept_in_view(mask, motion((40, 100), angle, sx, sy)) == 0.0  # the first variant loses it
+    size = canvas_size((40, 100), angle, 0.1)
+    assert kept_in_view(mask, motion((40, 100), angle, sx, sy, size), size) == 1.0
+
+    same = make_variant(src, tmp_path / "same", seed=seed, canvas="same")
+    assert same["defects_out_of_view"] == {"none_kept": 1, "under_half_kept": 1}
+    whole = make_variant(src, tmp_path / "whole", seed=seed)
+    assert whole["canvas"] == "whole" and whole["defects_out_of_view"] == {"none_kept": 0, "under_half_kept": 0}
+    moved = cv2.imread(str(tmp_path / "whole" / "test" / "crack" / "000.png"))
+    moved_mask = cv2.imread(str(tmp_path / "whole" / "ground_truth" / "crack" / "000_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert moved.shape[:2] == moved_mask.shape == (size[1], size[0]) and size[1] > size[0]  # upright now
+    inside = moved_mask > 0
+    # every defect pixel is in view (reflected copies may add more), marked where it shows
+    assert inside.sum() >= (mask > 0).sum() and moved[inside].mean() > 200 and moved[~inside].mean() < 80
 
 
 def test_calibration_fpr_runs_any_detector_on_an_mvtec_folder(tmp_path: Path) -> None:
