@@ -167,6 +167,16 @@ SEARCH_WORDS = {"bf16": "bf16 product, float32 decision (exact)", "faiss": "fais
                 "torch": "torch products (exact)"}
 
 
+def search_words(search: str) -> str:
+    """How a bank search reads in the report: ``pca64+bf16`` is the approximate search in 64
+    principal components (``search_dims``) by the exact one named after the ``+``."""
+    if search.startswith("pca") and "+" in search:
+        dims, sub = search[3:].split("+", 1)
+        return (f"nearest in {dims} principal components by {SEARCH_WORDS.get(sub, sub).replace(' (exact)', '')}, "
+                "distance in all (approximate: search_dims)")
+    return SEARCH_WORDS.get(search, search)
+
+
 def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[tuple[str, str]]:
     """What ran the network while the test split was scored (runtime, precision, threads)."""
     if not runtime:
@@ -179,7 +189,7 @@ def _runtime_rows(runtime: dict[str, Any] | None, workers: int | None) -> list[t
     if runtime.get("convert_seconds") is not None:
         text += f" (exported and loaded in {runtime['convert_seconds']:.1f} s)"
     if runtime.get("search"):
-        text += f"; nearest-neighbour search: {SEARCH_WORDS.get(runtime['search'], runtime['search'])}"
+        text += f"; nearest-neighbour search: {search_words(runtime['search'])}"
     return [("runtime", text)]
 
 

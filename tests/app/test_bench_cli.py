@@ -245,3 +245,11 @@ def test_bench_table_says_when_two_lanes_scored() -> None:
     rt = {"runtime": "torch", "precision": "float32", "threads": 2, "convert_seconds": None, "search": None, "lanes": 2}
     assert _runtime_rows(rt, None) == [("runtime", "torch float32, 2 threads in 2 scoring lanes")]
     assert _runtime_rows({**rt, "lanes": 1}, None) == [("runtime", "torch float32, 2 threads")]
+
+
+def test_the_report_says_when_the_bank_search_is_approximate():
+    from app.cli.bench import search_words
+
+    assert search_words("bf16") == "bf16 product, float32 decision (exact)"
+    words = search_words("pca64+bf16")
+    assert "64 principal components" in words and "approximate" in words and "(exact)" not in words

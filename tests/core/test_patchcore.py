@@ -620,3 +620,47 @@ def test_patchcore_fold_banks_hold_only_their_training_images_patches_and_the_fi
     plain = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
     plain.fit(good)
     assert torch.allclose(det.bank, plain.bank, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- search_dims (fifth session)
+def test_search_in_principal_components_is_exact_with_every_component_and_never_below_it():
+    from core.detectors.patchcore.anomaly_map import BankIndex, ReducedSearch
+
+    g = torch.Generator().manual_seed(3)
+    bank = torch.randn(400, 16, generator=g) * torch.linspace(3.0, 0.2, 16)  # a spread of variances
+    queries = torch.randn(60, 16, generator=g) * torch.linspace(3.0, 0.2, 16)
+    exact_d, exact_i = nearest(queries, bank, 1)
+    d, i = ReducedSearch(bank, 16, "torch").search(queries)  # all components: a rotation of the exact search
+    assert torch.equal(i, exact_i[:, 0])
+    torch.testing.assert_close(d, exact_d[:, 0], rtol=1e-4, atol=1e-4)
+    index = BankIndex(bank, "torch", dims=2)  # 2 of 16 components: a near patch, not always the nearest
+    assert index.backend == "pca2+torch"
+    d, i = index.search(queries, 1)
+    assert (d[:, 0] >= exact_d[:, 0] - 1e-4).all() and not torch.equal(i, exact_i)
+    torch.testing.assert_close(d[:, 0], (queries - bank[i[:, 0]]).norm(dim=1))  # the true distance of its answer
+    d2, i2 = index.search(queries, 2)  # more than one neighbour (the re-weighting's) stays exact
+    assert torch.equal(i2, nearest(queries, bank, 2)[1])
+    assert BankIndex(bank, "torch", dims=16).backend == "torch"  # as many as the bank has: the exact search
+
+
+def test_search_dims_on_a_model_changes_only_the_search_and_travels_with_it(tmp_path):
+    imgs = parts(4)
+    det = _fitted(imgs, search_dims=0)
+    test = parts(3, seed=7, defect=True)
+    exact = det.score(ImageSource(test))
+    dim = det.bank.shape[1]
+    det.config = det.config.with_overrides({"search_dims": dim})  # every component: the exact search
+    assert det.neighbour_search() == det._bank_index().backend and not det.neighbour_search().startswith("pca")
+    assert [r.score for r in det.score(ImageSource(test)).values()] == [r.score for r in exact.values()]
+    det.config = det.config.with_overrides({"search_dims": 2})
+    approx = det.score(ImageSource(test))
+    assert det.neighbour_search().startswith("pca2+")
+    for k in exact:  # each patch's distance is at least the exact one, and the blur is a positive average
+        assert np.isfinite(approx[k].anomaly_map).all()
+        assert (approx[k].anomaly_map >= exact[k].anomaly_map - 1e-5).all()
+        assert approx[k].score >= exact[k].score - 1e-5
+    assert any(not np.array_equal(approx[k].anomaly_map, exact[k].anomaly_map) for k in exact)
+    det.save(tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    assert again.config.search_dims == 2
+    assert [r.score for r in again.score(ImageSource(test)).values()] == [r.score for r in approx.values()]

@@ -147,6 +147,7 @@ class PatchCoreConfig(DetectorConfig):
     top: float = field(default=0.01, metadata={"help": "image_score=top_mean: the fraction (below 1) or the number (1 or more) of largest patch distances averaged (AnomalyDINO: 0.01)", "min": 1e-4, "max": 100_000, "advanced": True})
     neighbours: int = field(default=9, metadata={"help": "b, the bank neighbourhood of the re-weighting, eq. 7 (1 = plain maximum)", "min": 1, "max": 1000, "advanced": True})
     foreground: bool = field(default=False, metadata={"help": "score only the part's patches when the training images show an object on a plain background (AnomalyDINO's masking; found automatically, see the model's summary)"})
+    search_dims: int = field(default=0, metadata={"legacy": 0, "help": "the bank search in this many principal components, the distance then in all (approximate, faster: MTD 57 -> 77 images/s for -0.003 image AUROC at 64); 0 = exact (default)", "min": 0, "max": 4096, "advanced": True})
     blur_sigma: float = field(default=10.0, metadata={"help": "Gaussian blur of the map at the working resolution, pixels (paper: 4; 10 measured better on MTD); with image_score=blurred_max it sets the score too", "min": 0.0, "max": 64.0})
     tile_size: int = field(default=0, metadata={"fixed": True, "help": "tiling: tile side in input pixels for large images (0 = off: the whole image at the working resolution)", "min": 0, "max": 100_000})
     tile_overlap: float = field(default=0.25, metadata={"help": "tiling: overlap of neighbouring tiles, a fraction of a tile", "min": 0.0, "max": 0.9, "advanced": True})
@@ -602,8 +603,9 @@ class PatchCoreDetector(Detector):
         return self._bank_index().backend if self.bank is not None else None
 
     def _bank_index(self) -> BankIndex:
-        if self._index is None or self._index.bank is not self.bank:
-            self._index = BankIndex(self.bank)
+        dims = int(self.config.search_dims)
+        if self._index is None or self._index.bank is not self.bank or self._index.dims != dims:
+            self._index = BankIndex(self.bank, dims=dims)
         return self._index
 
     def _distances(self, grids: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
