@@ -8,6 +8,8 @@ view is filled by reflection; each test image's mask is moved with it (nearest n
 that holds all of it at its angle: the rotated image's bounding box plus the largest shift on
 every side, so no part of the image -- and no defect -- leaves the view; the mask is moved with
 the same reflection as the image, so a defect's reflected copy in the border is marked too.
+``--fill black`` fills that border with black instead (a part on a dark ground): a diagnostic of
+what the reflected copies cost, not issue 24's variant.
 ``--canvas same`` is the first variant (the rows measured before that date): the image keeps its
 own size, so a rotation cuts off its corners -- and on MTD's long tiles (up to 1 : 2.7) whole
 defects: 79 of the 392 defective test tiles kept none of their defect in view, 127 under half
@@ -85,8 +87,13 @@ def motion(shape: tuple[int, int], angle: float, sx: float, sy: float,
     return m
 
 
-def move_image(img: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+FILLS = ("reflect", "black")
+
+
+def move_image(img: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None, fill: str = "reflect") -> np.ndarray:
     h, w = img.shape[:2]
+    if fill == "black":
+        return cv2.warpAffine(img, m, size or (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return cv2.warpAffine(img, m, size or (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
@@ -131,8 +138,10 @@ def _write(path: Path, img: np.ndarray) -> None:
 
 
 def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, layout: str = "auto",
-                 canvas: str = "whole") -> dict:
+                 canvas: str = "whole", fill: str = "reflect") -> dict:
     """Write the variant of the data set at ``src`` to ``out``; returns its manifest."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
     if canvas not in CANVASES:
         raise ValueError(f"canvas must be one of {CANVASES}, not {canvas!r}")
     src = Path(src)
@@ -161,12 +170,12 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
             target = out / "test" / folder / f"{stem}.png"
         if target.exists():
             raise SystemExit(f"two images map to {target}: rename one")
-        _write(target, move_image(img, m, size))
+        _write(target, move_image(img, m, size, fill))
         if mask is not None:
             mk = read_mask(mask, img.shape[:2]).astype(np.uint8) * 255
             rec["mask_kept"] = round(kept_in_view(mk, m, size), 4)
             _write(out / "ground_truth" / folder / f"{stem}_mask.png",
-                   move_mask(mk, m, size, reflect=canvas == "whole"))
+                   move_mask(mk, m, size, reflect=canvas == "whole" and fill == "reflect"))
         counts[folder] = counts.get(folder, 0) + 1
         records.append(rec)
 
@@ -179,7 +188,7 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
             place(s.path, s.defect_type or "defect", s.mask)
     kept = [r["mask_kept"] for r in records if "mask_kept" in r]
     manifest = {"source": str(src), "layout": data.layout, "seed": seed, "max_shift": max_shift,
-                "angle_range": [0, 360], "canvas": canvas, "counts": counts,
+                "angle_range": [0, 360], "canvas": canvas, "fill": fill, "counts": counts,
                 # defective test images whose defect the motion took (wholly / mostly) out of view
                 "defects_out_of_view": {"none_kept": sum(k == 0 for k in kept),
                                         "under_half_kept": sum(k < 0.5 for k in kept)},
@@ -195,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shift", type=float, default=0.1, help="largest shift, a fraction of the size (default 0.1)")
     ap.add_argument("--layout", default="auto", choices=("auto", "mvtec", "mtd", "folder"))
+    ap.add_argument("--fill", default="reflect", choices=FILLS,
+                    help="the border that comes into view: reflect (default, issue 24) or black (a part on a dark "
+                         "ground; a diagnostic of what the reflected copies cost)")
     ap.add_argument("--canvas", default="whole", choices=CANVASES,
                     help="whole (default): the canvas grows to hold the rotated, shifted image, nothing leaves "
                          "the view; same: the image keeps its size and loses its corners (the first variant)")
@@ -203,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.out} exists: choose a new folder")
     if not (0.0 <= args.shift < 0.5) or not math.isfinite(args.shift):
         raise SystemExit("--shift must be in [0, 0.5)")
-    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout, args.canvas)
+    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout, args.canvas, args.fill)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items())))
     lost = manifest["defects_out_of_view"]
     if lost["under_half_kept"]:

@@ -270,6 +270,12 @@ def test_unaligned_whole_canvas_keeps_a_long_tiles_defect_in_view(tmp_path: Path
     inside = moved_mask > 0
     # every defect pixel is in view (reflected copies may add more), marked where it shows
     assert inside.sum() >= (mask > 0).sum() and moved[inside].mean() > 200 and moved[~inside].mean() < 80
+    black = make_variant(src, tmp_path / "black", seed=seed, fill="black")  # a dark ground, no reflected copies
+    dark = cv2.imread(str(tmp_path / "black" / "test" / "crack" / "000.png"))
+    dark_mask = cv2.imread(str(tmp_path / "black" / "ground_truth" / "crack" / "000_mask.png"), cv2.IMREAD_GRAYSCALE)
+    assert black["fill"] == "black" and dark.shape == moved.shape
+    assert (dark[:2, :2] == 0).all() and (dark_mask > 0).sum() <= (moved_mask > 0).sum()
+    assert dark[dark_mask > 0].mean() > 200
 
 
 def test_calibration_fpr_runs_any_detector_on_an_mvtec_folder(tmp_path: Path) -> None:
@@ -389,3 +395,36 @@ def test_approximate_search_script_matches_the_exact_search_when_it_searches_eve
     assert (d >= exact_d - 1e-5).all() and not torch.equal(i, exact_i)
     with pytest.raises(ValueError, match="unknown approximate index"):
         ApproxIndex(bank, "lsh:1:1")
+
+
+def test_orient_variant_turns_every_texture_one_way_and_its_mask_with_it(tmp_path: Path) -> None:
+    from benchmarks.orient_variant import make, orientation
+    from benchmarks.unaligned import canvas_size, motion
+
+    stripes = np.zeros((80, 120, 3), np.uint8)
+    stripes[::6] = 200
+    stripes = cv2.GaussianBlur(stripes, (0, 0), 1.2)
+    assert abs(abs(orientation(stripes)) - 90.0) < 1.0  # horizontal lines: vertical gradients
+    src = tmp_path / "src"
+    for i, angle in enumerate((0.0, 25.0, 70.0, 130.0)):
+        size = canvas_size((80, 120), angle, 0.0, "whole")
+        m = motion((80, 120), angle, 0.0, 0.0, size)
+        img = cv2.warpAffine(stripes, m, size, borderMode=cv2.BORDER_REFLECT_101)
+        _png(src / "train" / "good" / f"{i:03d}.png", img)
+    img = stripes.copy()
+    img[30:42, 50:62] = 255
+    mask = np.zeros((80, 120), np.uint8)
+    mask[30:42, 50:62] = 255
+    size = canvas_size((80, 120), 40.0, 0.0, "whole")
+    m = motion((80, 120), 40.0, 0.0, 0.0, size)
+    _png(src / "test" / "crack" / "000.png", cv2.warpAffine(img, m, size, borderMode=cv2.BORDER_REFLECT_101))
+    _png(src / "ground_truth" / "crack" / "000_mask.png", cv2.warpAffine(mask, m, size, flags=cv2.INTER_NEAREST))
+    out = tmp_path / "out"
+    angles = make(src, out)
+    assert len(angles) == 5
+    for p in (out / "train" / "good").glob("*.png"):  # every copy's lines run one way again: horizontal
+        assert abs(abs(orientation(cv2.imread(str(p)))) - 90.0) < 5.0, p.name
+    turned = cv2.imread(str(out / "test" / "crack" / "000.png"))
+    turned_mask = cv2.imread(str(out / "ground_truth" / "crack" / "000_mask.png"), cv2.IMREAD_GRAYSCALE) > 0
+    assert turned_mask.shape == turned.shape[:2] and turned_mask.sum() > 0.8 * 144
+    assert turned[turned_mask].mean() > 200  # the bright square went where its mask went
