@@ -8,7 +8,9 @@ view is filled by reflection; each test image's mask is moved with it (nearest n
 that holds all of it at its angle: the rotated image's bounding box plus the largest shift on
 every side, so no part of the image -- and no defect -- leaves the view; the mask is moved with
 the same reflection as the image, so a defect's reflected copy in the border is marked too.
-``--fill black`` fills that border with black instead (a part on a dark ground): a diagnostic of
+``--angles right`` rounds each drawn angle to a multiple of 90 degrees (the image moved by whole
+pixels, never resampled) and ``--angles none`` keeps the shift alone: diagnostics of what the
+arbitrary angle costs. ``--fill black`` fills that border with black instead (a part on a dark ground): a diagnostic of
 what the reflected copies cost, not issue 24's variant.
 ``--canvas same`` is the first variant (the rows measured before that date): the image keeps its
 own size, so a rotation cuts off its corners -- and on MTD's long tiles (up to 1 : 2.7) whole
@@ -58,6 +60,19 @@ def draw(seed: int, key: str, max_shift: float) -> tuple[float, float, float]:
 
 
 CANVASES = ("whole", "same")
+#: which angles a variant draws: any (0-360, issue 24), right (the same draw rounded to a multiple
+#: of 90 degrees) or none (0: the shift alone); the last two are diagnostics
+ANGLES = ("any", "right", "none")
+
+
+def snap(angle: float, angles: str) -> float:
+    if angles == "any":
+        return angle
+    if angles == "right":
+        return float(round(angle / 90.0) % 4 * 90)
+    if angles == "none":
+        return 0.0
+    raise ValueError(f"angles must be one of {ANGLES}, not {angles!r}")
 
 
 def canvas_size(shape: tuple[int, int], angle: float, max_shift: float, canvas: str = "whole") -> tuple[int, int]:
@@ -84,6 +99,9 @@ def motion(shape: tuple[int, int], angle: float, sx: float, sy: float,
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
     m[0, 2] += sx * w + (cw - w) / 2.0
     m[1, 2] += sy * h + (ch - h) / 2.0
+    if angle % 90 == 0:  # a right angle: whole pixels, so the image is moved, not resampled
+        m[:, :2] = np.round(m[:, :2])
+        m[:, 2] = np.round(m[:, 2])
     return m
 
 
@@ -138,8 +156,9 @@ def _write(path: Path, img: np.ndarray) -> None:
 
 
 def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, layout: str = "auto",
-                 canvas: str = "whole", fill: str = "reflect") -> dict:
+                 canvas: str = "whole", fill: str = "reflect", angles: str = "any") -> dict:
     """Write the variant of the data set at ``src`` to ``out``; returns its manifest."""
+    snap(0.0, angles)  # a bad value fails before anything is written
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {FILLS}, not {fill!r}")
     if canvas not in CANVASES:
@@ -159,6 +178,7 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
     def place(p: Path, folder: str, mask: Path | None = None) -> None:
         key = key_of(p)
         angle, sx, sy = draw(seed, key, max_shift)
+        angle = snap(angle, angles)
         img = _read(p)
         size = canvas_size(img.shape[:2], angle, max_shift, canvas)
         m = motion(img.shape[:2], angle, sx, sy, size)
@@ -188,7 +208,7 @@ def make_variant(src: Path, out: Path, seed: int = 0, max_shift: float = 0.1, la
             place(s.path, s.defect_type or "defect", s.mask)
     kept = [r["mask_kept"] for r in records if "mask_kept" in r]
     manifest = {"source": str(src), "layout": data.layout, "seed": seed, "max_shift": max_shift,
-                "angle_range": [0, 360], "canvas": canvas, "fill": fill, "counts": counts,
+                "angle_range": [0, 360], "canvas": canvas, "fill": fill, "angles": angles, "counts": counts,
                 # defective test images whose defect the motion took (wholly / mostly) out of view
                 "defects_out_of_view": {"none_kept": sum(k == 0 for k in kept),
                                         "under_half_kept": sum(k < 0.5 for k in kept)},
@@ -204,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shift", type=float, default=0.1, help="largest shift, a fraction of the size (default 0.1)")
     ap.add_argument("--layout", default="auto", choices=("auto", "mvtec", "mtd", "folder"))
+    ap.add_argument("--angles", default="any", choices=ANGLES,
+                    help="any (default: 0-360 degrees), right (the same draw rounded to a multiple of 90: moved, "
+                         "not resampled) or none (the shift alone); the last two are diagnostics")
     ap.add_argument("--fill", default="reflect", choices=FILLS,
                     help="the border that comes into view: reflect (default, issue 24) or black (a part on a dark "
                          "ground; a diagnostic of what the reflected copies cost)")
@@ -215,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.out} exists: choose a new folder")
     if not (0.0 <= args.shift < 0.5) or not math.isfinite(args.shift):
         raise SystemExit("--shift must be in [0, 0.5)")
-    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout, args.canvas, args.fill)
+    manifest = make_variant(args.source, args.out, args.seed, args.shift, args.layout, args.canvas, args.fill,
+                            args.angles)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(manifest["counts"].items())))
     lost = manifest["defects_out_of_view"]
     if lost["under_half_kept"]:

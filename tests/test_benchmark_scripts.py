@@ -397,6 +397,29 @@ def test_approximate_search_script_matches_the_exact_search_when_it_searches_eve
         ApproxIndex(bank, "lsh:1:1")
 
 
+def test_unaligned_right_angles_move_pixels_without_resampling(tmp_path: Path) -> None:
+    from benchmarks.unaligned import make_variant
+
+    src = tmp_path / "src" / "tile"
+    rng = np.random.default_rng(8)
+    for i in range(4):
+        _png(src / "train" / "good" / f"{i:03d}.png", rng.integers(0, 255, (30, 50, 3), dtype=np.uint8))
+    img = rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)
+    _png(src / "test" / "good" / "000.png", img)
+    out = make_variant(src, tmp_path / "right", seed=1, angles="right")
+    assert out["angles"] == "right" and all(r["angle"] % 90 == 0 for r in out["images"])
+    moved = cv2.imread(str(tmp_path / "right" / "test" / "good" / "000.png"))
+    # every pixel of the image is in the moved one, turned by a right angle (some turn of it matches exactly)
+    rec = next(r for r in out["images"] if r["source"] == "test/good/000.png")
+    turned = np.rot90(img, k=int(rec["angle"]) // 90)  # cv2's positive angle turns counter-clockwise, as rot90
+    th, tw = turned.shape[:2]
+    hits = [(y, x) for y in range(moved.shape[0] - th + 1) for x in range(moved.shape[1] - tw + 1)
+            if np.array_equal(moved[y:y + th, x:x + tw], turned)]
+    assert len(hits) == 1
+    none = make_variant(src, tmp_path / "none", seed=1, angles="none")
+    assert all(r["angle"] == 0 for r in none["images"])
+
+
 def test_orient_variant_turns_every_texture_one_way_and_its_mask_with_it(tmp_path: Path) -> None:
     from benchmarks.orient_variant import make, orientation
     from benchmarks.unaligned import canvas_size, motion
