@@ -9,7 +9,7 @@ that holds all of it at its angle: the rotated image's bounding box plus the lar
 every side, so no part of the image -- and no defect -- leaves the view; the mask is moved with
 the same reflection as the image, so a defect's reflected copy in the border is marked too.
 ``--angles right`` rounds each drawn angle to a multiple of 90 degrees (the image moved by whole
-pixels, never resampled) and ``--angles none`` keeps the shift alone: diagnostics of what the
+pixels, never resampled: the shift, as the manifest records it, is rounded to a pixel too) and ``--angles none`` keeps the shift alone: diagnostics of what the
 arbitrary angle costs. ``--fill black`` fills that border with black instead (a part on a dark ground): a diagnostic of
 what the reflected copies cost, not issue 24's variant.
 ``--canvas same`` is the first variant (the rows measured before that date): the image keeps its

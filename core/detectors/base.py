@@ -11,6 +11,7 @@ Subclasses implement ``_fit(images, progress, cancel)``, ``_score_batch(images)`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -386,14 +387,18 @@ class Detector(ABC):
         chosen) with; after a change of, say, the map or the score reduction of a trained
         model it no longer means anything. Empty when nothing relevant changed, when the
         model has no threshold, or when the threshold predates the record (older models).
+        A setting added after the threshold was recorded counts at its ``legacy`` value (the
+        value such a model is read with): the threshold was set under it.
         """
         thr = self.threshold
         if thr is None or thr.settings is None:
             return []
         now = self.config.to_dict()
         neutral = set(self.neutral_fields())
-        return [f"{k}: {thr.settings[k]!r} -> {now[k]!r}" for k in sorted(now)
-                if k not in neutral and k in thr.settings and thr.settings[k] != now[k]]
+        then = {f.name: f.metadata["legacy"] for f in dataclasses.fields(self.config_class) if "legacy" in f.metadata}
+        then.update(thr.settings)
+        return [f"{k}: {then[k]!r} -> {now[k]!r}" for k in sorted(now)
+                if k not in neutral and k in then and then[k] != now[k]]
 
     def decode_side(self) -> int | None:
         """The longest image side scoring can use, or None when it needs every pixel.

@@ -133,6 +133,20 @@ def test_threshold_records_settings_and_detects_score_changes(tmp_path) -> None:
     assert thr.value == pytest.approx(fresh.threshold.value)
 
 
+def test_a_setting_added_after_the_threshold_counts_at_its_legacy_value(tiny_parts) -> None:
+    """A model saved before ``search_dims`` existed: its threshold's record lacks the key, and was
+    set under the exact search (the legacy 0), so asking for another search is a mismatch."""
+    from core.detectors.registry import create_detector
+
+    det = create_detector("patchcore", {"backbone": "tiny-random", "image_size": "32", "batch_size": "4",
+                                        "coreset_ratio": "0.5"}, "cpu")
+    train_detector(det, ImageSource.from_folder(tiny_parts / "good"))
+    del det.threshold.settings["search_dims"]  # as an older model's record reads
+    assert det.threshold_mismatch() == []
+    det.config = det.config.with_overrides({"search_dims": "2"})
+    assert det.threshold_mismatch() == ["search_dims: 0 -> 2"]
+
+
 def test_threshold_without_recorded_settings_is_trusted() -> None:
     from core.detectors.registry import create_detector
     from core.results.threshold import Threshold

@@ -1,6 +1,6 @@
 """Scoring against the memory bank (paper 3.3), anomaly maps and tiling.
 
-- Nearest-neighbour search: exact. On a CPU with bf16 instructions by a bf16 matrix product that
+- Nearest-neighbour search: exact (``search_dims`` > 0: approximate, :class:`ReducedSearch`). On a CPU with bf16 instructions by a bf16 matrix product that
   proposes and a float32 comparison that decides (:mod:`.bf16_search`, issue 28); on another CPU
   with ``faiss-cpu``'s flat L2 index (measured 1.4 to 2 times faster here than our chunked matrix
   products, ``benchmarks/patchcore_nn.py`` and docs/benchmarks.md); on a GPU, or where faiss is
@@ -133,8 +133,11 @@ class BankIndex:
 class ReducedSearch:
     """An approximate nearest bank patch (``search_dims``, fifth session): the nearest in the bank's
     first ``dims`` principal components (centred on the bank's mean), found there exactly by a
-    :class:`BankIndex` of its own, its distance then computed in all dimensions. The distance is
-    never below the exact one, and equal where the two nearest patches agree. The bank search is
+    :class:`BankIndex` of its own, its distance then computed in all dimensions (as ``|q - b|``
+    directly). The distance is never below the exact nearest distance, and equal where the two
+    nearest patches agree -- up to rounding: the exact faiss and torch products compute
+    ``|q|^2 - 2 q.b + |b|^2``, which loses up to 0.06 near zero on MTD's features, where this is
+    the more precise of the two. The bank search is
     the bulk of a scoring's CPU and its matrix product already runs near this CPU's peak, so only
     fewer multiply-adds make it faster: 64 of Lite2's 168 dimensions take an MTD scan from 57-59
     to 77 images/s and cost 0.0028 of image AUROC (bottle: 36.9 -> 41.9, no change);
