@@ -91,6 +91,7 @@ from core.detectors.patchcore.inputs import (
     valid_grid,
     working_frame,
 )
+from core.detectors.patchcore.pose import POSES, Pose, find_pose, from_pose, to_pose
 from core.detectors.patchcore.torch_model import (
     BORDERS,
     WEIGHTINGS,
@@ -136,6 +137,7 @@ class PatchCoreConfig(DetectorConfig):
     border: str = field(default="zeros", metadata={"fixed": True, "legacy": "mean", "help": "the neighbourhood mean at the map's border: mean (of the positions inside) or zeros (the zero padding counted, so border patches are told apart)", "choices": BORDERS, "advanced": True})
     resample: str = field(default="area", metadata={"fixed": True, "legacy": "area", "help": "how an image is resized to its working frame: area (OpenCV's pixel-area rule, blocky when enlarging) or smooth (area when shrinking, bilinear when enlarging, per axis)", "choices": RESAMPLES, "advanced": True})
     distance: str = field(default="l2", metadata={"fixed": True, "legacy": "l2", "help": "patch distance: l2 (paper) or cosine (features scaled to unit length first)", "choices": DISTANCES, "advanced": True})
+    pose: str = field(default="none", metadata={"fixed": True, "legacy": "none", "help": "none, or outline: a part on a plain ground is turned upright by its outline's minimum-area rectangle and cropped to it before scoring (parts that are not held in a fixture; the map is turned back; images without a plain ground are scored as they are)", "choices": POSES})
     augment: str = field(default="none", metadata={"fixed": True, "legacy": "none", "help": "training copies in the memory bank: none, flip, rot4 (right-angle rotations), rot4+flip, rot8 (every 45 degrees), for parts that are not held in a fixture", "choices": AUGMENTS})
     bank_sampling: str = field(default="coreset", metadata={"fixed": True, "legacy": "coreset", "help": "how the memory bank keeps coreset_ratio of the training patches: coreset (paper: greedy k-center) or random (seeded)", "choices": BANK_SAMPLINGS, "advanced": True})
     coreset_ratio: float = field(default=0.05, metadata={"fixed": True, "help": "fraction of training patches kept in the memory bank (paper: 0.1 or 0.01; ours 0.05 of at most max_patches; 1 = all)", "min": 1e-4, "max": 1.0})
@@ -288,7 +290,19 @@ class PatchCoreDetector(Detector):
             check_pinned_weights(w, rec)
 
     # ------------------------------------------------------------------ features
+    def _posed(self, img: np.ndarray) -> tuple[np.ndarray, Pose | None]:
+        """With ``pose=outline``: the part turned upright and cropped to it, and its pose (None
+        where the ground is not plain: the image as it is); else the image itself."""
+        if self.config.pose != "outline":
+            return img, None
+        pose = find_pose(img)
+        return (img, None) if pose is None else (to_pose(img, pose), pose)
+
     def _crops(self, img: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+        """The image (or the part in its own frame, :meth:`_posed`), or its tiles when tiling is on."""
+        return self._tiles(self._posed(img)[0])
+
+    def _tiles(self, img: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
         """The image itself, or its tiles when tiling is on."""
         h, w = img.shape[:2]
         tile = self.config.tile_size
@@ -581,6 +595,8 @@ class PatchCoreDetector(Detector):
         parts.append(shape.get(cfg.resize, cfg.resize))
         if cfg.tile_size:
             parts.append(f"tiles of {cfg.tile_size} px")
+        if cfg.pose == "outline":
+            parts.append("each part on a plain ground turned upright by its outline and cropped to it")
         if cfg.augment != "none":
             parts.append(f"bank with {cfg.augment} copies")
         if "bank_size" in m:
@@ -655,12 +671,13 @@ class PatchCoreDetector(Detector):
 
     def _score_batch(self, images: list[np.ndarray]) -> list[ScoreResult]:
         results = []
-        tiled = [self._crops(img) for img in images]
+        posed = [self._posed(img) for img in images]
+        tiled = [self._tiles(p) for p, _ in posed]
         crops = [c for cs, _ in tiled for c in cs]
         feats = self._features(crops)
         nearest = self._distances([f.feats for f in feats])
         k = 0
-        for img, (cs, boxes) in zip(images, tiled):
+        for img, (part, pose), (cs, boxes) in zip(images, posed, tiled):
             tile_scores, tile_maps = [], []
             for j, (t, left, b, r) in enumerate(boxes):
                 score, amap = self._scored(feats[k + j], *nearest[k + j])
@@ -668,7 +685,9 @@ class PatchCoreDetector(Detector):
                 tile_maps.append(map_to_input(amap, (b - t, r - left)))
                 check(self._cancel)
             k += len(cs)
-            amap = tile_maps[0] if len(boxes) == 1 else stitch(tile_maps, boxes, img.shape[:2])
+            amap = tile_maps[0] if len(boxes) == 1 else stitch(tile_maps, boxes, part.shape[:2])
+            if pose is not None:  # back into the input's frame; the ground scores 0
+                amap = from_pose(amap, pose, img.shape[:2])
             results.append(ScoreResult(score=float(max(tile_scores)), anomaly_map=amap.astype(np.float32),
                                        columns={"tiles": len(boxes)} if len(boxes) > 1 else {}))
         return results
