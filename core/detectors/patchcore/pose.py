@@ -6,7 +6,7 @@ rectangle is upright (long side horizontal) and cropped to it, so that the part 
 frame as it would under a fixture, and its edges are the frame's edges again (what
 ``border=zeros`` tells apart). The map is turned back into the input's frame afterwards; outside
 the part it is 0 (the ground is never scored). Measured on the rotated MTD on a black ground
-(``benchmarks/unaligned.py --fill black``): 0.765 -> 0.921 image AUROC with a prototype of this
+(``benchmarks/unaligned.py --fill black``): 0.765 -> 0.922 image AUROC (0.887 -> 0.912 pixel)
 (docs/benchmarks.md "What limits the rotated MTD"). A half turn remains (the rectangle cannot
 tell the part's two ends apart): the training images give both.
 
