@@ -12,6 +12,12 @@ seeded and at several sizes:
   shapes its anomalies), filled with another good image's content made darker or brighter by
   20-40 % and blended in at 60-100 %: a stain, a spot, a burn, a scratch-like streak.
 
+Where an image shows a part on a plain ground (:func:`core.data.ground.part_region`), a defect
+is placed on the part and its content taken from the donor's part (fifth session): a defect on
+the ground is not one an inspector meets, and on a dark ground a pasted patch of part is found
+trivially, so the self-check overrated such models (and could not see what ``pose=outline`` gains).
+Elsewhere the places are drawn over the whole image, as before (the same draws).
+
 ``size`` is the defect's side as a fraction of the image's shorter side (for a Perlin blob, the
 side of the square it is drawn in). Images are float32 (H, W, C) in [0, 1], as
 :mod:`core.data.images` decodes them.
@@ -26,6 +32,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from core.data.ground import part_region
 
 KINDS = ("cutpaste", "perlin")
 #: defect sides as fractions of the image's shorter side
@@ -82,19 +90,30 @@ def _like(img: np.ndarray, donor: np.ndarray) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
-def cutpaste(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator) -> SyntheticDefect:
+def _place(rng: np.random.Generator, h: int, w: int, ph: int, pw: int, where: np.ndarray | None) -> tuple[int, int]:
+    """The top-left corner of a ph x pw patch in an h x w image: anywhere (``where`` None: the
+    draws of the first self-check), or centred on a random pixel of ``where``, kept inside."""
+    if where is None:
+        return int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    ys, xs = np.nonzero(where)
+    i = int(rng.integers(0, ys.size))
+    return (int(np.clip(ys[i] - ph // 2, 0, h - ph)), int(np.clip(xs[i] - pw // 2, 0, w - pw)))
+
+
+def cutpaste(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator,
+             where: np.ndarray | None = None, source: np.ndarray | None = None) -> SyntheticDefect:
     h, w = img.shape[:2]
     side = max(2, int(round(size * min(h, w))))
     aspect = float(rng.uniform(0.5, 2.0))
     ph = max(2, min(h - 1, int(round(side * math.sqrt(aspect)))))
     pw = max(2, min(w - 1, int(round(side / math.sqrt(aspect)))))
     src = _like(img, donor)
-    sy, sx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    sy, sx = _place(rng, h, w, ph, pw, source)
     patch = src[sy:sy + ph, sx:sx + pw]
     if rng.random() < 0.5 and ph <= w - 1 and pw <= h - 1:
         patch = np.rot90(patch)
     ph, pw = patch.shape[:2]
-    ty, tx = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+    ty, tx = _place(rng, h, w, ph, pw, where)
     out = img.copy()
     out[ty:ty + ph, tx:tx + pw] = patch
     mask = np.zeros((h, w), bool)
@@ -102,7 +121,8 @@ def cutpaste(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Gen
     return SyntheticDefect(out, mask, "cutpaste", size)
 
 
-def perlin_blob(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator) -> SyntheticDefect:
+def perlin_blob(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.Generator,
+                where: np.ndarray | None = None, source: np.ndarray | None = None) -> SyntheticDefect:
     h, w = img.shape[:2]
     side = max(4, int(round(size * min(h, w))))
     side = min(side, h, w)
@@ -117,9 +137,9 @@ def perlin_blob(img: np.ndarray, donor: np.ndarray, size: float, rng: np.random.
     else:
         blob = np.zeros((side, side), bool)
         blob[side // 4:side - side // 4, side // 4:side - side // 4] = True
-    ty, tx = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    ty, tx = _place(rng, h, w, side, side, where)
     src = _like(img, donor)
-    sy, sx = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    sy, sx = _place(rng, h, w, side, side, source)
     fill = src[sy:sy + side, sx:sx + side]
     shift = float(rng.uniform(0.2, 0.4)) * (1.0 if rng.random() < 0.5 else -1.0)
     fill = np.clip(fill + shift, 0.0, 1.0)
@@ -155,4 +175,8 @@ def synthetic_defect(images: Sequence[np.ndarray], k: int, seed: int = 0, sizes:
     rng = _rng(seed, i, size, kind)
     j = int(rng.integers(0, len(images) - 1))
     donor = images[j if j < i else j + 1]
-    return makers[kind](np.asarray(images[i], np.float32), np.asarray(donor, np.float32), size, rng)
+    img, donor = np.asarray(images[i], np.float32), np.asarray(donor, np.float32)
+    where = part_region(img)
+    # the content from the donor's part (in the donor as the makers see it: at the image's size)
+    source = part_region(_like(img, donor)) if where is not None else None
+    return makers[kind](img, donor, size, rng, where, source)

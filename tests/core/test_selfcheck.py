@@ -165,3 +165,31 @@ def test_self_check_scores_its_defects_a_batch_at_a_time_with_the_same_result():
     from core.metrics.auroc import auroc_from_split
 
     assert check.auroc == pytest.approx(auroc_from_split(np.array(allatonce), np.array(good_scores)))
+
+
+def _parts_on_ground(n: int, seed: int = 0, size: int = 64) -> list[np.ndarray]:
+    """A textured part (a third of the frame) on a black ground, at a few places."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        img = np.zeros((size, size, 3), np.float32)
+        y, x = 8 + (i % 3) * 6, 10 + (i % 2) * 8
+        img[y:y + 30, x:x + 36] = 0.4 + 0.3 * rng.random((30, 36, 3))
+        out.append(img)
+    return out
+
+
+def test_synthetic_defects_on_a_part_on_a_plain_ground_land_on_the_part():
+    from core.data.ground import part_region
+
+    imgs = _parts_on_ground(4)
+    defects = synthetic_defects(imgs, seed=5)
+    per_image = len(SIZES) * len(KINDS)
+    for k, d in enumerate(defects):
+        part = part_region(imgs[k // per_image])
+        assert part is not None
+        ys, xs = np.nonzero(d.mask)
+        cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+        assert part[cy, cx], (k, d.kind, d.size)  # centred on the part, not the ground
+    # an image that is all texture has no part: its defects are drawn as before, over the whole frame
+    assert part_region(gradients(1)[0]) is None and part_region(noise(1)[0]) is None

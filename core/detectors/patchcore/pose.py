@@ -10,10 +10,8 @@ the part it is 0 (the ground is never scored). Measured on the rotated MTD on a 
 (docs/benchmarks.md "What limits the rotated MTD"). A half turn remains (the rectangle cannot
 tell the part's two ends apart): the training images give both.
 
-The ground is plain when most of the image's outer ring of pixels is (:data:`PLAIN_SHARE` of it
-within :data:`PART_STEP` of its median: the part may touch the border); the part is every pixel that differs from the ring's median by more than
-:data:`PART_STEP`, closed over small gaps; its largest outline's minimum-area rectangle is the
-pose. Where the ring is not plain, no part is found or the part's rectangle covers nearly the
+The part and its outline come from :mod:`core.data.ground` (a plain ground: most of the image's
+outer ring within 0.02 of its median); the outline's minimum-area rectangle is the pose. Where the ring is not plain, no part is found or the part's rectangle covers nearly the
 whole frame (:data:`MAX_PART`: a texture filling it), the image is scored as it is.
 """
 
@@ -24,19 +22,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-#: the ground is plain when at least this share of the ring's pixels lies within PART_STEP of
-#: the ring's median (a part may touch the border, so not all of them)
-PLAIN_SHARE = 0.6
-#: a "part" whose rectangle covers more of the frame than this is a texture filling it: no pose
-MAX_PART = 0.9
-#: a pixel belongs to the part when it differs from the ground by more than this (values in [0, 1])
-PART_STEP = 0.02
-#: the part must cover at least this share of the frame (smaller: specks, not a part)
-MIN_PART = 0.01
+from core.data.ground import MAX_PART, part_outline
+
 #: the pose rules (the ``pose`` setting)
 POSES = ("none", "outline")
-#: the ring: this share of the shorter side (at least one pixel)
-RING = 0.02
 
 
 @dataclass(frozen=True)
@@ -48,34 +37,14 @@ class Pose:
     shape: tuple[int, int]
 
 
-def _grey(img: np.ndarray) -> np.ndarray:
-    x = np.asarray(img, dtype=np.float32)
-    return x.max(axis=2) if x.ndim == 3 else x
-
-
 def find_pose(img: np.ndarray) -> Pose | None:
     """The part's pose in ``img`` (float (H, W[, C]) in [0, 1]), or None when the ground is not
-    plain or no part is found."""
-    g = _grey(img)
-    h, w = g.shape
-    r = max(1, int(round(RING * min(h, w))))
-    if h <= 4 * r or w <= 4 * r:
+    plain, no part is found (:func:`core.data.ground.part_outline`) or its rectangle covers more
+    than :data:`~core.data.ground.MAX_PART` of the frame (a texture filling it)."""
+    outline = part_outline(img)
+    if outline is None:
         return None
-    ring = np.concatenate([g[:r].ravel(), g[-r:].ravel(), g[r:-r, :r].ravel(), g[r:-r, -r:].ravel()])
-    if not np.isfinite(g).all():
-        return None
-    ground = float(np.median(ring))
-    if float((np.abs(ring - ground) <= PART_STEP).mean()) < PLAIN_SHARE:
-        return None
-    part = (np.abs(g - ground) > PART_STEP).astype(np.uint8)
-    k = max(3, (min(h, w) // 100) | 1)
-    part = cv2.morphologyEx(part, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))
-    contours, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
-        return None
-    outline = max(contours, key=cv2.contourArea)
-    if cv2.contourArea(outline) < MIN_PART * h * w:
-        return None
+    h, w = np.asarray(img).shape[:2]
     (cx, cy), (rw, rh), angle = cv2.minAreaRect(outline)
     if rw * rh > MAX_PART * h * w:
         return None
