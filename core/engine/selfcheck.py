@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from core.data.images import ImageReadError, ImageSource
-from core.data.synthetic import KINDS, SIZES, synthetic_defect
+from core.data.synthetic import KINDS, SIZES, part_regions, synthetic_defect
 from core.detectors.base import Detector
 from core.metrics.auroc import auroc_from_split
 from core.results.self_check import SEPARATES, SelfCheck
@@ -58,10 +58,11 @@ def run_self_check(detector: Detector, good: ImageSource, good_scores: Sequence[
     # a few defects at a time, their images and maps dropped once scored (memory: test_selfcheck)
     n = len(base) * len(SIZES) * len(KINDS)
     chunk = detector.images_per_call()
+    regions = part_regions(base)  # once, not for every defect drawn in or from an image
     scored: list[tuple[str, float, float]] = []  # (kind, size, score) of each finite-scored defect
     for start in range(0, n, chunk):
         check(cancel)
-        defects = [synthetic_defect(base, k, seed) for k in range(start, min(n, start + chunk))]
+        defects = [synthetic_defect(base, k, seed, regions=regions) for k in range(start, min(n, start + chunk))]
         results = detector.score(ImageSource([d.image for d in defects]), None, cancel)
         scored += [(defects[i].kind, defects[i].size, r.score) for i, r in sorted(results.items())
                    if np.isfinite(r.score)]

@@ -191,5 +191,12 @@ def test_synthetic_defects_on_a_part_on_a_plain_ground_land_on_the_part():
         ys, xs = np.nonzero(d.mask)
         cy, cx = int(round(ys.mean())), int(round(xs.mean()))
         assert part[cy, cx], (k, d.kind, d.size)  # centred on the part, not the ground
+    # the regions found once (as the self-check does) give the same defects, a grey donor among them
+    mixed = imgs[:3] + [imgs[3].max(axis=2, keepdims=True)]
+    from core.data.synthetic import part_regions, synthetic_defect
+    regions = part_regions(mixed)
+    for k in range(len(mixed) * per_image):
+        a, b = synthetic_defect(mixed, k, 5), synthetic_defect(mixed, k, 5, regions=regions)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
     # an image that is all texture has no part: its defects are drawn as before, over the whole frame
     assert part_region(gradients(1)[0]) is None and part_region(noise(1)[0]) is None
