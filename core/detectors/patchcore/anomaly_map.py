@@ -1,8 +1,8 @@
 """Scoring against the memory bank (paper 3.3), anomaly maps and tiling.
 
-- Nearest-neighbour search: exact (``search_dims`` > 0: approximate, :class:`ReducedSearch`). On a CPU with bf16 instructions by a bf16 matrix product that
-  proposes and a float32 comparison that decides (:mod:`.bf16_search`, issue 28); on another CPU
-  with ``faiss-cpu``'s flat L2 index (measured 1.4 to 2 times faster here than our chunked matrix
+- Nearest-neighbour search: exact (``search_dims`` > 0: approximate, :class:`ReducedSearch`). On
+  a CPU with bf16 instructions by a bf16 matrix product that proposes and a float32 comparison
+  that decides (:mod:`.bf16_search`, issue 28); on another CPU with ``faiss-cpu``'s flat L2 index (measured 1.4 to 2 times faster here than our chunked matrix
   products, ``benchmarks/patchcore_nn.py`` and docs/benchmarks.md); on a GPU, or where faiss is
   not installed, with chunked torch products.
 - Image score (``image_score``, :data:`SCORE_RULES`): eq. 6-7 (``reweighted``), the largest patch
@@ -83,7 +83,8 @@ class BankIndex:
         self._reduced = None
         if 0 < self.dims < bank.shape[1]:
             self._reduced = ReducedSearch(bank, self.dims, backend)
-            self.bank, self.bank_sq, self._bf16, self._index = bank, None, None, None
+            # k > 1 (the re-weighting's neighbours) stays exact, by :func:`nearest` below
+            self.bank, self.bank_sq, self._bf16, self._index = bank, (bank * bank).sum(1), None, None
             self.backend = f"pca{self.dims}+{self._reduced.sub.backend}"
             return
         if backend == "auto":
@@ -114,13 +115,14 @@ class BankIndex:
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(distances (Q, k), indices (Q, k)), Euclidean, nearest first."""
-        if self._reduced is not None:
-            if k == 1:
-                d, i = self._reduced.search(queries)
-                return d[:, None].to(queries.device), i[:, None].to(queries.device)
-            return nearest(queries, self.bank, k)
-        if self._bf16 is not None and (k == 1 or self.bank.shape[0] == 1):
-            d, i = self._bf16.search(queries)
+        if k == 1 and self._reduced is not None:
+            single = self._reduced
+        elif self._bf16 is not None and (k == 1 or self.bank.shape[0] == 1):
+            single = self._bf16
+        else:
+            single = None
+        if single is not None:  # the searches that answer the nearest alone
+            d, i = single.search(queries)
             return d[:, None].to(queries.device), i[:, None].to(queries.device)
         if self._index is None:
             return nearest(queries, self.bank, k, self.bank_sq)
