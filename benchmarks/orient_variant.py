@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unaligned import canvas_size, motion  # noqa: E402
+from unaligned import canvas_size, motion, move_image, move_mask  # noqa: E402
 
 
 def orientation(img: np.ndarray) -> float:
@@ -44,11 +44,12 @@ def orientation(img: np.ndarray) -> float:
 
 
 def turn(img: np.ndarray, angle: float, nearest: bool = False) -> np.ndarray:
+    """``img`` turned by ``angle`` on a canvas that holds all of it, the border black (a mask:
+    nearest neighbour, the border empty)."""
     h, w = img.shape[:2]
     size = canvas_size((h, w), angle, 0.0, "whole")
-    return cv2.warpAffine(img, motion((h, w), angle, 0.0, 0.0, size), size,
-                          flags=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    m = motion((h, w), angle, 0.0, 0.0, size)
+    return move_mask(img, m, size) if nearest else move_image(img, m, size, fill="black")
 
 
 def make(src: Path, out: Path) -> dict[str, float]:
