@@ -11,8 +11,10 @@ the part it is 0 (the ground is never scored). Measured on the rotated MTD on a 
 tell the part's two ends apart): the training images give both.
 
 The part and its outline come from :mod:`core.data.ground` (a plain ground: most of the image's
-outer ring within 0.02 of its median); the outline's minimum-area rectangle is the pose. Where the ring is not plain, no part is found or the part's rectangle covers nearly the
-whole frame (:data:`MAX_PART`: a texture filling it), the image is scored as it is.
+outer ring within 0.02 of its median); the outline's minimum-area rectangle is the pose. Where
+the ring is not plain, no part is found or the part's rectangle covers nearly the whole frame
+(:data:`~core.data.ground.MAX_PART`: a texture filling it), the image is scored as it is.
+Finding the outline takes about 40 ms on a 900 px image on this CPU, once an image (fit and score).
 """
 
 from __future__ import annotations
