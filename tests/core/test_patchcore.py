@@ -666,6 +666,38 @@ def test_search_dims_on_a_model_changes_only_the_search_and_travels_with_it(tmp_
     assert [r.score for r in again.score(ImageSource(test)).values()] == [r.score for r in approx.values()]
 
 
+# ----------------------------------------------------------------------------- map_sigma (sixth session)
+def test_map_sigma_changes_the_map_alone_never_a_score_or_the_threshold(tmp_path):
+    imgs = parts(4)
+    det = _fitted(imgs, blur_sigma=6.0)
+    test = parts(3, seed=7, defect=True)
+    base = det.score(ImageSource(test))
+    assert det.config.map_sigma == 0.0  # the default: the map carries blur_sigma's blur, as before
+    det.config = det.config.with_overrides({"map_sigma": 6.0})  # the same blur named twice: the same maps
+    same = det.score(ImageSource(test))
+    for k in base:
+        assert np.array_equal(same[k].anomaly_map, base[k].anomaly_map)
+    det.config = det.config.with_overrides({"map_sigma": 1.0})
+    sharp = det.score(ImageSource(test))
+    assert det.threshold_mismatch() == []  # map-only: the saved threshold still holds
+    for k in base:
+        assert sharp[k].score == base[k].score  # the score keeps blur_sigma's blur
+        assert sharp[k].anomaly_map.shape == base[k].anomaly_map.shape
+        assert np.isfinite(sharp[k].anomaly_map).all()
+        # a narrower blur keeps more of the patch grid's peaks: the map's range widens
+        assert np.ptp(sharp[k].anomaly_map) > np.ptp(base[k].anomaly_map)
+    det.config = det.config.with_overrides({"map_sigma": 0.0, "blur_sigma": 1.0})  # the same blur on the score too
+    both = det.score(ImageSource(test))
+    for k in base:
+        np.testing.assert_array_equal(both[k].anomaly_map, sharp[k].anomaly_map)
+    det.config = det.config.with_overrides({"map_sigma": 1.0, "blur_sigma": 6.0})
+    det.save(tmp_path / "m")
+    again = load_model(tmp_path / "m", device="cpu")
+    assert again.config.map_sigma == 1.0
+    for k, r in again.score(ImageSource(test)).items():
+        assert r.score == base[k].score and np.array_equal(r.anomaly_map, sharp[k].anomaly_map)
+
+
 # ----------------------------------------------------------------------------- pose=outline (fifth session)
 def _part_on_ground(angle: float, seed: int = 0, size=(120, 160), part=(30, 80), defect: bool = False):
     """A textured 1 : 2.7 part turned by ``angle`` on a black ground: (image float (H, W, 3), part mask)."""

@@ -151,6 +151,7 @@ class PatchCoreConfig(DetectorConfig):
     foreground: bool = field(default=False, metadata={"help": "score only the part's patches when the training images show an object on a plain background (AnomalyDINO's masking; found automatically, see the model's summary)"})
     search_dims: int = field(default=0, metadata={"legacy": 0, "help": "the bank search in this many principal components, the distance then in all (approximate, faster: MTD 57 -> 77 images/s for -0.003 image AUROC at 64); 0 = exact (default)", "min": 0, "max": 4096, "advanced": True})
     blur_sigma: float = field(default=10.0, metadata={"help": "Gaussian blur of the map at the working resolution, pixels (paper: 4; 10 measured better on MTD); with image_score=blurred_max it sets the score too", "min": 0.0, "max": 64.0})
+    map_sigma: float = field(default=0.0, metadata={"neutral": True, "legacy": 0.0, "help": "Gaussian blur of the map that is shown and measured, working pixels (0 = blur_sigma); the image score keeps blur_sigma's blur, so this changes the map alone (pixel AUROC), never a score or a flag", "min": 0.0, "max": 64.0, "advanced": True})
     tile_size: int = field(default=0, metadata={"fixed": True, "help": "tiling: tile side in input pixels for large images (0 = off: the whole image at the working resolution)", "min": 0, "max": 100_000})
     tile_overlap: float = field(default=0.25, metadata={"help": "tiling: overlap of neighbouring tiles, a fraction of a tile", "min": 0.0, "max": 0.9, "advanced": True})
 
@@ -601,6 +602,8 @@ class PatchCoreDetector(Detector):
             parts.append(f"bank with {cfg.augment} copies")
         if "bank_size" in m:
             parts.append(f"bank of {m['bank_size']} patches")
+        if cfg.map_sigma not in (0.0, cfg.blur_sigma):
+            parts.append(f"map blurred with sigma {cfg.map_sigma:g}, the score with {cfg.blur_sigma:g}")
         if cfg.foreground:
             parts.append("foreground only" if m.get("foreground_found") else "foreground: no plain background found, every patch counts")
         return ", ".join(parts)
@@ -643,7 +646,17 @@ class PatchCoreDetector(Detector):
         cfg = self.config
         vh, vw = crop.frame.valid
         # 3.3: patch distances upsampled (bilinear) to the working frame, Gaussian-blurred
-        amap = gaussian_blur_np(upsample_np(dist.cpu().numpy(), (vh, vw)), cfg.blur_sigma)
+        up = upsample_np(dist.cpu().numpy(), (vh, vw))
+        amap = gaussian_blur_np(up, cfg.blur_sigma)
+        shown = amap if cfg.map_sigma in (0.0, cfg.blur_sigma) else gaussian_blur_np(up, cfg.map_sigma)
+        score = self._image_score(crop, dist, idx, amap)
+        return score, shown
+
+    def _image_score(self, crop: _Crop, dist: torch.Tensor, idx: torch.Tensor, amap: np.ndarray) -> float:
+        """The crop's image score by ``image_score`` from its patch distances and the map blurred
+        with ``blur_sigma`` (``map_sigma`` never enters it)."""
+        cfg = self.config
+        vh, vw = crop.frame.valid
         allowed = None
         if cfg.foreground:
             if self.fg_model is None:
@@ -653,17 +666,17 @@ class PatchCoreDetector(Detector):
         if rule == "blurred_max":
             if allowed is not None:
                 mask = F.interpolate(allowed[None, None].float(), size=(vh, vw), mode="nearest")[0, 0] > 0
-                return float(amap[mask.cpu().numpy()].max()), amap
-            return float(amap.max()), amap
+                return float(amap[mask.cpu().numpy()].max())
+            return float(amap.max())
         values = dist if allowed is None else dist[allowed]
         if rule == "max":
-            return float(values.max()), amap
+            return float(values.max())
         if rule == "top_mean":
-            return top_mean(values, cfg.top), amap
+            return top_mean(values, cfg.top)
         # reweighted (eq. 6-7), its s* taken among the allowed patches
         flat_d = dist.flatten() if allowed is None else dist.masked_fill(~allowed, -1.0).flatten()
         q = crop.feats.reshape(-1, crop.feats.shape[-1]).float()
-        return reweighted_score(flat_d, idx.flatten(), q, self.bank, cfg.neighbours), amap
+        return reweighted_score(flat_d, idx.flatten(), q, self.bank, cfg.neighbours)
 
     def decode_side(self) -> int | None:
         """Tiling scores large images at full resolution: then every pixel counts."""
