@@ -150,9 +150,10 @@ class Detector(ABC):
         workflow trains copies."""
         return None
 
-    def auto_candidates(self) -> list[dict[str, Any]]:
+    def auto_candidates(self, images: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
         """Settings ``train --auto`` tries, each as overrides of this detector's config, its own
-        settings first; empty when the detector offers no choice."""
+        settings first; empty when the detector offers no choice. ``images``: the good images the
+        candidates will be fitted on, for a candidate that only makes sense on some looks."""
         return []
 
     def describe_model(self) -> str:

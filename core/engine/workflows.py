@@ -288,10 +288,10 @@ def _choose_settings(detector: Detector, good: ImageSource, max_train: int | Non
     """``auto``: fit each candidate of ``detector.auto_candidates()`` on the fit images, self-check
     it on the held-out ones, and set ``detector.config`` to the best (the first among equals, so
     the detector's own settings win a tie). Returns one record per candidate."""
-    options = detector.auto_candidates()
+    fit_images, cal_images = calibration_images(good, max_train, detector.config.seed)
+    options = detector.auto_candidates(fit_images)
     if not options:
         raise FitError(f"{detector.name} has no settings for auto to choose from")
-    fit_images, cal_images = calibration_images(good, max_train, detector.config.seed)
     records, best, best_key = [], None, None
     for j, overrides in enumerate(options):
         lo, hi = j / len(options), (j + 1) / len(options)

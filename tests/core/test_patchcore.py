@@ -771,3 +771,35 @@ def test_pose_outline_detector_scores_the_part_maps_it_back_and_keeps_it(tmp_pat
     again = load_model(tmp_path / "m", device="cpu")
     assert again.config.pose == "outline" and "turned upright by its outline" in again.describe_model()
     assert [r.score for r in again.score(ImageSource([test, good])).values()] == [r.score for r in res.values()]
+
+
+def test_auto_tries_pose_only_where_the_training_images_show_parts_on_a_plain_ground(tmp_path):
+    from core.detectors.patchcore.pose import shows_parts
+    from core.engine.workflows import train_detector
+
+    on_ground = [_part_on_ground(a, seed=i)[0] for i, a in enumerate(range(0, 360, 30))]
+    textures = [(0.25 + 0.5 * np.random.default_rng(i).random((60, 80, 3))).astype(np.float32) for i in range(12)]
+    assert shows_parts(on_ground) and not shows_parts(textures) and not shows_parts([])
+    assert shows_parts(on_ground[:5] + textures[:5])  # half of them is enough
+    assert not shows_parts(on_ground[:4] + textures[:6])
+    (tmp_path / "bad.png").write_bytes(b"not a png")  # an unreadable image is not counted either way
+    files = []
+    for i, img in enumerate(on_ground[:3]):
+        import cv2
+
+        files.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(files[-1]), (img * 255).astype(np.uint8))
+    assert shows_parts(ImageSource([tmp_path / "bad.png", *files]))
+    assert not shows_parts(ImageSource([tmp_path / "bad.png"]))
+
+    det = PatchCoreDetector(PatchCoreConfig(backbone="tiny-random", image_size=32), device="cpu")
+    assert det.auto_candidates(textures) == det.auto_candidates() == [
+        {}, {"augment": "rot4"}, {"distance": "cosine"}, {"resize": "keep"}]
+    assert det.auto_candidates(on_ground)[-1] == {"pose": "outline"}
+    posed = PatchCoreDetector(PatchCoreConfig(backbone="tiny-random", pose="outline"), device="cpu")
+    assert {"pose": "outline"} not in posed.auto_candidates(on_ground)  # already its setting
+
+    tiny = {"backbone": "tiny-random", "image_size": 32, "batch_size": 8, "blur_sigma": 1.0, "coreset_ratio": 0.5}
+    det = PatchCoreDetector(PatchCoreConfig(**tiny), device="cpu")
+    report = train_detector(det, ImageSource(on_ground), auto=True)  # the workflow hands the fit images over
+    assert report.candidates[-1]["settings"] == {"pose": "outline"}

@@ -92,7 +92,7 @@ def test_auto_keeps_the_candidate_with_the_best_self_check(monkeypatch):
 
     tiny = {"backbone": "tiny-random", "image_size": 48, "batch_size": 8, "coreset_ratio": 0.5, "blur_sigma": 1.0}
     options = [{"image_score": "top_mean", "top": 0.9999}, {"image_score": "max"}]
-    monkeypatch.setattr(PatchCoreDetector, "auto_candidates", lambda self: options)
+    monkeypatch.setattr(PatchCoreDetector, "auto_candidates", lambda self, images=None: options)
     det = create_detector("patchcore", tiny, device="cpu")
     report = train_detector(det, ImageSource(gradients(24)), auto=True)
     keys = [SelfCheck.from_dict(c["self_check"]).selection_key for c in report.candidates]
@@ -102,7 +102,7 @@ def test_auto_keeps_the_candidate_with_the_best_self_check(monkeypatch):
     assert det.config.image_score == options[best]["image_score"]
     assert det.meta["auto"] == report.candidates and det.threshold is not None
 
-    monkeypatch.setattr(PatchCoreDetector, "auto_candidates", lambda self: [{}, {}])  # a tie: its own settings
+    monkeypatch.setattr(PatchCoreDetector, "auto_candidates", lambda self, images=None: [{}, {}])  # a tie: its own settings
     det = create_detector("patchcore", tiny, device="cpu")
     report = train_detector(det, ImageSource(gradients(24)), auto=True)
     assert [c["chosen"] for c in report.candidates] == [True, False]

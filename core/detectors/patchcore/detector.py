@@ -91,7 +91,7 @@ from core.detectors.patchcore.inputs import (
     valid_grid,
     working_frame,
 )
-from core.detectors.patchcore.pose import POSES, Pose, find_pose, from_pose, to_pose
+from core.detectors.patchcore.pose import POSES, Pose, find_pose, from_pose, shows_parts, to_pose
 from core.detectors.patchcore.torch_model import (
     BORDERS,
     WEIGHTINGS,
@@ -570,11 +570,14 @@ class PatchCoreDetector(Detector):
             raise FitError("no readable training image to learn the native scale from")
         return native_scale(shapes, self.config.image_size)
 
-    def auto_candidates(self) -> list[dict[str, Any]]:
+    def auto_candidates(self, images: Sequence[np.ndarray] | None = None) -> list[dict[str, Any]]:
         """``train --auto`` (issue 24, part 4): this model's settings, then each of the levers the
         no-fixture ablation measured that a part's look can call for, one at a time: the bank
-        with right-angle rotations (a part in any orientation), the other distance, and the
-        aspect kept (long parts). The self-check chooses; no defect label is used."""
+        with right-angle rotations (a part in any orientation), the other distance, the aspect
+        kept (long parts) and, only where the training ``images`` show parts on a plain ground
+        (:func:`shows_parts`), each part turned upright by its outline (``pose=outline``: rotated
+        MTD on a black ground 0.765 -> 0.922; on images without a part it would change nothing,
+        so trying it there would only cost a fit). The self-check chooses; no defect label is used."""
         cfg = self.config
         out: list[dict[str, Any]] = [{}]
         if cfg.augment == "none":
@@ -582,6 +585,8 @@ class PatchCoreDetector(Detector):
         out.append({"distance": "l2" if cfg.distance == "cosine" else "cosine"})
         if cfg.resize == "square":
             out.append({"resize": "keep"})
+        if cfg.pose == "none" and images is not None and shows_parts(images):
+            out.append({"pose": "outline"})
         return out
 
     def describe_model(self) -> str:

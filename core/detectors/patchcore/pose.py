@@ -25,9 +25,14 @@ import cv2
 import numpy as np
 
 from core.data.ground import MAX_PART, part_outline
+from core.data.images import ImageReadError
 
 #: the pose rules (the ``pose`` setting)
 POSES = ("none", "outline")
+#: :func:`shows_parts` looks at this many training images, evenly spread ...
+SHOWS_SAMPLE = 12
+#: ... and needs a part on a plain ground in at least this share of the readable ones
+SHOWS_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -73,3 +78,20 @@ def from_pose(amap: np.ndarray, pose: Pose, shape: tuple[int, int]) -> np.ndarra
     h, w = shape
     return cv2.warpAffine(np.ascontiguousarray(amap, dtype=np.float32), pose.matrix, (w, h),
                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def shows_parts(images, sample: int = SHOWS_SAMPLE) -> bool:
+    """Whether the images show parts on a plain ground: :func:`find_pose` finds one in at least
+    :data:`SHOWS_SHARE` of up to ``sample`` of them, evenly spread (unreadable ones skipped). The
+    test ``train --auto`` makes before it tries ``pose=outline`` (about 40 ms an image)."""
+    n = len(images)
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, min(n, sample)).round()}) if n else []
+    seen = found = 0
+    for i in picks:
+        try:
+            img = images[i]
+        except ImageReadError:
+            continue
+        seen += 1
+        found += find_pose(img) is not None
+    return seen > 0 and found >= SHOWS_SHARE * seen
