@@ -369,6 +369,12 @@ class Detector(ABC):
         threshold still applies after they change (see :meth:`threshold_mismatch`)."""
         return cls.config_class.marked("neutral")
 
+    @classmethod
+    def map_fields(cls) -> tuple[str, ...]:
+        """The neutral fields that change the heat maps (metadata ``map``): no score moves, but rows
+        scored under another value carry other maps."""
+        return cls.config_class.marked("map")
+
     def change_settings(self, overrides: dict[str, Any], hint: str = "train a new one") -> None:
         """Apply ``overrides`` (``--set`` values) to a trained model's config; raises
         :class:`ConfigError` for a field baked into the weights (metadata ``fixed``), an

@@ -8,6 +8,9 @@ field's contract with a trained model, declared where the field is:
   cannot be changed on a loaded model (``--set`` on ``scan --model`` refuses it).
 - ``neutral``: does not change an image's score (training-only settings, batch sizes, map-only
   settings), so a calibrated threshold still applies after it changes.
+- ``map`` (with ``neutral``): changes the heat maps, never a score (a map's blur). A session or a
+  resumed scan does not reuse rows whose maps were made under another value of it
+  (:func:`core.engine.session_scan.score_settings`), so maps of two blurs are never mixed.
 - ``legacy``: the value a model saved before the field existed behaves as (see :meth:`from_dict`);
   give it whenever a new field's default differs from the old behaviour, or may come to.
 
@@ -39,7 +42,7 @@ class DetectorConfig:
 
     @classmethod
     def marked(cls, mark: str) -> tuple[str, ...]:
-        """Names of the fields whose metadata sets ``mark`` (``"fixed"`` or ``"neutral"``)."""
+        """Names of the fields whose metadata sets ``mark`` (``"fixed"``, ``"neutral"`` or ``"map"``)."""
         return tuple(f.name for f in fields(cls) if f.metadata.get(mark))
 
     def to_dict(self) -> dict[str, Any]:

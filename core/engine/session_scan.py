@@ -13,6 +13,7 @@ the batch is grouped and the session's hand moves are laid over the new grouping
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -50,11 +51,17 @@ def model_fingerprint(detector: Detector) -> str:
 
 
 def score_settings(detector: Detector) -> dict[str, Any]:
-    """The settings that change a score (fields marked ``neutral``, such as ``batch_size``, left out),
-    and the runtime when it is not torch float32 (an exported graph or another precision gives
-    scores that agree only within rounding: its rows are not mixed with the torch ones)."""
+    """The settings that change a score or a map: every field but those marked ``neutral`` (such as
+    ``batch_size``), the neutral ones marked ``map`` (a map's blur) where they differ from their
+    baseline (``legacy``, else the default: so rows scored before such a field existed, or at its
+    default, keep their key), and the runtime when it is not torch float32 (an exported graph or
+    another precision gives scores that agree only within rounding: its rows are not mixed with
+    the torch ones). Rows are reused, and a scan resumed, only under equal settings."""
     neutral = set(detector.neutral_fields())
-    out = {k: v for k, v in sorted(detector.config.to_dict().items()) if k not in neutral}
+    baseline = {f.name: f.metadata.get("legacy", f.default) for f in dataclasses.fields(detector.config_class)
+                if f.name in set(detector.map_fields())}
+    out = {k: v for k, v in sorted(detector.config.to_dict().items())
+           if k not in neutral or (k in baseline and v != baseline[k])}
     if detector.runtime != "torch float32":
         out["runtime"] = detector.runtime
     return out

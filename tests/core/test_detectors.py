@@ -307,9 +307,19 @@ def test_every_field_of_a_trained_model(name, tmp_path):
             if f.name in cls.neutral_fields():
                 got = [res[i].score for i in sorted(res)]
                 np.testing.assert_allclose(got, base_scores, rtol=1e-4, err_msg=f"neutral field {f.name} changed scores")
+                if f.name not in cls.map_fields():  # nor a map: else it must be marked ``map`` (no reuse across it)
+                    for i in sorted(res):
+                        a, b = res[i].anomaly_map, base[i].anomaly_map
+                        assert (a is None) == (b is None), f"{f.name} turned maps on or off but is not marked map"
+                        if a is not None:  # within 1e-3 of the map's scale (issue 28's agreement): another
+                            # exact search (mutual's faiss) may round differently, a blur moves far more
+                            scale = max(float(np.abs(b).max()), 1e-12)
+                            np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * scale,
+                                                       err_msg=f"neutral field {f.name} changed maps but is not marked map")
             applied.append(f.name)
             break
         else:
             pytest.fail(f"no other valid value of {name}.{f.name} could be tried: {tried}")
+    assert set(cls.map_fields()) <= set(cls.neutral_fields()), "a map field must be neutral (no score moves)"
     assert set(refused) == set(cls.fixed_fields()) - {k for (d, k) in CANNOT_TRY if d == name}
     assert len(refused) + len(applied) == len(fields(cls.config_class)) - sum(d == name for d, _ in CANNOT_TRY)

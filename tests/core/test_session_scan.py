@@ -7,7 +7,7 @@ import numpy as np
 from core.data.images import ImageSource
 from core.detectors.base import Detector
 from core.detectors.registry import create_detector
-from core.engine.session_scan import model_fingerprint, scan_into_session
+from core.engine.session_scan import model_fingerprint, scan_into_session, score_settings
 from core.engine.workflows import scan_images, train_detector
 from core.results import ScoreResult
 from core.session import open_session
@@ -81,6 +81,34 @@ def test_other_settings_or_model_make_a_new_run_that_scores_everything(tiny_part
         assert model_fingerprint(other) != model_fingerprint(det)
         assert scan_into_session(s, other, ImageSource.from_folder(batch)).n_new == 8
         assert len(s.runs()) == 4
+
+
+def test_a_map_only_setting_keeps_scores_but_never_reuses_maps_made_under_another_value(tiny_parts, tmp_path):
+    """patchcore's ``map_sigma`` moves no score (the threshold still holds), but the maps stored
+    with a run were made under the old blur: a session re-scores rather than show two blurs, and a
+    resumed scan's fingerprint differs. At its baseline value the key is the one it always was."""
+    from core.engine.stream_scan import run_fingerprint
+
+    batch = tiny_parts / "batch"
+    det = create_detector("patchcore", {"backbone": "tiny-random", "image_size": 32, "batch_size": 4,
+                                        "coreset_ratio": 0.5, "blur_sigma": 2.0}, device="cpu")
+    train_detector(det, ImageSource.from_folder(tiny_parts / "good"))
+    before = run_fingerprint(det, det.threshold, True)
+    assert "map_sigma" not in score_settings(det)  # at its baseline: the key of a run made before the field
+    with open_session(tmp_path / "s.db", folder=batch) as s:
+        first = scan_into_session(s, det, ImageSource.from_folder(batch))
+        det.config = det.config.with_overrides({"map_sigma": 0.5})
+        assert det.threshold_mismatch() == []  # neutral: the threshold holds
+        assert run_fingerprint(det, det.threshold, True) != before
+        second = scan_into_session(s, det, ImageSource.from_folder(batch))
+        assert (second.n_new, second.n_reused) == (8, 0)  # new maps, not the stored ones
+        assert [r.score for r in second.result.rows] == [r.score for r in first.result.rows]
+        assert any(a.anomaly_map.tobytes() != b.anomaly_map.tobytes()
+                   for a, b in zip(second.result.rows, first.result.rows))
+        assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_reused == 8  # same blur: reused
+        det.config = det.config.with_overrides({"map_sigma": 0.0})
+        assert run_fingerprint(det, det.threshold, True) == before
+        assert scan_into_session(s, det, ImageSource.from_folder(batch)).n_reused == 8  # the first run's rows
 
 
 def test_fingerprint_is_the_same_for_a_saved_and_loaded_model(tiny_parts, tmp_path):

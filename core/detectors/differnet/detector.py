@@ -91,7 +91,7 @@ class DifferNetConfig(DetectorConfig):
     lr: float = field(default=2e-4, metadata={"neutral": True, "help": "Adam learning rate (paper: 2e-4)", "min": 1e-8, "max": 1.0})
     weight_decay: float = field(default=1e-5, metadata={"neutral": True, "help": "Adam weight decay (authors' code: 1e-5)", "min": 0.0, "max": 1.0, "advanced": True})
     n_transforms_test: int = field(default=64, metadata={"help": "transformed copies T averaged per image at scoring (paper: 64)", "min": 1, "max": 1024})
-    maps: bool = field(default=True, metadata={"neutral": True, "help": "compute gradient heat maps (3.3); off = scores only, faster"})
+    maps: bool = field(default=True, metadata={"neutral": True, "map": True, "help": "compute gradient heat maps (3.3); off = scores only, faster"})
     image_size: int = field(default=448, metadata={"fixed": True, "help": "largest input scale, pixels a side (paper: 448)", "min": 16, "max": 2048})
     n_scales: int = field(default=3, metadata={"fixed": True, "help": "input scales S, S/2, S/4... (paper: 3)", "min": 1, "max": 5, "advanced": True})
     rotation_range: float = field(default=360.0, metadata={"help": "rotations uniform over this many degrees (paper: full circle; 0 = none)", "min": 0.0, "max": 360.0})
@@ -103,7 +103,7 @@ class DifferNetConfig(DetectorConfig):
     subnet_width: int = field(default=2048, metadata={"fixed": True, "help": "width of the subnets' hidden layers (paper: 2048)", "min": 2, "max": 8192, "advanced": True})
     subnet_layers: int = field(default=3, metadata={"fixed": True, "help": "hidden layers per subnet (paper: 3)", "min": 1, "max": 8, "advanced": True})
     efficientnet_features: str = field(default="blocks", metadata={"fixed": True, "help": "EfficientNet-Lite map to pool: last block (320 ch) or head (1280 ch)", "choices": FEATURE_CHOICES, "advanced": True})
-    map_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
+    map_sigma: float = field(default=4.0, metadata={"neutral": True, "map": True, "help": "Gaussian blur of the gradient maps, pixels at image_size (eq. 7)", "min": 0.0, "max": 64.0, "advanced": True})
     score_term: str = field(default="latent", metadata={"help": "score: -log p_Z(z) (eq. 5, paper) or the full NLL with log-det", "choices": SCORE_CHOICES, "advanced": True})
 
     def validate(self) -> None:

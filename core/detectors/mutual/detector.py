@@ -112,7 +112,7 @@ class MutualConfig(DetectorConfig):
     image_score: str = field(default="max", metadata={"help": "image score from the patch scores: max (paper) or top_mean (mean of the largest, see top)", "choices": IMAGE_SCORES})
     top: float = field(default=0.01, metadata={"help": "image_score=top_mean: the fraction (below 1) or the number (1 or more) of largest patch scores averaged", "min": 1e-4, "max": 100_000, "advanced": True})
     rescore_windows: tuple[int, ...] = field(default=(1, 2, 3), metadata={"help": "image-level re-scoring (paper, RsCIN): neighbourhood sizes k averaged (paper, MVTec AD: 1,2,3); 0 = off"})
-    blur_sigma: float = field(default=4.0, metadata={"neutral": True, "help": "Gaussian blur of the map at the working resolution, pixels", "min": 0.0, "max": 64.0})
+    blur_sigma: float = field(default=4.0, metadata={"neutral": True, "map": True, "help": "Gaussian blur of the map at the working resolution, pixels", "min": 0.0, "max": 64.0})
     search: str = field(default="torch", metadata={"neutral": True, "help": "exact nearest-patch search: torch (one blocked product per image) or faiss (flat index per pair)", "choices": SEARCHES, "advanced": True})
     group: str = field(default=DEFAULT_GROUP, metadata={"help": "how the batch is split into normal / suspect groups: a 2-component GMM (measured best for these scores), k-means or normalized cut", "choices": METHODS})
 
