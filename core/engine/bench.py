@@ -8,7 +8,7 @@ writes)::
      "metrics": {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"},
      "groupings": {"ncut" | "kmeans" | "gmm": {"normal", "suspect", "accuracy", "recall", "error"}} | None,
      "timing": {"fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds",
-                "decode_workers", "peak_rss_mb", "peak_gpu_mb"},
+                "decode_workers", "peak_rss_mb", "peak_gpu_mb", "score_runs"},
      "training": {"epochs_done", "steps", "stopped_by"} (those the model recorded) | None,
      "self_check": {"auroc", "by_size", "by_kind", "smallest_separated", "n_good", "n_synthetic"} | None,
      "auto": [{"settings", "self_check", "chosen"}, ...] | None,
@@ -33,7 +33,12 @@ Timing is what a user waits for: ``fit_seconds`` is the whole of :func:`train_de
 one untimed warm-up batch, with the images decoded ahead by ``decode_workers`` threads as
 ``scan`` decodes them (before issue 28 they were decoded one after the other, in the scoring
 thread). ``score_cpu_seconds`` is the CPU time the process used meanwhile (every thread): on a
-machine shared with other work it is the figure that does not depend on the load. On a GPU the
+machine shared with other work it is the figure that does not depend on the load. With
+``score_runs`` > 1 the test split is scanned that many times (the metrics come from the first
+scan; the model does not change between them), the three figures are those of the median scan
+by images/s, and ``score_runs`` lists every scan's images/s: a test split of a few seconds (83
+bottle images) spreads by a tenth from run to run on a shared VM, and the median of five does not
+rest on one draw. ``score_runs`` is ``[images/s]`` for one scan. On a GPU the
 device is synchronised before each clock reading.
 ``peak_rss_mb`` is the peak resident memory of the *process* so far (``getrusage``), so it
 includes whatever ran before in the same process; ``peak_gpu_mb`` is the peak memory torch
@@ -82,7 +87,7 @@ EVAL_SIZE = 256
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall")
 TIMING_KEYS = ("fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds", "decode_workers",
-               "peak_rss_mb", "peak_gpu_mb")
+               "peak_rss_mb", "peak_gpu_mb", "score_runs")
 RESULT_KEYS = ("detector", "dataset", "category", "device", "config", "n_train", "n_test", "batch", "metrics",
                "groupings", "timing", "training", "self_check", "auto", "runtime", "machine", "version")
 #: What a trained model's ``meta`` says about its training, copied into the result's ``training``.
@@ -322,6 +327,7 @@ def run_bench(
     precision: str = "auto",
     decode_workers: Optional[int] = None,
     on_model: Optional[Callable[[Detector], Detector]] = None,
+    score_runs: int = 1,
 ) -> dict[str, Any]:
     """Train ``detector_name`` on the training split of ``dataset_root``, score the test split
     and return the metrics and timings (see the module docstring for the keys).
@@ -370,6 +376,9 @@ def run_bench(
     ``on_model(detector)`` (benchmark scripts: a lever the command line does not offer, such as
     ``torch.compile``) returns the detector that scores the test split, after calibration.
 
+    ``score_runs``: how many timed scans of the test split (the timing section of the module
+    docstring); at least 1, and 1 for a zero-shot detector.
+
     ``per_image``: a list that gets one dict per scored image (:data:`PER_IMAGE_KEYS`: path,
     label 0/1, score, group or ``None``), in the order scored, for a look at the scores
     themselves (``bench --scores OUT.csv``).
@@ -384,6 +393,13 @@ def run_bench(
         raise ValueError("give either a model to evaluate or a folder to save the trained model in, not both")
     if (snapshot_minutes or snapshot_epochs) and save_model is None:
         raise ValueError("snapshots need a folder to save the trained model in (save_model)")
+    if score_runs < 1:
+        raise ValueError("score-runs must be at least 1")
+    if score_runs > 1 and get_detector_class(detector_name).zero_shot:
+        # a zero-shot detector keeps what it computed on the batch (mutual's pair cache): a second
+        # scan of the same batch would time the cache, not the detector
+        raise ValueError(f"{detector_name} is zero-shot: its repeated scans of one batch would be timed from its "
+                         "cache; give one score run")
     if save_model is not None:
         check_save_target(save_model)
         for label in snapshot_labels(snapshot_minutes, snapshot_epochs):
@@ -483,16 +499,20 @@ def run_bench(
     def keep(i: int, row: ScanRow) -> None:
         rows[i] = row
 
-    _sync(dev)
     workers = decode_workers or default_workers()
-    ahead = DecodedAhead(source, workers, window=max(2 * detector.config.batch_size, 4 * workers), cancel=cancel)
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = scan_images(detector, ahead, progress=SubProgress(progress, 0.5, 0.95, "scoring"), cancel=cancel,
-                         on_row=keep)
-    _sync(dev)
-    score_seconds = time.perf_counter() - t0
-    score_cpu = time.process_time() - c0
-    skipped_out += result.skipped
+    scans: list[tuple[float, float]] = []  # (seconds, CPU seconds) of each timed scan
+    for run in range(score_runs):
+        _sync(dev)
+        ahead = DecodedAhead(source, workers, window=max(2 * detector.config.batch_size, 4 * workers), cancel=cancel)
+        lo = 0.5 + 0.45 * run / score_runs
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = scan_images(detector, ahead, progress=SubProgress(progress, lo, lo + 0.45 / score_runs, "scoring"),
+                             cancel=cancel, on_row=keep if run == 0 else None)
+        _sync(dev)
+        scans.append((time.perf_counter() - t0, time.process_time() - c0))
+        if run == 0:
+            skipped_out += result.skipped
+    score_seconds, score_cpu = sorted(scans)[len(scans) // 2]  # the median scan (the slower middle of an even count)
     peak_gpu = float(torch.cuda.max_memory_allocated(dev)) / 2**20 if dev.type == "cuda" else None
     check(cancel)
 
@@ -545,6 +565,7 @@ def run_bench(
             "decode_workers": workers,
             "peak_rss_mb": peak_rss_mb(),
             "peak_gpu_mb": peak_gpu,
+            "score_runs": [n_test / s if s > 0 else None for s, _ in scans],
         },
         "training": {k: detector.meta[k] for k in TRAINING_KEYS if k in detector.meta} or None,
         "self_check": detector.meta.get("self_check"),

@@ -100,6 +100,7 @@ def test_bench_detector_without_maps_shows_na(root: Path, capsys: pytest.Capture
     (["{root}", "--detector", "pixel-gaussian", "--device", "tpu"], "device"),
     (["{root}", "--detector", "pixel-gaussian", "--snapshot-minutes", "10"], "need --save-model"),
     (["{root}", "--detector", "pixel-gaussian", "--batch", "all"], "zero-shot"),
+    (["{root}", "--detector", "mutual", "--score-runs", "2"], "time its cache"),
 ])
 def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
                                    argv: list[str], fragment: str) -> None:
@@ -112,6 +113,7 @@ def test_bench_usage_errors_exit_2(root: Path, tmp_path: Path, capsys: pytest.Ca
 
 
 @pytest.mark.parametrize("extra", [["--max-train", "0"], ["--max-test", "x"], ["--seed", "-1"], ["--layout", "odd"],
+                                   ["--score-runs", "0"],
                                    ["--snapshot-minutes", "10,x"], ["--snapshot-epochs", "0"],
                                    ["--snapshot-minutes", "nan"], ["--snapshot-epochs", ","]])
 def test_bench_bad_option_values_exit_2(root: Path, extra: list[str]) -> None:
@@ -227,6 +229,13 @@ def test_bench_table_says_how_far_training_got_and_on_what_machine() -> None:
     assert "machine AMD EPYC, 2 logical CPUs, 2 torch threads, AVX2, no bf16 instructions" in lines
     old = {k: v for k, v in res.items() if k not in ("training", "machine")}  # JSON written before these keys
     assert not any(line.startswith(("trained", "machine")) for line in format_table(old).splitlines())
+
+
+def test_bench_table_lists_every_scan_when_the_split_was_scanned_more_than_once() -> None:
+    from app.cli.bench import _runs_note
+
+    assert _runs_note([38.04, 41.5, 39.46]) == "; the median of 3 scans: 38.0, 41.5, 39.5 images/s"
+    assert _runs_note([40.0]) == "" and _runs_note(None) == ""  # one scan, or JSON written before the key
 
 
 def test_bench_table_names_the_runtime_and_the_bank_search() -> None:

@@ -81,7 +81,7 @@ def test_keys_are_exactly_the_documented_ones(result: dict) -> None:
     assert result["machine"]["torch_threads"] >= 1 and result["machine"]["gpu"] is None
     assert set(result["metrics"]) == {"image_auroc", "pixel_auroc", "aupro", "f1_max", "accuracy", "recall"}
     assert set(result["timing"]) == {"fit_seconds", "score_seconds", "score_images_per_second", "score_cpu_seconds",
-                                     "decode_workers", "peak_rss_mb", "peak_gpu_mb"}
+                                     "decode_workers", "peak_rss_mb", "peak_gpu_mb", "score_runs"}
     json.dumps(result, allow_nan=False)  # plain JSON, no NaN
 
 
@@ -391,3 +391,18 @@ def test_groupings_are_null_for_a_trained_detector_and_name_a_batch_that_cannot_
     for e in same.values():  # nothing to split: everything normal, the defect missed
         assert (e["normal"], e["suspect"], e["recall"], e["error"]) == (3, 0, 0.0, None)
         assert e["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_score_runs_scan_the_split_again_and_report_the_median_scan(tree: Path) -> None:
+    res = run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, score_runs=3, self_check=False)
+    t = res["timing"]
+    runs = t["score_runs"]
+    assert len(runs) == 3 and all(r is not None and r > 0 for r in runs)
+    assert t["score_images_per_second"] == sorted(runs)[1]  # the median scan's figures
+    assert t["score_seconds"] == pytest.approx(res["n_test"] / t["score_images_per_second"])
+    one = run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, self_check=False)
+    assert len(one["timing"]["score_runs"]) == 1 and one["metrics"] == res["metrics"]  # metrics: the first scan
+    with pytest.raises(ValueError, match="at least 1"):
+        run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, score_runs=0)
+    with pytest.raises(ValueError, match="zero-shot"):
+        run_bench(tree, "mutual", device="cpu", score_runs=2)
