@@ -6,6 +6,7 @@ import dataclasses
 import html
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -54,6 +55,13 @@ def _decimals(f: dataclasses.Field, default: float) -> int:
     """Enough decimals to show the default and the minimum of a float field."""
     smallest = min((abs(v) for v in (default, f.metadata.get("min", 0.0)) if v), default=1.0)
     return int(min(10, max(3, 2 - math.floor(math.log10(smallest)))))
+
+
+def _zero_text(w: QSpinBox | QDoubleSpinBox, md: Mapping[str, Any]) -> None:
+    """A number box whose 0 means something else (metadata ``zero``: "exact", "off") says it there
+    instead of the number (Qt shows the special text at the minimum, so only where 0 is it)."""
+    if md.get("zero") and w.minimum() == 0:
+        w.setSpecialValueText(str(md["zero"]))
 
 
 class ConfigForm(QWidget):
@@ -112,6 +120,7 @@ class ConfigForm(QWidget):
             w = QSpinBox()
             w.setRange(int(md.get("min", -INT_LIMIT)), int(min(md.get("max", INT_LIMIT), INT_LIMIT)))
             w.setValue(int(value))
+            _zero_text(w, md)
             w.valueChanged.connect(self.changed)
         elif tp is float:
             w = QDoubleSpinBox()
@@ -119,6 +128,7 @@ class ConfigForm(QWidget):
             w.setRange(float(md.get("min", -1e12)), float(md.get("max", 1e12)))
             w.setStepType(QDoubleSpinBox.AdaptiveDecimalStepType)
             w.setValue(float(value))
+            _zero_text(w, md)
             w.valueChanged.connect(self.changed)
         else:  # str and anything else (tuples, optionals) as text the config parser reads
             w = QLineEdit(self._text(value))

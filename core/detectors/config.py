@@ -1,7 +1,9 @@
 """Detector configuration: plain dataclasses that the CLI (`--set`) and the GUI form share.
 
 Each field may carry metadata: ``help`` (one line), ``choices`` (a tuple of allowed values),
-``min`` / ``max`` (numbers), ``advanced`` (hidden behind a toggle in the GUI form), and the
+``min`` / ``max`` (numbers), ``zero`` (what a value of 0 means where it is special, such as
+``"exact"``: the GUI form shows it instead of the number), ``advanced`` (hidden behind a toggle in
+the GUI form), and the
 field's contract with a trained model, declared where the field is:
 
 - ``fixed``: baked into the trained weights (a shape, the backbone, the working resolution); it

@@ -184,6 +184,21 @@ def test_settings_form_is_generated_from_the_config(window):
     assert not window.detector_panel.good_row.isHidden()
 
 
+def test_a_zero_that_means_something_says_what_in_the_form(window):
+    """patchcore's map_sigma 0 is "as blur sigma", not "no blur"; search_dims 0 is the exact search."""
+    from core.detectors.patchcore import PatchCoreConfig
+
+    window.select_detector("patchcore")
+    form = window.detector_panel.form
+    editors = {name: w for name, (w, _tp) in form._editors.items()}
+    assert editors["map_sigma"].text() == "as blur sigma" and editors["search_dims"].text() == "exact"
+    assert editors["tile_size"].text() == "off"
+    assert editors["blur_sigma"].specialValueText() == ""  # 0 is a plain number there
+    assert PatchCoreConfig().with_overrides(form.values()) == PatchCoreConfig()  # the text is shown, 0 is kept
+    form.set_value("map_sigma", 4.0)
+    assert editors["map_sigma"].text() != "as blur sigma" and form.values()["map_sigma"] == 4.0
+
+
 def test_invalid_settings_are_reported(qtbot, window, parts):
     open_folder(qtbot, window, parts.batch)
     window.set_good_folder(str(parts.good))
