@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.input_guard import guard_inputs
+from app.number_fields import number_editor
 from app.theme import ACCENT
 from app.workers import split_patterns
 from core.detectors.config import DetectorConfig, field_type
@@ -38,7 +37,6 @@ from core.detectors.registry import REGISTRY, default_detector, detector_names
 from core.results.threshold import DEFAULT_FPR
 from core.runtime.device import DEVICE_CHOICES
 
-INT_LIMIT = 2**31 - 1
 MAX_LOG_LINES = 10000
 
 
@@ -51,19 +49,6 @@ def _label(text: str = "", name: str = "", wrap: bool = False) -> QLabel:
 
 
 # ====================================================================== settings form
-def _decimals(f: dataclasses.Field, default: float) -> int:
-    """Enough decimals to show the default and the minimum of a float field."""
-    smallest = min((abs(v) for v in (default, f.metadata.get("min", 0.0)) if v), default=1.0)
-    return int(min(10, max(3, 2 - math.floor(math.log10(smallest)))))
-
-
-def _zero_text(w: QSpinBox | QDoubleSpinBox, md: Mapping[str, Any]) -> None:
-    """A number box whose 0 means something else (metadata ``zero``: "exact", "off") says it there
-    instead of the number (Qt shows the special text at the minimum, so only where 0 is it)."""
-    if md.get("zero") and w.minimum() == 0:
-        w.setSpecialValueText(str(md["zero"]))
-
-
 class ConfigForm(QWidget):
     """A form generated from a detector's config dataclass; tooltips come from field help."""
 
@@ -116,19 +101,8 @@ class ConfigForm(QWidget):
             w = QCheckBox()
             w.setChecked(bool(value))
             w.toggled.connect(self.changed)
-        elif tp is int:
-            w = QSpinBox()
-            w.setRange(int(md.get("min", -INT_LIMIT)), int(min(md.get("max", INT_LIMIT), INT_LIMIT)))
-            w.setValue(int(value))
-            _zero_text(w, md)
-            w.valueChanged.connect(self.changed)
-        elif tp is float:
-            w = QDoubleSpinBox()
-            w.setDecimals(_decimals(f, float(value)))
-            w.setRange(float(md.get("min", -1e12)), float(md.get("max", 1e12)))
-            w.setStepType(QDoubleSpinBox.AdaptiveDecimalStepType)
-            w.setValue(float(value))
-            _zero_text(w, md)
+        elif tp in (int, float):
+            w = number_editor(f, tp, value)
             w.valueChanged.connect(self.changed)
         else:  # str and anything else (tuples, optionals) as text the config parser reads
             w = QLineEdit(self._text(value))
