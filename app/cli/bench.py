@@ -269,12 +269,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not dataset.is_dir():
         raise UsageError(f"dataset is not a folder: {dataset}")
     try:
-        cls = get_detector_class(args.detector)
+        get_detector_class(args.detector)
     except UnknownDetectorError as exc:
         raise UsageError(str(exc)) from None
-    if args.score_runs > 1 and cls.zero_shot:
-        raise UsageError(f"--score-runs: {args.detector} is zero-shot and keeps what it computed on the batch, so "
-                         "a second scan would time its cache; give one run")
     sets = parse_sets(args.set)
     if (args.snapshot_minutes or args.snapshot_epochs) and not args.save_model:
         raise UsageError("--snapshot-minutes / --snapshot-epochs need --save-model (the snapshots are saved beside it)")

@@ -398,8 +398,8 @@ def run_bench(
     if score_runs > 1 and get_detector_class(detector_name).zero_shot:
         # a zero-shot detector keeps what it computed on the batch (mutual's pair cache): a second
         # scan of the same batch would time the cache, not the detector
-        raise ValueError(f"{detector_name} is zero-shot: its repeated scans of one batch would be timed from its "
-                         "cache; give one score run")
+        raise ConfigError(f"{detector_name} is zero-shot and keeps what it computed on the batch, so a second "
+                          "scan would time its cache; give one score run")
     if save_model is not None:
         check_save_target(save_model)
         for label in snapshot_labels(snapshot_minutes, snapshot_epochs):

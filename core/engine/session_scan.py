@@ -58,8 +58,9 @@ def score_settings(detector: Detector) -> dict[str, Any]:
     another precision gives scores that agree only within rounding: its rows are not mixed with
     the torch ones). Rows are reused, and a scan resumed, only under equal settings."""
     neutral = set(detector.neutral_fields())
+    maps = set(detector.map_fields())
     baseline = {f.name: f.metadata.get("legacy", f.default) for f in dataclasses.fields(detector.config_class)
-                if f.name in set(detector.map_fields())}
+                if f.name in maps}
     out = {k: v for k, v in sorted(detector.config.to_dict().items())
            if k not in neutral or (k in baseline and v != baseline[k])}
     if detector.runtime != "torch float32":

@@ -404,5 +404,5 @@ def test_score_runs_scan_the_split_again_and_report_the_median_scan(tree: Path) 
     assert len(one["timing"]["score_runs"]) == 1 and one["metrics"] == res["metrics"]  # metrics: the first scan
     with pytest.raises(ValueError, match="at least 1"):
         run_bench(tree, "pixel-gaussian", device="cpu", overrides=FAST, score_runs=0)
-    with pytest.raises(ValueError, match="zero-shot"):
+    with pytest.raises(ConfigError, match="zero-shot"):
         run_bench(tree, "mutual", device="cpu", score_runs=2)
